@@ -1,0 +1,51 @@
+"""Where a run's dataset comes from: a directory on disk, or a built-in generator.
+
+Generated datasets are written once to a cache directory keyed by a hash of their
+configuration and then read back through `read_dataset`, so synthetic and real data
+take exactly the same path into training (format, validation, memory mapping).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+
+from pluralign.data.format import PreferenceDataset, read_dataset, write_dataset
+from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
+
+
+@dataclasses.dataclass
+class DiskDataConfig:
+    kind: str = "disk"
+    name: str = "disk"
+    path: str = "???"  # a dataset directory in the format of DESIGN §3
+
+
+# kind -> (config class, generator); later data issues register more generators here.
+GENERATORS = {"ideal_point": (IdealPointConfig, make_ideal_point)}
+
+
+def default_cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("PLURALIGN_CACHE", pathlib.Path.home() / ".cache" / "pluralign"))
+
+
+def load_dataset(config, cache_dir: str | os.PathLike | None = None) -> PreferenceDataset:
+    """Reads the dataset a data config names (generating and caching synthetic data first)."""
+    if config.kind == "disk":
+        return read_dataset(config.path)
+    if config.kind not in GENERATORS:
+        raise ValueError(f"unknown data kind {config.kind!r}; known: disk, {', '.join(sorted(GENERATORS))}")
+    _, generate = GENERATORS[config.kind]
+    fields = dataclasses.asdict(config)
+    digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    path = pathlib.Path(cache_dir or default_cache_dir()) / "datasets" / f"{config.name}-{digest}"
+    if not path.exists():
+        ds = generate(config)
+        try:
+            write_dataset(path, ds.items, ds.comparisons, meta=ds.meta, prompts=ds.prompts, attributes=ds.attributes)
+        except FileExistsError:  # another job of the same sweep wrote it first; the content is identical
+            pass
+    return read_dataset(path)

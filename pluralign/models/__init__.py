@@ -1,0 +1,41 @@
+"""Preference models sharing one surface (see `pluralign.models.base`)."""
+
+from __future__ import annotations
+
+from pluralign.models.base import (
+    Dims,
+    PairBatch,
+    PairEmbeddings,
+    PreferenceModel,
+    Tables,
+    gather,
+    init,
+    logits,
+    loss,
+    preference_loss,
+    reward,
+    seen_logits,
+)
+from pluralign.models.bt import BT, BTConfig
+from pluralign.models.pal import PALA, PALB, PALConfig
+
+# name -> (model class, config class); later model families register here.
+REGISTRY = {
+    "bt": (BT, BTConfig),
+    "pal_a": (PALA, PALConfig),
+    "pal_b": (PALB, PALConfig),
+}
+
+
+def model_class(name: str):
+    try:
+        return REGISTRY[name][0]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(REGISTRY)}") from None
+
+
+__all__ = [
+    "BT", "BTConfig", "PALA", "PALB", "PALConfig", "REGISTRY", "Dims", "PairBatch", "PairEmbeddings",
+    "PreferenceModel", "Tables", "gather", "init", "logits", "loss", "model_class", "preference_loss",
+    "reward", "seen_logits",
+]

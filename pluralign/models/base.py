@@ -1,0 +1,224 @@
+"""The surface every pluralign preference model shares.
+
+A model is "shared parameters θ + a per-user state φ_u" (DESIGN §1). Each model is a
+Flax NNX module that splits a comparison's logit into two parts:
+
+  features = model.pair_features(pair)          # depends on θ only, batched over pairs
+  logit    = model.pair_logits(user_state, features)
+
+so that few-shot inference of φ_u for a new user (θ frozen) computes the expensive,
+user-independent features once and then only re-runs the cheap user head. The
+functional API below (`init`, `logits`, `loss`, `reward`) is what the trainer,
+the evaluation protocol and later models call; `infer_user` lives in
+`pluralign.evaluate.fewshot` because it is an optimisation over users, shared by
+all models whose state is fitted rather than amortised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+
+@struct.dataclass
+class Tables:
+    """Embedding tables kept on device; batches refer to their rows by index."""
+
+    items: jax.Array  # [n_items, D] float16 | float32
+    prompts: jax.Array  # [max(n_prompts, 1), D]; a dummy row when the data has no prompts
+
+
+@struct.dataclass
+class PairBatch:
+    """A batch of comparisons as indices into `Tables` (DESIGN §5)."""
+
+    user: jax.Array  # int32 [B]
+    prompt: jax.Array  # int32 [B], -1 = no prompt
+    a: jax.Array  # int32 [B]
+    b: jax.Array  # int32 [B]
+    label: jax.Array  # float32 [B], P(a ≻ b)
+    weight: jax.Array  # float32 [B]; 0 marks padding
+
+
+@struct.dataclass
+class PairEmbeddings:
+    """A batch of comparisons with embeddings gathered (float32)."""
+
+    e_x: jax.Array  # [B, D], zeros where there is no prompt
+    has_prompt: jax.Array  # bool [B]
+    e_a: jax.Array  # [B, D]
+    e_b: jax.Array  # [B, D]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+    """Sizes a model needs at construction."""
+
+    dim: int  # D, the embedding size
+    n_users: int  # number of user rows in the seen-user state table
+
+
+def gather(tables: Tables, batch: PairBatch) -> PairEmbeddings:
+    """Looks the batch's embeddings up inside the jitted step (DESIGN §5)."""
+    has_prompt = batch.prompt >= 0
+    e_x = tables.prompts[jnp.maximum(batch.prompt, 0)].astype(jnp.float32)
+    e_x = jnp.where(has_prompt[:, None], e_x, 0.0)
+    return PairEmbeddings(
+        e_x=e_x,
+        has_prompt=has_prompt,
+        e_a=tables.items[batch.a].astype(jnp.float32),
+        e_b=tables.items[batch.b].astype(jnp.float32),
+    )
+
+
+class PreferenceModel(nnx.Module):
+    """Base class. Subclasses set `user_state_dim` and implement the abstract methods.
+
+    Shapes: B pairs, D embedding size, S = `user_state_dim` (0 for BT).
+    """
+
+    user_state_dim: int = 0
+
+    def pair_features(self, pair: PairEmbeddings) -> Any:
+        """User-independent part of the logit: a pytree of [B, ...] arrays."""
+        raise NotImplementedError
+
+    def pair_logits(self, user_state: jax.Array, features: Any) -> jax.Array:
+        """[B, S] user states and [B, ...] features -> [B] logits of P(a ≻ b)."""
+        raise NotImplementedError
+
+    def reward(
+        self, user_state: jax.Array, e_x: jax.Array, has_prompt: jax.Array, e_y: jax.Array
+    ) -> jax.Array:
+        """[B, S], [B, D], [B], [B, D] -> [B] scalar reward of response y for each user."""
+        raise NotImplementedError
+
+    def seen_user_state(self, users: jax.Array) -> jax.Array:
+        """[B] user ids -> [B, S] learned states of seen users."""
+        return jnp.zeros((users.shape[0], self.user_state_dim), jnp.float32)
+
+    def population_user_state(self) -> jax.Array:
+        """[S] the state of an average user: the prior mean for few-shot inference."""
+        return jnp.zeros((self.user_state_dim,), jnp.float32)
+
+    def user_state_log_prior(self, user_state: jax.Array, prior_mean: jax.Array, strength: float) -> jax.Array:
+        """log p(φ) up to a constant, for MAP few-shot inference: Gaussian around the prior mean."""
+        return -0.5 * strength * jnp.sum(jnp.square(user_state - prior_mean))
+
+    def infer_user(self, support_features: Any, labels: jax.Array, weights: jax.Array, **options) -> jax.Array:
+        """Few-shot user states [U, S] from support features [U, k, ...] with θ frozen.
+
+        Default: MAP by gradient descent (`fit_user_states`) around `population_user_state`.
+        Models with amortised inference (VPL) override this.
+        """
+        return fit_user_states(self, support_features, labels, weights, self.population_user_state(), **options)
+
+    def regularization(self) -> jax.Array:
+        """Extra training penalty on θ (added to the mean loss)."""
+        return jnp.zeros((), jnp.float32)
+
+
+class NullPrompt(nnx.Module):
+    """A learned stand-in for e_x on comparisons with no prompt (DESIGN §4, last paragraph)."""
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+        self.vector = nnx.Param(0.02 * jax.random.normal(rngs.params(), (dim,)))
+
+    def __call__(self, e_x: jax.Array, has_prompt: jax.Array) -> jax.Array:
+        return jnp.where(has_prompt[:, None], e_x, self.vector[...][None, :])
+
+
+class MLP(nnx.Module):
+    """Dense layers with GELU between them; `hidden=()` makes it one linear map."""
+
+    def __init__(self, d_in: int, hidden: tuple[int, ...], d_out: int, *, rngs: nnx.Rngs):
+        sizes = (d_in, *hidden, d_out)
+        self.layers = nnx.List([nnx.Linear(i, o, rngs=rngs) for i, o in zip(sizes[:-1], sizes[1:])])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer in self.layers[:-1]:
+            x = jax.nn.gelu(layer(x))
+        return self.layers[-1](x)
+
+
+def preference_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+    """Per-example cross-entropy of P(a ≻ b) = σ(logit) against a (soft) label, weighted.
+
+    -[y log σ(l) + (1 - y) log σ(-l)], with log(1 - σ(l)) = log σ(-l) for stability.
+    """
+    return -weights * (labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+
+
+def logits(model: PreferenceModel, user_state: jax.Array, pair: PairEmbeddings) -> jax.Array:
+    """[B] logits of P(a ≻ b | user) for explicit user states [B, S]."""
+    return model.pair_logits(user_state, model.pair_features(pair))
+
+
+def seen_logits(model: PreferenceModel, tables: Tables, batch: PairBatch) -> jax.Array:
+    """[B] logits for comparisons of seen users, using their learned states."""
+    return logits(model, model.seen_user_state(batch.user), gather(tables, batch))
+
+
+def loss(model: PreferenceModel, tables: Tables, batch: PairBatch) -> tuple[jax.Array, dict]:
+    """Weighted mean preference loss over a batch of seen-user comparisons, plus metrics."""
+    z = seen_logits(model, tables, batch)
+    total_weight = jnp.maximum(batch.weight.sum(), 1e-9)
+    nll = preference_loss(z, batch.label, batch.weight).sum() / total_weight
+    correct = ((z > 0) == (batch.label > 0.5)) * batch.weight
+    metrics = {"loss": nll, "accuracy": correct.sum() / total_weight}
+    return nll + model.regularization(), metrics
+
+
+def reward(model: PreferenceModel, user_state: jax.Array, e_x, has_prompt, e_y) -> jax.Array:
+    """[B] rewards of responses e_y for users in states user_state."""
+    return model.reward(user_state, e_x, has_prompt, e_y)
+
+
+def init(model_cls, config, dims: Dims, rng: jax.Array) -> tuple[nnx.GraphDef, nnx.State]:
+    """Builds a model and splits it into a static graph and a pytree of parameters."""
+    return nnx.split(model_cls(config, dims, rngs=nnx.Rngs(rng)))
+
+
+def fit_user_states(
+    model: PreferenceModel,
+    features: Any,
+    labels: jax.Array,
+    weights: jax.Array,
+    prior_mean: jax.Array,
+    prior_strength: float | jax.Array,
+    steps: int = 100,
+    learning_rate: float = 0.1,
+) -> jax.Array:
+    """MAP few-shot inference of user states with θ frozen, vmapped over users.
+
+    For each user, φ̂ = argmin_φ Σ_i w_i ℓ(head(φ, f_i), y_i) − log p(φ), by Adam from the
+    prior mean. The likelihood is a *sum* over support pairs, so the prior dominates at
+    1–2 shots and fades as k grows. features: pytree of [U, k, ...]; labels, weights: [U, k]
+    (weight 0 = padding). Returns [U, S].
+    """
+    n_users, k = labels.shape
+    S = model.user_state_dim
+    if S == 0:
+        return jnp.zeros((n_users, 0), jnp.float32)
+    tx = optax.adam(learning_rate)
+
+    def objective(state, feats, y, w):  # state [S]; feats [k, ...]
+        z = model.pair_logits(jnp.broadcast_to(state, (k, S)), feats)
+        return preference_loss(z, y, w).sum() - model.user_state_log_prior(state, prior_mean, prior_strength)
+
+    def fit_one(feats, y, w):
+        def step(carry, _):
+            state, opt_state = carry
+            grads = jax.grad(objective)(state, feats, y, w)
+            updates, opt_state = tx.update(grads, opt_state, state)
+            return (optax.apply_updates(state, updates), opt_state), None
+
+        (state, _), _ = jax.lax.scan(step, (prior_mean, tx.init(prior_mean)), None, length=steps)
+        return state
+
+    return jax.vmap(fit_one)(features, labels, weights)

@@ -1,0 +1,47 @@
+"""Bradley–Terry reward model: the non-personalized baseline (DESIGN §4).
+
+    r_θ(x, y) = MLP([e_x; e_y]),    P(a ≻ b | x) = σ(r(x, a) − r(x, b))
+
+Every user shares one reward, so BT can at best learn the population's majority
+preference; it has no user state (S = 0) and its few-shot "adaptation" is a no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pluralign.models.base import MLP, Dims, NullPrompt, PairEmbeddings, PreferenceModel
+
+
+@dataclasses.dataclass
+class BTConfig:
+    name: str = "bt"
+    hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
+
+
+class BT(PreferenceModel):
+    user_state_dim = 0
+
+    def __init__(self, config: BTConfig, dims: Dims, *, rngs: nnx.Rngs):
+        self.null_prompt = NullPrompt(dims.dim, rngs=rngs)
+        self.reward_net = MLP(2 * dims.dim, tuple(config.hidden), 1, rngs=rngs)
+
+    def _reward(self, e_x, has_prompt, e_y):
+        e_x = self.null_prompt(e_x, has_prompt)  # [B, D]
+        return self.reward_net(jnp.concatenate([e_x, e_y], axis=-1))[:, 0]  # [B]
+
+    def pair_features(self, pair: PairEmbeddings) -> jax.Array:
+        # r(a) − r(b) does not depend on the user: it is the whole logit.
+        return self._reward(pair.e_x, pair.has_prompt, pair.e_a) - self._reward(pair.e_x, pair.has_prompt, pair.e_b)
+
+    def pair_logits(self, user_state: jax.Array, features: jax.Array) -> jax.Array:
+        del user_state
+        return features
+
+    def reward(self, user_state, e_x, has_prompt, e_y):
+        del user_state
+        return self._reward(e_x, has_prompt, e_y)

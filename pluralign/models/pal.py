@@ -1,0 +1,128 @@
+"""PAL: pluralistic alignment through mixtures of ideal points (DESIGN §4).
+
+Follows "PAL: Sample-Efficient Personalized Reward Modeling for Pluralistic
+Alignment" (Chen et al., ICLR 2025; RamyaLab/pluralistic-alignment). Both variants
+share K prototypes and give user u mixture weights w_u = softmax(W_u); the user
+state φ_u is the logit vector W_u ∈ R^K.
+
+PAL-A (ideal point):
+    f_θ: R^D → R^d,  prototypes P ∈ R^{K×d},  a_u = Σ_k w_uk P_k
+    s_u(y) = −‖f(e_y) − a_u‖²,   P(a ≻ b | u) = σ(τ·(s_u(a) − s_u(b)))
+
+PAL-B (mixture of prompt-conditioned ideal points):
+    f(e_y) ∈ R^d,  K prompt projectors g_k(e_x) ∈ R^d,  u_u(x) = Σ_k w_uk g_k(e_x)
+    s_u(x, y) = exp(t)·cos(f(e_y), u_u(x)),   exp(t) capped at `max_logit_scale`
+
+Deviations from the reference code, on purpose: one pooled vector per text (frozen
+embeddings) rather than per-token features; the K prompt projectors are one batched
+contraction (a [K, D, d] weight) instead of K modules; τ is learned (log-parametrised)
+rather than fixed, which only rescales f and makes the sharpness fit the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pluralign.models.base import MLP, Dims, NullPrompt, PairEmbeddings, PreferenceModel
+
+
+@dataclasses.dataclass
+class PALConfig:
+    name: str = "pal_a"
+    n_prototypes: int = 3  # K
+    latent_dim: int = 16  # d
+    hidden: list[int] = dataclasses.field(default_factory=list)  # f_θ's hidden layers; [] = linear
+    user_init_scale: float = 0.1  # std of the initial W_u; breaks the symmetry between prototypes
+    max_logit_scale: float = 100.0  # PAL-B: cap on exp(t), as in CLIP
+
+
+class _PALBase(PreferenceModel):
+    def __init__(self, config: PALConfig, dims: Dims, *, rngs: nnx.Rngs):
+        self.user_state_dim = config.n_prototypes
+        self.item_map = MLP(dims.dim, tuple(config.hidden), config.latent_dim, rngs=rngs)  # f_θ
+        self.user_logits = nnx.Param(  # W ∈ R^{n_users × K}
+            config.user_init_scale * jax.random.normal(rngs.params(), (dims.n_users, config.n_prototypes))
+        )
+
+    def seen_user_state(self, users):
+        return self.user_logits[...][users]  # [B, K]
+
+    def population_user_state(self):
+        # The average user's weights w̄ = mean_u softmax(W_u), as logits: log w̄ (softmax-invariant).
+        mean_weights = jax.nn.softmax(self.user_logits[...], axis=-1).mean(axis=0)  # [K]
+        return jnp.log(mean_weights)
+
+
+class PALA(_PALBase):
+    """PAL-A: a user's ideal point is a convex combination of K prototype points."""
+
+    def __init__(self, config: PALConfig, dims: Dims, *, rngs: nnx.Rngs):
+        super().__init__(config, dims, rngs=rngs)
+        self.prototypes = nnx.Param(jax.random.normal(rngs.params(), (config.n_prototypes, config.latent_dim)))
+        self.log_temperature = nnx.Param(jnp.zeros(()))  # log τ
+
+    def _ideal_point(self, user_state):
+        return jax.nn.softmax(user_state, axis=-1) @ self.prototypes[...]  # [B, K] @ [K, d] -> [B, d]
+
+    def pair_features(self, pair: PairEmbeddings):
+        return self.item_map(pair.e_a), self.item_map(pair.e_b)  # [B, d] each
+
+    def pair_logits(self, user_state, features):
+        f_a, f_b = features
+        ideal = self._ideal_point(user_state)  # [B, d]
+        s_a = -jnp.sum(jnp.square(f_a - ideal), axis=-1)  # [B]
+        s_b = -jnp.sum(jnp.square(f_b - ideal), axis=-1)
+        return jnp.exp(self.log_temperature[...]) * (s_a - s_b)
+
+    def reward(self, user_state, e_x, has_prompt, e_y):
+        del e_x, has_prompt  # PAL-A's ideal point does not depend on the prompt
+        ideal = self._ideal_point(user_state)
+        return -jnp.exp(self.log_temperature[...]) * jnp.sum(jnp.square(self.item_map(e_y) - ideal), axis=-1)
+
+
+class PALB(_PALBase):
+    """PAL-B: a user's preferred direction is a mixture of K prompt-conditioned directions."""
+
+    def __init__(self, config: PALConfig, dims: Dims, *, rngs: nnx.Rngs):
+        super().__init__(config, dims, rngs=rngs)
+        self.null_prompt = NullPrompt(dims.dim, rngs=rngs)
+        K, D, d = config.n_prototypes, dims.dim, config.latent_dim
+        # g_k(e_x) = e_x G_k + c_k for all k in one contraction.
+        self.prompt_maps = nnx.Param(jax.random.normal(rngs.params(), (K, D, d)) / math.sqrt(D))
+        self.prompt_bias = nnx.Param(jax.random.normal(rngs.params(), (K, d)))
+        self.logit_scale = nnx.Param(jnp.asarray(math.log(10.0)))  # t
+        self.max_log_scale = math.log(config.max_logit_scale)
+
+    def _prompt_directions(self, e_x, has_prompt):
+        e_x = self.null_prompt(e_x, has_prompt)  # [B, D]
+        return jnp.einsum("bD,kDd->bkd", e_x, self.prompt_maps[...]) + self.prompt_bias[...]  # [B, K, d]
+
+    def _scale(self):
+        return jnp.exp(jnp.minimum(self.logit_scale[...], self.max_log_scale))
+
+    @staticmethod
+    def _user_direction(user_state, directions):
+        u = jnp.einsum("bk,bkd->bd", jax.nn.softmax(user_state, axis=-1), directions)  # [B, d]
+        return u / (jnp.linalg.norm(u, axis=-1, keepdims=True) + 1e-6)
+
+    @staticmethod
+    def _unit(v):
+        return v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-6)
+
+    def pair_features(self, pair: PairEmbeddings):
+        directions = self._prompt_directions(pair.e_x, pair.has_prompt)
+        return self._unit(self.item_map(pair.e_a)), self._unit(self.item_map(pair.e_b)), directions
+
+    def pair_logits(self, user_state, features):
+        f_a, f_b, directions = features
+        u = self._user_direction(user_state, directions)  # [B, d]
+        return self._scale() * jnp.sum((f_a - f_b) * u, axis=-1)  # cos(f_a, u) − cos(f_b, u), scaled
+
+    def reward(self, user_state, e_x, has_prompt, e_y):
+        u = self._user_direction(user_state, self._prompt_directions(e_x, has_prompt))
+        return self._scale() * jnp.sum(self._unit(self.item_map(e_y)) * u, axis=-1)

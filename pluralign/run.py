@@ -1,0 +1,186 @@
+"""One training-and-evaluation run, from typed configs to `results.json`.
+
+This is the library's "train.py": read linearly, it is the whole protocol. Hydra
+stays in `pluralign.cli`; everything here takes dataclasses.
+
+  1. load the dataset (generating and caching synthetic data), split users into
+     seen / unseen-val / unseen-test and seen users' pairs into train / val / test;
+  2. build one model per seed and train them all in one vmapped program, early
+     stopping on seen-user validation loss, with checkpoints and resume;
+  3. evaluate: seen users on held-out pairs; unseen users k-shot with θ frozen, the
+     prior strength for few-shot inference chosen on unseen-val users only;
+  4. write `results.json` (atomically) into the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pluralign.data import Comparisons, split_seen_pairs, split_users
+from pluralign.data.sources import load_dataset
+from pluralign.evaluate import fewshot, metrics
+from pluralign.evaluate.fewshot import EvalConfig
+from pluralign.models import base, model_class
+from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_in_chunks
+
+RESULTS_FILE = "results.json"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    model: Any  # a model family's config dataclass (BTConfig, PALConfig, ...)
+    data: Any  # a data source config (IdealPointConfig, DiskDataConfig, ...)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    cache_dir: str | None = None  # synthetic-data cache; None = $PLURALIGN_CACHE or ~/.cache/pluralign
+
+
+def to_batch(comparisons: Comparisons) -> base.PairBatch:
+    return base.PairBatch(
+        user=jnp.asarray(comparisons.user), prompt=jnp.asarray(comparisons.prompt),
+        a=jnp.asarray(comparisons.a), b=jnp.asarray(comparisons.b),
+        label=jnp.asarray(comparisons.label), weight=jnp.asarray(comparisons.weight),
+    )
+
+
+def make_tables(dataset) -> base.Tables:
+    items = jnp.asarray(dataset.items)
+    prompts = jnp.asarray(dataset.prompts) if dataset.prompts is not None else jnp.zeros((1, dataset.dim), items.dtype)
+    return base.Tables(items=items, prompts=prompts)
+
+
+def _mean_std(values) -> dict:
+    values = np.asarray(values, np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std())}
+
+
+def write_json_atomic(path: pathlib.Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dict:
+    """Trains and evaluates; writes and returns the results dict."""
+    t0 = time.perf_counter()
+    run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ev = config.eval
+    seeds = list(config.seeds)
+
+    dataset = load_dataset(config.data, config.cache_dir)
+    comparisons = dataset.comparisons
+    truth = dataset.meta.get("truth", {})
+    user_group = np.asarray(truth["user_group"]) if "user_group" in truth else None
+    split = split_users(
+        dataset.n_users, seed=ev.split_seed,
+        unseen_val_fraction=ev.unseen_val_fraction, unseen_test_fraction=ev.unseen_test_fraction,
+    )
+    pairs = split_seen_pairs(
+        comparisons, split.seen, seed=ev.split_seed,
+        val_fraction=ev.pair_val_fraction, test_fraction=ev.pair_test_fraction,
+    )
+    write_json_atomic(run_dir / "split.json", split.to_dict())
+    tables = make_tables(dataset)
+    train, val, test = (to_batch(comparisons.take(rows)) for rows in (pairs.train, pairs.val, pairs.test))
+
+    # --- train every seed in one program
+    root_keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])  # raw [n_seeds, 2]
+    init_keys, train_keys = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 2))(root_keys), 1, 0)
+    cls = model_class(config.model.name)
+    graphdef, params = init_params(cls, config.model, base.Dims(dim=dataset.dim, n_users=dataset.n_users), init_keys)
+    trainer = Trainer(graphdef, config.train, n_train=len(pairs.train))
+    state, train_summary = trainer.fit(
+        trainer.init_state(params, train_keys), tables, train, val, run_dir=run_dir, on_epoch_end=on_epoch_end
+    )
+    best = state.best_params
+
+    # --- seen users: held-out pairs
+    @jax.jit
+    def seen_logits(params, tables, data):
+        model = nnx.merge(graphdef, params)
+        return predict_in_chunks(lambda batch: base.seen_logits(model, tables, batch), data, 8192)
+
+    test_np = comparisons.take(pairs.test)
+    seen_runs = [
+        metrics.summary(
+            np.asarray(seen_logits(jax.tree.map(lambda x: x[i], best), tables, test)),
+            test_np.label, test_np.weight, test_np.user, user_group,
+        )
+        for i in range(len(seeds))
+    ]
+    seen = {
+        "accuracy": _mean_std([r["accuracy"] for r in seen_runs])["mean"],
+        "accuracy_std": _mean_std([r["accuracy"] for r in seen_runs])["std"],
+        "log_loss": _mean_std([r["log_loss"] for r in seen_runs])["mean"],
+        "ece": _mean_std([r["ece"] for r in seen_runs])["mean"],
+        "per_user_mean": _mean_std([r["per_user"]["mean"] for r in seen_runs])["mean"],
+        "per_user_p10": _mean_std([r["per_user"]["p10"] for r in seen_runs])["mean"],
+        "n_pairs": seen_runs[0]["n_pairs"],
+        "per_seed": seen_runs,
+    }
+    if user_group is not None:
+        seen["worst_group_accuracy"] = _mean_std([r["worst_group_accuracy"] for r in seen_runs])["mean"]
+
+    # --- unseen users: prior strength chosen on unseen-val, reported on unseen-test
+    adapt = fewshot.make_adapt_and_predict(graphdef, ev.inference_steps, ev.inference_learning_rate)
+    common = dict(shots=list(ev.shots), seeds=seeds, draws=ev.draws)
+    val_curves = {
+        strength: fewshot.evaluate_unseen(
+            adapt, best, tables, comparisons, split.unseen_val, mode="random", prior_strength=strength, **common
+        )
+        for strength in ev.prior_strengths
+    }
+    strength = max(val_curves, key=lambda s: np.mean([r["accuracy"] for r in val_curves[s].values()]))
+    by_mode = {
+        mode: fewshot.evaluate_unseen(
+            adapt, best, tables, comparisons, split.unseen_test, mode=mode, prior_strength=strength, **common
+        )
+        for mode in ev.modes
+    }
+    primary = by_mode.get("random") or next(iter(by_mode.values()))
+    unseen = {
+        "mode": "random" if "random" in by_mode else next(iter(by_mode)),
+        "accuracy_at_k": {k: r["accuracy"] for k, r in primary.items()},
+        "accuracy_std_at_k": {k: r["accuracy_std"] for k, r in primary.items()},
+        "prior_strength": strength,
+        "val_accuracy_at_k": {k: r["accuracy"] for k, r in val_curves[strength].items()},
+        "by_mode": by_mode,
+    }
+
+    results = {
+        "status": "complete",
+        "model": config.model.name,
+        "dataset": dataset.name,
+        "seeds": seeds,
+        "seen": seen,
+        "unseen": unseen,
+        "bayes_optimal_accuracy": truth.get("bayes_optimal_accuracy"),
+        "population_optimal_accuracy": truth.get("population_optimal_accuracy"),
+        "n_users": {"seen": len(split.seen), "unseen_val": len(split.unseen_val), "unseen_test": len(split.unseen_test)},
+        "n_pairs": {"train": len(pairs.train), "val": len(pairs.val), "test": len(pairs.test)},
+        "train": train_summary,
+        "wall_seconds": time.perf_counter() - t0,
+        "config": dataclasses.asdict(config),
+    }
+    write_json_atomic(run_dir / RESULTS_FILE, results)
+    return results

@@ -1,0 +1,279 @@
+"""Training: one jitted program that trains every seed of a run at once.
+
+The per-seed step is written for one replica and lifted with `jax.vmap`, so a run
+with seeds [0, 1, 2] is one compiled program (DESIGN §5). An epoch is one dispatch:
+a `lax.scan` over its batches, each batch a row of a permutation drawn from
+`fold_in(seed_key, epoch)`; the embedding tables are gathered inside the step.
+After every `eval_every` epochs the seen-user validation loss decides early stopping
+(per seed: a seed keeps its best parameters and stops improving them after
+`patience` evaluations without progress) and the whole training state is saved with
+orbax. Training depends only on (state, epoch), so a run killed and restarted from
+its latest checkpoint ends exactly where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx, struct
+
+from pluralign.models import base
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    optimizer: str = "adam"  # adam | adamw | sgd
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0  # adamw only
+    schedule: str = "cosine"  # constant | cosine | warmup_cosine
+    warmup_steps: int = 100  # warmup_cosine only
+    grad_clip: float = 1.0  # global-norm clip; 0 disables
+    batch_size: int = 512
+    max_epochs: int = 60
+    eval_every: int = 1  # epochs between validations (and checkpoints)
+    patience: int = 8  # validations without improvement before a seed stops
+    checkpoint: bool = True
+    progress: bool = True
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a seed needs to continue training; one leading seed axis when vmapped."""
+
+    params: Any
+    opt_state: Any
+    key: jax.Array  # raw uint32 [2] key of this seed
+    best_params: Any
+    best_val_loss: jax.Array
+    best_epoch: jax.Array
+    bad_evals: jax.Array
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    total_steps = max(total_steps, 1)
+    if config.schedule == "constant":
+        lr = optax.constant_schedule(config.learning_rate)
+    elif config.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(config.learning_rate, total_steps, alpha=0.05)
+    elif config.schedule == "warmup_cosine":
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0, config.learning_rate, min(config.warmup_steps, total_steps - 1), total_steps,
+            end_value=0.05 * config.learning_rate,
+        )
+    else:
+        raise ValueError(f"unknown schedule {config.schedule!r}; use constant, cosine or warmup_cosine")
+    if config.optimizer == "adam":
+        opt = optax.adam(lr)
+    elif config.optimizer == "adamw":
+        opt = optax.adamw(lr, weight_decay=config.weight_decay)
+    elif config.optimizer == "sgd":
+        opt = optax.sgd(lr, momentum=0.9)
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; use adam, adamw or sgd")
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), opt) if config.grad_clip > 0 else opt
+
+
+def predict_in_chunks(fn: Callable, data: base.PairBatch, chunk: int) -> Any:
+    """Applies `fn(batch) -> pytree of [chunk]` over data in fixed-size chunks (bounded memory).
+
+    Pads with weight-0 rows so every chunk has the same shape; padding is cut off after.
+    """
+    n = data.label.shape[0]
+    chunk = max(1, min(chunk, n))
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+    padded = jax.tree.map(lambda col: jnp.concatenate([col, jnp.zeros((pad,), col.dtype)]), data)
+    chunks = jax.tree.map(lambda col: col.reshape(n_chunks, chunk), padded)
+    out = jax.lax.map(fn, chunks)
+    return jax.tree.map(lambda x: x.reshape(n_chunks * chunk, *x.shape[2:])[:n], out)
+
+
+def evaluate_seen(graphdef, params, tables: base.Tables, data: base.PairBatch, chunk: int = 8192) -> dict:
+    """Weighted log-loss and accuracy of seen-user comparisons under one seed's parameters."""
+    model = nnx.merge(graphdef, params)
+    z = predict_in_chunks(lambda batch: base.seen_logits(model, tables, batch), data, chunk)
+    w = data.weight
+    total = jnp.maximum(w.sum(), 1e-9)
+    return {
+        "loss": base.preference_loss(z, data.label, w).sum() / total,
+        "accuracy": (((z > 0) == (data.label > 0.5)) * w).sum() / total,
+    }
+
+
+class Trainer:
+    """Trains a model on seen-user comparisons for several seeds at once."""
+
+    def __init__(self, graphdef: nnx.GraphDef, config: TrainConfig, n_train: int):
+        self.graphdef = graphdef
+        self.config = config
+        self.batch_size = max(1, min(config.batch_size, n_train))
+        self.steps_per_epoch = max(1, n_train // self.batch_size)
+        self.tx = make_optimizer(config, config.max_epochs * self.steps_per_epoch)
+        self._epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, None, None, None)), donate_argnums=0)
+        self._validate = jax.jit(jax.vmap(self._validate_one, in_axes=(0, None, None, None)))
+
+    def init_state(self, params, keys: jax.Array) -> TrainState:
+        """params: seed-stacked model state; keys: raw [n_seeds, 2] keys."""
+        n_seeds = keys.shape[0]
+        return TrainState(
+            params=params,
+            opt_state=jax.vmap(self.tx.init)(params),
+            key=keys,
+            best_params=jax.tree.map(jnp.copy, params),  # own buffers: the epoch step donates state
+            best_val_loss=jnp.full((n_seeds,), jnp.inf, jnp.float32),
+            best_epoch=jnp.full((n_seeds,), -1, jnp.int32),
+            bad_evals=jnp.zeros((n_seeds,), jnp.int32),
+        )
+
+    def _loss(self, params, tables, batch):
+        return base.loss(nnx.merge(self.graphdef, params), tables, batch)
+
+    def _train_epoch(self, state: TrainState, tables: base.Tables, data: base.PairBatch, epoch):
+        n = data.label.shape[0]
+        order = jax.random.permutation(jax.random.fold_in(state.key, epoch), n)
+        order = order[: self.steps_per_epoch * self.batch_size].reshape(self.steps_per_epoch, self.batch_size)
+
+        def step(carry, idx):  # idx: [B] rows of the training comparisons
+            params, opt_state = carry
+            batch = jax.tree.map(lambda col: col[idx], data)
+            (_, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, tables, batch)
+            updates, opt_state = self.tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), metrics
+
+        (params, opt_state), metrics = jax.lax.scan(step, (state.params, state.opt_state), order)
+        return state.replace(params=params, opt_state=opt_state), jax.tree.map(jnp.mean, metrics)
+
+    def _validate_one(self, state: TrainState, tables, data, epoch):
+        metrics = evaluate_seen(self.graphdef, state.params, tables, data)
+        stopped = state.bad_evals >= self.config.patience
+        improved = (metrics["loss"] < state.best_val_loss - 1e-6) & ~stopped
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(improved, n, o), new, old)
+        state = state.replace(
+            best_params=keep(state.params, state.best_params),
+            best_val_loss=jnp.where(improved, metrics["loss"], state.best_val_loss),
+            best_epoch=jnp.where(improved, epoch, state.best_epoch),
+            bad_evals=jnp.where(improved, 0, jnp.where(stopped, state.bad_evals, state.bad_evals + 1)),
+        )
+        return state, metrics
+
+    def fit(
+        self,
+        state: TrainState,
+        tables: base.Tables,
+        train: base.PairBatch,
+        val: base.PairBatch,
+        run_dir: pathlib.Path | None = None,
+        on_epoch_end: Callable[[int], None] | None = None,
+    ) -> tuple[TrainState, dict]:
+        """Trains until every seed has stopped or max_epochs; resumes from run_dir/checkpoints."""
+        cfg = self.config
+        manager = _checkpoint_manager(run_dir) if (cfg.checkpoint and run_dir is not None) else None
+        start_epoch, done = 0, False
+        if manager is not None and manager.latest_step() is not None:
+            state, last_epoch, done = _restore(manager, state)
+            start_epoch = last_epoch + 1
+        log = (run_dir / "metrics.jsonl").open("a") if run_dir is not None else None
+        progress = _progress(cfg.progress)
+        task = progress.add_task("train", total=cfg.max_epochs, completed=start_epoch)
+        t0 = time.perf_counter()
+        epoch = start_epoch - 1
+        with progress:
+            for epoch in range(start_epoch, start_epoch if done else cfg.max_epochs):
+                state, train_metrics = self._epoch(state, tables, train, jnp.int32(epoch))
+                progress.advance(task)
+                if (epoch + 1) % cfg.eval_every and epoch + 1 < cfg.max_epochs:
+                    continue
+                state, val_metrics = self._validate(state, tables, val, jnp.int32(epoch))
+                all_stopped = bool(jnp.all(state.bad_evals >= cfg.patience))
+                record = {
+                    "epoch": epoch,
+                    "train_loss": np.asarray(train_metrics["loss"]).tolist(),
+                    "val_loss": np.asarray(val_metrics["loss"]).tolist(),
+                    "val_accuracy": np.asarray(val_metrics["accuracy"]).tolist(),
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+                progress.update(task, description=f"train val_acc={np.mean(record['val_accuracy']):.3f}")
+                if log is not None:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                if manager is not None:
+                    _save(manager, epoch, state, done=all_stopped or epoch + 1 == cfg.max_epochs)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch)
+                if all_stopped:
+                    break
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.close()
+        if log is not None:
+            log.close()
+        summary = {
+            "epochs_run": epoch + 1,
+            "best_epoch": np.asarray(state.best_epoch).tolist(),
+            "best_val_loss": np.asarray(state.best_val_loss).tolist(),
+            "steps_per_epoch": self.steps_per_epoch,
+            "batch_size": self.batch_size,
+        }
+        return state, summary
+
+
+def _checkpoint_manager(run_dir: pathlib.Path) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        (run_dir / "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+    )
+
+
+def _save(manager: ocp.CheckpointManager, epoch: int, state: TrainState, done: bool) -> None:
+    # Leaves as a flat list: orbax then needs no knowledge of NNX/optax pytree node types,
+    # and the restore target's treedef puts them back.
+    payload = {"leaves": jax.tree.leaves(state), "epoch": np.int64(epoch), "done": np.int64(done)}
+    manager.save(epoch, args=ocp.args.StandardSave(payload))
+
+
+def restore_checkpoint(run_dir: pathlib.Path, like: TrainState) -> tuple[TrainState, int, bool]:
+    """The latest saved (state, epoch, done) of a run, restored into the structure of `like`."""
+    manager = _checkpoint_manager(pathlib.Path(run_dir))
+    try:
+        if manager.latest_step() is None:
+            raise FileNotFoundError(f"{run_dir}/checkpoints: no checkpoint to restore")
+        return _restore(manager, like)
+    finally:
+        manager.close()
+
+
+def _restore(manager: ocp.CheckpointManager, like: TrainState) -> tuple[TrainState, int, bool]:
+    leaves, treedef = jax.tree.flatten(like)
+    target = {
+        "leaves": [ocp.utils.to_shape_dtype_struct(x) for x in leaves],
+        "epoch": np.int64(0),
+        "done": np.int64(0),
+    }
+    restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
+    state = jax.tree.unflatten(treedef, [jnp.asarray(x) for x in restored["leaves"]])
+    return state, int(restored["epoch"]), bool(restored["done"])
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        disable=not enabled, transient=False,
+    )
+
+
+def init_params(model_cls, config, dims: base.Dims, keys: jax.Array):
+    """Builds one model per seed key; returns (graphdef, seed-stacked params)."""
+    graphdef = nnx.split(nnx.eval_shape(lambda: model_cls(config, dims, rngs=nnx.Rngs(0))))[0]
+    params = jax.vmap(lambda key: nnx.split(model_cls(config, dims, rngs=nnx.Rngs(key)))[1])(keys)
+    return graphdef, params
