@@ -12,6 +12,7 @@ that 10M comparisons validate in about a second.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import pathlib
@@ -297,7 +298,8 @@ def read_dataset(path: str | os.PathLike, *, mmap: bool = True, validate: bool =
         meta = json.loads((root / "meta.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError("meta.json", f"malformed JSON: {e}") from e
-    _check_meta(meta, on_disk=True)  # before anything else: a newer format may lay files out differently
+    # Before anything else: a newer format may lay its files out differently.
+    _check_meta(meta, on_disk=True)
     ds = PreferenceDataset(
         items=_load_npy(root, "items.npy", mmap, required=True),
         comparisons=_read_comparisons(root / "comparisons.parquet"),
@@ -384,7 +386,12 @@ def write_dataset(path: str | os.PathLike, items: np.ndarray, comparisons: Compa
                 if root.exists():  # never delete the only copy of the old dataset
                     shutil.rmtree(old, ignore_errors=True)
         else:
-            os.rename(tmp, root)
+            try:
+                os.rename(tmp, root)
+            except OSError as e:  # a concurrent writer (e.g. a sweep job) got there first
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise FileExistsError(f"{root} appeared while writing") from e
+                raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

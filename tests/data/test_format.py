@@ -298,3 +298,21 @@ def test_overwrite(dataset_dir):
     assert read_dataset(dataset_dir).dim == 2
     np.testing.assert_array_equal(old.items, expected)
     assert _leftovers(dataset_dir.parent) == []
+
+
+def test_concurrent_writer_gets_file_exists(tmp_path, monkeypatch):
+    """Two sweep jobs writing the same cached dataset: the loser sees FileExistsError."""
+    items, prompts, c = _parts()
+    target = tmp_path / "ds"
+    real_write_table = pq.write_table
+
+    def write_then_race(*args, **kwargs):
+        real_write_table(*args, **kwargs)
+        if not target.exists():
+            monkeypatch.setattr(pq, "write_table", real_write_table)
+            write_dataset(target, items, c, prompts=prompts)  # the other job wins
+
+    monkeypatch.setattr(pq, "write_table", write_then_race)
+    with pytest.raises(FileExistsError):
+        write_dataset(target, items, c, prompts=prompts)
+    assert read_dataset(target).n_items == 6 and _leftovers(tmp_path) == []
