@@ -35,7 +35,7 @@ from pluralign.models.base import MLP, Dims, NullPrompt, PairEmbeddings, Prefere
 class PALConfig:
     name: str = "pal_a"
     n_prototypes: int = 3  # K
-    latent_dim: int = 16  # d
+    latent_dim: int = 8  # d
     hidden: list[int] = dataclasses.field(default_factory=list)  # f_θ's hidden layers; [] = linear
     user_init_scale: float = 0.1  # std of the initial W_u; breaks the symmetry between prototypes
     max_logit_scale: float = 100.0  # PAL-B: cap on exp(t), as in CLIP
