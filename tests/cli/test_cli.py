@@ -1,0 +1,113 @@
+"""The Hydra layer: every config group composes, typos fail, a tiny run and a tiny multirun work."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError
+
+from pluralign import cli
+from pluralign.data.synthetic import IdealPointConfig
+from pluralign.evaluate.report import collect_results
+from pluralign.models import BTConfig, PALConfig
+from pluralign.run import run
+
+CONF = pathlib.Path(cli.__file__).parent / "conf"
+TINY_DATA = ["data.n_users=40", "data.n_items=120", "data.comparisons_per_user=20", "data.dim=8"]
+TINY = ["train=fast", "eval=fast", *TINY_DATA]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _compose(overrides):
+    with initialize_config_module(config_module="pluralign.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [(g, o) for g in ("model", "data", "train", "eval", "experiment") for o in _options(g)],
+)
+def test_every_group_option_composes_into_a_typed_run_config(group, option):
+    overrides = [f"{group}={option}"] + (["data.path=/some/dataset"] if option == "disk" else [])
+    config = cli.run_config(_compose(overrides))
+    assert config.seeds
+    assert config.model.name in ("bt", "pal_a", "pal_b")
+    if group == "model":
+        assert config.model.name == option
+        assert isinstance(config.model, BTConfig if option == "bt" else PALConfig)
+    if group == "data" and option.startswith("ideal_point"):
+        assert isinstance(config.data, IdealPointConfig)
+
+
+def test_main_experiment_sweeps_three_models_over_three_seeds():
+    cfg = _compose(["experiment=main"])
+    assert list(cfg.seeds) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("typo", ["model.hiden=[3]", "sed=1", "train.learnin_rate=0.1", "data.n_user=3"])
+def test_typos_fail_at_composition(typo):
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)):
+        cli.run_config(_compose([typo]))
+
+
+def test_wrong_type_fails():
+    with pytest.raises(Exception, match="max_epochs"):
+        _compose(["train.max_epochs=many"])
+
+
+def test_seed_and_seeds():
+    assert cli.run_config(_compose(["seed=7"])).seeds == [7]
+    assert cli.run_config(_compose(["seeds=[1,2]"])).seeds == [1, 2]
+
+
+def test_run_from_composed_config_writes_results(tmp_path):
+    config = cli.run_config(_compose(["model=pal_a", f"cache_dir={tmp_path / 'cache'}", *TINY]))
+    results = run(config, tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert on_disk["model"] == "pal_a" and on_disk["dataset"] == "ideal_point"
+    for key in ("seeds", "wall_seconds", "bayes_optimal_accuracy"):
+        assert key in on_disk
+    assert 0.0 <= on_disk["seen"]["accuracy"] <= 1.0
+    assert set(on_disk["unseen"]["accuracy_at_k"]) == {"1", "5"}
+    assert on_disk["unseen"]["accuracy_at_k"]["5"] == pytest.approx(results["unseen"]["accuracy_at_k"][5])
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def _pluralign(args, cwd, env_extra):
+    env = {**os.environ, **env_extra}
+    return subprocess.run(
+        [sys.executable, "-m", "pluralign.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_tiny_multirun_with_the_basic_sweeper(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _pluralign(
+        ["-m", "model=bt,pal_a,pal_b", f"hydra.sweep.dir={sweep}", *TINY],
+        cwd=tmp_path, env_extra={"PLURALIGN_CACHE": str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = collect_results(sweep)
+    assert sorted(r["model"] for r in results) == ["bt", "pal_a", "pal_b"]
+    # The end-of-sweep callback printed one table with every model.
+    assert "pluralign results" in proc.stdout
+    for model in ("bt", "pal_a", "pal_b"):
+        assert f"{model} " in proc.stdout
+    # `pluralign report` prints the same table from the directory.
+    report = _pluralign(["report", str(sweep)], cwd=tmp_path, env_extra={})
+    assert report.returncode == 0 and "pal_b" in report.stdout
+
+
+def test_report_on_a_directory_without_results_fails(tmp_path):
+    proc = _pluralign(["report", str(tmp_path)], cwd=tmp_path, env_extra={})
+    assert proc.returncode != 0
