@@ -79,6 +79,39 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
+def _fingerprint(config: RunConfig) -> dict:
+    """The parts of a config that determine a run's result (not progress bars or cache paths)."""
+    d = json.loads(json.dumps(dataclasses.asdict(config), default=_json_default))
+    d.pop("cache_dir", None)
+    d["train"].pop("progress", None)
+    return d
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_resumable(run_dir: pathlib.Path, config: RunConfig) -> None:
+    """A run directory with checkpoints resumes only the same config; otherwise fail clearly."""
+    path = run_dir / "run_config.json"
+    if path.exists() and (run_dir / "checkpoints").exists():
+        old, new = json.loads(path.read_text()), _fingerprint(config)
+        if old != new:
+            flat_old, flat_new = _flatten(old), _flatten(new)
+            diff = sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k))
+            raise ValueError(
+                f"{run_dir}: holds checkpoints of a run with a different config (differs in: {', '.join(diff)}). "
+                "Resume only with the same config; start a changed config in a new run directory."
+            )
+    write_json_atomic(path, _fingerprint(config))
+
+
 def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dict:
     """Trains and evaluates; writes and returns the results dict."""
     t0 = time.perf_counter()
@@ -86,6 +119,8 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     run_dir.mkdir(parents=True, exist_ok=True)
     ev = config.eval
     seeds = list(config.seeds)
+
+    _check_resumable(run_dir, config)
 
     dataset = load_dataset(config.data, config.cache_dir)
     comparisons = dataset.comparisons
@@ -100,6 +135,8 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         val_fraction=ev.pair_val_fraction, test_fraction=ev.pair_test_fraction,
     )
     write_json_atomic(run_dir / "split.json", split.to_dict())
+    if len(pairs.val) == 0:
+        raise ValueError("no seen-user validation pairs for early stopping: raise eval.pair_val_fraction")
     tables = make_tables(dataset)
     train, val, test = (to_batch(comparisons.take(rows)) for rows in (pairs.train, pairs.val, pairs.test))
 
@@ -143,7 +180,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
 
     # --- unseen users: prior strength chosen on unseen-val, reported on unseen-test
     adapt = fewshot.make_adapt_and_predict(graphdef, ev.inference_steps, ev.inference_learning_rate)
-    common = dict(shots=list(ev.shots), seeds=seeds, draws=ev.draws)
+    common = dict(shots=list(ev.shots), seeds=seeds, draws=ev.draws, seen_users=jnp.asarray(split.seen), user_group=user_group)
     val_curves = {
         strength: fewshot.evaluate_unseen(
             adapt, best, tables, comparisons, split.unseen_val, mode="random", prior_strength=strength, **common

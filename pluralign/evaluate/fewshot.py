@@ -108,17 +108,18 @@ def _features(model, tables, batch):
 
 
 def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: float):
-    """Returns a jitted fn: (params, tables, support, n_shots, query, strength) -> (states [U,S], query logits [U,Q])."""
+    """Returns a jitted fn: (params, tables, support, n_shots, query, strength, seen_users)
+    -> (states [U, S], query logits [U, Q]). The prior mean is the average of `seen_users`' states."""
 
     @jax.jit
-    def adapt_and_predict(params, tables, support: base.PairBatch, n_shots, query: base.PairBatch, strength):
+    def adapt_and_predict(params, tables, support: base.PairBatch, n_shots, query: base.PairBatch, strength, seen_users):
         model = nnx.merge(graphdef, params)
         support_feats = _features(model, tables, support)
         # The first n_shots pool pairs are the support; the rest of the pool is masked out.
         shot_mask = jnp.arange(support.label.shape[1])[None, :] < n_shots
         states = model.infer_user(
             support_feats, support.label, support.weight * shot_mask,
-            prior_strength=strength, steps=steps, learning_rate=learning_rate,
+            prior_mean=model.population_user_state(seen_users), prior_strength=strength, steps=steps, learning_rate=learning_rate,
         )  # [U, S]
         query_feats = _features(model, tables, query)
         q = query.label.shape[1]
@@ -140,10 +141,13 @@ def evaluate_unseen(
     seeds: list[int],
     draws: int,
     prior_strength: float,
+    seen_users: np.ndarray,
+    user_group: np.ndarray | None = None,
 ) -> dict:
     """k-shot metrics on unseen users for every seed (params carry a leading seed axis) and draw.
 
-    Returns {k: {accuracy, accuracy_std, log_loss, ece, per_user_mean, per_user_p10, n_users}}.
+    Returns {k: {accuracy, accuracy_std, log_loss, ece, per_user_mean, per_user_p10, n_users
+    [, worst_group_accuracy]}}.
     """
     max_shots = max(shots)
     per_k: dict[int, list[dict]] = {k: [] for k in shots}
@@ -157,12 +161,14 @@ def evaluate_unseen(
                 eligible = episodes.pool_size >= k
                 if not eligible.any():
                     continue
-                _, logits = adapt_and_predict(seed_params, tables, support, jnp.int32(k), query, jnp.float32(prior_strength))
+                _, logits = adapt_and_predict(
+                    seed_params, tables, support, jnp.int32(k), query, jnp.float32(prior_strength), seen_users
+                )
                 w = np.asarray(query.weight) * eligible[:, None]
                 per_k[k].append(
                     metrics.summary(
                         np.asarray(logits).ravel(), np.asarray(query.label).ravel(), w.ravel(),
-                        np.asarray(query.user).ravel(),
+                        np.asarray(query.user).ravel(), user_group,
                     )
                 )
     out = {}
@@ -179,4 +185,6 @@ def evaluate_unseen(
             "per_user_p10": float(np.mean([r["per_user"]["p10"] for r in runs])),
             "n_users": int(np.mean([r["per_user"]["n_users"] for r in runs])),
         }
+        if user_group is not None:
+            out[k]["worst_group_accuracy"] = float(np.mean([r["worst_group_accuracy"] for r in runs]))
     return out

@@ -102,21 +102,25 @@ class PreferenceModel(nnx.Module):
         """[B] user ids -> [B, S] learned states of seen users."""
         return jnp.zeros((users.shape[0], self.user_state_dim), jnp.float32)
 
-    def population_user_state(self) -> jax.Array:
-        """[S] the state of an average user: the prior mean for few-shot inference."""
+    def population_user_state(self, users: jax.Array | None = None) -> jax.Array:
+        """[S] the state of an average user among `users` (seen users; None = every row of the
+        user table): the prior mean for few-shot inference."""
         return jnp.zeros((self.user_state_dim,), jnp.float32)
 
     def user_state_log_prior(self, user_state: jax.Array, prior_mean: jax.Array, strength: float) -> jax.Array:
         """log p(φ) up to a constant, for MAP few-shot inference: Gaussian around the prior mean."""
         return -0.5 * strength * jnp.sum(jnp.square(user_state - prior_mean))
 
-    def infer_user(self, support_features: Any, labels: jax.Array, weights: jax.Array, **options) -> jax.Array:
+    def infer_user(
+        self, support_features: Any, labels: jax.Array, weights: jax.Array, *, prior_mean: jax.Array | None = None, **options
+    ) -> jax.Array:
         """Few-shot user states [U, S] from support features [U, k, ...] with θ frozen.
 
-        Default: MAP by gradient descent (`fit_user_states`) around `population_user_state`.
-        Models with amortised inference (VPL) override this.
+        Default: MAP by gradient descent (`fit_user_states`) around `prior_mean` (default:
+        `population_user_state()`). Models with amortised inference (VPL) override this.
         """
-        return fit_user_states(self, support_features, labels, weights, self.population_user_state(), **options)
+        prior_mean = self.population_user_state() if prior_mean is None else prior_mean
+        return fit_user_states(self, support_features, labels, weights, prior_mean, **options)
 
     def regularization(self) -> jax.Array:
         """Extra training penalty on θ (added to the mean loss)."""

@@ -52,10 +52,11 @@ class _PALBase(PreferenceModel):
     def seen_user_state(self, users):
         return self.user_logits[...][users]  # [B, K]
 
-    def population_user_state(self):
-        # The average user's weights w̄ = mean_u softmax(W_u), as logits: log w̄ (softmax-invariant).
-        mean_weights = jax.nn.softmax(self.user_logits[...], axis=-1).mean(axis=0)  # [K]
-        return jnp.log(mean_weights)
+    def population_user_state(self, users=None):
+        # The average seen user's weights w̄ = mean_u softmax(W_u), as logits log w̄ (softmax is
+        # shift-invariant). Rows of users never trained on keep their random init: leave them out.
+        logits = self.user_logits[...] if users is None else self.user_logits[...][users]
+        return jnp.log(jax.nn.softmax(logits, axis=-1).mean(axis=0))  # [K]
 
 
 class PALA(_PALBase):

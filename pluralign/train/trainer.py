@@ -13,6 +13,7 @@ its latest checkpoint ends exactly where an uninterrupted run ends.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -137,17 +138,20 @@ class Trainer:
     def _loss(self, params, tables, batch):
         return base.loss(nnx.merge(self.graphdef, params), tables, batch)
 
+    def train_step(self, params, opt_state, tables: base.Tables, batch: base.PairBatch):
+        """One optimiser step on one batch of one seed: (params, opt_state, metrics)."""
+        (_, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, tables, batch)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, metrics
+
     def _train_epoch(self, state: TrainState, tables: base.Tables, data: base.PairBatch, epoch):
         n = data.label.shape[0]
         order = jax.random.permutation(jax.random.fold_in(state.key, epoch), n)
         order = order[: self.steps_per_epoch * self.batch_size].reshape(self.steps_per_epoch, self.batch_size)
 
         def step(carry, idx):  # idx: [B] rows of the training comparisons
-            params, opt_state = carry
-            batch = jax.tree.map(lambda col: col[idx], data)
-            (_, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, tables, batch)
-            updates, opt_state = self.tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), metrics
+            params, opt_state, metrics = self.train_step(*carry, tables, jax.tree.map(lambda col: col[idx], data))
+            return (params, opt_state), metrics
 
         (params, opt_state), metrics = jax.lax.scan(step, (state.params, state.opt_state), order)
         return state.replace(params=params, opt_state=opt_state), jax.tree.map(jnp.mean, metrics)
@@ -176,17 +180,20 @@ class Trainer:
     ) -> tuple[TrainState, dict]:
         """Trains until every seed has stopped or max_epochs; resumes from run_dir/checkpoints."""
         cfg = self.config
-        manager = _checkpoint_manager(run_dir) if (cfg.checkpoint and run_dir is not None) else None
-        start_epoch, done = 0, False
-        if manager is not None and manager.latest_step() is not None:
-            state, last_epoch, done = _restore(manager, state)
-            start_epoch = last_epoch + 1
-        log = (run_dir / "metrics.jsonl").open("a") if run_dir is not None else None
-        progress = _progress(cfg.progress)
-        task = progress.add_task("train", total=cfg.max_epochs, completed=start_epoch)
-        t0 = time.perf_counter()
-        epoch = start_epoch - 1
-        with progress:
+        with contextlib.ExitStack() as stack:
+            manager = None
+            if cfg.checkpoint and run_dir is not None:
+                manager = _checkpoint_manager(run_dir)
+                stack.callback(manager.close)  # also on errors: orbax's background threads must stop
+            start_epoch, done = 0, False
+            if manager is not None and manager.latest_step() is not None:
+                state, last_epoch, done = _restore(manager, state)
+                start_epoch = last_epoch + 1
+            log = stack.enter_context((run_dir / "metrics.jsonl").open("a")) if run_dir is not None else None
+            progress = stack.enter_context(_progress(cfg.progress))
+            task = progress.add_task("train", total=cfg.max_epochs, completed=start_epoch)
+            t0 = time.perf_counter()
+            epoch = start_epoch - 1
             for epoch in range(start_epoch, start_epoch if done else cfg.max_epochs):
                 state, train_metrics = self._epoch(state, tables, train, jnp.int32(epoch))
                 progress.advance(task)
@@ -211,11 +218,8 @@ class Trainer:
                     on_epoch_end(epoch)
                 if all_stopped:
                     break
-        if manager is not None:
-            manager.wait_until_finished()
-            manager.close()
-        if log is not None:
-            log.close()
+            if manager is not None:
+                manager.wait_until_finished()
         summary = {
             "epochs_run": epoch + 1,
             "best_epoch": np.asarray(state.best_epoch).tolist(),
@@ -236,7 +240,7 @@ def _checkpoint_manager(run_dir: pathlib.Path) -> ocp.CheckpointManager:
 def _save(manager: ocp.CheckpointManager, epoch: int, state: TrainState, done: bool) -> None:
     # Leaves as a flat list: orbax then needs no knowledge of NNX/optax pytree node types,
     # and the restore target's treedef puts them back.
-    payload = {"leaves": jax.tree.leaves(state), "epoch": np.int64(epoch), "done": np.int64(done)}
+    payload = {"leaves": jax.tree.leaves(state), "epoch": np.asarray(epoch, np.int32), "done": np.asarray(done, np.int32)}
     manager.save(epoch, args=ocp.args.StandardSave(payload))
 
 
@@ -255,10 +259,16 @@ def _restore(manager: ocp.CheckpointManager, like: TrainState) -> tuple[TrainSta
     leaves, treedef = jax.tree.flatten(like)
     target = {
         "leaves": [ocp.utils.to_shape_dtype_struct(x) for x in leaves],
-        "epoch": np.int64(0),
-        "done": np.int64(0),
+        "epoch": np.zeros((), np.int32),
+        "done": np.zeros((), np.int32),
     }
-    restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
+    try:
+        restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
+    except (ValueError, KeyError, TypeError) as e:
+        raise RuntimeError(
+            f"{manager.directory}: the checkpoint there does not match this run's model or seeds ({e}). "
+            "Resume only with the same config; start a changed config in a new run directory."
+        ) from e
     state = jax.tree.unflatten(treedef, [jnp.asarray(x) for x in restored["leaves"]])
     return state, int(restored["epoch"]), bool(restored["done"])
 
