@@ -111,3 +111,42 @@ def test_tiny_multirun_with_the_basic_sweeper(tmp_path):
 def test_report_on_a_directory_without_results_fails(tmp_path):
     proc = _pluralign(["report", str(tmp_path)], cwd=tmp_path, env_extra={})
     assert proc.returncode != 0
+
+
+def test_a_killed_run_restarted_in_its_directory_ends_with_the_same_results(tmp_path):
+    """SIGKILL mid-training (no clean shutdown), restart with the same run dir: same numbers."""
+    import signal
+    import time
+
+    args = ["model=pal_a", "eval=fast", *TINY_DATA, "train.max_epochs=12", "train.patience=100", "train.progress=false",
+            "data.comparisons_per_user=60"]
+    env = {**os.environ, "PLURALIGN_CACHE": str(tmp_path / "cache")}
+    reference = _pluralign([*args, f"hydra.run.dir={tmp_path / 'reference'}"], cwd=tmp_path, env_extra=env)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pluralign.cli", *args, f"hydra.run.dir={killed_dir}"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    metrics_file = killed_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "results.json").exists()
+
+    resumed = _pluralign([*args, f"hydra.run.dir={killed_dir}"], cwd=tmp_path, env_extra=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want = json.loads((tmp_path / "reference" / "results.json").read_text())
+    got = json.loads((killed_dir / "results.json").read_text())
+    assert got["train"]["best_val_loss"] == want["train"]["best_val_loss"]
+    assert got["seen"]["accuracy"] == want["seen"]["accuracy"]
+    assert got["unseen"]["accuracy_at_k"] == want["unseen"]["accuracy_at_k"]
+    # It resumed rather than started over: epoch 0 was trained (and logged) once.
+    epochs = [json.loads(line)["epoch"] for line in metrics_file.read_text().splitlines()]
+    assert epochs.count(0) == 1 and max(epochs) == 11
