@@ -26,6 +26,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pluralign.models import base
 
@@ -44,6 +45,10 @@ class TrainConfig:
     patience: int = 8  # validations without improvement before a seed stops
     checkpoint: bool = True
     progress: bool = True
+    # Data parallelism over all local devices (Mesh + NamedSharding): each batch is split
+    # along its rows, parameters are replicated, XLA inserts the gradient all-reduce.
+    # "auto" = on when more than one device is visible.
+    data_parallel: str = "auto"  # auto | on | off
 
 
 @struct.dataclass
@@ -116,7 +121,10 @@ class Trainer:
     def __init__(self, graphdef: nnx.GraphDef, config: TrainConfig, n_train: int):
         self.graphdef = graphdef
         self.config = config
-        self.batch_size = max(1, min(config.batch_size, n_train))
+        self.mesh = _data_mesh(config.data_parallel)
+        n_shards = self.mesh.size if self.mesh is not None else 1
+        # Every shard gets the same number of rows.
+        self.batch_size = max(n_shards, min(config.batch_size, n_train) // n_shards * n_shards)
         self.steps_per_epoch = max(1, n_train // self.batch_size)
         self.tx = make_optimizer(config, config.max_epochs * self.steps_per_epoch)
         self._epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, None, None, None)), donate_argnums=0)
@@ -150,7 +158,10 @@ class Trainer:
         order = order[: self.steps_per_epoch * self.batch_size].reshape(self.steps_per_epoch, self.batch_size)
 
         def step(carry, idx):  # idx: [B] rows of the training comparisons
-            params, opt_state, metrics = self.train_step(*carry, tables, jax.tree.map(lambda col: col[idx], data))
+            batch = jax.tree.map(lambda col: col[idx], data)
+            if self.mesh is not None:
+                batch = jax.lax.with_sharding_constraint(batch, NamedSharding(self.mesh, PartitionSpec("data")))
+            params, opt_state, metrics = self.train_step(*carry, tables, batch)
             return (params, opt_state), metrics
 
         (params, opt_state), metrics = jax.lax.scan(step, (state.params, state.opt_state), order)
@@ -228,6 +239,14 @@ class Trainer:
             "batch_size": self.batch_size,
         }
         return state, summary
+
+
+def _data_mesh(mode: str) -> Mesh | None:
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"train.data_parallel must be auto, on or off, not {mode!r}")
+    if mode == "off" or (mode == "auto" and jax.device_count() == 1):
+        return None
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _checkpoint_manager(run_dir: pathlib.Path) -> ocp.CheckpointManager:
