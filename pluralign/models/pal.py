@@ -101,7 +101,7 @@ class PALB(_PALBase):
 
     def _prompt_directions(self, e_x, has_prompt):
         e_x = self.null_prompt(e_x, has_prompt)  # [B, D]
-        return jnp.einsum("bD,kDd->bkd", e_x, self.prompt_maps[...]) + self.prompt_bias[...]  # [B, K, d]
+        return jnp.einsum("bD,kDd->bkd", e_x, self.prompt_maps[...]) + self.prompt_bias[...][None]  # [B, K, d]
 
     def _scale(self):
         return jnp.exp(jnp.minimum(self.logit_scale[...], self.max_log_scale))
