@@ -1,0 +1,231 @@
+"""The few-shot protocol: episodes, MAP user inference, and model selection off the test users."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pluralign.data import Comparisons
+from pluralign.data.synthetic import IdealPointConfig
+from pluralign.evaluate import fewshot
+from pluralign.evaluate.fewshot import EvalConfig, make_episodes
+from pluralign.models import BT, PALA, BTConfig, Dims, PairEmbeddings, PALConfig
+from pluralign.models.base import fit_user_states
+from pluralign.run import RunConfig, make_tables, run
+from pluralign.train.trainer import TrainConfig
+
+D = 16
+
+
+def rows_of(episodes_rows):
+    return [r[r >= 0] for r in episodes_rows]
+
+
+@pytest.fixture(scope="module")
+def users():
+    return np.arange(0, 60, 3)
+
+
+@pytest.mark.parametrize("mode", ["random", "item_disjoint"])
+def test_support_and_query_are_disjoint_rows_of_that_user(tiny_dataset, users, mode):
+    c = tiny_dataset.comparisons
+    ep = make_episodes(c, users, max_shots=50, mode=mode, seed=0)
+    np.testing.assert_array_equal(ep.users, users)
+    for u, support, query in zip(users, rows_of(ep.support), rows_of(ep.query)):
+        assert len(query) > 0
+        assert np.intersect1d(support, query).size == 0
+        assert len(np.unique(support)) == len(support) and len(np.unique(query)) == len(query)
+        assert np.all(c.user[support] == u) and np.all(c.user[query] == u)
+
+
+@pytest.mark.parametrize("mode", ["random", "item_disjoint"])
+def test_query_is_the_same_for_every_k_and_supports_are_nested(tiny_dataset, users, mode):
+    c = tiny_dataset.comparisons
+    small = make_episodes(c, users, max_shots=5, mode=mode, seed=3)
+    large = make_episodes(c, users, max_shots=20, mode=mode, seed=3)
+    np.testing.assert_array_equal(small.query, large.query)
+    np.testing.assert_array_equal(small.support, large.support[:, :5])
+    other = make_episodes(c, users, max_shots=20, mode=mode, seed=4)
+    assert not np.array_equal(other.query, large.query)
+
+
+def test_item_disjoint_support_shares_no_item_with_query(tiny_dataset, users):
+    c = tiny_dataset.comparisons
+
+    def shared_items(ep):
+        return [
+            np.intersect1d(np.union1d(c.a[s], c.b[s]), np.union1d(c.a[q], c.b[q])).size
+            for s, q in zip(rows_of(ep.support), rows_of(ep.query))
+        ]
+
+    disjoint = make_episodes(c, users, max_shots=50, mode="item_disjoint", seed=0)
+    assert all(n == 0 for n in shared_items(disjoint))
+    assert np.all(disjoint.pool_size > 0)
+    # The random mode does share items here, so the check above is not vacuous.
+    assert sum(shared_items(make_episodes(c, users, max_shots=50, mode="random", seed=0))) > 0
+
+
+def test_pool_sizes():
+    counts = [1, 2, 7, 30]
+    user = np.repeat(np.arange(4), counts)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 50, size=len(user))
+    c = Comparisons.from_arrays(user, a, (a + 1) % 50, np.ones(len(user), np.float32))
+    ep = make_episodes(c, np.arange(4), max_shots=10, mode="random", seed=0)
+    # random mode: the query is half the user's pairs (rounded up, at least one), the pool the rest.
+    expected_query = [max(1, (n + 1) // 2) for n in counts]
+    expected_pool = [min(10, n - q) for n, q in zip(counts, expected_query)]
+    np.testing.assert_array_equal(ep.pool_size, expected_pool)
+    np.testing.assert_array_equal((ep.support >= 0).sum(axis=1), expected_pool)
+    np.testing.assert_array_equal((ep.query >= 0).sum(axis=1), expected_query)
+    assert ep.support.shape == (4, 10)
+    with pytest.raises(ValueError):
+        make_episodes(c, np.arange(4), max_shots=10, mode="bogus", seed=0)
+
+
+# --- MAP inference of user states ---------------------------------------------------------
+
+
+def pal_a(seed=0, n_users=5, latent_dim=4):
+    return PALA(PALConfig(n_prototypes=3, latent_dim=latent_dim), Dims(D, n_users), rngs=nnx.Rngs(seed))
+
+
+def random_support(model, n_users, k, seed=0):
+    """Support features [U, k, ...] of random item pairs."""
+    rng = np.random.default_rng(seed)
+    n = n_users * k
+    e = lambda: jnp.asarray(rng.standard_normal((n, D)), jnp.float32)
+    feats = model.pair_features(PairEmbeddings(e_x=jnp.zeros((n, D)), has_prompt=jnp.zeros(n, bool), e_a=e(), e_b=e()))
+    return jax.tree.map(lambda f: f.reshape(n_users, k, *f.shape[1:]), feats)
+
+
+def head(model, states, feats):
+    k = jax.tree.leaves(feats)[0].shape[1]
+    return jax.vmap(lambda s, f: model.pair_logits(jnp.broadcast_to(s, (k, s.shape[0])), f))(states, feats)
+
+
+def test_huge_prior_strength_returns_the_prior_mean():
+    model = pal_a()
+    feats = random_support(model, 4, 10)
+    labels = jnp.asarray(np.random.default_rng(1).random((4, 10)) < 0.5, jnp.float32)
+    prior_mean = jnp.array([0.5, -1.0, 0.2])
+    states = fit_user_states(model, feats, labels, jnp.ones((4, 10)), prior_mean, 1e6)
+    assert states.shape == (4, 3)
+    np.testing.assert_allclose(np.asarray(states), np.broadcast_to(np.asarray(prior_mean), (4, 3)), atol=2e-3)
+
+
+def test_no_prior_fits_separable_support():
+    model = pal_a()
+    model.prototypes[...] = 3.0 * jnp.eye(3, 4)
+    U, k = 3, 12
+    feats = random_support(model, U, 64, seed=2)
+    # Labels a true state would give, keeping only pairs it decides with a margin.
+    true_states = jnp.array([[6.0, -6.0, -6.0], [-6.0, 6.0, -6.0], [-6.0, -6.0, 6.0]])
+    z_true = np.asarray(head(model, true_states, feats))
+    keep = np.stack([np.flatnonzero(np.abs(z) > 1.0)[:k] for z in z_true])  # [U, k]
+    feats = jax.tree.map(lambda f: jnp.take_along_axis(f, jnp.asarray(keep)[:, :, None], axis=1), feats)
+    labels = jnp.asarray(np.take_along_axis(z_true, keep, axis=1) > 0, jnp.float32)
+    prior_mean = model.population_user_state()
+    states = fit_user_states(model, feats, labels, jnp.ones((U, k)), prior_mean, 0.0, steps=300)
+    z_fit = np.asarray(head(model, states, feats))
+    np.testing.assert_array_equal(z_fit > 0, np.asarray(labels) > 0.5)
+    z_prior = np.asarray(head(model, jnp.broadcast_to(prior_mean, (U, 3)), feats))
+    assert np.mean((z_prior > 0) == (np.asarray(labels) > 0.5)) < 1.0  # the prior alone does not fit it
+
+
+def test_map_finds_the_users_prototype():
+    """Users who are exactly prototype j: 20 noisy shots put most of the weight on j."""
+    model = pal_a(latent_dim=4)
+    layer = model.item_map.layers[0]
+    layer.kernel[...] = jnp.eye(D, 4)  # f(e) = the first 4 coordinates of e
+    layer.bias[...] = jnp.zeros(4)
+    model.prototypes[...] = jnp.array([[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 2.0, 0]])
+    model.log_temperature[...] = jnp.asarray(0.0)
+    U, k = 3, 20
+    feats = random_support(model, U, k, seed=5)
+    true_states = 10.0 * (jnp.eye(3) - 0.5)  # user j ~ prototype j
+    p = jax.nn.sigmoid(head(model, true_states, feats))
+    labels = jnp.asarray(np.random.default_rng(6).random((U, k)) < np.asarray(p), jnp.float32)
+    states = model.infer_user(feats, labels, jnp.ones((U, k)), prior_strength=1.0)
+    weights = np.asarray(jax.nn.softmax(states, axis=-1))
+    np.testing.assert_array_equal(weights.argmax(axis=1), [0, 1, 2])
+    assert np.all(weights[np.arange(3), np.arange(3)] > 0.5)
+
+
+def test_bt_has_no_user_state_to_fit():
+    model = BT(BTConfig(), Dims(D, 5), rngs=nnx.Rngs(0))
+    feats = random_support(model, 2, 4)
+    states = model.infer_user(feats, jnp.ones((2, 4)), jnp.ones((2, 4)), prior_strength=1.0)
+    assert states.shape == (2, 0)
+
+
+def test_adapt_and_predict_uses_only_the_first_k_shots(tiny_dataset):
+    model = pal_a(n_users=tiny_dataset.n_users)
+    graphdef, params = nnx.split(model)
+    tables = make_tables(tiny_dataset)
+    c = tiny_dataset.comparisons
+    ep = make_episodes(c, np.arange(6), max_shots=10, mode="random", seed=0)
+    support, query = fewshot._as_batch(c, ep.support), fewshot._as_batch(c, ep.query)
+    adapt = fewshot.make_adapt_and_predict(graphdef, steps=50, learning_rate=0.1)
+
+    seen_users = jnp.arange(10, 60)  # the prior mean averages these users' states only
+    states0, logits0 = adapt(params, tables, support, jnp.int32(0), query, jnp.float32(1.0), seen_users)
+    prior = np.asarray(model.population_user_state(seen_users))
+    np.testing.assert_allclose(np.asarray(states0), np.broadcast_to(prior, (6, 3)), atol=1e-6)
+    assert logits0.shape == query.label.shape
+
+    states5, _ = adapt(params, tables, support, jnp.int32(5), query, jnp.float32(1.0), seen_users)
+    assert not np.allclose(np.asarray(states5), np.asarray(states0))
+    flipped = support.replace(label=support.label.at[:, 5:].set(1.0 - support.label[:, 5:]))
+    states5_flipped, _ = adapt(params, tables, flipped, jnp.int32(5), query, jnp.float32(1.0), seen_users)
+    np.testing.assert_array_equal(np.asarray(states5_flipped), np.asarray(states5))
+    states6_flipped, _ = adapt(params, tables, flipped, jnp.int32(6), query, jnp.float32(1.0), seen_users)
+    states6, _ = adapt(params, tables, support, jnp.int32(6), query, jnp.float32(1.0), seen_users)
+    assert not np.allclose(np.asarray(states6_flipped), np.asarray(states6))
+
+
+# --- model selection -------------------------------------------------------------------
+
+
+def test_prior_strength_is_selected_on_unseen_val_users_only(tmp_path, monkeypatch):
+    """Every candidate prior strength is scored on unseen-val users; unseen-test users see only
+    the chosen one. Fake curves make val prefer 3.0 and test prefer 0.3: the run must pick 3.0."""
+    calls = []
+    strengths = [0.3, 1.0, 3.0]
+    split = {}
+
+    def fake_evaluate_unseen(adapt, params, tables, comparisons, users, *, shots, mode, prior_strength, **_):
+        if not split:
+            split.update(json.loads((tmp_path / "run" / "split.json").read_text()))
+        calls.append((np.asarray(users).copy(), mode, prior_strength))
+        is_val = np.array_equal(np.sort(users), np.sort(split["unseen_val"]))
+        best = 3.0 if is_val else 0.3
+        acc = 0.9 if prior_strength == best else 0.6
+        return {k: {"accuracy": acc, "accuracy_std": 0.0, "log_loss": 0.5, "ece": 0.0, "per_user_mean": acc,
+                    "per_user_p10": acc, "n_users": len(users)} for k in shots}
+
+    monkeypatch.setattr(fewshot, "evaluate_unseen", fake_evaluate_unseen)
+    config = RunConfig(
+        model=PALConfig(name="pal_a", n_prototypes=2, latent_dim=4),
+        data=IdealPointConfig(n_users=40, n_items=100, comparisons_per_user=20, dim=D, seed=0),
+        train=TrainConfig(progress=False, max_epochs=1, batch_size=128, checkpoint=False),
+        eval=EvalConfig(shots=[1, 5], modes=["random", "item_disjoint"], draws=1, prior_strengths=strengths),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    results = run(config, tmp_path / "run")
+
+    val_users, test_users = np.asarray(split["unseen_val"]), np.asarray(split["unseen_test"])
+    assert len(val_users) and len(test_users) and np.intersect1d(val_users, test_users).size == 0
+    on_val = [(mode, s) for users, mode, s in calls if np.array_equal(np.sort(users), np.sort(val_users))]
+    on_test = [(mode, s) for users, mode, s in calls if np.array_equal(np.sort(users), np.sort(test_users))]
+    assert len(on_val) + len(on_test) == len(calls)  # no call mixes val and test users
+    assert sorted(s for _, s in on_val) == sorted(strengths)
+    assert results["unseen"]["prior_strength"] == 3.0
+    assert sorted(on_test) == [("item_disjoint", 3.0), ("random", 3.0)]
+    seen = set(np.asarray(split["seen"]).tolist())
+    assert all(not seen.intersection(users.tolist()) for users, _, _ in calls)
