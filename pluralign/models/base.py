@@ -145,7 +145,15 @@ class MLP(nnx.Module):
         self.layers = nnx.List([nnx.Linear(i, o, rngs=rngs) for i, o in zip(sizes[:-1], sizes[1:])])
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        for layer in self.layers[:-1]:
+        return self.after_first_layer(self.layers[0](x))
+
+    def after_first_layer(self, pre: jax.Array) -> jax.Array:
+        """The rest of the network given the first layer's pre-activation (lets callers
+        compute that affine map in parts, e.g. a shared prompt half once per pair)."""
+        if len(self.layers) == 1:
+            return pre
+        x = jax.nn.gelu(pre)
+        for layer in self.layers[1:-1]:
             x = jax.nn.gelu(layer(x))
         return self.layers[-1](x)
 

@@ -35,10 +35,16 @@ class BT(PreferenceModel):
         return self.reward_net(jnp.concatenate([e_x, e_y], axis=-1))[:, 0]  # [B]
 
     def pair_features(self, pair: PairEmbeddings) -> jax.Array:
-        # r(a) − r(b) does not depend on the user: it is the whole logit. Both sides go
-        # through the network as one [2B] batch: one large matmul instead of two.
-        both = lambda x: jnp.concatenate([x, x], axis=0)
-        r = self._reward(both(pair.e_x), both(pair.has_prompt), jnp.concatenate([pair.e_a, pair.e_b], axis=0))
+        # r(a) − r(b) does not depend on the user: it is the whole logit. The first layer
+        # W [e_x; e_y] = W_x e_x + W_y e_y is split so the prompt half, shared by a and b,
+        # is computed once per pair, and both responses go through W_y as one [2B] matmul:
+        # 3/4 of the naive first-layer FLOPs, same function.
+        first = self.reward_net.layers[0]
+        kernel = first.kernel[...]  # [2D, H]
+        dim = pair.e_a.shape[-1]
+        prompt_part = self.null_prompt(pair.e_x, pair.has_prompt) @ kernel[:dim]  # [B, H]
+        item_part = jnp.concatenate([pair.e_a, pair.e_b], axis=0) @ kernel[dim:] + first.bias[...][None]  # [2B, H]
+        r = self.reward_net.after_first_layer(item_part + jnp.concatenate([prompt_part, prompt_part], axis=0))[:, 0]
         r_a, r_b = jnp.split(r, 2)
         return r_a - r_b
 
