@@ -29,6 +29,7 @@ from flax import nnx
 from pluralign.data import Comparisons, split_seen_pairs, split_users
 from pluralign.data.sources import load_dataset
 from pluralign.evaluate import fewshot, metrics
+from pluralign.jsonio import json_default, write_json_atomic
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import base, model_class
 from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_in_chunks
@@ -65,23 +66,9 @@ def _mean_std(values) -> dict:
     return {"mean": float(values.mean()), "std": float(values.std())}
 
 
-def write_json_atomic(path: pathlib.Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x)}")
-
-
 def _fingerprint(config: RunConfig) -> dict:
     """The parts of a config that determine a run's result (not progress bars or cache paths)."""
-    d = json.loads(json.dumps(dataclasses.asdict(config), default=_json_default))
+    d = json.loads(json.dumps(dataclasses.asdict(config), default=json_default))
     d.pop("cache_dir", None)
     d["train"].pop("progress", None)
     return d

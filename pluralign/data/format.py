@@ -24,6 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pluralign.jsonio import json_default
+
 FORMAT_VERSION = 1
 
 _INT32 = np.iinfo(np.int32)
@@ -315,15 +317,6 @@ def read_dataset(path: str | os.PathLike, *, mmap: bool = True, validate: bool =
 
 # ----------------------------------------------------------------- writing
 
-def _json_default(x: Any) -> Any:
-    # Synthetic generators store their true parameters (meta["truth"]) as numpy.
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(f"{type(x).__name__} is not JSON-serialisable")
-
-
 def _write_files(tmp: pathlib.Path, ds: PreferenceDataset, meta_text: str) -> None:
     np.save(tmp / "items.npy", np.ascontiguousarray(ds.items))
     if ds.prompts is not None:
@@ -356,7 +349,7 @@ def write_dataset(path: str | os.PathLike, items: np.ndarray, comparisons: Compa
     if "n_users" not in full_meta:
         full_meta["n_users"] = int(comparisons.user.max()) + 1 if len(comparisons) else 0
     try:
-        meta_text = json.dumps(full_meta, indent=2, default=_json_default)
+        meta_text = json.dumps(full_meta, indent=2, default=json_default)
     except (TypeError, ValueError) as e:
         raise DatasetError("meta.json", f"not JSON-serialisable: {e}") from e
     full_meta = json.loads(meta_text)  # validate exactly what a reader will see
