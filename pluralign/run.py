@@ -167,7 +167,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
 
     # --- unseen users: prior strength chosen on unseen-val, reported on unseen-test
     adapt = fewshot.make_adapt_and_predict(graphdef, ev.inference_steps, ev.inference_learning_rate)
-    common = dict(shots=list(ev.shots), seeds=seeds, draws=ev.draws, seen_users=jnp.asarray(split.seen), user_group=user_group)
+    common = dict(shots=list(ev.shots), seeds=seeds, draws=ev.draws, min_user_fraction=ev.min_user_fraction, seen_users=jnp.asarray(split.seen), user_group=user_group)
     val_curves = {
         strength: fewshot.evaluate_unseen(
             adapt, best, tables, comparisons, split.unseen_val, mode="random", prior_strength=strength, **common

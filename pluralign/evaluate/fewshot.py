@@ -12,7 +12,8 @@ one call) and scored on the query set, which is the same for every k. Two modes:
   so a model cannot score by remembering how the user judged the very same items.
 
 A user enters the k-shot figure only if their pool holds at least k pairs (the
-number of users per k is reported). Episodes are drawn per seed and per draw.
+number of users per k is reported), and a k is reported only if at least
+`min_user_fraction` of the users enter it. Episodes are drawn per seed and per draw.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class EvalConfig:
     shots: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 5, 10, 20, 50])
     modes: list[str] = dataclasses.field(default_factory=lambda: ["random", "item_disjoint"])
     draws: int = 2  # support/query draws per seed
+    # A k is reported only where at least this fraction of the users have k support pairs:
+    # a figure from the few users with unusually many comparisons would be biased.
+    min_user_fraction: float = 0.5
     # Gaussian prior precision on the user state for MAP few-shot inference; the value is
     # chosen on unseen-val users (never on unseen-test).
     prior_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0])
@@ -142,6 +146,7 @@ def evaluate_unseen(
     draws: int,
     prior_strength: float,
     seen_users: np.ndarray,
+    min_user_fraction: float = 0.5,
     user_group: np.ndarray | None = None,
 ) -> dict:
     """k-shot metrics on unseen users for every seed (params carry a leading seed axis) and draw.
@@ -159,7 +164,7 @@ def evaluate_unseen(
             query = _as_batch(comparisons, episodes.query)
             for k in shots:
                 eligible = episodes.pool_size >= k
-                if not eligible.any():
+                if not eligible.any() or eligible.mean() < min_user_fraction:
                     continue
                 _, logits = adapt_and_predict(
                     seed_params, tables, support, jnp.int32(k), query, jnp.float32(prior_strength), seen_users
