@@ -15,6 +15,7 @@ stays in `pluralign.cli`; everything here takes dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -24,7 +25,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from pluralign.data import Comparisons, split_seen_pairs, split_users
 from pluralign.data.sources import load_dataset
@@ -32,7 +32,7 @@ from pluralign.evaluate import fewshot, metrics
 from pluralign.jsonio import json_default, write_json_atomic
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import base, model_class
-from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_in_chunks
+from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_seen
 
 RESULTS_FILE = "results.json"
 
@@ -59,11 +59,6 @@ def make_tables(dataset) -> base.Tables:
     items = jnp.asarray(dataset.items)
     prompts = jnp.asarray(dataset.prompts) if dataset.prompts is not None else jnp.zeros((1, dataset.dim), items.dtype)
     return base.Tables(items=items, prompts=prompts)
-
-
-def _mean_std(values) -> dict:
-    values = np.asarray(values, np.float64)
-    return {"mean": float(values.mean()), "std": float(values.std())}
 
 
 def _fingerprint(config: RunConfig) -> dict:
@@ -139,11 +134,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     best = state.best_params
 
     # --- seen users: held-out pairs
-    @jax.jit
-    def seen_logits(params, tables, data):
-        model = nnx.merge(graphdef, params)
-        return predict_in_chunks(lambda batch: base.seen_logits(model, tables, batch), data, 8192)
-
+    seen_logits = jax.jit(functools.partial(predict_seen, graphdef))
     test_np = comparisons.take(pairs.test)
     seen_runs = [
         metrics.summary(
@@ -152,22 +143,26 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         )
         for i in range(len(seeds))
     ]
+    over_seeds = lambda get: float(np.mean([get(r) for r in seen_runs]))
     seen = {
-        "accuracy": _mean_std([r["accuracy"] for r in seen_runs])["mean"],
-        "accuracy_std": _mean_std([r["accuracy"] for r in seen_runs])["std"],
-        "log_loss": _mean_std([r["log_loss"] for r in seen_runs])["mean"],
-        "ece": _mean_std([r["ece"] for r in seen_runs])["mean"],
-        "per_user_mean": _mean_std([r["per_user"]["mean"] for r in seen_runs])["mean"],
-        "per_user_p10": _mean_std([r["per_user"]["p10"] for r in seen_runs])["mean"],
+        "accuracy": over_seeds(lambda r: r["accuracy"]),
+        "accuracy_std": float(np.std([r["accuracy"] for r in seen_runs])),
+        "log_loss": over_seeds(lambda r: r["log_loss"]),
+        "ece": over_seeds(lambda r: r["ece"]),
+        "per_user_mean": over_seeds(lambda r: r["per_user"]["mean"]),
+        "per_user_p10": over_seeds(lambda r: r["per_user"]["p10"]),
         "n_pairs": seen_runs[0]["n_pairs"],
         "per_seed": seen_runs,
     }
     if user_group is not None:
-        seen["worst_group_accuracy"] = _mean_std([r["worst_group_accuracy"] for r in seen_runs])["mean"]
+        seen["worst_group_accuracy"] = over_seeds(lambda r: r["worst_group_accuracy"])
 
     # --- unseen users: prior strength chosen on unseen-val, reported on unseen-test
     adapt = fewshot.make_adapt_and_predict(graphdef, ev.inference_steps, ev.inference_learning_rate)
-    common = dict(shots=list(ev.shots), seeds=seeds, draws=ev.draws, min_user_fraction=ev.min_user_fraction, seen_users=jnp.asarray(split.seen), user_group=user_group)
+    common = dict(
+        shots=list(ev.shots), seeds=seeds, draws=ev.draws, min_user_fraction=ev.min_user_fraction,
+        seen_users=jnp.asarray(split.seen), user_group=user_group,
+    )
     val_curves = {
         strength: fewshot.evaluate_unseen(
             adapt, best, tables, comparisons, split.unseen_val, mode="random", prior_strength=strength, **common

@@ -17,7 +17,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pluralign.data import split_seen_pairs, split_users
 from pluralign.data.sources import load_dataset

@@ -103,10 +103,15 @@ def predict_in_chunks(fn: Callable, data: base.PairBatch, chunk: int) -> Any:
     return jax.tree.map(lambda x: x.reshape(n_chunks * chunk, *x.shape[2:])[:n], out)
 
 
+def predict_seen(graphdef, params, tables: base.Tables, data: base.PairBatch, chunk: int = 8192) -> jax.Array:
+    """[N] logits of seen-user comparisons under one seed's parameters, in bounded memory."""
+    model = nnx.merge(graphdef, params)
+    return predict_in_chunks(lambda batch: base.seen_logits(model, tables, batch), data, chunk)
+
+
 def evaluate_seen(graphdef, params, tables: base.Tables, data: base.PairBatch, chunk: int = 8192) -> dict:
     """Weighted log-loss and accuracy of seen-user comparisons under one seed's parameters."""
-    model = nnx.merge(graphdef, params)
-    z = predict_in_chunks(lambda batch: base.seen_logits(model, tables, batch), data, chunk)
+    z = predict_seen(graphdef, params, tables, data, chunk)
     w = data.weight
     total = jnp.maximum(w.sum(), 1e-9)
     return {
