@@ -128,7 +128,7 @@ def bench_large(dim=4096, hidden=512, batch_size=1024, epochs=1):
     # XLA's FLOP count of one train step (a scan's body would be counted once, not per step).
     one = jax.tree.map(lambda x: x[0], state)
     batch = jax.tree.map(lambda col: col[:batch_size], data)
-    cost = jax.jit(trainer.train_step).lower(one.params, one.opt_state, tables, batch).compile().cost_analysis()
+    cost = jax.jit(trainer.train_step).lower(one.params, one.opt_state, tables, batch, one.key).compile().cost_analysis()
     flops = (cost[0] if isinstance(cost, list) else cost)["flops"] * trainer.steps_per_epoch
     seconds, _ = _timed_epochs(trainer, state, tables, data, epochs)
     rate = epochs * flops / seconds

@@ -12,6 +12,7 @@ from pluralign.models.base import (
     init,
     logits,
     loss,
+    mean_preference_loss,
     preference_loss,
     reward,
     seen_logits,
@@ -36,6 +37,6 @@ def model_class(name: str):
 
 __all__ = [
     "BT", "BTConfig", "PALA", "PALB", "PALConfig", "REGISTRY", "Dims", "PairBatch", "PairEmbeddings",
-    "PreferenceModel", "Tables", "gather", "init", "logits", "loss", "model_class", "preference_loss",
+    "PreferenceModel", "Tables", "gather", "init", "logits", "loss", "mean_preference_loss", "model_class", "preference_loss",
     "reward", "seen_logits",
 ]

@@ -122,6 +122,11 @@ class PreferenceModel(nnx.Module):
         prior_mean = self.population_user_state() if prior_mean is None else prior_mean
         return fit_user_states(self, support_features, labels, weights, prior_mean, **options)
 
+    def loss(self, tables: Tables, batch: PairBatch, rng: jax.Array | None) -> tuple[jax.Array, dict]:
+        """Training objective (scalar, metrics). Default: mean preference loss + regularization."""
+        del rng  # deterministic by default
+        return mean_preference_loss(self, tables, batch)
+
     def regularization(self) -> jax.Array:
         """Extra training penalty on θ (added to the mean loss)."""
         return jnp.zeros((), jnp.float32)
@@ -176,7 +181,17 @@ def seen_logits(model: PreferenceModel, tables: Tables, batch: PairBatch) -> jax
     return logits(model, model.seen_user_state(batch.user), gather(tables, batch))
 
 
-def loss(model: PreferenceModel, tables: Tables, batch: PairBatch) -> tuple[jax.Array, dict]:
+def loss(model: PreferenceModel, tables: Tables, batch: PairBatch, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """The training objective on a batch of seen-user comparisons: (scalar, metrics).
+
+    Delegates to `model.loss`, so a family with its own objective (a KL term, sampled
+    contexts, dropout) overrides that method and still trains in the shared step.
+    `rng` is this step's key: `fold_in(fold_in(seed_key, epoch), step)`.
+    """
+    return model.loss(tables, batch, rng)
+
+
+def mean_preference_loss(model: PreferenceModel, tables: Tables, batch: PairBatch) -> tuple[jax.Array, dict]:
     """Weighted mean preference loss over a batch of seen-user comparisons, plus metrics."""
     z = seen_logits(model, tables, batch)
     total_weight = jnp.maximum(batch.weight.sum(), 1e-9)

@@ -148,28 +148,32 @@ class Trainer:
             bad_evals=jnp.zeros((n_seeds,), jnp.int32),
         )
 
-    def _loss(self, params, tables, batch):
-        return base.loss(nnx.merge(self.graphdef, params), tables, batch)
+    def _loss(self, params, tables, batch, rng):
+        return base.loss(nnx.merge(self.graphdef, params), tables, batch, rng)
 
-    def train_step(self, params, opt_state, tables: base.Tables, batch: base.PairBatch):
+    def train_step(self, params, opt_state, tables: base.Tables, batch: base.PairBatch, rng: jax.Array):
         """One optimiser step on one batch of one seed: (params, opt_state, metrics)."""
-        (_, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, tables, batch)
+        (_, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, tables, batch, rng)
         updates, opt_state = self.tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
 
     def _train_epoch(self, state: TrainState, tables: base.Tables, data: base.PairBatch, epoch):
         n = data.label.shape[0]
-        order = jax.random.permutation(jax.random.fold_in(state.key, epoch), n)
+        order_key, step_key = jax.random.split(jax.random.fold_in(state.key, epoch))
+        order = jax.random.permutation(order_key, n)
         order = order[: self.steps_per_epoch * self.batch_size].reshape(self.steps_per_epoch, self.batch_size)
 
-        def step(carry, idx):  # idx: [B] rows of the training comparisons
+        def step(carry, xs):
+            idx, step_index = xs  # idx: [B] rows of the training comparisons
             batch = jax.tree.map(lambda col: col[idx], data)
             if self.mesh is not None:
                 batch = jax.lax.with_sharding_constraint(batch, NamedSharding(self.mesh, PartitionSpec("data")))
-            params, opt_state, metrics = self.train_step(*carry, tables, batch)
+            rng = jax.random.fold_in(step_key, step_index)  # this step's key, for models that sample
+            params, opt_state, metrics = self.train_step(*carry, tables, batch, rng)
             return (params, opt_state), metrics
 
-        (params, opt_state), metrics = jax.lax.scan(step, (state.params, state.opt_state), order)
+        steps = jnp.arange(self.steps_per_epoch)
+        (params, opt_state), metrics = jax.lax.scan(step, (state.params, state.opt_state), (order, steps))
         return state.replace(params=params, opt_state=opt_state), jax.tree.map(jnp.mean, metrics)
 
     def _validate_one(self, state: TrainState, tables, data, epoch):
