@@ -169,7 +169,10 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         )
         for strength in ev.prior_strengths
     }
-    strength = max(val_curves, key=lambda s: np.mean([r["accuracy"] for r in val_curves[s].values()]))
+    if any(val_curves.values()):
+        strength = max(val_curves, key=lambda s: np.mean([r["accuracy"] for r in val_curves[s].values()] or [-1.0]))
+    else:  # no unseen-val user reaches any k (e.g. a tiny dataset): nothing to select on
+        strength = ev.prior_strengths[0]
     by_mode = {
         mode: fewshot.evaluate_unseen(
             adapt, best, tables, comparisons, split.unseen_test, mode=mode, prior_strength=strength, **common

@@ -50,6 +50,18 @@ class EvalConfig:
     pair_val_fraction: float = 0.1
     pair_test_fraction: float = 0.1
 
+    def __post_init__(self):
+        # Fail at start-up, not after training.
+        if not self.shots or any(int(k) < 1 for k in self.shots):
+            raise ValueError(f"eval.shots must be positive integers, got {self.shots}")
+        unknown = set(self.modes) - {"random", "item_disjoint"}
+        if not self.modes or unknown:
+            raise ValueError(f"eval.modes must be a non-empty subset of [random, item_disjoint], got {self.modes}")
+        if self.draws < 1:
+            raise ValueError(f"eval.draws must be >= 1, got {self.draws}")
+        if not self.prior_strengths or any(s < 0 for s in self.prior_strengths):
+            raise ValueError(f"eval.prior_strengths must be a non-empty list of values >= 0, got {self.prior_strengths}")
+
 
 @dataclasses.dataclass(frozen=True)
 class Episodes:
@@ -78,7 +90,7 @@ def make_episodes(comparisons: Comparisons, users: np.ndarray, *, max_shots: int
     return Episodes(
         users=np.asarray(users),
         support=_pad(supports, max_shots),
-        query=_pad(queries, max(len(q) for q in queries)),
+        query=_pad(queries, max((len(q) for q in queries), default=1)),
         pool_size=np.array([len(s) for s in supports]),
     )
 
@@ -156,6 +168,8 @@ def evaluate_unseen(
     """
     max_shots = max(shots)
     per_k: dict[int, list[dict]] = {k: [] for k in shots}
+    if len(users) == 0:
+        return {}
     for seed_index, seed in enumerate(seeds):
         seed_params = jax.tree.map(lambda x: x[seed_index], params)
         for draw in range(draws):
