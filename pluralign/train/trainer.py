@@ -50,6 +50,19 @@ class TrainConfig:
     # "auto" = on when more than one device is visible.
     data_parallel: str = "auto"  # auto | on | off
 
+    def __post_init__(self):
+        # Fail at start-up, not after the data has loaded.
+        choices = {"optimizer": ("adam", "adamw", "sgd"), "schedule": ("constant", "cosine", "warmup_cosine"),
+                   "data_parallel": ("auto", "on", "off")}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"train.{field} must be one of {list(allowed)}, got {getattr(self, field)!r}")
+        for field in ("batch_size", "max_epochs", "eval_every"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"train.{field} must be >= 1, got {getattr(self, field)}")
+        if self.learning_rate < 0 or self.patience < 0:
+            raise ValueError("train.learning_rate and train.patience must be >= 0")
+
 
 @struct.dataclass
 class TrainState:

@@ -49,3 +49,11 @@ def test_each_step_epoch_and_seed_gets_its_own_key(tiny_dataset):
     assert draws[0, 0] != draws[0, 1]  # seeds differ
     again, _, _ = _draws(tiny_dataset, [0, 1])
     np.testing.assert_array_equal(draws, again)  # and it is all reproducible
+
+
+def test_bad_train_configs_fail_at_construction():
+    import pytest
+
+    for bad in (dict(optimizer="adan"), dict(schedule="cosin"), dict(batch_size=0), dict(data_parallel="yes")):
+        with pytest.raises(ValueError, match="train\\."):
+            TrainConfig(**bad)
