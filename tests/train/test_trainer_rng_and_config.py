@@ -1,4 +1,4 @@
-"""Per-step randomness reaches a model's loss: fresh per step, per epoch and per seed, and reproducible."""
+"""Per-step randomness reaches a model's loss (fresh per step, epoch and seed; reproducible), and bad train configs fail early."""
 
 from __future__ import annotations
 
