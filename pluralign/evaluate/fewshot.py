@@ -166,14 +166,15 @@ def evaluate_unseen(
     Returns {k: {accuracy, accuracy_std, log_loss, ece, per_user_mean, per_user_p10, n_users
     [, worst_group_accuracy]}}.
     """
-    max_shots = max(shots)
-    per_k: dict[int, list[dict]] = {k: [] for k in shots}
     if len(users) == 0:
         return {}
+    max_shots = max(shots)
+    per_k: dict[int, list[dict]] = {k: [] for k in shots}
     for seed_index, seed in enumerate(seeds):
         seed_params = jax.tree.map(lambda x: x[seed_index], params)
         for draw in range(draws):
-            episodes = make_episodes(comparisons, users, max_shots=max_shots, mode=mode, seed=int(np.random.SeedSequence([seed, draw]).generate_state(1)[0]))
+            episode_seed = int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
+            episodes = make_episodes(comparisons, users, max_shots=max_shots, mode=mode, seed=episode_seed)
             support = _as_batch(comparisons, episodes.support)
             query = _as_batch(comparisons, episodes.query)
             for k in shots:

@@ -9,9 +9,9 @@ Flax NNX module that splits a comparison's logit into two parts:
 so that few-shot inference of φ_u for a new user (θ frozen) computes the expensive,
 user-independent features once and then only re-runs the cheap user head. The
 functional API below (`init`, `logits`, `loss`, `reward`) is what the trainer,
-the evaluation protocol and later models call; `infer_user` lives in
-`pluralign.evaluate.fewshot` because it is an optimisation over users, shared by
-all models whose state is fitted rather than amortised.
+the evaluation protocol and later models call. `PreferenceModel.infer_user` defaults
+to MAP fitting of the user state (`fit_user_states`), shared by every model whose
+state is fitted rather than amortised; `pluralign.evaluate.fewshot` calls it.
 """
 
 from __future__ import annotations
@@ -191,14 +191,20 @@ def loss(model: PreferenceModel, tables: Tables, batch: PairBatch, rng: jax.Arra
     return model.loss(tables, batch, rng)
 
 
+def weighted_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> dict:
+    """Weighted mean preference loss and accuracy of [N] logits (inside jit)."""
+    total_weight = jnp.maximum(weights.sum(), 1e-9)
+    correct = ((logits > 0) == (labels > 0.5)) * weights
+    return {
+        "loss": preference_loss(logits, labels, weights).sum() / total_weight,
+        "accuracy": correct.sum() / total_weight,
+    }
+
+
 def mean_preference_loss(model: PreferenceModel, tables: Tables, batch: PairBatch) -> tuple[jax.Array, dict]:
     """Weighted mean preference loss over a batch of seen-user comparisons, plus metrics."""
-    z = seen_logits(model, tables, batch)
-    total_weight = jnp.maximum(batch.weight.sum(), 1e-9)
-    nll = preference_loss(z, batch.label, batch.weight).sum() / total_weight
-    correct = ((z > 0) == (batch.label > 0.5)) * batch.weight
-    metrics = {"loss": nll, "accuracy": correct.sum() / total_weight}
-    return nll + model.regularization(), metrics
+    metrics = weighted_metrics(seen_logits(model, tables, batch), batch.label, batch.weight)
+    return metrics["loss"] + model.regularization(), metrics
 
 
 def reward(model: PreferenceModel, user_state: jax.Array, e_x, has_prompt, e_y) -> jax.Array:

@@ -124,13 +124,7 @@ def predict_seen(graphdef, params, tables: base.Tables, data: base.PairBatch, ch
 
 def evaluate_seen(graphdef, params, tables: base.Tables, data: base.PairBatch, chunk: int = 8192) -> dict:
     """Weighted log-loss and accuracy of seen-user comparisons under one seed's parameters."""
-    z = predict_seen(graphdef, params, tables, data, chunk)
-    w = data.weight
-    total = jnp.maximum(w.sum(), 1e-9)
-    return {
-        "loss": base.preference_loss(z, data.label, w).sum() / total,
-        "accuracy": (((z > 0) == (data.label > 0.5)) * w).sum() / total,
-    }
+    return base.weighted_metrics(predict_seen(graphdef, params, tables, data, chunk), data.label, data.weight)
 
 
 class Trainer:
