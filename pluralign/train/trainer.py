@@ -320,5 +320,5 @@ def _progress(enabled: bool):
 def init_params(model_cls, config, dims: base.Dims, keys: jax.Array):
     """Builds one model per seed key; returns (graphdef, seed-stacked params)."""
     graphdef = nnx.split(nnx.eval_shape(lambda: model_cls(config, dims, rngs=nnx.Rngs(0))))[0]
-    params = jax.vmap(lambda key: nnx.split(model_cls(config, dims, rngs=nnx.Rngs(key)))[1])(keys)
+    params = jax.vmap(lambda key: base.init(model_cls, config, dims, key)[1])(keys)
     return graphdef, params
