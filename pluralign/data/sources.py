@@ -24,8 +24,10 @@ class DiskDataConfig:
     path: str = "???"  # a dataset directory in the format of DESIGN §3
 
 
-# kind -> (config class, generator); later data issues register more generators here.
-GENERATORS = {"ideal_point": (IdealPointConfig, make_ideal_point)}
+# kind -> (config class, generator). A generator family adds one import above and one line here.
+GENERATORS = {
+    "ideal_point": (IdealPointConfig, make_ideal_point),
+}
 
 
 def default_cache_dir() -> pathlib.Path:

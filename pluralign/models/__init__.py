@@ -20,7 +20,8 @@ from pluralign.models.base import (
 from pluralign.models.bt import BT, BTConfig
 from pluralign.models.pal import PALA, PALB, PALConfig
 
-# name -> (model class, config class); later model families register here.
+# name -> (model class, config class). A model family adds one import above and one line here;
+# `pluralign.config` then registers its schema and `conf/model/<name>.yaml` selects it.
 REGISTRY = {
     "bt": (BT, BTConfig),
     "pal_a": (PALA, PALConfig),
@@ -33,10 +34,3 @@ def model_class(name: str):
         return REGISTRY[name][0]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known models: {sorted(REGISTRY)}") from None
-
-
-__all__ = [
-    "BT", "BTConfig", "PALA", "PALB", "PALConfig", "REGISTRY", "Dims", "PairBatch", "PairEmbeddings",
-    "PreferenceModel", "Tables", "gather", "init", "logits", "loss", "mean_preference_loss", "model_class", "preference_loss",
-    "reward", "seen_logits",
-]
