@@ -15,6 +15,7 @@ import pathlib
 
 from pluralign.data.format import PreferenceDataset, read_dataset, write_dataset
 from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
+from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute
 
 
 @dataclasses.dataclass
@@ -27,6 +28,7 @@ class DiskDataConfig:
 # kind -> (config class, generator). A generator family adds one import above and one line here.
 GENERATORS = {
     "ideal_point": (IdealPointConfig, make_ideal_point),
+    "multi_attribute": (MultiAttributeConfig, make_multi_attribute),
 }
 
 
