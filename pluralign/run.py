@@ -127,6 +127,12 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     init_keys, train_keys = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 2))(root_keys), 1, 0)
     cls = model_class(config.model.name)
     graphdef, params = init_params(cls, config.model, base.Dims(dim=dataset.dim, n_users=dataset.n_users), init_keys)
+    # A family with a stage before comparison training (DPA: attribute regression) fits it here,
+    # from the items of seen users' training pairs only, and sets those parameters in every seed.
+    prepare, stage1 = getattr(cls, "prepare_params", None), None
+    if prepare is not None:
+        train_items = np.unique(np.concatenate([comparisons.a[pairs.train], comparisons.b[pairs.train]]))
+        params, stage1 = prepare(config.model, dataset, train_items, params)
     trainer = Trainer(graphdef, config.train, n_train=len(pairs.train))
     state, train_summary = trainer.fit(
         trainer.init_state(params, train_keys), tables, train, val, run_dir=run_dir, on_epoch_end=on_epoch_end
@@ -201,6 +207,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         "n_users": {"seen": len(split.seen), "unseen_val": len(split.unseen_val), "unseen_test": len(split.unseen_test)},
         "n_pairs": {"train": len(pairs.train), "val": len(pairs.val), "test": len(pairs.test)},
         "train": train_summary,
+        **({"stage1": stage1} if stage1 is not None else {}),
         "wall_seconds": time.perf_counter() - t0,
         "config": dataclasses.asdict(config),
     }

@@ -1,0 +1,200 @@
+"""DPA: a user is a direction in a multi-objective reward space (DESIGN §4).
+
+Follows "Arithmetic Control of LLMs for Diverse User Preferences: Directional
+Preference Alignment with Multi-Objective Rewards" (Wang et al., ACL 2024) and the
+ArmoRM pipeline (RLHFlow/RLHF-Reward-Modeling, `armo-rm`), on frozen embeddings.
+
+Stage 1 (before comparison training, `DPA.prepare_params`, on seen users' training items):
+    r(y) = head(e_y) ∈ R^m regressed on attributes.npy (missing ratings masked): a ridge
+    per attribute with its penalty chosen on validation items, or an MLP (optax);
+    r'(y) = r(y) T,  T = I − e_v λᵀ  (verbosity decorrelation, `multi_objective`).
+Stage 2 (comparison training, the shared trainer):
+    user u: direction v_u = W_u / ‖W_u‖ ∈ S^{m−1},   R_u(y) = v_uᵀ r'(y)
+    P(a ≻ b | u) = σ(exp(t) · v_uᵀ (r'(a) − r'(b)))
+    gate (ArmoRM stage 2): w(x) = softmax(MLP(e_x) / T_g) ∈ Δ^{m−1},
+    R_pop(x, y) = exp(g) · w(x)ᵀ r'(y), trained by the same BT loss on every comparison
+    regardless of user: the prompt-conditioned population default.
+    loss = BT(users) + gate_loss_weight · BT(gate).
+Few-shot (θ frozen): v̂ = argmax_{v ∈ S^{m−1}} Σ_i w_i log σ(±exp(t) vᵀ Δr'_i) + κ μᵀ v, a
+    logistic regression on reward differences on the unit sphere with a von Mises–Fisher prior
+    around the seen users' mean direction μ; v = w/‖w‖, Adam in a lax.scan, vmapped over users.
+
+Design choices: r is frozen in stage 2 (`freeze_attributes`, as ArmoRM freezes its regression
+layer): the objectives keep their meaning, so directions stay interpretable and arithmetic
+control means what it says. r depends on the response embedding only (attributes are per item
+in the dataset format); the prompt enters through the gate. One learned logit scale exp(t) is
+shared by all users (a direction has no length to carry confidence). The population user state
+(the few-shot prior mean) is the seen users' mean direction, a vector; the gate, which depends
+on the prompt, is the default reward (`population_reward`, `gate_direction`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pluralign.models import multi_objective as mo
+from pluralign.models.base import MLP, Dims, NullPrompt, PairEmbeddings, PreferenceModel, fit_user_states, gather, weighted_metrics
+
+
+@dataclasses.dataclass
+class DPAConfig:
+    name: str = "dpa"
+    n_attributes: int = 3  # m; must match the dataset's attributes.npy
+    head: str = "ridge"  # ridge (closed form, linear) | mlp (optax)
+    hidden: list[int] = dataclasses.field(default_factory=lambda: [64])  # MLP head's hidden layers
+    ridge_alphas: list[float] = dataclasses.field(default_factory=lambda: list(mo.DEFAULT_ALPHAS))
+    mlp_steps: int = 1000
+    mlp_learning_rate: float = 3e-3
+    mlp_weight_decay: float = 1e-4
+    regression_val_fraction: float = 0.2  # training items held out to choose α / the MLP step
+    freeze_attributes: bool = True  # r fixed after stage 1 (ArmoRM); False fine-tunes it with the BT loss
+    decorrelate: str = "verbosity"  # attribute name (meta attribute_names) to decorrelate from; "" = off
+    decorrelation_threshold: float = 0.03  # |Spearman ρ| bound on the reference (training) items
+    gate_hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
+    gate_temperature: float = 1.0  # T_g: softmax(MLP(e_x) / T_g)
+    gate_loss_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.head not in ("ridge", "mlp"):
+            raise ValueError(f"model.head must be 'ridge' or 'mlp', got {self.head!r}")
+        if self.n_attributes < 1 or self.gate_temperature <= 0 or self.gate_loss_weight < 0:
+            raise ValueError("model.n_attributes >= 1, model.gate_temperature > 0, model.gate_loss_weight >= 0")
+
+
+def _unit(v: jax.Array) -> jax.Array:
+    return v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-9)
+
+
+class DPA(PreferenceModel):
+    def __init__(self, config: DPAConfig, dims: Dims, *, rngs: nnx.Rngs):
+        m = config.n_attributes
+        self.user_state_dim = m
+        self.freeze_attributes = config.freeze_attributes
+        self.gate_temperature = config.gate_temperature
+        self.gate_loss_weight = config.gate_loss_weight
+        hidden = tuple(config.hidden) if config.head == "mlp" else ()
+        self.head = MLP(dims.dim, hidden, m, rngs=rngs)  # r; set by prepare_params
+        self.reward_transform = nnx.Variable(jnp.eye(m))  # T; set by prepare_params
+        self.user_directions = nnx.Param(jax.random.normal(rngs.params(), (dims.n_users, m)))  # W, v_u = W_u/‖W_u‖
+        self.logit_scale = nnx.Param(jnp.zeros(()))  # t
+        self.null_prompt = NullPrompt(dims.dim, rngs=rngs)
+        self.gate = MLP(dims.dim, tuple(config.gate_hidden), m, rngs=rngs)
+        self.gate_logit_scale = nnx.Param(jnp.zeros(()))  # g
+
+    # --- the multi-objective reward and the gate
+    def attribute_rewards(self, e_y: jax.Array) -> jax.Array:
+        """[B, D] -> [B, m] decorrelated objectives r'(y) = r(y) T."""
+        r = self.head(e_y)
+        if self.freeze_attributes:
+            r = jax.lax.stop_gradient(r)
+        return r @ jax.lax.stop_gradient(self.reward_transform[...])
+
+    def gate_weights(self, e_x: jax.Array, has_prompt: jax.Array) -> jax.Array:
+        """[B, D], [B] -> [B, m] non-negative weights w(x) summing to 1."""
+        return jax.nn.softmax(self.gate(self.null_prompt(e_x, has_prompt)) / self.gate_temperature, axis=-1)
+
+    def gate_direction(self, e_x: jax.Array, has_prompt: jax.Array) -> jax.Array:
+        """[B, m] the gate's weights as a unit direction (the population default user)."""
+        return _unit(self.gate_weights(e_x, has_prompt))
+
+    def population_reward(self, e_x, has_prompt, e_y) -> jax.Array:
+        """[B] R_pop(x, y) = exp(g) w(x)ᵀ r'(y)."""
+        w = self.gate_weights(e_x, has_prompt)
+        return jnp.exp(self.gate_logit_scale[...]) * jnp.sum(w * self.attribute_rewards(e_y), axis=-1)
+
+    # --- the shared surface
+    def pair_features(self, pair: PairEmbeddings):
+        r = self.attribute_rewards(jnp.concatenate([pair.e_a, pair.e_b], axis=0))  # [2B, m]
+        r_a, r_b = jnp.split(r, 2)
+        diff = r_a - r_b  # [B, m]
+        w = self.gate_weights(pair.e_x, pair.has_prompt)  # [B, m]
+        gate_logit = jnp.exp(self.gate_logit_scale[...]) * jnp.sum(w * diff, axis=-1)  # [B]
+        return diff, gate_logit
+
+    def pair_logits(self, user_state, features):
+        diff, _ = features
+        return jnp.exp(self.logit_scale[...]) * jnp.sum(_unit(user_state) * diff, axis=-1)
+
+    def reward(self, user_state, e_x, has_prompt, e_y):
+        del e_x, has_prompt  # a user's direction does not depend on the prompt
+        return jnp.exp(self.logit_scale[...]) * jnp.sum(_unit(user_state) * self.attribute_rewards(e_y), axis=-1)
+
+    def seen_user_state(self, users):
+        return _unit(self.user_directions[...][users])  # [B, m]
+
+    def population_user_state(self, users=None):
+        directions = self.user_directions[...] if users is None else self.user_directions[...][users]
+        return _unit(_unit(directions).mean(axis=0))  # [m] the seen users' mean direction
+
+    def user_state_log_prior(self, user_state, prior_mean, strength):
+        # von Mises–Fisher: log p(v) = κ μᵀ v + const on the sphere.
+        return strength * jnp.sum(_unit(user_state) * _unit(prior_mean))
+
+    def infer_user(self, support_features, labels, weights, *, prior_mean=None, **options):
+        """[U, m] unit directions; MAP of v = w/‖w‖ by Adam from the prior mean (base.fit_user_states)."""
+        prior_mean = self.population_user_state() if prior_mean is None else prior_mean
+        return _unit(fit_user_states(self, support_features, labels, weights, prior_mean, **options))
+
+    def loss(self, tables, batch, rng):
+        del rng
+        features = self.pair_features(gather(tables, batch))
+        metrics = weighted_metrics(self.pair_logits(self.seen_user_state(batch.user), features), batch.label, batch.weight)
+        gate = weighted_metrics(features[1], batch.label, batch.weight)
+        metrics["gate_loss"], metrics["gate_accuracy"] = gate["loss"], gate["accuracy"]
+        return metrics["loss"] + self.gate_loss_weight * gate["loss"], metrics
+
+    # --- stage 1
+    @staticmethod
+    def prepare_params(config: DPAConfig, dataset, train_items: np.ndarray, params):
+        """Stage 1 on the attributes of `train_items` (items of seen users' training pairs):
+        fits r and T and writes them into the seed-stacked `params`. Returns (params, summary)."""
+        if dataset.attributes is None:
+            raise ValueError(f"model=dpa needs per-item attribute ratings (attributes.npy); dataset {dataset.name!r} has none")
+        m = dataset.attributes.shape[1]
+        if m != config.n_attributes:
+            raise ValueError(f"model.n_attributes={config.n_attributes} but {dataset.name!r} has {m} attributes: set model.n_attributes={m}")
+        names = list(dataset.meta.get("attribute_names") or [f"attribute_{j}" for j in range(m)])
+        if config.decorrelate and config.decorrelate not in names:
+            raise ValueError(f"model.decorrelate={config.decorrelate!r} is not one of the dataset's attributes {names}; use '' to switch it off")
+        x = np.asarray(dataset.items[np.asarray(train_items)], np.float64)
+        y = np.asarray(dataset.attributes[np.asarray(train_items)], np.float64)
+        summary = {"attribute_names": names, "head": config.head, "n_items": int(len(x))}
+        if config.head == "ridge":
+            fit = mo.fit_ridge_heads(x, y, config.ridge_alphas, val_fraction=config.regression_val_fraction)
+            linear = MLP(x.shape[1], (), m, rngs=nnx.Rngs(0))
+            linear.layers[0].kernel.value = jnp.asarray(fit.kernel, jnp.float32)
+            linear.layers[0].bias.value = jnp.asarray(fit.bias, jnp.float32)
+            head = nnx.state(linear)
+            summary.update(ridge_alpha=fit.alpha.tolist(), val_mse=fit.val_mse.tolist())
+            rewards = x @ fit.kernel + fit.bias
+        else:
+            mlp, val_mse = mo.fit_mlp_head(
+                x, y, tuple(config.hidden), steps=config.mlp_steps, learning_rate=config.mlp_learning_rate,
+                weight_decay=config.mlp_weight_decay, val_fraction=config.regression_val_fraction,
+            )
+            summary["val_mse"] = val_mse
+            head = nnx.state(mlp)
+            rewards = np.asarray(mlp(jnp.asarray(x, jnp.float32)), np.float64)
+        summary["train_r2"] = mo.masked_r2(rewards, y).tolist()
+        penalties = np.zeros(m)
+        if config.decorrelate:
+            v = names.index(config.decorrelate)
+            penalties = mo.decorrelation_penalties(rewards, v, config.decorrelation_threshold)
+            transform = mo.reward_transform(penalties, v)
+            adjusted = rewards @ transform
+            summary["spearman_with_" + config.decorrelate] = [mo.spearman(adjusted[:, i], rewards[:, v]) for i in range(m)]
+        else:
+            transform = np.eye(m)
+        summary["penalties"] = penalties.tolist()
+
+        def fill(old, new):  # broadcast one fitted value to every seed's copy
+            return jnp.broadcast_to(jnp.asarray(new, old.dtype), old.shape)
+
+        params["head"] = jax.tree.map(fill, params["head"], head)
+        params["reward_transform"] = jax.tree.map(lambda old: fill(old, transform), params["reward_transform"])
+        return params, summary
