@@ -133,6 +133,9 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     if prepare is not None:
         train_items = np.unique(np.concatenate([comparisons.a[pairs.train], comparisons.b[pairs.train]]))
         params, stage1 = prepare(config.model, dataset, train_items, params)
+    if cls.needs_context:  # e.g. VPL: each comparison's context comes from its user's other training pairs
+        train = train.replace(row=jnp.arange(len(pairs.train), dtype=jnp.int32))
+        tables = tables.replace(context=base.user_context(train, dataset.n_users, seed=ev.split_seed))
     trainer = Trainer(graphdef, config.train, n_train=len(pairs.train))
     state, train_summary = trainer.fit(
         trainer.init_state(params, train_keys), tables, train, val, run_dir=run_dir, on_epoch_end=on_epoch_end

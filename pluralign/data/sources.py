@@ -15,6 +15,7 @@ import pathlib
 
 from pluralign.data.format import PreferenceDataset, read_dataset, write_dataset
 from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
+from pluralign.data.hidden_types import HiddenTypesConfig, make_hidden_types
 from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute
 
 
@@ -28,6 +29,7 @@ class DiskDataConfig:
 # kind -> (config class, generator). A generator family adds one import above and one line here.
 GENERATORS = {
     "ideal_point": (IdealPointConfig, make_ideal_point),
+    "hidden_types": (HiddenTypesConfig, make_hidden_types),
     "multi_attribute": (MultiAttributeConfig, make_multi_attribute),
 }
 

@@ -19,6 +19,7 @@ from pluralign.models.base import (
 )
 from pluralign.models.bt import BT, BTConfig
 from pluralign.models.pal import PALA, PALB, PALConfig
+from pluralign.models.vpl import VPL, VPLConfig
 from pluralign.models.dpa import DPA, DPAConfig
 
 # name -> (model class, config class). A model family adds one import above and one line here;
@@ -27,6 +28,7 @@ REGISTRY = {
     "bt": (BT, BTConfig),
     "pal_a": (PALA, PALConfig),
     "pal_b": (PALB, PALConfig),
+    "vpl": (VPL, VPLConfig),
     "dpa": (DPA, DPAConfig),
 }
 

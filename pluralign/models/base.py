@@ -31,6 +31,12 @@ class Tables:
 
     items: jax.Array  # [n_items, D] float16 | float32
     prompts: jax.Array  # [max(n_prompts, 1), D]; a dummy row when the data has no prompts
+    # Only for models with `needs_context` (VPL): the training comparisons grouped by user
+    # (`UserContext`), attached by `pluralign.run`; None for every other model.
+    context: Any = None
+    # The global optimiser step, set by the trainer inside its jitted step (for schedules
+    # inside a model's loss, e.g. VPL's β warm-up); None outside training.
+    step: Any = None
 
 
 @struct.dataclass
@@ -43,6 +49,9 @@ class PairBatch:
     b: jax.Array  # int32 [B]
     label: jax.Array  # float32 [B], P(a ≻ b)
     weight: jax.Array  # float32 [B]; 0 marks padding
+    # int32 [B] row of each comparison in the training set, only where a model needs it
+    # (VPL keeps a query out of its own context); None otherwise.
+    row: Any = None
 
 
 @struct.dataclass
@@ -53,6 +62,28 @@ class PairEmbeddings:
     has_prompt: jax.Array  # bool [B]
     e_a: jax.Array  # [B, D]
     e_b: jax.Array  # [B, D]
+
+
+@struct.dataclass
+class UserContext:
+    """The training comparisons sorted by user (CSR), for models that read a user's other
+    comparisons inside the jitted step (VPL's context sets)."""
+
+    pairs: PairBatch  # [N] training comparisons, grouped by user
+    offsets: jax.Array  # int32 [n_users + 1]: user u's comparisons are pairs[offsets[u]:offsets[u + 1]]
+    position: jax.Array  # int32 [N]: training row i sits at pairs[position[i]]
+
+
+def user_context(train: PairBatch, n_users: int, seed: int = 0) -> UserContext:
+    """Groups training comparisons by user; within a user the order is a fixed random
+    permutation (seeded), so "a user's first c comparisons" is an unbiased subset."""
+    n = train.label.shape[0]
+    shuffled = jax.random.permutation(jax.random.PRNGKey(seed), n)
+    order = shuffled[jnp.argsort(train.user[shuffled], stable=True)]  # [N]
+    counts = jnp.bincount(train.user, length=n_users)
+    offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(counts).astype(jnp.int32)])
+    position = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+    return UserContext(pairs=jax.tree.map(lambda col: col[order], train.replace(row=None)), offsets=offsets, position=position)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +114,9 @@ class PreferenceModel(nnx.Module):
     """
 
     user_state_dim: int = 0
+    # True: the model reads users' other training comparisons (`Tables.context`), and
+    # `pluralign.run` attaches them and the training rows (`PairBatch.row`).
+    needs_context: bool = False
 
     def pair_features(self, pair: PairEmbeddings) -> Any:
         """User-independent part of the logit: a pytree of [B, ...] arrays."""
@@ -101,6 +135,12 @@ class PreferenceModel(nnx.Module):
     def seen_user_state(self, users: jax.Array) -> jax.Array:
         """[B] user ids -> [B, S] learned states of seen users."""
         return jnp.zeros((users.shape[0], self.user_state_dim), jnp.float32)
+
+    def seen_states(self, tables: Tables, users: jax.Array) -> jax.Array:
+        """[B] seen user ids -> [B, S] states used to score their comparisons. Default: the
+        learned table (`seen_user_state`); VPL encodes each user's training comparisons."""
+        del tables
+        return self.seen_user_state(users)
 
     def population_user_state(self, users: jax.Array | None = None) -> jax.Array:
         """[S] the state of an average user among `users` (seen users; None = every row of the
@@ -178,7 +218,7 @@ def logits(model: PreferenceModel, user_state: jax.Array, pair: PairEmbeddings) 
 
 def seen_logits(model: PreferenceModel, tables: Tables, batch: PairBatch) -> jax.Array:
     """[B] logits for comparisons of seen users, using their learned states."""
-    return logits(model, model.seen_user_state(batch.user), gather(tables, batch))
+    return logits(model, model.seen_states(tables, batch.user), gather(tables, batch))
 
 
 def loss(model: PreferenceModel, tables: Tables, batch: PairBatch, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:

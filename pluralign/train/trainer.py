@@ -176,7 +176,8 @@ class Trainer:
             if self.mesh is not None:
                 batch = jax.lax.with_sharding_constraint(batch, NamedSharding(self.mesh, PartitionSpec("data")))
             rng = jax.random.fold_in(step_key, step_index)  # this step's key, for models that sample
-            params, opt_state, metrics = self.train_step(*carry, tables, batch, rng)
+            step_tables = tables.replace(step=epoch * self.steps_per_epoch + step_index)  # for in-loss schedules
+            params, opt_state, metrics = self.train_step(*carry, step_tables, batch, rng)
             return (params, opt_state), metrics
 
         steps = jnp.arange(self.steps_per_epoch)

@@ -1,0 +1,294 @@
+"""VPL: variational preference learning with a per-user latent (DESIGN §4).
+
+Follows "Personalizing Reinforcement Learning from Human Feedback with Variational
+Preference Learning" (Poddar et al., NeurIPS 2024; WEIRDLabUW/vpl_llm,
+`hidden_context/vae_utils.py`), on frozen embeddings. A user is described by a context
+set C = {(x_j, a_j, b_j, y_j)} of their comparisons:
+
+    pair encoder      h_j = MLP_enc([ẽ_x; e_chosen; e_rejected])                  [C, H]
+    self-attention    h'_j = Σ_i softmax_i(q_j·k_i / √H) v_i   (masked keys)        [C, H]
+    mean-pool         h̄ = Σ_j m_j h'_j / Σ_j m_j                                  [H]
+    posterior         μ = clip(W_μ h̄),  log σ² = clip(W_σ h̄),  q(z|C) = N(μ, σ²)   [L]
+    decoder           r(x, y, z) = MLP_dec([ẽ_x; e_y; n(z)])
+    P(a ≻ b | z)      = σ(r(x, a, z) − r(x, b, z))
+    loss              −log σ(Δr) + β(step)·KL(q(z|C) ‖ N(0, I)),   z = μ + σ·ε
+
+ẽ_x is the prompt embedding, or the learned null prompt where there is none, so the
+decoder is prompt-aware and with z ignored it is exactly BT's reward.
+
+Decisions (deviations from the reference code, on purpose):
+- Soft labels: a context pair is encoded in both orders and the two are weighted by
+  the label, h = y·enc(a, b) + (1 − y)·enc(b, a); a hard label is the reference's
+  "chosen first" orientation, a 0.5 label is symmetric.
+- z normalisation n(z): ONE function used in training, seen-user scoring, few-shot and
+  active elicitation. Default `normalize_z=False`: n is the identity (the KL term keeps
+  z on the prior's scale). `normalize_z=True` projects onto the sphere of radius √L,
+  as the reference does, but everywhere (the reference normalises only its training
+  samples, so its evaluation decodes a differently scaled z).
+- The reference scales ε by 1e-3 and clamps μ and log σ² to [−1, 1]; here ε is a
+  standard normal sample (the true reparameterisation) and the clamps are options.
+- An empty context (a user with one training comparison; 0 shots) gives the prior
+  N(0, I) itself rather than the heads' bias.
+- User state (S = 2L): [μ; log σ²] packed; scoring uses the posterior mean n(μ).
+  Seen users are scored with the posterior from their first `c_max` training
+  comparisons (in a fixed random order, `base.user_context`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pluralign.evaluate.active import binary_entropy
+from pluralign.models.base import (
+    MLP,
+    Dims,
+    NullPrompt,
+    PairEmbeddings,
+    PreferenceModel,
+    Tables,
+    gather,
+    preference_loss,
+)
+
+
+@dataclasses.dataclass
+class VPLConfig:
+    name: str = "vpl"
+    latent_dim: int = 8  # L
+    pair_dim: int = 32  # H, the pair encoding and attention width
+    encoder_hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
+    decoder_hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
+    attention: bool = True  # False: mean-pool the pair encodings directly
+    beta: float = 0.01  # final KL weight
+    beta_schedule: str = "linear"  # constant | linear | cyclical warm-up of β
+    beta_warmup_steps: int = 500  # linear: steps from 0 to β; cyclical: length of one cycle
+    c_min: int = 1  # training context size is uniform in [c_min, c_max] (capped by the user's data)
+    c_max: int = 16
+    context_pool: int = 64  # contexts are drawn from a random window of this many of the user's other pairs
+    mu_clamp: float = 5.0
+    logvar_min: float = -6.0
+    logvar_max: float = 2.0
+    normalize_z: bool = False  # n(z): identity, or z/‖z‖·√L (used in training AND evaluation)
+
+    def __post_init__(self):
+        if self.beta_schedule not in ("constant", "linear", "cyclical"):
+            raise ValueError(f"model.beta_schedule must be constant, linear or cyclical, got {self.beta_schedule!r}")
+        if not 0 <= self.c_min <= self.c_max or self.c_max < 1:
+            raise ValueError(f"model.c_min/c_max must satisfy 0 <= c_min <= c_max, c_max >= 1; got {self.c_min}, {self.c_max}")
+        if self.latent_dim < 1 or self.pair_dim < 1 or self.context_pool < 1:
+            raise ValueError("model.latent_dim, model.pair_dim and model.context_pool must be >= 1")
+        if self.logvar_min > self.logvar_max or self.beta < 0:
+            raise ValueError("model.logvar_min must be <= model.logvar_max and model.beta >= 0")
+
+
+def kl_to_standard_normal(mu: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(N(μ, σ²) ‖ N(0, I)) = ½ Σ (μ² + σ² − 1 − log σ²), over the last axis."""
+    return 0.5 * jnp.sum(jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
+
+
+def beta_at(config: VPLConfig, step) -> jax.Array:
+    """β of the KL term at a training step (None = after training: the final β)."""
+    if step is None or config.beta_schedule == "constant":
+        return jnp.float32(config.beta)
+    t = jnp.asarray(step, jnp.float32) / max(config.beta_warmup_steps, 1)
+    if config.beta_schedule == "cyclical":  # ramp up over the first half of each cycle, hold over the second
+        t = 2.0 * (t - jnp.floor(t))
+    return config.beta * jnp.clip(t, 0.0, 1.0)
+
+
+class VPL(PreferenceModel):
+    needs_context = True
+
+    def __init__(self, config: VPLConfig, dims: Dims, *, rngs: nnx.Rngs):
+        self.config = config
+        L, H = config.latent_dim, config.pair_dim
+        self.user_state_dim = 2 * L
+        self.null_prompt = NullPrompt(dims.dim, rngs=rngs)
+        self.pair_encoder = MLP(3 * dims.dim, tuple(config.encoder_hidden), H, rngs=rngs)
+        self.query = nnx.Linear(H, H, rngs=rngs)
+        self.key = nnx.Linear(H, H, rngs=rngs)
+        self.value = nnx.Linear(H, H, rngs=rngs)
+        self.mu_head = nnx.Linear(H, L, rngs=rngs)
+        self.logvar_head = nnx.Linear(H, L, rngs=rngs)
+        self.decoder = MLP(2 * dims.dim + L, tuple(config.decoder_hidden), 1, rngs=rngs)
+
+    # --- user-independent features: first-layer pre-activations, split by input block
+    def pair_features(self, pair: PairEmbeddings) -> dict:
+        """Encoder inputs in both orders and decoder inputs of a and b, before z: [B, ·] each."""
+        D = pair.e_a.shape[-1]
+        e_x = self.null_prompt(pair.e_x, pair.has_prompt)  # [B, D]
+        enc = self.pair_encoder.layers[0]
+        ek = enc.kernel[...]  # [3D, H_enc]
+        enc_x = e_x @ ek[:D] + enc.bias[...][None]
+        dec = self.decoder.layers[0]
+        dk = dec.kernel[...]  # [2D + L, H_dec]
+        dec_x = e_x @ dk[:D] + dec.bias[...][None]
+        return {
+            "enc_ab": enc_x + pair.e_a @ ek[D : 2 * D] + pair.e_b @ ek[2 * D :],
+            "enc_ba": enc_x + pair.e_b @ ek[D : 2 * D] + pair.e_a @ ek[2 * D :],
+            "dec_a": dec_x + pair.e_a @ dk[D : 2 * D],
+            "dec_b": dec_x + pair.e_b @ dk[D : 2 * D],
+        }
+
+    # --- encoder: context set -> q(z | C)
+    def posterior(self, features: dict, labels: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Context features [..., C, ·], labels and weights [..., C] (0 = not in the context)
+        -> (μ, log σ²) [..., L]; an empty context gives the prior (0, 0)."""
+        enc = self.pair_encoder.after_first_layer
+        y = labels[..., None]
+        h = y * enc(features["enc_ab"]) + (1.0 - y) * enc(features["enc_ba"])  # [..., C, H]
+        in_context = weights > 0  # [..., C]
+        if self.config.attention:
+            q, k, v = self.query(h), self.key(h), self.value(h)
+            scores = jnp.einsum("...ih,...jh->...ij", q, k) / math.sqrt(h.shape[-1])  # [..., C, C]
+            scores = jnp.where(in_context[..., None, :], scores, -1e30)
+            h = jnp.einsum("...ij,...jh->...ih", jax.nn.softmax(scores, axis=-1), v)  # [..., C, H]
+        w = jnp.where(in_context, weights, 0.0)  # [..., C]
+        total = w.sum(axis=-1)
+        pooled = jnp.einsum("...c,...ch->...h", w, h) / jnp.maximum(total, 1e-9)[..., None]  # [..., H]
+        cfg = self.config
+        mu = jnp.clip(self.mu_head(pooled), -cfg.mu_clamp, cfg.mu_clamp)
+        logvar = jnp.clip(self.logvar_head(pooled), cfg.logvar_min, cfg.logvar_max)
+        empty = (total <= 0)[..., None]
+        return jnp.where(empty, 0.0, mu), jnp.where(empty, 0.0, logvar)
+
+    def normalize(self, z: jax.Array) -> jax.Array:
+        """n(z), the same in training and evaluation (see the module docstring)."""
+        if not self.config.normalize_z:
+            return z
+        return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-6) * math.sqrt(z.shape[-1])
+
+    # --- decoder
+    def _decode(self, z: jax.Array, dec_pre: jax.Array) -> jax.Array:
+        """z [..., L], first-layer pre-activation without z [..., H_dec] -> reward [...]."""
+        kernel = self.decoder.layers[0].kernel[...]  # [2D + L, H_dec]
+        z_part = self.normalize(z) @ kernel[kernel.shape[0] - z.shape[-1] :]  # [..., H_dec]
+        # Leading sample axes of z (e.g. [S, B, L] against [B, H]) broadcast explicitly.
+        dec_pre = dec_pre.reshape((1,) * (z_part.ndim - dec_pre.ndim) + dec_pre.shape)
+        z_part = z_part.reshape((1,) * (dec_pre.ndim - z_part.ndim) + z_part.shape)
+        return self.decoder.after_first_layer(dec_pre + z_part)[..., 0]
+
+    def latent_logits(self, z: jax.Array, features: dict) -> jax.Array:
+        """Logits of P(a ≻ b | z) for latents z [..., L] broadcast against features [..., ·]."""
+        return self._decode(z, features["dec_a"]) - self._decode(z, features["dec_b"])
+
+    def pair_logits(self, user_state, features):
+        return self.latent_logits(user_state[..., : self.config.latent_dim], features)  # posterior mean
+
+    def split_state(self, user_state: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """[..., 2L] -> (μ, log σ²) [..., L] each."""
+        return user_state[..., : self.config.latent_dim], user_state[..., self.config.latent_dim :]
+
+    # --- users
+    def infer_user(self, support_features, labels, weights, *, prior_mean=None, **options):
+        """Amortised few-shot inference: the support pairs are the context (no gradient steps).
+        [U, k, ·] -> [U, 2L] = [μ; log σ²]. MAP options (prior strength, steps) do not apply."""
+        del prior_mean, options
+        return jnp.concatenate(self.posterior(support_features, labels, weights), axis=-1)
+
+    def population_user_state(self, users=None):
+        return jnp.zeros((self.user_state_dim,), jnp.float32)  # the prior N(0, I): μ = 0, log σ² = 0
+
+    def seen_user_state(self, users):
+        # Without the training comparisons VPL knows nothing of a user: the prior. Scoring
+        # goes through `seen_states`, which encodes the user's training comparisons.
+        return jnp.zeros((users.shape[0], self.user_state_dim), jnp.float32)
+
+    def seen_states(self, tables: Tables, users: jax.Array) -> jax.Array:
+        """Posterior of each seen user from their first c_max training comparisons: [B, 2L]."""
+        ctx = tables.context
+        if ctx is None:
+            return self.seen_user_state(users)
+        c = self.config.c_max
+        start, count = ctx.offsets[users], ctx.offsets[users + 1] - ctx.offsets[users]  # [B]
+        slot = jnp.arange(c)[None, :]  # [1, c]
+        rows = jnp.minimum(start[:, None] + slot, ctx.pairs.label.shape[0] - 1)  # [B, c]
+        mask = slot < count[:, None]
+        return self._context_state(tables, rows, mask)
+
+    def _context_state(self, tables: Tables, rows: jax.Array, mask: jax.Array) -> jax.Array:
+        """Rows [B, c] of tables.context.pairs (mask [B, c]) -> posterior [B, 2L]."""
+        context = jax.tree.map(lambda col: col[rows.reshape(-1)], tables.context.pairs)
+        feats = jax.tree.map(lambda f: f.reshape(*rows.shape, *f.shape[1:]), self.pair_features(gather(tables, context)))
+        weights = jnp.where(mask, context.weight.reshape(rows.shape), 0.0)
+        return jnp.concatenate(self.posterior(feats, context.label.reshape(rows.shape), weights), axis=-1)
+
+    # --- training
+    def sample_context(self, tables: Tables, batch, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """For each query, rows [B, c_max] of tables.context.pairs and a mask [B, c_max]: a random
+        number in [c_min, c_max] of the same user's OTHER training comparisons, without
+        replacement (from a random window of `context_pool` of them), never the query itself."""
+        ctx, cfg = tables.context, self.config
+        size_key, start_key, pick_key = jax.random.split(rng, 3)
+        B = batch.label.shape[0]
+        start, count = ctx.offsets[batch.user], ctx.offsets[batch.user + 1] - ctx.offsets[batch.user]  # [B]
+        if batch.row is None:  # not a training row: any of the user's comparisons may be context
+            own, n_other = jnp.full((B,), -1, jnp.int32), count
+        else:
+            own, n_other = ctx.position[batch.row] - start, count - 1
+        size = jnp.minimum(jax.random.randint(size_key, (B,), cfg.c_min, cfg.c_max + 1), n_other)  # [B]
+        W = cfg.context_pool
+        offset = jax.random.randint(start_key, (B,), 0, jnp.iinfo(jnp.int32).max) % jnp.maximum(n_other, 1)
+        window = jnp.arange(W)[None, :]  # [1, W]
+        candidate = (offset[:, None] + window) % jnp.maximum(n_other, 1)[:, None]  # [B, W] index among the others
+        scores = jnp.where(window < n_other[:, None], jax.random.uniform(pick_key, (B, W)), -1.0)
+        _, picked = jax.lax.top_k(scores, min(cfg.c_max, W))  # [B, c]
+        other = jnp.take_along_axis(candidate, picked, axis=1)
+        within = other + ((own[:, None] >= 0) & (other >= own[:, None]))  # skip the query's own slot
+        mask = jnp.arange(picked.shape[1])[None, :] < size[:, None]
+        rows = jnp.clip(start[:, None] + within, 0, ctx.pairs.label.shape[0] - 1)
+        return rows, mask
+
+    def loss(self, tables: Tables, batch, rng):
+        if tables.context is None:
+            raise ValueError("VPL trains on per-user context sets: pass Tables.context (pluralign.run attaches it)")
+        if rng is None:
+            rng = jax.random.PRNGKey(0)
+        context_key, z_key = jax.random.split(rng)
+        rows, mask = self.sample_context(tables, batch, context_key)
+        mu, logvar = self.split_state(self._context_state(tables, rows, mask))  # [B, L] each
+        z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(z_key, mu.shape)  # reparameterised
+        logits = self.latent_logits(z, self.pair_features(gather(tables, batch)))  # [B]
+        total_weight = jnp.maximum(batch.weight.sum(), 1e-9)
+        nll = preference_loss(logits, batch.label, batch.weight).sum() / total_weight
+        kl = (kl_to_standard_normal(mu, logvar) * batch.weight).sum() / total_weight
+        objective = nll + beta_at(self.config, tables.step) * kl
+        accuracy = (((logits > 0) == (batch.label > 0.5)) * batch.weight).sum() / total_weight
+        return objective, {"loss": objective, "nll": nll, "kl": kl, "accuracy": accuracy}
+
+    # --- rewards and uncertainty
+    def reward(self, user_state, e_x, has_prompt, e_y, reference_y: jax.Array | None = None):
+        """[B] reward r(x, y, n(μ_u)); with `reference_y` [R, D] the *scaled* reward instead:
+        the expected win probability of y against the reference responses under the
+        user's latent, mean_j σ(r(x, y, z) − r(x, y_j, z)) ∈ (0, 1), comparable across users."""
+        D = e_y.shape[-1]
+        dk = self.decoder.layers[0].kernel[...]
+        dec_x = self.null_prompt(e_x, has_prompt) @ dk[:D] + self.decoder.layers[0].bias[...][None]  # [B, H]
+        mu = user_state[..., : self.config.latent_dim]
+        r_y = self._decode(mu, dec_x + e_y @ dk[D : 2 * D])  # [B]
+        if reference_y is None:
+            return r_y
+        ref_pre = dec_x[:, None, :] + (reference_y @ dk[D : 2 * D])[None]  # [B, R, H]
+        r_ref = self._decode(mu[:, None, :], ref_pre)  # [B, R]
+        return jnp.mean(jax.nn.sigmoid(r_y[:, None] - r_ref), axis=-1)
+
+    def posterior_variance(self, user_state: jax.Array) -> jax.Array:
+        """σ² [..., L] of q(z | C)."""
+        return jnp.exp(self.split_state(user_state)[1])
+
+    def sample_latents(self, user_state: jax.Array, rng: jax.Array, n_samples: int) -> jax.Array:
+        """[..., 2L] -> [n_samples, ..., L] draws z ~ q(z | C)."""
+        mu, logvar = self.split_state(user_state)
+        return mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, (n_samples, *mu.shape))
+
+    def predictive_entropy(self, user_state, features, rng: jax.Array, n_samples: int = 64) -> jax.Array:
+        """H( E_{z~q}[P(a ≻ b | z)] ) [B] in nats, by sampling z: high where the model is
+        unsure of this user's answer, either from label noise or from not knowing z."""
+        z = self.sample_latents(user_state, rng, n_samples)  # [S, B, L]
+        p = jax.nn.sigmoid(self.latent_logits(z, features))  # [S, B]
+        return binary_entropy(p.mean(axis=0))
