@@ -14,6 +14,9 @@ import os
 import pathlib
 
 from pluralign.data.format import PreferenceDataset, read_dataset, write_dataset
+from pluralign.data.hh_rlhf import HHRLHFConfig, make_hh_rlhf
+from pluralign.data.importers import ComparisonsTableConfig, RatingsTableConfig, make_comparisons_table, make_ratings_table
+from pluralign.data.persona import PersonaConfig, make_persona
 from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
 from pluralign.data.hidden_types import HiddenTypesConfig, make_hidden_types
 from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute
@@ -29,6 +32,10 @@ class DiskDataConfig:
 # kind -> (config class, generator). A generator family adds one import above and one line here.
 GENERATORS = {
     "ideal_point": (IdealPointConfig, make_ideal_point),
+    "persona": (PersonaConfig, make_persona),
+    "hh_rlhf": (HHRLHFConfig, make_hh_rlhf),
+    "comparisons_table": (ComparisonsTableConfig, make_comparisons_table),
+    "ratings_table": (RatingsTableConfig, make_ratings_table),
     "hidden_types": (HiddenTypesConfig, make_hidden_types),
     "multi_attribute": (MultiAttributeConfig, make_multi_attribute),
 }
@@ -46,6 +53,8 @@ def load_dataset(config, cache_dir: str | os.PathLike | None = None) -> Preferen
         raise ValueError(f"unknown data kind {config.kind!r}; known: disk, {', '.join(sorted(GENERATORS))}")
     _, generate = GENERATORS[config.kind]
     fields = dataclasses.asdict(config)
+    if hasattr(config, "source_fingerprint"):  # real data: the key follows the source files, not just their path
+        fields["source_fingerprint"] = config.source_fingerprint()
     digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     path = pathlib.Path(cache_dir or default_cache_dir()) / "datasets" / f"{config.name}-{digest}"
     if not path.exists():
