@@ -19,7 +19,8 @@ A user is a unit direction v_u ∈ S^{m−1} (a perturbed population direction) 
 - `bayes_optimal_accuracy` E[max(p, 1 − p)] and `population_optimal_accuracy` (the best
   predictor that ignores who the user is answers with p̄(a, b) = E_u p_u(a, b)), as in
   `pluralign.data.synthetic`;
-- `user_directions` [U, m], `attribute_mixing` (z = L·g, g standard normal);
+- `user_directions` [U, m], `item_attributes` [n_items, m] (the true z), `attribute_mixing`
+  (z = L·g, g standard normal);
 - `r2_ceiling` per attribute: Var(z_j) / (Var(z_j) + σ²), the R² that E[rating | item] = z_j
   itself reaches on noisy held-out ratings; no regression on the embedding can beat it.
 """
@@ -126,6 +127,7 @@ def make_multi_attribute(config: MultiAttributeConfig) -> PreferenceDataset:
         "user_directions": directions.tolist(),
         "population_direction": mean_direction.tolist(),
         "attribute_mixing": mixing.tolist(),
+        "item_attributes": z.round(6).tolist(),  # [n_items, m] true z, for arithmetic-control experiments
         "r2_ceiling": (variance / (variance + config.rating_noise**2)).tolist(),
         "generator": dataclasses.asdict(config),
     }

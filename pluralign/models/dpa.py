@@ -198,3 +198,16 @@ class DPA(PreferenceModel):
         params["head"] = jax.tree.map(fill, params["head"], head)
         params["reward_transform"] = jax.tree.map(lambda old: fill(old, transform), params["reward_transform"])
         return params, summary
+
+
+def rank_responses(model: DPA, direction, e_y: jax.Array) -> jax.Array:
+    """Arithmetic control: [N] indices of responses e_y [N, D], best first, under a direction [m]
+    (any non-zero vector; it is normalised), e.g. `multi_objective.direction_from_angle`."""
+    return jnp.argsort(-(model.attribute_rewards(e_y) @ _unit(jnp.asarray(direction, jnp.float32))))
+
+
+def best_of_n(model: DPA, direction, candidates: jax.Array) -> jax.Array:
+    """[P] index of the best of n candidates [P, n, D] per prompt under a direction [m]."""
+    P, n, D = candidates.shape
+    r = model.attribute_rewards(candidates.reshape(P * n, D)).reshape(P, n, -1)
+    return jnp.argmax(r @ _unit(jnp.asarray(direction, jnp.float32)), axis=1)

@@ -190,3 +190,14 @@ def best_of_n(rewards: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """[P, n, m] attribute rewards of n candidates for P prompts, a direction [m] -> [P] index of
     the candidate with the highest vᵀ r'."""
     return np.argmax(np.einsum("pnm,m->pn", rewards, direction), axis=1)
+
+
+def angle_sweep(rewards: np.ndarray, true_attributes: np.ndarray, angles, first: int, second: int) -> np.ndarray:
+    """Best-of-n under v(θ) = cos θ e_first + sin θ e_second for each angle: the mean true
+    attributes [len(angles), m] of the chosen responses. rewards, true_attributes: [P, n, m]."""
+    m = rewards.shape[-1]
+    out = []
+    for angle in angles:
+        chosen = best_of_n(rewards, direction_from_angle(angle, m, first, second))  # [P]
+        out.append(true_attributes[np.arange(len(chosen)), chosen].mean(axis=0))
+    return np.stack(out)
