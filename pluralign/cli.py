@@ -2,6 +2,7 @@
 
   pluralign [hydra overrides]      train + evaluate one run (or a sweep with -m)
   pluralign report DIR             print the results table of a run or multirun directory
+  pluralign embed [overrides]      embed a table of texts into a dataset (conf/embed.yaml)
 
 Hydra stays here and in `pluralign.config`; the library underneath takes dataclasses.
 """
@@ -50,6 +51,14 @@ def train_app(cfg: DictConfig) -> float:
     return float(sum(val.values()) / len(val))
 
 
+@hydra.main(version_base="1.3", config_path="conf", config_name="embed")
+def embed_app(cfg: DictConfig) -> None:
+    from pluralign.embed.extract import embed_table
+
+    config = OmegaConf.to_object(cfg)
+    print(f"dataset: {embed_table(config)}")
+
+
 class ResultsTableCallback(Callback):
     """Prints one table of every run when a multirun ends."""
 
@@ -65,6 +74,10 @@ def main() -> None:
             sys.exit("usage: pluralign report RUN_OR_MULTIRUN_DIR")
         if not print_results(sys.argv[2]):
             sys.exit(1)
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "embed":
+        del sys.argv[1]  # the rest are Hydra overrides of conf/embed.yaml
+        embed_app()
         return
     train_app()
 

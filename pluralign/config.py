@@ -14,6 +14,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from pluralign.data.sources import GENERATORS, DiskDataConfig
+from pluralign.embed.encoders import TransformersEncoderConfig, WordLlamaEncoderConfig
+from pluralign.embed.extract import EmbedConfig
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import REGISTRY
 from pluralign.train.trainer import TrainConfig
@@ -44,3 +46,6 @@ def register_configs() -> None:
     cs.store(group="data", name="schema_disk", node=DiskDataConfig)
     cs.store(group="train", name="schema", node=TrainConfig)
     cs.store(group="eval", name="schema", node=EvalConfig)
+    cs.store(name="embed_schema", node=EmbedConfig)  # `pluralign embed` (conf/embed.yaml)
+    cs.store(group="encoder", name="schema_wordllama", node=WordLlamaEncoderConfig)
+    cs.store(group="encoder", name="schema_hf", node=TransformersEncoderConfig)

@@ -24,7 +24,7 @@ import abc
 import dataclasses
 import inspect
 import pathlib
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 
@@ -83,11 +83,13 @@ class Encoder(abc.ABC):
     normalize: bool = False
     batch_size: int = 32
 
-    def encode(self, texts: Sequence[Text], batch_size: int | None = None) -> np.ndarray:
+    def encode(self, texts: Sequence[Text], batch_size: int | None = None,
+               on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """Embeds ``texts`` (each a str or a (prompt, response) pair); float32 [n, dim].
 
         Texts are batched in order of length so that little compute goes into padding;
-        the result is in the input order.
+        the result is in the input order. ``on_batch(n)`` is called after each batch of
+        ``n`` texts (progress bars).
         """
         texts = [_check_text(t, i) for i, t in enumerate(texts)]
         batch_size = int(batch_size or self.batch_size)
@@ -98,6 +100,8 @@ class Encoder(abc.ABC):
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
             out[rows] = self._encode_batch([texts[i] for i in rows])
+            if on_batch is not None:
+                on_batch(len(rows))
         if self.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
@@ -207,7 +211,12 @@ class TransformersEncoder(Encoder):
         import transformers
         transformers.utils.logging.disable_progress_bar()  # one bar per weight load is noise
         hub = dict(local_files_only=c.local_files_only, trust_remote_code=c.trust_remote_code)
-        self.tokenizer = AutoTokenizer.from_pretrained(c.model, **hub)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(c.model, **hub)
+        except (OSError, ValueError) as e:
+            where = "local directory" if pathlib.Path(c.model).is_dir() else "hub id or local path"
+            raise ValueError(f"encoder.model={c.model!r}: cannot load a tokenizer from this "
+                             f"{where} (offline? set encoder.model to a local directory): {e}") from e
         if self.tokenizer.pad_token is None:  # causal LMs often have none; the mask hides it
             fallback = self.tokenizer.eos_token or self.tokenizer.unk_token
             if fallback is None:
