@@ -18,6 +18,8 @@ from pluralign.models.base import (
     seen_logits,
 )
 from pluralign.models.bt import BT, BTConfig
+from pluralign.models.dpl import DPLCategorical, DPLConfig, DPLMeanVariance
+from pluralign.models.dprm import DPRM, DPRMConfig
 from pluralign.models.pal import PALA, PALB, PALConfig
 from pluralign.models.vpl import VPL, VPLConfig
 from pluralign.models.dpa import DPA, DPAConfig
@@ -28,6 +30,9 @@ REGISTRY = {
     "bt": (BT, BTConfig),
     "pal_a": (PALA, PALConfig),
     "pal_b": (PALB, PALConfig),
+    "dpl_mv": (DPLMeanVariance, DPLConfig),
+    "dpl_cat": (DPLCategorical, DPLConfig),
+    "dprm": (DPRM, DPRMConfig),
     "vpl": (VPL, VPLConfig),
     "dpa": (DPA, DPAConfig),
 }
