@@ -13,6 +13,9 @@ import json
 import os
 import pathlib
 
+from pluralign.data.cyclic import (
+    CyclicSkewConfig, CyclicTripletsConfig, CyclicUsersConfig, make_cyclic_skew, make_cyclic_triplets, make_cyclic_users,
+)
 from pluralign.data.format import PreferenceDataset, read_dataset, write_dataset
 from pluralign.data.hh_rlhf import HHRLHFConfig, make_hh_rlhf
 from pluralign.data.importers import ComparisonsTableConfig, RatingsTableConfig, make_comparisons_table, make_ratings_table
@@ -37,6 +40,9 @@ GENERATORS = {
     "comparisons_table": (ComparisonsTableConfig, make_comparisons_table),
     "ratings_table": (RatingsTableConfig, make_ratings_table),
     "hidden_types": (HiddenTypesConfig, make_hidden_types),
+    "cyclic_triplets": (CyclicTripletsConfig, make_cyclic_triplets),
+    "cyclic_skew": (CyclicSkewConfig, make_cyclic_skew),
+    "cyclic_users": (CyclicUsersConfig, make_cyclic_users),
     "multi_attribute": (MultiAttributeConfig, make_multi_attribute),
 }
 

@@ -20,6 +20,7 @@ from pluralign.models.base import (
 from pluralign.models.bt import BT, BTConfig
 from pluralign.models.dpl import DPLCategorical, DPLConfig, DPLMeanVariance
 from pluralign.models.dprm import DPRM, DPRMConfig
+from pluralign.models.gpm import GPM, GPMConfig
 from pluralign.models.pal import PALA, PALB, PALConfig
 from pluralign.models.vpl import VPL, VPLConfig
 from pluralign.models.dpa import DPA, DPAConfig
@@ -35,6 +36,8 @@ REGISTRY = {
     "dprm": (DPRM, DPRMConfig),
     "vpl": (VPL, VPLConfig),
     "dpa": (DPA, DPAConfig),
+    "gpm": (GPM, GPMConfig),
+    "gpm_personal": (GPM, GPMConfig),
 }
 
 

@@ -55,3 +55,10 @@ class BT(PreferenceModel):
     def reward(self, user_state, e_x, has_prompt, e_y):
         del user_state
         return self._reward(e_x, has_prompt, e_y)
+
+    def preference_logit_matrix(self, user_state, e_x, has_prompt, e_items):
+        """[S], [D], [] bool, [n, D] -> [n, n] logits r_i − r_j from n reward evaluations, the same
+        API as GPM's (see `pluralign.models.ranking`)."""
+        n = e_items.shape[0]
+        r = self._reward(jnp.broadcast_to(e_x, e_items.shape), jnp.broadcast_to(has_prompt, (n,)), e_items)  # [n]
+        return r[:, None] - r[None, :]
