@@ -346,13 +346,14 @@ def ratings_to_comparisons(user: np.ndarray, item: np.ndarray, rating: np.ndarra
 
 
 def import_ratings(source: TableLike, *, user: str = "user", item: str = "item", rating: str = "rating",
-                   prompt: str | None = None, ties: str = "drop", items: Any = None,
+                   prompt: str | None = None, group: str | None = None, ties: str = "drop", items: Any = None,
                    item_ids: Sequence | None = None, prompts: Any = None, prompt_ids: Sequence | None = None,
                    encoder: Any = "wordllama", max_pairs_per_user: int | None = None,
                    empty_users: str = "error", seed: int = 0, name: str | None = None) -> PreferenceDataset:
     """A ratings table ``(user, item, rating[, prompt])`` -> within-user comparisons.
 
-    Items rated by the same user (for the same prompt, when ``prompt`` is given) are
+    Items rated by the same user (for the same prompt, when ``prompt`` is given, and with
+    the same value of the ``group`` column, e.g. a conversation turn, when given) are
     paired; the higher-rated one is preferred (see `ratings_to_comparisons`).
     ``max_pairs_per_user`` caps the O(n²) pairs of a user (per prompt) by uniform
     sampling. A user left with no comparison (one rating, or only ties) is an error
@@ -384,7 +385,11 @@ def import_ratings(source: TableLike, *, user: str = "user", item: str = "item",
         if prompt_table.shape[1] != item_table.shape[1]:
             raise ValueError(f"prompt dim {prompt_table.shape[1]} != item dim {item_table.shape[1]}")
 
-    pairs = ratings_to_comparisons(users, item_rows, ratings, group=prompt_rows, ties=ties,
+    group_rows = prompt_rows
+    if group is not None:
+        extra_group, _ = _factorize(_column(table, file, group, "group"))
+        group_rows = extra_group if prompt_rows is None else prompt_rows * (int(extra_group.max()) + 1) + extra_group
+    pairs = ratings_to_comparisons(users, item_rows, ratings, group=group_rows, ties=ties,
                                    max_pairs_per_user=max_pairs_per_user, seed=seed)
     ra, rb = pairs["row_a"], pairs["row_b"]
     pair_user = users[ra]
@@ -408,7 +413,7 @@ def import_ratings(source: TableLike, *, user: str = "user", item: str = "item",
     comparisons = Comparisons.from_arrays(
         user=pair_user.astype(np.int32), a=item_rows[ra].astype(np.int32), b=item_rows[rb].astype(np.int32),
         label=pairs["label"], prompt=None if prompt_rows is None else prompt_rows[ra].astype(np.int32))
-    extra = {"columns": {"user": user, "item": item, "rating": rating, "prompt": prompt},
+    extra = {"columns": {"user": user, "item": item, "rating": rating, "prompt": prompt, "group": group},
              "ratings_to_comparisons": {"ties": ties, "max_pairs_per_user": max_pairs_per_user, "seed": seed},
              "dropped_users": dropped}
     if items is not None and item_ids is not None:
