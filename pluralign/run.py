@@ -215,4 +215,14 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         "config": dataclasses.asdict(config),
     }
     write_json_atomic(run_dir / RESULTS_FILE, results)
+    # The trained model as one loadable directory (`pluralign.load(run_dir)`); see pluralign.export.
+    from pluralign.export.artifact import MODEL_DIR, compute_seen_states, save_model
+
+    save_model(
+        run_dir / MODEL_DIR, model_config=config.model, dims=base.Dims(dim=dataset.dim, n_users=dataset.n_users),
+        params=best, seen_states=compute_seen_states(graphdef, best, tables, dataset.n_users), seeds=seeds,
+        dataset_meta=dataset.meta, seen_users=split.seen, split=split.to_dict(), best_val_loss=state.best_val_loss,
+        prior_strength=strength, inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,
+        data_config=config.data,
+    )
     return results

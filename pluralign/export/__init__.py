@@ -1,0 +1,15 @@
+"""Downstream use of a trained model: the artifact (`save_model`, `load`), the personalized
+reward function (`PersonalizedReward`, `best_of_n`, the policy hook), online users with
+information-gain question selection, and user-embedding export."""
+
+from __future__ import annotations
+
+from pluralign.export.artifact import MODEL_DIR, TrainedModel, load, save_model
+from pluralign.export.online import OnlineUser
+from pluralign.export.reward import PersonalizedReward, RewardFn, Support, UserState, best_of_n, encoder_from_meta
+from pluralign.export.users import describe_user_states, export_user_embeddings
+
+__all__ = [
+    "MODEL_DIR", "OnlineUser", "PersonalizedReward", "RewardFn", "Support", "TrainedModel", "UserState",
+    "best_of_n", "describe_user_states", "encoder_from_meta", "export_user_embeddings", "load", "save_model",
+]

@@ -1,0 +1,147 @@
+"""User-embedding export: every seen user's state as `.npy` + a parquet of ids, a README of
+what each space means, and a 2-D PCA map of users (PNG), coloured by true group if known.
+
+What the spaces are comes from the model: a model may define
+`describe_user_states(states [U, S]) -> {name: (array [U, ...], description)}`; otherwise
+the describers below cover the families that do not (PAL), and any other model exports its
+raw user state φ_u (`user_state.npy`) with a generic description.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pluralign.models import base
+
+
+def _describe_pal(model, states):
+    weights = jax.nn.softmax(states, axis=-1)
+    spaces = {
+        "mixture_weights": (weights, "w_u = softmax(W_u) ∈ Δ^{K−1}: how much user u follows each of the K prototypes."),
+        "mixture_logits": (states, "W_u ∈ R^K, the fitted user state (mixture weights' logits; shift-invariant)."),
+    }
+    if hasattr(model, "prototypes"):  # PAL-A: a single, prompt-independent ideal point per user
+        spaces["ideal_points"] = (
+            weights @ model.prototypes[...],
+            "a_u = Σ_k w_uk P_k ∈ R^d: user u's ideal point in the learned item space f_θ(e_y); "
+            "a response scores −τ‖f(e_y) − a_u‖².",
+        )
+    return spaces
+
+
+def _describe_vpl(model, states):
+    mean, log_variance = model.split_state(states)
+    return {
+        "posterior_mean": (mean, "μ_u ∈ R^L: mean of q(z | C_u), VPL's posterior over user u's latent given their "
+                                 "training comparisons; the decoder scores responses with n(μ_u)."),
+        "posterior_variance": (jnp.exp(log_variance), "σ²_u ∈ R^L: variance of q(z | C_u) per latent dimension "
+                                                       "(small = the context pins the user down)."),
+    }
+
+
+def _describe_gpm(model, states):
+    if not getattr(model, "personal", False):
+        return {}
+    D = model.null_prompt.vector.shape[0]
+    gates = model.prototype_gates(jnp.zeros((1, D)), jnp.zeros((1,), bool))  # [1, J, k] with the null prompt
+    lam = model.gate(states, jnp.broadcast_to(gates, (states.shape[0], *gates.shape[1:])))  # [U, k]
+    return {
+        "gate_weights": (jax.nn.softmax(states, axis=-1), "w_u = softmax(W_u) ∈ Δ^{K−1}: user u's mixture over the "
+                                                            "K prototype gates."),
+        "gates": (lam, "λ_u = Σ_j w_uj Λ_j(null prompt) ∈ R^k_{≥0}: user u's weight on each of the k skew-symmetric "
+                       "preference blocks, for a prompt-free comparison (prompts move Λ_j)."),
+    }
+
+
+def _describe_dpa(model, states):
+    return {"directions": (states, "v_u ∈ S^{m−1}: user u's unit direction over the m attribute rewards; "
+                                   "R_u(y) = v_uᵀ r(y).")}
+
+
+def describe_user_states(model: base.PreferenceModel, states: jax.Array) -> dict:
+    """{name: (array [U, ...], description)} for [U, S] user states of `model`."""
+    if hasattr(model, "describe_user_states"):
+        return model.describe_user_states(states)
+    from pluralign.models.pal import _PALBase
+
+    if isinstance(model, _PALBase):
+        return _describe_pal(model, states)
+    name = type(model).__name__
+    special = {"VPL": _describe_vpl, "GPM": _describe_gpm, "DPA": _describe_dpa}.get(name)
+    spaces = special(model, states) if special is not None else {}
+    if spaces:
+        return spaces
+    return {"user_state": (states, f"φ_u ∈ R^{model.user_state_dim}, the model's learned per-user state "
+                                   f"({type(model).__name__}); see the model's docstring for its role.")}
+
+
+def _pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(coordinates [U, 2], explained variance ratio [2]) of the rows of x (zeros where S < 2)."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    x = x - x.mean(axis=0, keepdims=True)
+    if x.shape[1] == 0 or len(x) < 2:
+        return np.zeros((len(x), 2)), np.zeros(2)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    coords = np.zeros((len(x), 2))
+    n = min(2, len(s))
+    coords[:, :n] = u[:, :n] * s[:n]
+    total = np.square(s).sum()
+    ratio = np.zeros(2)
+    ratio[:n] = np.square(s[:n]) / total if total > 0 else 0.0
+    return coords, ratio
+
+
+def export_user_embeddings(trained, out_dir: str | os.PathLike, *, map_space: str | None = None) -> dict:
+    """Writes `<space>.npy` for every space of the seen users' states, `users.parquet`
+    (row i of every .npy ↔ row i here: row, user_id[, group]), `README.md` and `users_pca.png`.
+    Returns {space: shape}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = trained.model
+    rows = trained.seen_users
+    states = trained.seen_states[jnp.asarray(rows)]
+    spaces = describe_user_states(model, states)
+    shapes = {}
+    for name, (array, _) in spaces.items():
+        np.save(out / f"{name}.npy", np.asarray(array))
+        shapes[name] = tuple(np.shape(array))
+    columns = {"row": pa.array(rows.astype(np.int32)), "user_id": pa.array(trained.users["user_id"][rows].tolist(), pa.string())}
+    group = trained.users.get("group")
+    if group is not None:
+        columns["group"] = pa.array(np.asarray(group)[rows].astype(np.int32))
+    pq.write_table(pa.table(columns), out / "users.parquet")
+
+    map_space = map_space or next(iter(spaces))
+    coords, ratio = _pca_2d(np.asarray(spaces[map_space][0]))
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    colour = np.asarray(group)[rows] if group is not None else None
+    points = ax.scatter(coords[:, 0], coords[:, 1], c=colour, cmap="tab10" if colour is not None else None, s=14)
+    if colour is not None:
+        ax.legend(*points.legend_elements(), title="true group", fontsize=8)
+    ax.set_xlabel(f"PC1 ({ratio[0]:.0%} of variance)")
+    ax.set_ylabel(f"PC2 ({ratio[1]:.0%} of variance)")
+    ax.set_title(f"{trained.name} users: {map_space} (seed {trained.seed})")
+    fig.tight_layout()
+    fig.savefig(out / "users_pca.png", dpi=120)
+    plt.close(fig)
+
+    lines = [f"# User embeddings of a `{trained.name}` model (seed {trained.seed})", "",
+             f"{len(rows)} seen users; row i of every `.npy` is the user in row i of `users.parquet` "
+             "(`row` = index in the model's user table, `user_id` = the dataset's id"
+             + (", `group` = the true group of synthetic data" if group is not None else "") + ").", ""]
+    lines += [f"- `{name}.npy` {shapes[name]}: {description}" for name, (_, description) in spaces.items()]
+    lines += ["", f"`users_pca.png`: the first two principal components of `{map_space}`."]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    return shapes

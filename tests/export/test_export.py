@@ -1,0 +1,199 @@
+"""Downstream use (pluralign.export), for every registered model: save -> load gives the same
+parameters and seen-user predictions; few-shot inference through PersonalizedReward is the
+evaluation protocol's; online updates after k comparisons equal batch inference on those k;
+rewards, preference matrices, best-of-n, the policy hook and the user-embedding export."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from flax import nnx
+
+import pluralign
+from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute
+from pluralign.data.splits import split_seen_pairs, split_users
+from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
+from pluralign.evaluate import fewshot
+from pluralign.export import OnlineUser, Support, UserState, export_user_embeddings, save_model
+from pluralign.export.artifact import compute_seen_states
+from pluralign.models import REGISTRY, base
+from pluralign.run import make_tables, to_batch
+from pluralign.train.trainer import predict_seen
+
+CONF = pathlib.Path(pluralign.__file__).parent / "conf" / "model"
+SEEDS = [3, 7]
+STEPS = 15  # few-shot inference steps recorded in the test artifacts
+
+
+def model_config(name: str):
+    """The model's config as `conf/model/<name>.yaml` sets it (without Hydra), else the defaults."""
+    _, config_cls = REGISTRY[name]
+    path = CONF / f"{name}.yaml"
+    fields = {"name": name}
+    if path.exists():
+        from omegaconf import OmegaConf
+
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+        loaded.pop("defaults", None)
+        fields.update(loaded)
+    return config_cls(**fields)
+
+
+@functools.cache
+def bundle(name: str, root: str):
+    """A tiny dataset, a 2-seed model (random θ; training is not what is tested here), its
+    artifact, and the pieces the run would have (tables with context, test pairs)."""
+    cls, _ = REGISTRY[name]
+    config = model_config(name)
+    if hasattr(cls, "prepare_params"):  # DPA: needs rated attributes
+        data = make_multi_attribute(MultiAttributeConfig(n_users=24, n_items=60, comparisons_per_user=16, dim=8, seed=0))
+    else:
+        data = make_ideal_point(IdealPointConfig(n_users=24, n_items=60, comparisons_per_user=16, dim=8, n_groups=3, seed=0))
+    split = split_users(data.n_users, seed=0, unseen_val_fraction=0.15, unseen_test_fraction=0.25)
+    pairs = split_seen_pairs(data.comparisons, split.seen, seed=0, val_fraction=0.1, test_fraction=0.2)
+    tables = make_tables(data)
+    train, test = to_batch(data.comparisons.take(pairs.train)), to_batch(data.comparisons.take(pairs.test))
+    keys = [jax.random.PRNGKey(s) for s in SEEDS]
+    dims = base.Dims(dim=data.dim, n_users=data.n_users)
+    # Two "seeds": one eager init and a shrunk copy (cheaper than compiling a vmapped init per model).
+    graphdef, one = base.init(cls, config, dims, keys[0])
+    params = jax.tree.map(lambda x: jnp.stack([x, 0.9 * x if jnp.issubdtype(x.dtype, jnp.floating) else x]), one)
+    if hasattr(cls, "prepare_params"):
+        train_items = np.unique(np.concatenate([data.comparisons.a[pairs.train], data.comparisons.b[pairs.train]]))
+        params, _ = cls.prepare_params(config, data, train_items, params)
+    if cls.needs_context:
+        tables = tables.replace(context=base.user_context(train.replace(row=None), data.n_users, seed=0))
+    path = pathlib.Path(root) / name / "model"
+    save_model(
+        path, model_config=config, dims=base.Dims(dim=data.dim, n_users=data.n_users), params=params,
+        seen_states=compute_seen_states(graphdef, params, tables, data.n_users), seeds=SEEDS, dataset_meta=data.meta,
+        seen_users=split.seen, split=split.to_dict(), best_val_loss=np.array([0.7, 0.6]), prior_strength=3.0,
+        inference_steps=STEPS, inference_learning_rate=0.1,
+    )
+    reward = pluralign.load(path).reward(capacity=8)  # shared by the tests: its jitted kernels compile once
+    return dict(data=data, split=split, tables=tables, test=test, graphdef=graphdef, params=params, path=path, reward=reward)
+
+
+@pytest.fixture(params=sorted(REGISTRY))
+def setup(request, tmp_path_factory):
+    root = tmp_path_factory.getbasetemp() / "export_artifacts"
+    return bundle(request.param, str(root)) | {"name": request.param}
+
+
+def test_save_load_same_params_and_seen_predictions(setup):
+    loaded = pluralign.load(setup["path"])
+    assert loaded.seed == SEEDS[1]  # the lowest recorded validation loss
+    assert pluralign.load(setup["path"].parent, seed=SEEDS[0]).seed == SEEDS[0]  # the run dir works too
+    for i, seed in enumerate(SEEDS):
+        model = loaded.with_seed(seed)
+        original = jax.tree.map(lambda x: x[i], setup["params"])
+        assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), original, model.params))
+        expected = predict_seen(setup["graphdef"], original, setup["tables"], setup["test"])
+        np.testing.assert_allclose(model.seen_logits(setup["tables"], setup["test"]), expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="no seed 99"):
+        loaded.with_seed(99)
+
+
+def test_fewshot_inference_is_the_evaluation_protocol(setup):
+    data, split = setup["data"], setup["split"]
+    reward = setup["reward"]
+    trained = reward.trained
+    users = split.unseen_test[:4]
+    episodes = fewshot.make_episodes(data.comparisons, users, max_shots=6, mode="random", seed=1)
+    adapt = fewshot.make_adapt_and_predict(trained.graphdef, STEPS, 0.1)
+    support, query = fewshot._as_batch(data.comparisons, episodes.support), fewshot._as_batch(data.comparisons, episodes.query)
+    k = 5
+    states, _ = adapt(trained.params, setup["tables"], support, jnp.int32(k), query, jnp.float32(3.0), jnp.asarray(split.seen))
+    items = np.asarray(data.items, np.float32)
+    for u in range(len(users)):
+        rows = episodes.support[u, :k]
+        rows = rows[rows >= 0]
+        c = data.comparisons.take(rows)
+        mine = reward.infer(Support(e_a=items[c.a], e_b=items[c.b], label=c.label))
+        np.testing.assert_allclose(mine, states[u], rtol=1e-5, atol=1e-5)
+
+
+def test_online_updates_equal_batch_inference(setup):
+    data = setup["data"]
+    reward = setup["reward"]
+    online = OnlineUser(reward, n_samples=32)
+    c = data.comparisons.take(np.flatnonzero(data.comparisons.user == setup["split"].unseen_val[0])[:6])
+    items = np.asarray(data.items, np.float32)
+    for k in range(1, len(c) + 1):
+        state = online.add(items[c.a[k - 1]], items[c.b[k - 1]], label=float(c.label[k - 1]))
+        batch = reward.infer(Support(e_a=items[c.a[:k]], e_b=items[c.b[:k]], label=c.label[:k]))
+        np.testing.assert_array_equal(state, batch)
+    # Next question: BALD gains over candidate pairs, from posterior samples of the state.
+    cand_a, cand_b = items[np.arange(0, 20)], items[np.arange(20, 40)]
+    index, gains = online.next_question(cand_a, cand_b)
+    assert gains.shape == (20,) and np.all(np.isfinite(gains)) and np.all((gains >= 0) & (gains <= np.log(2) + 1e-6))
+    assert gains[index] == gains.max()
+    if reward.state_dim == 0:  # no user state: an answer teaches nothing about the user
+        assert np.all(gains == 0)
+    else:
+        assert gains.max() > 1e-4
+
+
+def test_rewards_matrix_best_of_n_and_policy_hook(setup):
+    data = setup["data"]
+    reward = setup["reward"]
+    model, trained = reward.model, reward.trained
+    items = jnp.asarray(data.items, jnp.float32)
+    cands = items[:5]
+    user = int(trained.seen_users[0])
+    state = trained.seen_states[user]
+    probs = np.asarray(reward.preference_matrix(None, cands, user))
+    np.testing.assert_allclose(np.diag(probs), 0.5, atol=1e-6)
+    np.testing.assert_allclose(probs + probs.T, 1.0, atol=1e-5)
+    # The matrix is the model's own pairwise probability, for every model.
+    pair = base.PairEmbeddings(e_x=jnp.zeros((1, reward.dim)), has_prompt=jnp.zeros((1,), bool), e_a=cands[1:2], e_b=cands[3:4])
+    np.testing.assert_allclose(probs[1, 3], jax.nn.sigmoid(base.logits(model, state[None], pair))[0], rtol=1e-5, atol=1e-6)
+    best, scores = reward.best_of_n(None, cands, user)
+    assert scores.shape == (5,) and best == int(np.argmax(scores))
+    if not reward.has_scalar_reward:  # GPM: ranked by average preference
+        np.testing.assert_allclose(scores, (probs.sum(1) - 0.5) / 4, rtol=1e-5)
+        with pytest.raises(TypeError, match="no scalar reward"):
+            reward(None, cands, user)
+        return
+    r = reward(None, cands, user)
+    direct = model.reward(jnp.broadcast_to(state, (5, reward.state_dim)), jnp.zeros((5, reward.dim)), jnp.zeros((5,), bool), cands)
+    np.testing.assert_allclose(r, direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores, r, rtol=1e-6)
+    # Batched prompts and users: [B, N]; row b is user b's rewards.
+    users = [int(u) for u in trained.seen_users[:3]]
+    prompts = items[10:13]
+    batch = reward(prompts, jnp.stack([cands] * 3), users)
+    assert batch.shape == (3, 5)
+    np.testing.assert_allclose(batch[2], reward(prompts[2], cands, users[2]), rtol=1e-5, atol=1e-6)
+    # The policy hook: pure, traceable inside the caller's jit, same numbers.
+    hook = reward.policy_reward_fn(user)
+    np.testing.assert_allclose(jax.jit(hook)(prompts, cands[:3]), reward(prompts, cands[:3, None, :], [user] * 3)[:, 0],
+                               rtol=1e-5, atol=1e-6)
+    # An explicit state (DPA: a direction) is used as given.
+    np.testing.assert_allclose(reward(None, cands, UserState(np.asarray(state))), r, rtol=1e-6)
+
+
+def test_user_embedding_export(setup, tmp_path):
+    trained = pluralign.load(setup["path"])
+    shapes = export_user_embeddings(trained, tmp_path)
+    n_seen = len(setup["split"].seen)
+    ids = pq.read_table(tmp_path / "users.parquet").to_pydict()
+    assert ids["row"] == sorted(setup["split"].seen.tolist()) or sorted(ids["row"]) == sorted(setup["split"].seen.tolist())
+    for name, shape in shapes.items():
+        array = np.load(tmp_path / f"{name}.npy")
+        assert array.shape == shape and array.shape[0] == n_seen and np.all(np.isfinite(array))
+    first = next(iter(shapes))
+    if trained.model.user_state_dim:  # the first space is a function of the stored states
+        assert not np.allclose(np.load(tmp_path / f"{first}.npy"), 0.0)
+    assert (tmp_path / "users_pca.png").stat().st_size > 1000
+    readme = (tmp_path / "README.md").read_text()
+    assert all(f"`{name}.npy`" in readme for name in shapes)
+    if "group" in ids:
+        assert ids["group"] == [setup["data"].meta["truth"]["user_group"][r] for r in ids["row"]]
