@@ -167,19 +167,20 @@ class DPA(PreferenceModel):
         if config.head == "ridge":
             fit = mo.fit_ridge_heads(x, y, config.ridge_alphas, val_fraction=config.regression_val_fraction)
             linear = MLP(x.shape[1], (), m, rngs=nnx.Rngs(0))
-            linear.layers[0].kernel.value = jnp.asarray(fit.kernel, jnp.float32)
-            linear.layers[0].bias.value = jnp.asarray(fit.bias, jnp.float32)
-            head = nnx.state(linear)
+            linear.layers[0].kernel[...] = jnp.asarray(fit.kernel, jnp.float32)
+            linear.layers[0].bias[...] = jnp.asarray(fit.bias, jnp.float32)
+            head_module = linear
             summary.update(ridge_alpha=fit.alpha.tolist(), val_mse=fit.val_mse.tolist())
-            rewards = x @ fit.kernel + fit.bias
         else:
             mlp, val_mse = mo.fit_mlp_head(
                 x, y, tuple(config.hidden), steps=config.mlp_steps, learning_rate=config.mlp_learning_rate,
                 weight_decay=config.mlp_weight_decay, val_fraction=config.regression_val_fraction,
             )
             summary["val_mse"] = val_mse
-            head = nnx.state(mlp)
-            rewards = np.asarray(mlp(jnp.asarray(x, jnp.float32)), np.float64)
+            head_module = mlp
+        head = nnx.state(head_module)
+        # The reference rewards for decorrelation come from the float32 head the model will run.
+        rewards = np.asarray(head_module(jnp.asarray(x, jnp.float32)), np.float64)
         summary["train_r2"] = mo.masked_r2(rewards, y).tolist()
         penalties = np.zeros(m)
         if config.decorrelate:

@@ -149,10 +149,14 @@ def decorrelation_penalties(
     rewards: np.ndarray, verbosity_index: int, threshold: float, *, max_penalty: float = 10.0, iterations: int = 40
 ) -> np.ndarray:
     """[m] λ: for each i ≠ v the smallest |λ_i| with |ρ_S(r_i − λ_i r_v, r_v)| ≤ threshold on the
-    reference rewards [N, m] (bisection: the rank correlation falls as λ grows); λ_v = 0."""
+    reference rewards [N, m] (bisection: the rank correlation falls as λ grows); λ_v = 0.
+
+    The bisection aims at 0.95·threshold: at exactly the threshold, float32 rounding of r T at
+    inference can swap a near-tie and land a hair above it."""
     if threshold <= 0:
         raise ValueError(f"decorrelation threshold must be > 0, got {threshold}")
     r_v = rewards[:, verbosity_index]
+    target = 0.95 * threshold
     penalties = np.zeros(rewards.shape[1])
     for i in range(rewards.shape[1]):
         rho0 = spearman(rewards[:, i], r_v)
@@ -162,11 +166,11 @@ def decorrelation_penalties(
         # g(λ) = sign·ρ(sign·λ) falls from |ρ0| > threshold towards −1 as λ ≥ 0 grows.
         g = lambda lam: sign * spearman(rewards[:, i] - sign * lam * r_v, r_v)
         lo, hi = 0.0, max_penalty
-        if g(hi) > threshold:
+        if g(hi) > target:
             raise ValueError(f"attribute {i}: no penalty up to {max_penalty} decorrelates it from attribute {verbosity_index}")
         for _ in range(iterations):
             mid = 0.5 * (lo + hi)
-            lo, hi = (lo, mid) if g(mid) <= threshold else (mid, hi)
+            lo, hi = (lo, mid) if g(mid) <= target else (mid, hi)
         penalties[i] = sign * hi
     return penalties
 
