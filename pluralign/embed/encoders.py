@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import inspect
+import itertools
 import pathlib
 from typing import Any, Callable, Sequence, Union
 
@@ -41,7 +42,7 @@ class WordLlamaEncoderConfig:
     dim: int = 256                # the shipped weights are 256-d
     trunc_dim: int | None = None  # Matryoshka truncation (64/128/...), None = full dim
     normalize: bool = False       # L2-normalise each vector
-    batch_size: int = 512
+    batch_size: int = 128
     pair_separator: str = "\n\n"  # how a (prompt, response) pair is joined
 
 
@@ -142,6 +143,11 @@ class WordLlamaEncoder(Encoder):
                              f"shipped in {package_dir}: {e}") from e
         self.dim = int(self._model.embedding.shape[1])
         self.normalize, self.batch_size = config.normalize, config.batch_size
+        # A private, unpadded copy of its tokenizer: pooling below needs no padding.
+        from tokenizers import Tokenizer
+        self._tokenizer = Tokenizer.from_str(self._model.tokenizer.to_str())
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
 
     def describe(self) -> dict:
         import wordllama
@@ -151,9 +157,22 @@ class WordLlamaEncoder(Encoder):
                 "normalize": self.normalize, "pair_separator": self.config.pair_separator}
 
     def _encode_batch(self, texts: list[Text]) -> np.ndarray:
+        # WordLlama's own embed() gathers a padded [B, T, D] block (1 GB for 512 long
+        # texts); the same masked mean over the unpadded token stream is a reduceat.
         sep = self.config.pair_separator
         flat = [t if isinstance(t, str) else t[0] + sep + t[1] for t in texts]
-        return self._model.embed(flat, batch_size=len(flat)).astype(np.float32, copy=False)
+        encodings = self._tokenizer.encode_batch(flat, add_special_tokens=False)
+        lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.int64,
+                          int(lengths.sum()))
+        table = self._model.embedding                                   # [V, D] float32
+        np.clip(ids, 0, table.shape[0] - 1, out=ids)  # as WordLlama does for unknown ids
+        out = np.zeros((len(flat), self.dim), np.float32)
+        nonempty = lengths > 0                                          # "" -> zero vector
+        if nonempty.any():
+            starts = np.cumsum(lengths) - lengths
+            out[nonempty] = np.add.reduceat(table[ids], starts[nonempty], axis=0)
+        return out / np.maximum(lengths, 1)[:, None].astype(np.float32)
 
 
 # ----------------------------------------------------------------- transformers

@@ -6,7 +6,7 @@ hours), so it is built to be interrupted:
 * each distinct text is embedded once: texts are keyed by a content hash
   (BLAKE2b-128 of the UTF-8 text, or of the (prompt, response) pair);
 * finished work lives in a *work directory* as chunk files
-  ``chunk-000123.npz`` = (keys [n] S16, vectors [n, D] float32), each written to a
+  ``chunk-000123.npz`` = (keys uint8 [n, 16], vectors [n, D] float32), each written to a
   temporary file and renamed into place, so a chunk is either whole or absent;
 * the work directory is content-addressed, not positional: a rerun (or a second
   call, e.g. for the prompts after the responses) looks every key up and embeds
@@ -85,7 +85,8 @@ class ChunkStore:
         for path in sorted(self.work_dir.glob(_CHUNK_GLOB)):
             with np.load(path, allow_pickle=False) as z:
                 keys, vectors = z["keys"], z["vectors"]
-            if vectors.ndim != 2 or vectors.shape[1] != dim or len(keys) != len(vectors):
+            if (vectors.ndim != 2 or vectors.shape[1] != dim or len(keys) != len(vectors)
+                    or keys.shape[1:] != (KEY_BYTES,)):
                 raise ValueError(f"{path}: chunk of shape {vectors.shape} does not fit dim {dim}")
             self._add(keys, vectors)
             self.n_chunk_files += 1
@@ -97,10 +98,12 @@ class ChunkStore:
         return key in self._rows
 
     def _add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        # uint8 rows, not numpy bytes ("S16"), which drop trailing NUL bytes of a digest.
         c = len(self._chunks)
         self._chunks.append(vectors)
-        for r, k in enumerate(keys.tolist()):
-            self._rows.setdefault(k, (c, r))
+        flat = np.ascontiguousarray(keys, dtype=np.uint8).tobytes()
+        for r in range(len(keys)):
+            self._rows.setdefault(flat[r * KEY_BYTES:(r + 1) * KEY_BYTES], (c, r))
 
     def _atomic_write(self, path: pathlib.Path, write: Callable[[Any], None]) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.work_dir, prefix=".tmp-", suffix=path.suffix)
@@ -116,7 +119,7 @@ class ChunkStore:
 
     def commit(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
         """Writes one chunk atomically, then makes it visible to lookups."""
-        keys = np.asarray(keys, dtype=f"S{KEY_BYTES}")
+        keys = np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), KEY_BYTES)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if not np.isfinite(vectors).all():
             row = int((~np.isfinite(vectors).all(axis=1)).argmax())

@@ -86,6 +86,16 @@ def test_interrupted_run_resumes_without_recomputing(wordllama, tmp_path):
     assert third.calls == 0  # everything is on disk now
 
 
+def test_keys_ending_in_nul_bytes_round_trip(wordllama, tmp_path):
+    texts = [t for t in (f"text {i}" for i in range(5000)) if text_key(t).endswith(b"\x00")][:3]
+    assert texts
+    embed_texts(texts, wordllama, tmp_path / "w")
+    again = CountingEncoder(wordllama)
+    index, table = embed_texts(texts, again, tmp_path / "w")
+    assert again.calls == 0
+    np.testing.assert_allclose(table[index], wordllama.encode(texts), atol=1e-6)
+
+
 def test_work_dir_refuses_another_encoder(wordllama, tmp_path):
     embed_texts(["a cat"], wordllama, tmp_path / "w")
     other = load_encoder("wordllama", normalize=True)
@@ -167,6 +177,29 @@ def test_cli_embed(tmp_path):
     ds = read_dataset(tmp_path / "ds")
     assert ds.meta["encoder"]["model"] == "wordllama/l2_supercat" and len(ds.comparisons) == 12
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "prefs.csv"]  # no Hydra litter
-    bad = subprocess.run(cmd[:4] + [f"output={tmp_path / 'ds2'}", "encoder.pooling=max"],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
-    assert bad.returncode != 0 and "pooling" in bad.stderr
+
+
+def _compose_embed(overrides):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    import pluralign.cli  # noqa: F401  (registers the schemas)
+    with initialize_config_module(config_module="pluralign.conf", version_base="1.3"):
+        return OmegaConf.to_object(compose(config_name="embed", overrides=overrides))
+
+
+def test_embed_config_composes_and_catches_typos():
+    from hydra.errors import ConfigCompositionException
+
+    from pluralign.embed import TransformersEncoderConfig, WordLlamaEncoderConfig
+
+    io = ["input=t.csv", "output=ds"]
+    cfg = _compose_embed(io)
+    assert isinstance(cfg, EmbedConfig) and isinstance(cfg.encoder, WordLlamaEncoderConfig)
+    cfg = _compose_embed(io + ["encoder=hf", "encoder.model=/m", "encoder.layer=-2",
+                               "encoder.pooling=mean", "label=null", "storage_dtype=float16"])
+    assert isinstance(cfg.encoder, TransformersEncoderConfig)
+    assert (cfg.encoder.layer, cfg.encoder.pooling, cfg.label) == ("-2", "mean", None)
+    for typo in ["encoder.pooling=mean", "chunk_sise=3", "encoder=hf encoder.layr=2"]:
+        with pytest.raises(ConfigCompositionException):
+            _compose_embed(io + typo.split())

@@ -115,6 +115,10 @@ def test_wordllama_offline(monkeypatch):
     # Batching and ordering do not change a text's vector.
     np.testing.assert_allclose(enc.encode(["stock prices fell sharply", "a cat sat on the mat"],
                                           batch_size=1), x[[2, 0]], atol=1e-6)
+    # The same vectors as WordLlama's own (padded) embed(), empty text included.
+    texts = ["a cat sat on the mat", "", "x " * 300, ("a prompt", "its response")]
+    own = enc._model.embed(["a cat sat on the mat", "", "x " * 300, "a prompt\n\nits response"])
+    np.testing.assert_allclose(enc.encode(texts, batch_size=3), own, atol=1e-5)
     normed = load_encoder("wordllama", normalize=True).encode(["a cat sat on the mat"])
     np.testing.assert_allclose(np.linalg.norm(normed, axis=1), 1.0, atol=1e-5)
     assert enc.describe()["model"] == "wordllama/l2_supercat"
