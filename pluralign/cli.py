@@ -19,8 +19,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pluralign.config import register_configs
-from pluralign.evaluate.report import print_results
-from pluralign.run import RunConfig, run
+from pluralign.evaluate.report import print_results, write_report
+from pluralign.run import RunConfig, finished_results, run
 
 register_configs()
 
@@ -42,7 +42,12 @@ def train_app(cfg: DictConfig) -> float:
     for noisy in ("absl", "jax._src.xla_bridge"):  # orbax logs every checkpoint at INFO; jax its backend probing
         logging.getLogger(noisy).setLevel(logging.WARNING)
     run_dir = pathlib.Path(HydraConfig.get().runtime.output_dir)
-    results = run(run_config(cfg), run_dir)
+    config = run_config(cfg)
+    results = finished_results(run_dir, config)  # a re-run sweep skips the jobs that finished
+    if results is not None:
+        print(f"skipped, already complete: {run_dir / 'results.json'}")
+    else:
+        results = run(config, run_dir)
     print(f"results: {run_dir / 'results.json'}")
     if HydraConfig.get().mode.name == "RUN":
         print_results(run_dir)
@@ -70,10 +75,16 @@ class ResultsTableCallback(Callback):
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "report":
-        if len(sys.argv) != 3:
-            sys.exit("usage: pluralign report RUN_OR_MULTIRUN_DIR")
-        if not print_results(sys.argv[2]):
+        args = sys.argv[2:]
+        out = None
+        if len(args) == 3 and args[1] == "--out":
+            args, out = args[:1], args[2]
+        if len(args) != 1:
+            sys.exit("usage: pluralign report RUN_OR_MULTIRUN_DIR [--out DIR]  (default DIR: RUN_OR_MULTIRUN_DIR/report)")
+        if not print_results(args[0]):
             sys.exit(1)
+        for kind, path in write_report(args[0], out).items():  # markdown + CSV tables, k-shot curves, histograms
+            print(f"{kind}: {path}")
         return
     if len(sys.argv) > 1 and sys.argv[1] == "embed":
         del sys.argv[1]  # the rest are Hydra overrides of conf/embed.yaml

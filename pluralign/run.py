@@ -94,6 +94,21 @@ def _check_resumable(run_dir: pathlib.Path, config: RunConfig) -> None:
     write_json_atomic(path, _fingerprint(config))
 
 
+def finished_results(run_dir: str | os.PathLike, config: RunConfig) -> dict | None:
+    """The results of `run_dir` if it holds a complete run of this same config, else None.
+
+    Lets a re-run sweep skip the jobs that finished and redo only missing or failed ones
+    (a failed job has no complete results.json and resumes from its checkpoint).
+    """
+    run_dir = pathlib.Path(run_dir)
+    try:
+        results = json.loads((run_dir / RESULTS_FILE).read_text())
+        same_config = json.loads((run_dir / "run_config.json").read_text()) == _fingerprint(config)
+    except (OSError, ValueError):
+        return None
+    return results if results.get("status") == "complete" and same_config else None
+
+
 def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dict:
     """Trains and evaluates; writes and returns the results dict."""
     t0 = time.perf_counter()
@@ -165,6 +180,16 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     }
     if user_group is not None:
         seen["worst_group_accuracy"] = over_seeds(lambda r: r["worst_group_accuracy"])
+    # Distribution of per-user accuracy (each seen user's test pairs, averaged over seeds) as a
+    # 20-bin histogram on [0, 1]: compact at any number of users; `pluralign report` plots it.
+    per_user = np.mean([
+        metrics.per_user_accuracy(
+            np.asarray(seen_logits(jax.tree.map(lambda x: x[i], best), tables, test)), test_np.label, test_np.weight, test_np.user
+        )
+        for i in range(len(seeds))
+    ], axis=0)
+    counts, edges = np.histogram(per_user, bins=20, range=(0.0, 1.0))
+    seen["per_user_histogram"] = {"edges": edges.tolist(), "counts": counts.tolist()}
 
     # --- unseen users: prior strength chosen on unseen-val, reported on unseen-test
     adapt = fewshot.make_adapt_and_predict(graphdef, ev.inference_steps, ev.inference_learning_rate)

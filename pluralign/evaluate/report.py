@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
+
 from rich.console import Console
 from rich.table import Table
 
@@ -61,3 +63,250 @@ def print_results(root: str | pathlib.Path, console: Console | None = None) -> l
     else:
         console.print(results_table(results))
     return results
+
+
+# ------------------------------------------------------------------ sweep report: files
+#
+# `pluralign report SWEEP_DIR` writes, under SWEEP_DIR/report/ (or --out):
+#   results.md / results.csv   one row per model × dataset (× swept hyper-parameters), mean ± std over seeds
+#   kshot_<mode>.png           unseen-user accuracy against k, random and item_disjoint modes
+#   per_user_accuracy.png      histograms of seen users' per-user accuracy
+# A group of runs that differ only in their seeds is one row. A group of one run shows that
+# run's own numbers (its mean and std over the seeds it trained); a group of several runs
+# shows the mean and std (ddof 0) of their values. Nothing else is recomputed.
+
+# Config keys that do not make a run a different experiment.
+_NOT_A_VARIANT = {"seeds", "cache_dir", "train.progress"}
+MODES = ("random", "item_disjoint")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
+    return out
+
+
+def group_runs(results: list[dict]) -> list[dict]:
+    """Groups runs by (model, dataset, the hyper-parameters in which they differ).
+
+    Returns [{"model", "dataset", "variant" (e.g. "train.learning_rate=0.01", "" when there is
+    one), "runs": [results...]}], sorted by model, dataset, variant.
+    """
+    by_pair: dict[tuple, list[dict]] = {}
+    for r in results:
+        by_pair.setdefault((r["model"], r["dataset"]), []).append(r)
+    groups = []
+    for (model, dataset), runs in sorted(by_pair.items()):
+        flats = [{k: v for k, v in _flat(r.get("config", {})).items() if k not in _NOT_A_VARIANT} for r in runs]
+        keys = sorted({k for f in flats for k in f})
+        differing = [k for k in keys if len({f.get(k) for f in flats}) > 1]
+        variants: dict[str, list[dict]] = {}
+        for r, f in zip(runs, flats):
+            label = ",".join(f"{k}={json.loads(f[k]) if k in f else None}" for k in differing)
+            variants.setdefault(label, []).append(r)
+        for label, members in sorted(variants.items()):
+            groups.append({"model": model, "dataset": dataset, "variant": label, "runs": members})
+    return groups
+
+
+def _combine(values: list, stds: list) -> tuple[float | None, float | None]:
+    """One run: its value and its own std over seeds. Several: mean and std of their values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    if len(values) == 1:
+        return float(values[0]), (None if stds[0] is None else float(stds[0]))
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _unseen(r: dict, mode: str, k) -> dict:
+    return r.get("unseen", {}).get("by_mode", {}).get(mode, {}).get(str(k), {})
+
+
+def shots_of(groups: list[dict], mode: str) -> list[int]:
+    return sorted({int(k) for g in groups for r in g["runs"] for k in r.get("unseen", {}).get("by_mode", {}).get(mode, {})})
+
+
+def summarize(groups: list[dict]) -> list[dict]:
+    """One flat row per group: every metric as `name` (mean) and `name_std`."""
+    rows = []
+    shots = {mode: shots_of(groups, mode) for mode in MODES}
+    for g in groups:
+        runs = g["runs"]
+        row = {
+            "model": g["model"], "dataset": g["dataset"], "variant": g["variant"], "runs": len(runs),
+            "seeds": sum(len(r["seeds"]) for r in runs),
+        }
+
+        def put(name, values, stds=None):
+            row[name], row[f"{name}_std"] = _combine(values, stds or [None] * len(values))
+
+        put("seen_accuracy", [r["seen"]["accuracy"] for r in runs], [r["seen"].get("accuracy_std") for r in runs])
+        for metric in ("log_loss", "ece", "per_user_p10", "worst_group_accuracy"):
+            put(f"seen_{metric}", [r["seen"].get(metric) for r in runs])
+        for mode in MODES:
+            for k in shots[mode]:
+                put(
+                    f"unseen_{mode}_k{k}",
+                    [_unseen(r, mode, k).get("accuracy") for r in runs],
+                    [_unseen(r, mode, k).get("accuracy_std") for r in runs],
+                )
+        put("bayes_optimal_accuracy", [r.get("bayes_optimal_accuracy") for r in runs])
+        put("population_optimal_accuracy", [r.get("population_optimal_accuracy") for r in runs])
+        put("wall_seconds", [r.get("wall_seconds") for r in runs])
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict], path: pathlib.Path) -> None:
+    """Full precision (repr of the floats read from results.json, or of their mean/std)."""
+    import csv
+
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+
+
+def markdown_table(rows: list[dict], shots=TABLE_SHOTS) -> str:
+    all_shots = sorted({int(c.split("_k")[1]) for row in rows for c in row if c.startswith("unseen_random_k") and not c.endswith("_std")})
+    shots = [k for k in shots if k in all_shots] or all_shots[:3]
+    disjoint = max((k for k in shots if any(row.get(f"unseen_item_disjoint_k{k}") is not None for row in rows)), default=None)
+    with_variant = any(row["variant"] for row in rows)
+    header = ["model", "dataset", *(["variant"] if with_variant else []), "seeds", "seen acc",
+              *(f"unseen k={k}" for k in shots), *([f"item-disjoint k={disjoint}"] if disjoint else []),
+              "Bayes-opt", "best 1-reward"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cell = lambda name: _fmt(row.get(name), row.get(f"{name}_std"))
+        lines.append("| " + " | ".join([
+            row["model"], row["dataset"], *([row["variant"]] if with_variant else []), str(row["seeds"]),
+            cell("seen_accuracy"), *(cell(f"unseen_random_k{k}") for k in shots),
+            *([cell(f"unseen_item_disjoint_k{disjoint}")] if disjoint else []),
+            _fmt(row.get("bayes_optimal_accuracy")), _fmt(row.get("population_optimal_accuracy")),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def _label(row_or_group: dict) -> str:
+    return row_or_group["model"] + (f" [{row_or_group['variant']}]" if row_or_group["variant"] else "")
+
+
+def plot_kshot(rows: list[dict], mode: str, path: pathlib.Path) -> bool:
+    """Unseen-user accuracy against k, one panel per dataset, one line (± std band) per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prefix = f"unseen_{mode}_k"
+    datasets = sorted({row["dataset"] for row in rows})
+    curves = {
+        row_id: sorted((int(c[len(prefix):]), row[c], row.get(f"{c}_std") or 0.0)
+                       for c in row if c.startswith(prefix) and not c.endswith("_std") and row[c] is not None)
+        for row_id, row in enumerate(rows)
+    }
+    if not any(curves.values()):
+        return False
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for row_id, row in enumerate(rows):
+            if row["dataset"] != dataset or not curves[row_id]:
+                continue
+            k, mean, std = (np.array(v) for v in zip(*curves[row_id]))
+            (line,) = ax.plot(k, mean, marker="o", label=_label(row))
+            ax.fill_between(k, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        first = next(r for r in rows if r["dataset"] == dataset)
+        for value, name, style in ((first.get("bayes_optimal_accuracy"), "Bayes-opt", ":"),
+                                   (first.get("population_optimal_accuracy"), "best 1-reward", "--")):
+            if value is not None:
+                ax.axhline(value, color="gray", linestyle=style, linewidth=1, label=name)
+        ax.set_xscale("log")
+        ks = sorted({k for row_id, row in enumerate(rows) if row["dataset"] == dataset for k, _, _ in curves[row_id]})
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+        ax.set_title(dataset)
+        ax.set_xlabel("k (support comparisons)")
+        ax.set_ylabel(f"unseen-user accuracy ({mode})")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_per_user(groups: list[dict], path: pathlib.Path) -> bool:
+    """Histograms of seen users' per-user accuracy (results.json `seen.per_user_histogram`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [g for g in groups if any("per_user_histogram" in r["seen"] for r in g["runs"])]
+    if not groups:
+        return False
+    datasets = sorted({g["dataset"] for g in groups})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for g in (g for g in groups if g["dataset"] == dataset):
+            hists = [r["seen"]["per_user_histogram"] for r in g["runs"] if "per_user_histogram" in r["seen"]]
+            counts = np.sum([h["counts"] for h in hists], axis=0)
+            edges = np.asarray(hists[0]["edges"])
+            ax.stairs(counts / max(counts.sum(), 1), edges, label=_label(g))
+        ax.set_title(dataset)
+        ax.set_xlabel("per-user accuracy (seen users, held-out pairs)")
+        ax.set_ylabel("fraction of users")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def incomplete_runs(root: str | pathlib.Path) -> list[str]:
+    """Job directories of a sweep (they hold .hydra/) without a complete results.json."""
+    out = []
+    for hydra_dir in sorted(pathlib.Path(root).rglob(".hydra")):
+        path = hydra_dir.parent / "results.json"
+        try:
+            complete = json.loads(path.read_text()).get("status") == "complete"
+        except (OSError, ValueError):
+            complete = False
+        if not complete:
+            out.append(str(hydra_dir.parent))
+    return out
+
+
+def write_report(root: str | pathlib.Path, out_dir: str | pathlib.Path | None = None) -> dict:
+    """Writes the tables and figures of every complete results.json under root; returns their paths."""
+    results = collect_results(root)
+    if not results:
+        raise FileNotFoundError(f"no complete results.json under {root}")
+    out = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path(root) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(results)
+    rows = summarize(groups)
+    paths = {"csv": out / "results.csv", "markdown": out / "results.md"}
+    write_csv(rows, paths["csv"])
+    missing = incomplete_runs(root)
+    md = [f"# pluralign results: {root}", "",
+          "Accuracy, mean ± std over seeds; unseen users: `random` support/query unless marked item-disjoint.",
+          "Bayes-opt: accuracy of the true model; best 1-reward: best non-personalized predictor (synthetic data).", "",
+          markdown_table(rows)]
+    if missing:
+        md += ["", f"Incomplete runs (no complete results.json; re-run the sweep to finish them): {len(missing)}", ""]
+        md += [f"- {m}" for m in missing]
+    paths["markdown"].write_text("\n".join(md) + "\n")
+    for mode in MODES:
+        path = out / f"kshot_{mode}.png"
+        if plot_kshot(rows, mode, path):
+            paths[f"kshot_{mode}"] = path
+    if plot_per_user(groups, out / "per_user_accuracy.png"):
+        paths["per_user"] = out / "per_user_accuracy.png"
+    return paths

@@ -16,7 +16,7 @@ from omegaconf.errors import ConfigKeyError
 from pluralign import cli
 from pluralign.data.synthetic import IdealPointConfig
 from pluralign.evaluate.report import collect_results
-from pluralign.models import BTConfig, PALConfig
+from pluralign.models import REGISTRY, BTConfig, PALConfig
 from pluralign.run import run
 
 CONF = pathlib.Path(cli.__file__).parent / "conf"
@@ -41,10 +41,10 @@ def test_every_group_option_composes_into_a_typed_run_config(group, option):
     overrides = [f"{group}={option}"] + (["data.path=/some/dataset"] if option == "disk" else [])
     config = cli.run_config(_compose(overrides))
     assert config.seeds
-    assert config.model.name in ("bt", "pal_a", "pal_b")
+    assert config.model.name in REGISTRY
     if group == "model":
         assert config.model.name == option
-        assert isinstance(config.model, BTConfig if option == "bt" else PALConfig)
+        assert isinstance(config.model, REGISTRY[option][1])
     if group == "data" and option.startswith("ideal_point"):
         assert isinstance(config.data, IdealPointConfig)
 

@@ -1,0 +1,80 @@
+"""Sweeps: the submitit launcher (local executor), re-running a sweep, Optuna and Slurm configs.
+
+A tiny two-job sweep runs through submitit's local executor; the same command again, on the
+basic launcher, finds both jobs finished and runs nothing; after one results.json is removed,
+only that job runs again. About 30 s on 2 CPU cores (three `pluralign` processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from hydra import compose, initialize_config_module
+
+from pluralign import cli  # noqa: F401  (registers the structured configs)
+from pluralign.evaluate.report import collect_results
+
+TINY = ["train=fast", "eval=fast", "train.max_epochs=2", "data.n_users=30", "data.n_items=80",
+        "data.comparisons_per_user=16", "data.dim=8"]
+
+
+def _pluralign(args, cwd, cache):
+    env = {**os.environ, "JAX_NUMPY_RANK_PROMOTION": "raise", "PLURALIGN_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "pluralign.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_submitit_local_sweep_then_a_rerun_runs_only_what_is_missing(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "model=bt", "seed=0,1", f"hydra.sweep.dir={sweep}", *TINY]
+    first = _pluralign([*args, "hydra/launcher=local"], tmp_path, tmp_path / "cache")
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = collect_results(sweep)
+    assert sorted(r["seeds"][0] for r in results) == [0, 1]
+    assert (sweep / ".submitit").is_dir()  # the jobs went through submitit
+    files = {r["path"]: (os.stat(r["path"]).st_mtime_ns, json.dumps(r, sort_keys=True)) for r in results}
+
+    # Same sweep on the basic launcher: the job directories do not depend on the launcher,
+    # both results are complete, nothing runs and nothing is rewritten.
+    again = _pluralign(args, tmp_path, tmp_path / "cache")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skipped, already complete") == 2
+    assert {r["path"]: (os.stat(r["path"]).st_mtime_ns, json.dumps(r, sort_keys=True)) for r in collect_results(sweep)} == files
+
+    # A job without its results.json (a failed or killed one) runs again; the other does not.
+    missing = sorted(files)[0]
+    os.remove(missing)
+    os.remove(os.path.join(os.path.dirname(missing), "run_config.json"))  # as if it never started
+    third = _pluralign(args, tmp_path, tmp_path / "cache")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.stdout.count("skipped, already complete") == 1
+    assert os.path.exists(missing) and len(collect_results(sweep)) == 2
+
+
+def _compose(overrides):
+    with initialize_config_module(config_module="pluralign.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def test_job_directories_are_named_by_their_overrides_not_by_launcher():
+    cfg = _compose(["model=bt", "seed=3", "hydra/launcher=local", "cache_dir=/x", "train.progress=false"])
+    # The launcher, the data cache and progress bars do not change the job's directory.
+    assert cfg.hydra.sweep.subdir == "bt_ideal_point/model=bt,seed=3"
+
+
+def test_slurm_launcher_is_one_override_away():
+    launcher = _compose(["hydra/launcher=slurm"]).hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    for field in ("partition", "gpus_per_task", "timeout_min", "cpus_per_task", "mem_gb"):
+        assert field in launcher
+    assert launcher.gpus_per_task == 1
+
+
+def test_optuna_sweeper_maximises_the_unseen_validation_accuracy():
+    sweeper = _compose(["hydra/sweeper=tpe"]).hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper.direction == "maximize"
+    assert "train.learning_rate" in sweeper.params
