@@ -204,7 +204,7 @@ def test_frozen_attribute_head_gets_no_gradient():
     )
     for freeze in (True, False):
         graphdef, state = nnx.split(make_model(freeze_attributes=freeze))
-        grads = jax.grad(lambda s: base.loss(nnx.merge(graphdef, s), tables, batch)[0])(state)
+        grads = jax.jit(jax.grad(lambda s: base.loss(nnx.merge(graphdef, s), tables, batch)[0]))(state)
         head_norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["head"]))
         assert (head_norm == 0.0) == freeze
         assert float(jnp.abs(grads["logit_scale"][...])) > 0 and all(float(jnp.abs(g).sum()) == 0 for g in jax.tree.leaves(grads["reward_transform"]))
@@ -264,17 +264,18 @@ def test_arithmetic_control_follows_the_direction(small_data, fitted):
 def test_dpa_run_recovers_users_end_to_end(tmp_path):
     """Stage 1 + comparison training via `run`: near Bayes-optimal for seen users, above the best
     non-personalized predictor, and unseen users' accuracy grows with shots."""
-    data = MultiAttributeConfig(n_users=150, n_items=400, comparisons_per_user=50, dim=D, seed=2)
+    # 70 seen users × 60 pairs: ~670 seen test pairs (accuracy std ≈ 0.015); Bayes − population ≈ 0.11.
+    data = MultiAttributeConfig(n_users=100, n_items=300, comparisons_per_user=60, dim=D, seed=2)
     results = run(
         RunConfig(
             model=DPAConfig(n_attributes=M), data=data, cache_dir=str(tmp_path / "cache"),
-            train=TrainConfig(progress=False, max_epochs=30, batch_size=128, learning_rate=0.02, patience=6, checkpoint=False),
-            eval=EvalConfig(shots=[1, 20], modes=["random"], draws=1, prior_strengths=[1.0, 3.0]),
+            train=TrainConfig(progress=False, max_epochs=25, batch_size=128, learning_rate=0.02, patience=5, checkpoint=False),
+            eval=EvalConfig(shots=[1, 20], modes=["random"], draws=1, prior_strengths=[3.0], pair_test_fraction=0.2),
         ),
         tmp_path / "run",
     )
     bayes, population = results["bayes_optimal_accuracy"], results["population_optimal_accuracy"]
-    assert results["seen"]["accuracy"] > bayes - 0.04 and results["seen"]["accuracy"] > population + 0.03
+    assert results["seen"]["accuracy"] > bayes - 0.06 and results["seen"]["accuracy"] > population + 0.05
     curve = results["unseen"]["accuracy_at_k"]
     assert curve[20] > curve[1] + 0.02 and curve[20] > bayes - 0.06
     assert np.all(np.asarray(results["stage1"]["train_r2"]) > 0.8)
