@@ -205,8 +205,12 @@ class TransformersEncoder(Encoder):
     """
 
     def __init__(self, config: TransformersEncoderConfig) -> None:
-        import torch
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        try:
+            import torch
+            from transformers import AutoConfig, AutoModel, AutoTokenizer
+        except ImportError as e:
+            raise ImportError(f"encoder=hf needs transformers and torch ({e}); install them "
+                              "with: pip install \"pluralign[embed]\"") from e
 
         self.config = c = config
         if c.model in ("???", "", None):
