@@ -165,6 +165,20 @@ def test_embed_table_with_tiny_transformer(tiny_llama, tmp_path):
     assert not (tmp_path / "ds.partial").exists()  # work dir removed after a good write
 
 
+def test_embed_ratings_table(wordllama, tmp_path):
+    texts = _texts(5)
+    with open(tmp_path / "ratings.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user", "item", "rating"])
+        for u, ratings in enumerate([[1, 2, 3], [3, 1, 2, 5]]):
+            for t, r in zip(texts, ratings):
+                w.writerow([u, t, r])
+    path = embed_table(EmbedConfig(input=str(tmp_path / "ratings.csv"), output=str(tmp_path / "ds"),
+                                   table="ratings", progress=False), encoder=wordllama)
+    ds = read_dataset(path)
+    assert ds.n_items == 4 and len(ds.comparisons) == 3 + 6 and ds.meta["encoder"]["dim"] == 256
+
+
 def test_cli_embed(tmp_path):
     _write_table(tmp_path / "prefs.csv", n_users=3, per_user=4)
     env = {**os.environ, "JAX_NUMPY_RANK_PROMOTION": "raise", "HF_HUB_OFFLINE": "1"}

@@ -87,6 +87,15 @@ def test_chat_template_and_pairs(tiny_llama):
     assert d["chat_template"] is True and d["dim"] == 32 and d["model"] == str(tiny_llama)
 
 
+def test_half_precision_is_close_to_float32(tiny_llama):
+    texts = [t for t in TEXTS if isinstance(t, str)]
+    full = _hf(tiny_llama).encode(texts)
+    half = _hf(tiny_llama, dtype="bfloat16")
+    got = half.encode(texts)
+    assert got.dtype == np.float32 and half.describe()["dtype"] == "bfloat16"
+    assert np.abs(got - full).max() < 0.05 * np.abs(full).max() and not np.array_equal(got, full)
+
+
 def test_truncation_keeps_the_end_by_default(tiny_llama):
     enc = _hf(tiny_llama, max_length=3, pooling="mean")
     long = "the cat sat on the mat"
