@@ -225,19 +225,24 @@ class TrainedModel:
 
     def seen_logits(self, tables: base.Tables, batch: base.PairBatch) -> jax.Array:
         """[B] logits of seen users' comparisons (rows of `tables`), as the run scored them."""
-        return _seen_logits(self.graphdef, self.params, self.seen_states, tables, batch)
+        return self._seen_logits(self.params, self.seen_states, tables, batch)
+
+    @functools.cached_property
+    def _seen_logits(self):
+        graphdef = self.graphdef  # closed over, not a static argument: some configs are unhashable
+
+        @jax.jit
+        def seen_logits(params, seen_states, tables, batch):
+            model = nnx.merge(graphdef, params)
+            return model.pair_logits(seen_states[batch.user], model.pair_features(base.gather(tables, batch)))
+
+        return seen_logits
 
     def reward(self, **options):
         """A `PersonalizedReward` for this model (see `pluralign.export.reward`)."""
         from pluralign.export.reward import PersonalizedReward
 
         return PersonalizedReward(self, **options)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _seen_logits(graphdef, params, seen_states, tables, batch):
-    model = nnx.merge(graphdef, params)
-    return model.pair_logits(seen_states[batch.user], model.pair_features(base.gather(tables, batch)))
 
 
 def compute_seen_states(graphdef: nnx.GraphDef, params: Any, tables: base.Tables, n_users: int) -> np.ndarray:

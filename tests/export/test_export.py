@@ -141,7 +141,7 @@ def test_online_updates_equal_batch_inference(setup):
         assert gains.max() > 1e-4
 
 
-def test_rewards_matrix_best_of_n_and_policy_hook(setup):
+def test_rewards_preference_matrix_and_best_of_n(setup):
     data = setup["data"]
     reward = setup["reward"]
     model, trained = reward.model, reward.trained
@@ -166,6 +166,16 @@ def test_rewards_matrix_best_of_n_and_policy_hook(setup):
     direct = model.reward(jnp.broadcast_to(state, (5, reward.state_dim)), jnp.zeros((5, reward.dim)), jnp.zeros((5,), bool), cands)
     np.testing.assert_allclose(r, direct, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scores, r, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["pal_b", "vpl"])  # the API around the reward, on a prompt-aware model of each kind
+def test_batched_users_policy_hook_and_explicit_state(name, tmp_path_factory):
+    setup = bundle(name, str(tmp_path_factory.getbasetemp() / "export_artifacts"))
+    reward, trained = setup["reward"], setup["reward"].trained
+    items = jnp.asarray(setup["data"].items, jnp.float32)
+    cands = items[:5]
+    user = int(trained.seen_users[0])
+    r = reward(None, cands, user)
     # Batched prompts and users: [B, N]; row b is user b's rewards.
     users = [int(u) for u in trained.seen_users[:3]]
     prompts = items[10:13]
@@ -177,7 +187,13 @@ def test_rewards_matrix_best_of_n_and_policy_hook(setup):
     np.testing.assert_allclose(jax.jit(hook)(prompts, cands[:3]), reward(prompts, cands[:3, None, :], [user] * 3)[:, 0],
                                rtol=1e-5, atol=1e-6)
     # An explicit state (DPA: a direction) is used as given.
-    np.testing.assert_allclose(reward(None, cands, UserState(np.asarray(state))), r, rtol=1e-6)
+    np.testing.assert_allclose(reward(None, cands, UserState(np.asarray(trained.seen_states[user]))), r, rtol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        reward(None, cands, UserState(np.zeros(reward.state_dim + 1)))
+    with pytest.raises(KeyError, match="held out of training"):
+        reward(None, cands, int(setup["split"].unseen_test[0]))
+    with pytest.raises(ValueError, match="exceed capacity"):
+        reward.infer(Support(e_a=items[:9], e_b=items[9:18]))
 
 
 def test_user_embedding_export(setup, tmp_path):
@@ -185,7 +201,7 @@ def test_user_embedding_export(setup, tmp_path):
     shapes = export_user_embeddings(trained, tmp_path)
     n_seen = len(setup["split"].seen)
     ids = pq.read_table(tmp_path / "users.parquet").to_pydict()
-    assert ids["row"] == sorted(setup["split"].seen.tolist()) or sorted(ids["row"]) == sorted(setup["split"].seen.tolist())
+    assert ids["row"] == setup["split"].seen.tolist()
     for name, shape in shapes.items():
         array = np.load(tmp_path / f"{name}.npy")
         assert array.shape == shape and array.shape[0] == n_seen and np.all(np.isfinite(array))
@@ -197,3 +213,34 @@ def test_user_embedding_export(setup, tmp_path):
     assert all(f"`{name}.npy`" in readme for name in shapes)
     if "group" in ids:
         assert ids["group"] == [setup["data"].meta["truth"]["user_group"][r] for r in ids["row"]]
+
+
+def test_run_writes_an_artifact_that_reproduces_its_seen_user_metrics(tmp_path):
+    from pluralign.data.sources import load_dataset
+    from pluralign.evaluate import metrics
+    from pluralign.evaluate.fewshot import EvalConfig
+    from pluralign.models.pal import PALConfig
+    from pluralign.run import RunConfig, run
+    from pluralign.train.trainer import TrainConfig
+
+    config = RunConfig(
+        model=PALConfig(name="pal_a", n_prototypes=2, latent_dim=4),
+        data=IdealPointConfig(n_users=30, n_items=60, comparisons_per_user=16, dim=8, n_groups=2, seed=0),
+        train=TrainConfig(progress=False, max_epochs=2, batch_size=128, checkpoint=False),
+        eval=EvalConfig(shots=[1], modes=["random"], draws=1, prior_strengths=[3.0], inference_steps=5),
+        seeds=[0, 1], cache_dir=str(tmp_path / "cache"),
+    )
+    results = run(config, tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".model")] == []  # no temp dirs left
+    trained = pluralign.load(tmp_path / "run")
+    assert trained.prior_strength == results["unseen"]["prior_strength"] and trained.record["seeds"] == [0, 1]
+    data = load_dataset(config.data, config.cache_dir)
+    split = split_users(data.n_users, seed=0, unseen_val_fraction=0.1, unseen_test_fraction=0.2)
+    pairs = split_seen_pairs(data.comparisons, split.seen, seed=0, val_fraction=0.1, test_fraction=0.1)
+    test = data.comparisons.take(pairs.test)
+    for i, seed in enumerate(config.seeds):
+        logits = np.asarray(trained.with_seed(seed).seen_logits(make_tables(data), to_batch(test)))
+        summary = metrics.summary(logits, test.label, test.weight, test.user, None)
+        expected = results["seen"]["per_seed"][i]
+        assert summary["accuracy"] == expected["accuracy"]
+        np.testing.assert_allclose(summary["log_loss"], expected["log_loss"], rtol=1e-6)
