@@ -31,6 +31,7 @@ on the prompt, is the default reward (`population_reward`, `gate_direction`).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +59,7 @@ class DPAConfig:
     gate_hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
     gate_temperature: float = 1.0  # T_g: softmax(MLP(e_x) / T_g)
     gate_loss_weight: float = 1.0
+    user_init_scale: float = 0.1  # std of the noise around 1/√m in the initial W_u
 
     def __post_init__(self):
         if self.head not in ("ridge", "mlp"):
@@ -80,7 +82,10 @@ class DPA(PreferenceModel):
         hidden = tuple(config.hidden) if config.head == "mlp" else ()
         self.head = MLP(dims.dim, hidden, m, rngs=rngs)  # r; set by prepare_params
         self.reward_transform = nnx.Variable(jnp.eye(m))  # T; set by prepare_params
-        self.user_directions = nnx.Param(jax.random.normal(rngs.params(), (dims.n_users, m)))  # W, v_u = W_u/‖W_u‖
+        # W, v_u = W_u/‖W_u‖: every user starts near the equal-weights direction 1/√m (small noise breaks
+        # ties), so the seen users' mean direction, the few-shot prior, is sensible from the first epoch.
+        init = 1.0 / math.sqrt(m) + config.user_init_scale * jax.random.normal(rngs.params(), (dims.n_users, m))
+        self.user_directions = nnx.Param(init)
         self.logit_scale = nnx.Param(jnp.zeros(()))  # t
         self.null_prompt = NullPrompt(dims.dim, rngs=rngs)
         self.gate = MLP(dims.dim, tuple(config.gate_hidden), m, rngs=rngs)
