@@ -58,15 +58,15 @@ def main() -> None:
     basic, basic_wall = sweep(root / "basic", [], cache)
     local, local_wall = sweep(root / "submitit_local", ["hydra/launcher=local"], cache)
 
-    print(f"{'job':<40} {'launcher':<15} {'seen acc':>10} {'unseen k=1':>11} {'unseen k=5':>11} {'best val loss':>14}")
+    print(f"{'job (model, seed)':<20} {'launcher':<15} {'seen acc':>10} {'unseen k=1':>11} {'unseen k=5':>11} {'best val loss':>14}")
     for job in sorted(basic.keys() | local.keys()):
         for name, results in (("basic", basic), ("submitit_local", local)):
             r = results.get(job)
             if r is None:
-                print(f"{job:<40} {name:<15} missing")
+                print(f"{job:<20} {name:<15} missing")
                 continue
             at_k = r["unseen"]["accuracy_at_k"]
-            print(f"{job:<40} {name:<15} {r['seen']['accuracy']:>10.6f} {at_k['1']:>11.6f} {at_k['5']:>11.6f} "
+            print(f"{r['model'] + ' ' + str(r['seeds'][0]):<20} {name:<15} {r['seen']['accuracy']:>10.6f} {at_k['1']:>11.6f} {at_k['5']:>11.6f} "
                   f"{r['train']['best_val_loss'][0]:>14.8f}")
     same_jobs = basic.keys() == local.keys()
     differing = sorted(
