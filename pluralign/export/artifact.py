@@ -199,9 +199,9 @@ class TrainedModel:
     def user_row(self, user: Any) -> int:
         """A known user's row in the state table, from its id (as in meta user_ids) or its row number."""
         ids = self.users["user_id"]
-        matches = np.flatnonzero(ids == str(user))
-        if matches.size:
-            row = int(matches[0])
+        row = self._row_by_id.get(str(user))
+        if row is not None:
+            pass
         elif isinstance(user, (int, np.integer)) and 0 <= int(user) < len(ids):
             row = int(user)
         else:
@@ -212,6 +212,10 @@ class TrainedModel:
                 "never learned. Pass its comparisons as pluralign.export.Support to infer it few-shot."
             )
         return row
+
+    @functools.cached_property
+    def _row_by_id(self) -> dict:
+        return {str(uid): row for row, uid in enumerate(self.users["user_id"])}
 
     def load_dataset(self, cache_dir: str | os.PathLike | None = None):
         """The run's dataset (regenerated from cache for synthetic data), for its embedding tables."""

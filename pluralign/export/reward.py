@@ -85,6 +85,7 @@ class PersonalizedReward:
         self._rewards = jax.jit(self._rewards_impl)
         self._matrix = jax.jit(self._matrix_impl)
         self.has_scalar_reward = _has_scalar_reward(self.model, self.state_dim, self.dim)
+        self._seen_states_host = np.asarray(trained.seen_states)  # [n_users, S]; a lookup costs no dispatch
 
     # ------------------------------------------------------------------ jitted kernels
     def _features(self, model, e_x, has_prompt, e_a, e_b):
@@ -106,13 +107,21 @@ class PersonalizedReward:
             prior_strength=self.prior_strength, steps=self.inference_steps, learning_rate=self.inference_learning_rate,
         )
 
-    def _rewards_impl(self, params, states, e_x, has_prompt, e_y):
-        """[B, S] states, [B, D] prompts, [B] has_prompt, [B, N, D] responses -> [B, N] rewards."""
+    def _rewards_impl(self, params, states, e_x, e_y):
+        """states [S] or [B, S]; e_x None, [D] or [B, D]; e_y [N, D] or [B, N, D] -> [N] or [B, N] rewards.
+        Broadcasting happens here, inside the compiled program, so a call costs one dispatch."""
         model = nnx.merge(self.graphdef, params)
+        single = e_y.ndim == 2
+        e_y = e_y[None] if single else e_y
         B, N = e_y.shape[:2]
+        states = jnp.broadcast_to(states, (B, self.state_dim))
+        if e_x is None:
+            e_x, has_prompt = jnp.zeros((B, self.dim), jnp.float32), jnp.zeros((B,), bool)
+        else:
+            e_x, has_prompt = jnp.broadcast_to(e_x, (B, self.dim)), jnp.ones((B,), bool)
         rep = lambda x: jnp.repeat(x, N, axis=0)  # row b's user and prompt for each of its N responses
-        r = model.reward(rep(states), rep(e_x), rep(has_prompt), e_y.reshape(B * N, self.dim))
-        return r.reshape(B, N)
+        r = model.reward(rep(states), rep(e_x), rep(has_prompt), e_y.reshape(B * N, self.dim)).reshape(B, N)
+        return r[0] if single else r
 
     def _matrix_impl(self, params, state, e_x, has_prompt, e_y):
         """[S], [D], [] bool, [N, D] -> [N, N] logits of P(y_i ≻ y_j | x, u)."""
@@ -162,51 +171,59 @@ class PersonalizedReward:
             return vector
         if hasattr(user, "state") and hasattr(user, "add"):  # an OnlineUser
             return user.state
-        return self.trained.seen_states[self.trained.user_row(user)]
+        return self._seen_states_host[self.trained.user_row(user)]
 
-    def user_states(self, users: Any) -> jax.Array:
-        """[B, S] states of a sequence of users (or one user, repeated later by the caller)."""
-        return jnp.stack([self.user_state(u) for u in users])
+    def user_states(self, users: Any) -> np.ndarray:
+        """[B, S] states of a sequence of users."""
+        return np.stack([np.asarray(self.user_state(u)) for u in users])
 
     # ------------------------------------------------------------------ rewards
     def _prompts(self, prompt, batch: int | None):
         if prompt is None:
             n = batch or 1
-            return jnp.zeros((n, self.dim), jnp.float32), jnp.zeros((n,), bool)
+            return np.zeros((n, self.dim), np.float32), np.zeros((n,), bool)
         e_x = self._as_embeddings(prompt)
-        return e_x, jnp.ones((e_x.shape[0],), bool)
+        return e_x, np.ones((e_x.shape[0],), bool)
 
-    def _as_embeddings(self, x) -> jax.Array:
-        """Embeddings [..., D] as given, or texts embedded with the artifact's encoder."""
-        if isinstance(x, str) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], (str, tuple))):
-            x = self.embed_texts([x] if isinstance(x, str) else list(x))
-        x = jnp.asarray(x, jnp.float32)
+    def _as_embeddings(self, x, keep_rank: bool = False):
+        """Embeddings [..., D] as given (a [D] vector becomes [1, D] unless keep_rank), or texts
+        embedded with the artifact's encoder."""
+        if isinstance(x, str):
+            x = self.embed_texts([x])[0]
+        elif isinstance(x, (list, tuple)) and x and isinstance(x[0], (str, tuple)):
+            x = self.embed_texts(list(x))
+        if not isinstance(x, jax.Array):
+            x = np.asarray(x, np.float32)
+        elif x.dtype != jnp.float32:
+            x = x.astype(jnp.float32)
         if x.shape[-1] != self.dim:
             raise ValueError(f"embeddings have size {x.shape[-1]}; this model was trained on D = {self.dim}")
-        return x.reshape(-1, self.dim) if x.ndim == 1 else x
+        return x.reshape(1, self.dim) if x.ndim == 1 and not keep_rank else x
 
     def __call__(self, prompt, responses, user) -> jax.Array:
         """Rewards of `responses` for `user`.
 
         prompt: [D] (or None, or a text) with responses [N, D] -> [N];
-        prompt: [B, D] (or None) with responses [B, N, D] and `user` one user or a list of B users -> [B, N].
+        prompt: [B, D] or [D] (or None) with responses [B, N, D] and `user` one user or a list of B users -> [B, N].
+        One jitted call per distinct set of shapes; a new N or B compiles once.
         """
         if not self.has_scalar_reward:
             raise TypeError(f"{self.trained.name} has no scalar reward (its preferences may be cyclic): use "
                             "preference_matrix(...), scores(...) or best_of_n(...)")
-        e_y = self._as_embeddings(responses)
-        single = e_y.ndim == 2
-        e_y = e_y[None] if single else e_y
-        B = e_y.shape[0]
-        e_x, has_prompt = self._prompts(prompt, B)
-        if e_x.shape[0] != B:
-            raise ValueError(f"{e_x.shape[0]} prompts for {B} rows of responses")
-        many = isinstance(user, (list, tuple))
-        if many and len(user) != B:
-            raise ValueError(f"{len(user)} users for {B} rows of responses")
-        states = self.user_states(user) if many else jnp.broadcast_to(self.user_state(user), (B, self.state_dim))
-        r = self._rewards(self.params, states, e_x, has_prompt, e_y)
-        return r[0] if single else r
+        e_y = self._as_embeddings(responses, keep_rank=True)
+        if e_y.ndim not in (2, 3):
+            raise ValueError(f"responses must be [N, D] or [B, N, D], got shape {e_y.shape}")
+        e_x = None if prompt is None else self._as_embeddings(prompt, keep_rank=True)
+        B = e_y.shape[0] if e_y.ndim == 3 else None
+        if e_x is not None and e_x.ndim == 2 and e_x.shape[0] != B:
+            raise ValueError(f"{e_x.shape[0]} prompts for {B or 'a single row of'} responses")
+        if isinstance(user, (list, tuple)):
+            if len(user) != B:
+                raise ValueError(f"{len(user)} users for {B or 'a single row of'} responses")
+            states = self.user_states(user)
+        else:
+            states = self.user_state(user)
+        return self._rewards(self.params, states, e_x, e_y)
 
     def preference_matrix(self, prompt, responses, user) -> jax.Array:
         """[N, N] P(y_i ≻ y_j | x, user), diagonal 0.5, through the model's own pair logits (or
