@@ -251,7 +251,8 @@ class ResumableEncoder(Encoder):
                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         st = EmbedStats()
         index, table = embed_texts(texts, self.base, self.work_dir, chunk_size=self.chunk_size,
-                                   batch_size=batch_size, progress=self.progress, stats=st)
+                                   batch_size=batch_size or self.batch_size,
+                                   progress=self.progress, stats=st)
         self.stats.append(st)
         if on_batch is not None:
             on_batch(len(index))
@@ -311,7 +312,8 @@ def embed_table(config: EmbedConfig, encoder: Encoder | None = None) -> pathlib.
     output = pathlib.Path(c.output).absolute()
     if output.exists() and not c.overwrite:  # before hours of embedding, not after
         raise FileExistsError(f"{output} exists (pass overwrite=true to replace it)")
-    base = encoder if encoder is not None else load_encoder(c.encoder)
+    base = encoder if encoder is not None else load_encoder(
+        c.encoder if c.encoder is not None else "wordllama")
     work_dir = pathlib.Path(c.work_dir) if c.work_dir else output.with_name(output.name + ".partial")
     enc = ResumableEncoder(base, work_dir, chunk_size=c.chunk_size, progress=c.progress)
     if c.batch_size:

@@ -26,7 +26,7 @@ class CountingEncoder:
     def __init__(self, base, fail_after_calls: int | None = None):
         self.base, self.fail_after_calls = base, fail_after_calls
         self.dim, self.batch_size = base.dim, base.batch_size
-        self.calls, self.texts = 0, []
+        self.calls, self.texts, self.batch_sizes = 0, [], []
 
     def describe(self):
         return self.base.describe()
@@ -36,6 +36,7 @@ class CountingEncoder:
             raise KeyboardInterrupt("simulated interruption")
         self.calls += 1
         self.texts.extend(texts)
+        self.batch_sizes.append(batch_size)
         return self.base.encode(texts, batch_size=batch_size, on_batch=on_batch)
 
 
@@ -123,7 +124,7 @@ def test_embed_table_writes_a_valid_resumable_dataset(wordllama, tmp_path):
     n = _write_table(tmp_path / "prefs.csv")
     cfg = EmbedConfig(input=str(tmp_path / "prefs.csv"), output=str(tmp_path / "ds"), user="worker",
                       a="chosen", b="rejected", label=None, prompt="question", chunk_size=4,
-                      storage_dtype="float16", progress=False, keep_work_dir=True)
+                      batch_size=3, storage_dtype="float16", progress=False, keep_work_dir=True)
     enc = CountingEncoder(wordllama, fail_after_calls=2)
     with pytest.raises(KeyboardInterrupt):
         embed_table(cfg, encoder=enc)
@@ -131,6 +132,7 @@ def test_embed_table_writes_a_valid_resumable_dataset(wordllama, tmp_path):
     resumed = CountingEncoder(wordllama)
     path = embed_table(cfg, encoder=resumed)
     assert set(resumed.texts).isdisjoint(enc.texts) and len(enc.texts) == 8
+    assert set(resumed.batch_sizes) == {3}  # the job's batch_size reaches the encoder
 
     ds = read_dataset(path)  # validates
     assert len(ds.comparisons) == n and ds.n_users == 4 and ds.items.dtype == np.float16
