@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute
 from pluralign.data.sources import load_dataset
@@ -110,6 +111,7 @@ def direction_recovery(config: RunConfig, results: dict, run_dir: pathlib.Path, 
     comparisons, users = dataset.comparisons, split.unseen_test
     kappa = results["unseen"]["prior_strength"]
     mean_direction = np.asarray(truth["population_direction"])
+    population = {"gate": [], "mean_direction": [], "population_optimal": []}
     out = {k: {"cos": [], "frac_cos_ge_0.95": [], "oracle_cos": [], "accuracy": [], "expected_accuracy": [], "bayes_optimal": []} for k in shots}
     for i, seed in enumerate(seeds):
         seed_params = jax.tree.map(lambda x: x[i], state.best_params)
@@ -119,6 +121,15 @@ def direction_recovery(config: RunConfig, results: dict, run_dir: pathlib.Path, 
         rows = np.where(episodes.query >= 0, episodes.query, 0)
         dz = z[comparisons.a[rows]] - z[comparisons.b[rows]]  # [U, Q, m]
         p_true = 1.0 / (1.0 + np.exp(-sharpness * np.einsum("uqm,um->uq", dz, directions[users])))
+        # Population defaults (no shots): the gate w(x) and the seen users' mean direction, against the
+        # best non-personalized answer p̄ > 1/2 (p̄ = mean over every user's true p) on the same pairs.
+        model = nnx.merge(graphdef, seed_params)
+        diff, gate_logit = fewshot._features(model, tables, query)
+        mean_logit = np.asarray(diff) @ np.asarray(model.population_user_state(jnp.asarray(split.seen)))
+        p_bar = (1.0 / (1.0 + np.exp(-sharpness * np.einsum("uqm,vm->uqv", dz, directions)))).mean(axis=2)
+        valid = np.asarray(query.weight)
+        for name, says in (("gate", np.asarray(gate_logit) > 0), ("mean_direction", mean_logit > 0), ("population_optimal", p_bar > 0.5)):
+            population[name].append(float(np.sum(np.where(says, p_true, 1 - p_true) * valid) / valid.sum()))
         for k in shots:
             states, logits = adapt(
                 seed_params, tables, support, jnp.int32(k), query, jnp.float32(results["unseen"]["prior_strength"]),
@@ -140,7 +151,8 @@ def direction_recovery(config: RunConfig, results: dict, run_dir: pathlib.Path, 
             out[k]["accuracy"].append(float(np.sum((says_a == (np.asarray(query.label) > 0.5)) * w) / w.sum()))
             out[k]["expected_accuracy"].append(float(np.sum(np.where(says_a, p_true, 1 - p_true) * w) / w.sum()))
             out[k]["bayes_optimal"].append(float(np.sum(np.maximum(p_true, 1 - p_true) * w) / w.sum()))
-    return {k: {name: float(np.mean(v)) for name, v in d.items()} | {"n_users": int((episodes.pool_size >= k).sum())} for k, d in out.items()}
+    curve = {k: {name: float(np.mean(v)) for name, v in d.items()} | {"n_users": int((episodes.pool_size >= k).sum())} for k, d in out.items()}
+    return {"by_k": curve, "population_default_expected_accuracy": {name: float(np.mean(v)) for name, v in population.items()}}
 
 
 def measure_run(data: MultiAttributeConfig, seeds: list[int], out: pathlib.Path) -> dict:
@@ -159,9 +171,11 @@ def measure_run(data: MultiAttributeConfig, seeds: list[int], out: pathlib.Path)
     recovery = direction_recovery(config, results, run_dir)
     print("unseen-test users, random mode, mean over seeds (same query pairs for every column):")
     print("   k  cos(v̂,v)  frac≥0.95  oracle_cos  accuracy  expected_acc  bayes_opt  users")
-    for k, r in recovery.items():
+    for k, r in recovery["by_k"].items():
         print(f"{k:4d}  {r['cos']:8.4f}  {r['frac_cos_ge_0.95']:9.3f}  {r['oracle_cos']:10.4f}  {r['accuracy']:8.4f}  {r['expected_accuracy']:12.4f}"
               f"  {r['bayes_optimal']:9.4f}  {r['n_users']:5d}")
+    print("population defaults, expected accuracy on the same query pairs (0 shots):",
+          json.dumps({k: round(v, 4) for k, v in recovery["population_default_expected_accuracy"].items()}))
     keep = ("seen", "unseen", "bayes_optimal_accuracy", "population_optimal_accuracy", "stage1")
     return {"results": {k: results[k] for k in keep}, "direction_recovery": recovery, "config": dataclasses.asdict(config)}
 
