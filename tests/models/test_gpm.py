@@ -241,7 +241,7 @@ def test_bad_options_fail_clearly():
 
 # --- what it learns -------------------------------------------------------------------------
 
-TRAIN = TrainConfig(progress=False, checkpoint=False, max_epochs=40, batch_size=128, learning_rate=0.01, patience=8)
+TRAIN = TrainConfig(progress=False, checkpoint=False, max_epochs=30, batch_size=128, learning_rate=0.03, patience=8)
 
 
 def _run(tmp_path, model, data, shots):
