@@ -284,9 +284,10 @@ class EmbedConfig:
     weight: Optional[str] = None
     item: str = "item"                # ratings tables
     rating: str = "rating"
-    ties: str = "drop"                # ratings: drop | half
+    ties: str = "drop"                # ratings: drop | soft (label 0.5)
     max_pairs_per_user: Optional[int] = None
     embed_with_prompt: bool = False   # embed each response as a (prompt, response) conversation
+    identical: str = "error"          # comparisons whose a and b texts are equal: error | drop
     storage_dtype: str = "float32"    # items.npy / prompts.npy: float32 | float16
     chunk_size: int = 4096            # texts per committed chunk
     batch_size: Optional[int] = None  # texts per encoder batch (default: the encoder's own)
@@ -294,6 +295,22 @@ class EmbedConfig:
     keep_work_dir: bool = False       # keep the chunks after a successful write
     overwrite: bool = False
     progress: bool = True
+
+
+def _drop_identical(path: str, a: str, b: str):
+    """The table without rows whose ``a`` and ``b`` texts are equal (real data has them:
+    2 of the 4,043 relabelled HH-RLHF rows), and how many were dropped."""
+    import pyarrow.compute as pc
+
+    from pluralign.data.importers import read_table
+
+    table = read_table(path)
+    missing = [col for col in (a, b) if col not in table.column_names]
+    if missing:  # leave the message to the importer
+        return table, 0
+    same = pc.fill_null(pc.equal(table.column(a), table.column(b)), False)
+    kept = table.filter(pc.invert(same))
+    return kept, table.num_rows - kept.num_rows
 
 
 def embed_table(config: EmbedConfig, encoder: Encoder | None = None) -> pathlib.Path:
@@ -319,10 +336,16 @@ def embed_table(config: EmbedConfig, encoder: Encoder | None = None) -> pathlib.
     if c.batch_size:
         enc.batch_size = c.batch_size
 
+    if c.identical not in ("error", "drop"):
+        raise ValueError(f"identical={c.identical!r}: expected 'error' or 'drop'")
+    source, dropped = c.input, 0
+    if c.table == "comparisons" and c.identical == "drop":
+        source, dropped = _drop_identical(c.input, c.a, c.b)
+
     if c.table == "comparisons":
-        ds = import_comparisons(c.input, user=c.user, a=c.a, b=c.b, label=c.label, prompt=c.prompt,
+        ds = import_comparisons(source, user=c.user, a=c.a, b=c.b, label=c.label, prompt=c.prompt,
                                 weight=c.weight, encoder=enc, embed_with_prompt=c.embed_with_prompt,
-                                name=c.name)
+                                name=c.name or pathlib.Path(c.input).name.split(".")[0])
     else:
         ds = import_ratings(c.input, user=c.user, item=c.item, rating=c.rating, prompt=c.prompt,
                             ties=c.ties, encoder=enc, max_pairs_per_user=c.max_pairs_per_user,
@@ -331,7 +354,8 @@ def embed_table(config: EmbedConfig, encoder: Encoder | None = None) -> pathlib.
     meta["encoder"] = {**base.describe(), "storage_dtype": c.storage_dtype}
     meta["embed"] = {"texts": sum(s.n_texts for s in enc.stats),
                      "encoded": sum(s.n_encoded for s in enc.stats),
-                     "reused_from_work_dir": sum(s.n_reused for s in enc.stats)}
+                     "reused_from_work_dir": sum(s.n_reused for s in enc.stats),
+                     **({"dropped_identical": dropped} if c.identical == "drop" else {})}
     store = np.dtype(c.storage_dtype)
     path = write_dataset(output, ds.items.astype(store, copy=False), ds.comparisons, meta=meta,
                          prompts=None if ds.prompts is None else ds.prompts.astype(store, copy=False),

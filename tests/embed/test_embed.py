@@ -167,6 +167,22 @@ def test_embed_table_with_tiny_transformer(tiny_llama, tmp_path):
     assert not (tmp_path / "ds.partial").exists()  # work dir removed after a good write
 
 
+def test_identical_pairs_error_or_drop(wordllama, tmp_path):
+    from pluralign.data import DatasetError
+
+    n = _write_table(tmp_path / "prefs.csv", n_users=2, per_user=3)
+    with open(tmp_path / "prefs.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["w1", "why is it good", "the same answer", "the same answer"])
+    cfg = dict(input=str(tmp_path / "prefs.csv"), user="worker", a="chosen", b="rejected",
+               label=None, progress=False)
+    with pytest.raises(DatasetError, match="row 6"):
+        embed_table(EmbedConfig(output=str(tmp_path / "ds"), **cfg), encoder=wordllama)
+    ds = read_dataset(embed_table(EmbedConfig(output=str(tmp_path / "ds"), identical="drop", **cfg),
+                                  encoder=wordllama))
+    assert len(ds.comparisons) == n and ds.meta["embed"]["dropped_identical"] == 1
+    assert ds.meta["name"] == "prefs"
+
+
 def test_embed_ratings_table(wordllama, tmp_path):
     texts = _texts(5)
     with open(tmp_path / "ratings.csv", "w", newline="") as f:
