@@ -13,8 +13,8 @@ with z_i the item's hidden coordinates and w_k a unit direction per type (s =
 fraction `controversial_fraction` are controversial (the types' preferred items are
 not all the same). `meta["truth"]` reports, as `pluralign.data.synthetic` does, the
 Bayes-optimal accuracy (the true per-type model), the population-optimal accuracy (the
-best single reward for everyone: the type-frequency-weighted mean preference) and each
-user's type as `user_group`.
+best single reward for everyone: the type-frequency-weighted mean preference), each
+user's type as `user_group`, and the true rewards r_k(i) as `type_rewards`.
 """
 
 from __future__ import annotations
@@ -97,8 +97,33 @@ def make_hidden_types(config: HiddenTypesConfig) -> PreferenceDataset:
         "population_optimal_accuracy": float(np.mean(np.where(p_bar > 0.5, p, 1.0 - p))),
         "controversial_fraction": float(n_controversial.mean()),
         "user_group": user_type.astype(int).tolist(),
+        # r_k(i) for every item and type [n_items][K]: lets a script compute k-shot ceilings
+        # (the Bayes posterior over types from k answers), not only the known-type one.
+        "type_rewards": np.round(rewards, 5).tolist(),
         "generator": dataclasses.asdict(config),
     }
     comparisons = Comparisons.from_arrays(user=user, a=a, b=b, label=label)
     meta = {"name": config.name, "n_users": U, "source": "pluralign.data.hidden_types.make_hidden_types", "truth": truth}
     return PreferenceDataset(items=items, comparisons=comparisons, meta=meta)
+
+
+def type_posterior_accuracy(truth: dict, comparisons: Comparisons, support: np.ndarray, query: np.ndarray) -> float:
+    """The k-shot ceiling: accuracy on `query` rows [U, Q] of the Bayes predictor that knows
+    every type's rewards but not the user's type, inferring it from the `support` rows
+    [U, k] (−1 = padding) with the type shares as prior; P(y | S) = Σ_k P(k | S) P(y | k)."""
+    rewards = np.asarray(truth["type_rewards"])  # [n_items, K]
+    groups = np.asarray(truth["user_group"])
+    prior = np.log(np.bincount(groups, minlength=rewards.shape[1]) / len(groups) + 1e-12)  # [K]
+
+    def p_types(rows):  # [U, n] -> P(a ≻ b | type) [U, n, K]
+        safe = np.maximum(rows, 0)
+        return _sigmoid(rewards[comparisons.a[safe]] - rewards[comparisons.b[safe]])
+
+    p_s, y_s = p_types(support), comparisons.label[np.maximum(support, 0)][..., None]
+    log_lik = np.where(support[..., None] >= 0, np.log(np.where(y_s > 0.5, p_s, 1.0 - p_s)), 0.0).sum(axis=1)  # [U, K]
+    post = np.exp(log_lik + prior - (log_lik + prior).max(axis=1, keepdims=True))
+    post /= post.sum(axis=1, keepdims=True)
+    p_q = np.einsum("uqk,uk->uq", p_types(query), post)
+    valid = query >= 0
+    correct = (p_q > 0.5) == (comparisons.label[np.maximum(query, 0)] > 0.5)
+    return float((correct & valid).sum() / valid.sum())

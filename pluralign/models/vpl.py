@@ -284,7 +284,7 @@ class VPL(PreferenceModel):
     def sample_latents(self, user_state: jax.Array, rng: jax.Array, n_samples: int) -> jax.Array:
         """[..., 2L] -> [n_samples, ..., L] draws z ~ q(z | C)."""
         mu, logvar = self.split_state(user_state)
-        return mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, (n_samples, *mu.shape))
+        return mu[None] + jnp.exp(0.5 * logvar)[None] * jax.random.normal(rng, (n_samples, *mu.shape))
 
     def predictive_entropy(self, user_state, features, rng: jax.Array, n_samples: int = 64) -> jax.Array:
         """H( E_{z~q}[P(a ≻ b | z)] ) [B] in nats, by sampling z: high where the model is

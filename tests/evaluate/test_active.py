@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pluralign.evaluate.active import label_information_gain
+from pluralign.evaluate.active import label_information_gain, questions_to_reach
 
 
 def test_information_gain_known_values():
@@ -31,3 +31,51 @@ def test_information_gain_matches_a_monte_carlo_definition():
     got = jax.jit(label_information_gain)(jnp.asarray(logits, jnp.float32))
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-6)
     assert (np.asarray(got) >= 0).all() and (np.asarray(got) <= np.log(2) + 1e-6).all()
+
+
+def test_questions_to_reach():
+    assert questions_to_reach([0.5, 0.7, 0.8, 0.8], 0.75) == 2
+    assert questions_to_reach([0.5, 0.7], 0.5) == 0
+    assert questions_to_reach([0.5, 0.7], 0.9) is None
+
+
+def test_active_elicitation_beats_random_on_hidden_types(tmp_path):
+    """A VPL trained on 2 hidden types; for unseen users, asking the most informative pairs
+    identifies the type sooner than asking random ones."""
+    import json
+
+    from pluralign.data import split_users
+    from pluralign.data.hidden_types import HiddenTypesConfig
+    from pluralign.data.sources import load_dataset
+    from pluralign.evaluate.active import evaluate_active, save_active_report
+    from pluralign.evaluate.fewshot import EvalConfig
+    from pluralign.models import base
+    from pluralign.models.vpl import VPL, VPLConfig
+    from pluralign.run import RunConfig, make_tables, run
+    from pluralign.train.trainer import Trainer, TrainConfig, init_params, restore_checkpoint
+
+    data = HiddenTypesConfig(n_types=2, n_users=200, n_items=300, comparisons_per_user=40, dim=16, seed=3)
+    config = RunConfig(
+        model=VPLConfig(beta_warmup_steps=100), data=data,
+        train=TrainConfig(progress=False, max_epochs=12, batch_size=128, learning_rate=0.01, patience=12),
+        eval=EvalConfig(shots=[8], modes=["random"], draws=1, prior_strengths=[1.0], unseen_test_fraction=0.3),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    results = run(config, tmp_path / "run")
+    dataset = load_dataset(data, tmp_path / "cache")
+    keys = jnp.stack([jax.random.PRNGKey(0)])
+    graphdef, params = init_params(VPL, config.model, base.Dims(dim=dataset.dim, n_users=dataset.n_users), keys)
+    trainer = Trainer(graphdef, config.train, n_train=results["n_pairs"]["train"])
+    state, _, _ = restore_checkpoint(tmp_path / "run", trainer.init_state(params, keys))
+    split = split_users(dataset.n_users, seed=0, unseen_val_fraction=0.1, unseen_test_fraction=0.3)
+
+    curve = evaluate_active(graphdef, jax.tree.map(lambda x: x[0], state.best_params), make_tables(dataset),
+                            dataset.comparisons, split.unseen_test, n_questions=8, pool_size=20, n_samples=16)
+    active, random = np.asarray(curve["active"]), np.asarray(curve["random"])
+    assert active.shape == random.shape == (9,) and curve["n_users"] == len(split.unseen_test)
+    assert active[0] == random[0]  # no answers yet: both score with the prior
+    assert active[1:5].mean() > random[1:5].mean() + 0.02  # informative questions pay off early
+    summary = save_active_report(curve, tmp_path / "report", reference_questions=4)
+    assert summary["active_questions_to_reach_it"] is not None and summary["active_questions_to_reach_it"] < 4
+    assert (tmp_path / "report" / "active.png").stat().st_size > 0
+    assert json.loads((tmp_path / "report" / "active.json").read_text())["random"] == curve["random"]
