@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import tempfile
 import time
 
@@ -29,9 +30,23 @@ from pluralign.export import OnlineUser, save_model
 from pluralign.models import REGISTRY, base
 
 
+def model_config(name: str):
+    """The config `conf/model/<name>.yaml` selects (read without Hydra), else the class defaults."""
+    _, config_cls = REGISTRY[name]
+    path = pathlib.Path(pluralign.__file__).parent / "conf" / "model" / f"{name}.yaml"
+    fields = {"name": name}
+    if path.exists():
+        from omegaconf import OmegaConf
+
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+        loaded.pop("defaults", None)
+        fields.update(loaded)
+    return config_cls(**fields)
+
+
 def build(name: str, dim: int, root: str, n_users: int = 100):
-    cls, config_cls = REGISTRY[name]
-    config = config_cls(name=name)
+    cls, _ = REGISTRY[name]
+    config = model_config(name)
     dims = base.Dims(dim=dim, n_users=n_users)
     graphdef, params = base.init(cls, config, dims, jax.random.PRNGKey(0))
     params = jax.tree.map(lambda x: x[None], params)  # one seed
@@ -50,54 +65,57 @@ def nnx_merge(graphdef, params):
 
 
 def timed(fn, repeats: int) -> float:
-    """Median seconds of fn() (which must block)."""
+    """Best-of-`repeats` seconds of fn() (which must block): the least disturbed by other
+    processes on a shared machine, for both sides of every ratio."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.min(times))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["bt", "pal_b", "vpl"])
     parser.add_argument("--dims", nargs="+", type=int, default=[256, 4096])
-    parser.add_argument("--responses", type=int, default=1024)
+    parser.add_argument("--responses", nargs="+", type=int, default=[16, 1024], help="responses per call")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores visible")
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as root:
-        for dim in args.dims:
+        for dim, N in [(d, n) for d in args.dims for n in args.responses]:
             prompt = jnp.asarray(rng.normal(size=dim), jnp.float32)
-            responses = jnp.asarray(rng.normal(size=(args.responses, dim)), jnp.float32)
+            responses = jnp.asarray(rng.normal(size=(N, dim)), jnp.float32)
             for name in args.models:
                 trained = build(name, dim, root)
                 reward = trained.reward()
-                if not reward.has_scalar_reward:
-                    print(f"{name:8s} D={dim:5d}: no scalar reward (preference matrix only); skipped")
-                    continue
                 user = 0
+                if not reward.has_scalar_reward:  # GPM: the N×N preference matrix instead (one call)
+                    reward.preference_matrix(prompt, responses, user).block_until_ready()
+                    t = timed(lambda: reward.preference_matrix(prompt, responses, user).block_until_ready(), args.repeats)
+                    print(f"{name:12s} D={dim:5d} N={N:5d}: preference matrix {N / t:12,.0f} responses/s "
+                          f"({N * N / t:,.0f} pairs/s, {t * 1e3:.2f} ms per call)")
+                    continue
                 reward(prompt, responses, user).block_until_ready()  # compile
                 jitted = timed(lambda: reward(prompt, responses, user).block_until_ready(), args.repeats)
                 model, state = trained.model, trained.seen_states[user]
-                N = args.responses
 
                 def eager():
                     model.reward(jnp.broadcast_to(state, (N, state.shape[0])), jnp.broadcast_to(prompt, (N, dim)),
                                  jnp.ones((N,), bool), responses).block_until_ready()
 
                 eager()
-                eager_s = timed(eager, max(3, args.repeats // 3))
-                print(f"{name:8s} D={dim:5d}: reward {N / jitted:12,.0f} responses/s jitted "
+                eager_s = timed(eager, args.repeats)
+                print(f"{name:12s} D={dim:5d} N={N:5d}: reward {N / jitted:12,.0f} responses/s jitted "
                       f"({jitted * 1e3:.2f} ms per call of {N}); eager {N / eager_s:12,.0f} responses/s; "
                       f"ratio {eager_s / jitted:.1f}x")
         for name in args.models:
             trained = build(name, args.dims[0], root)
             reward = trained.reward()
             if reward.state_dim == 0:
-                print(f"{name:8s} online: no user state (nothing to update)")
+                print(f"{name:12s} online: no user state (nothing to update)")
                 continue
             dim = args.dims[0]
             items = rng.normal(size=(64, dim)).astype(np.float32)
@@ -112,7 +130,7 @@ def main() -> None:
             cand_b = rng.normal(size=(256, dim)).astype(np.float32)
             online.next_question(cand_a, cand_b)  # compile
             question = timed(lambda: online.next_question(cand_a, cand_b), 10)
-            print(f"{name:8s} online D={dim}: update {np.median(latencies) * 1e3:.2f} ms per comparison "
+            print(f"{name:12s} online D={dim}: update {np.median(latencies) * 1e3:.2f} ms per comparison "
                   f"(median of 20, p90 {np.percentile(latencies, 90) * 1e3:.2f} ms; buffer {online.capacity}, "
                   f"{reward.inference_steps} inference steps); next_question over 256 pairs {question * 1e3:.2f} ms")
 

@@ -78,6 +78,9 @@ def describe_user_states(model: base.PreferenceModel, states: jax.Array) -> dict
     spaces = special(model, states) if special is not None else {}
     if spaces:
         return spaces
+    if model.user_state_dim == 0:
+        return {"user_state": (states, f"{name} has no user state (S = 0): every user gets the population's "
+                                       "preferences, so there is nothing per user to export.")}
     return {"user_state": (states, f"φ_u ∈ R^{model.user_state_dim}, the model's learned per-user state "
                                    f"({type(model).__name__}); see the model's docstring for its role.")}
 

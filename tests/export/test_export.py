@@ -244,3 +244,22 @@ def test_run_writes_an_artifact_that_reproduces_its_seen_user_metrics(tmp_path):
         expected = results["seen"]["per_seed"][i]
         assert summary["accuracy"] == expected["accuracy"]
         np.testing.assert_allclose(summary["log_loss"], expected["log_loss"], rtol=1e-6)
+
+
+def test_texts_are_embedded_with_the_recorded_encoder():
+    from pluralign.embed.encoders import load_encoder
+    from pluralign.export import encoder_from_meta
+
+    encoder = load_encoder("wordllama")
+    texts = ["a short answer", ("a prompt", "a long and detailed answer")]
+    rebuilt = encoder_from_meta(encoder.describe())  # what a dataset's meta.json records
+    np.testing.assert_array_equal(rebuilt.encode(texts), encoder.encode(texts))
+    with pytest.raises(ValueError, match="records no encoder"):
+        encoder_from_meta(None)
+    with pytest.raises(ValueError, match="unknown kind"):
+        encoder_from_meta({"kind": "word2vec"})
+
+
+def test_load_rejects_a_directory_that_is_not_an_artifact(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a pluralign model artifact"):
+        pluralign.load(tmp_path)
