@@ -171,13 +171,13 @@ def test_dprm_predicts_the_planted_population_vote_share():
 @pytest.fixture(scope="module")
 def population_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("population")
-    data = IdealPointConfig(n_users=100, n_items=300, comparisons_per_user=50, dim=16, latent_dim=4, n_groups=3, seed=0)
+    data = IdealPointConfig(n_users=80, n_items=300, comparisons_per_user=50, dim=16, latent_dim=4, n_groups=3, seed=0)
     out = {}
     for config in (BTConfig(), DPLConfig(name="dpl_mv"), DPLConfig(name="dpl_cat"), DPRMConfig()):
         out[config.name] = run(
             RunConfig(
                 model=config, data=data,
-                train=TrainConfig(progress=False, max_epochs=25, batch_size=128, learning_rate=0.02, patience=6, checkpoint=False),
+                train=TrainConfig(progress=False, max_epochs=20, batch_size=128, learning_rate=0.02, patience=5, checkpoint=False),
                 eval=EvalConfig(shots=[1, 5], modes=["random"], draws=1, prior_strengths=[1.0], pair_test_fraction=0.2),
                 cache_dir=str(root / "cache"),
             ),
@@ -189,7 +189,7 @@ def population_runs(tmp_path_factory):
 @pytest.mark.parametrize("name", ["dpl_mv", "dpl_cat", "dprm"])
 def test_population_models_reach_bt_accuracy_and_are_flat_in_k(population_runs, name):
     r, bt = population_runs[name], population_runs["bt"]
-    # Seen test pairs: ≈ 700, so one accuracy has a std of ≈ 0.015.
+    # Seen test pairs: ≈ 560, so one accuracy has a std of ≈ 0.02.
     assert r["seen"]["accuracy"] >= bt["seen"]["accuracy"] - 0.04
     assert r["seen"]["accuracy"] <= r["population_optimal_accuracy"] + 0.04
     at_k = r["unseen"]["accuracy_at_k"]
