@@ -27,6 +27,8 @@ is exactly DPL's negative log-likelihood. `reward` is E[r]: μ, or Σ_i p(i) v_i
 
 Deviations from the reference code, on purpose: the probit is computed exactly
 (`log_ndtr`); the reference replaces Φ(z) by σ(√(2π)·z), which `link="reference"` restores.
+σ = softplus(ρ) as in the DPL LLM trainer (the copy in WEIRDLabUW/vpl_llm uses σ = exp(ρ)), plus
+a small floor `min_std` so z stays finite.
 One pooled vector per text (frozen embeddings) rather than a fine-tuned LM; the entropy
 term's batch mean leaves padding rows out.
 """
