@@ -106,9 +106,9 @@ def load_hh_rlhf(path: str | pathlib.Path, subset: str = "both", split: str = "t
 
 def deal_users(group: np.ndarray, per_user: int, reuse: int, rng: np.random.Generator
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows dealt into users within each group: (row [N], user [N]) and user's group via user order.
+    """Deals the rows of each group into users: returns (row [N], user [N]).
 
-    Users are numbered group by group; each of the ``reuse`` passes reshuffles the group's
+    Users are numbered group by group (so each user belongs to one group); each of the ``reuse`` passes reshuffles the group's
     rows and cuts them into users of ``per_user`` rows, so no user holds a row twice.
     """
     rows_out, users_out, next_user = [], [], 0

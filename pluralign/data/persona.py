@@ -9,9 +9,11 @@ CC-BY-4.0), e.g. packed as ``anthropic_persona.tar.gz`` (``git clone`` the repo,
 `load_persona_statements` takes the ``.tar.gz``, the ``persona/`` folder, or a folder
 holding it.
 
-Construction (``make_persona``), following the PAL paper's recipe — simulated users
-hold persona traits and prefer the statement that matches one of their traits — with
-the details made explicit here:
+Construction (``make_persona``). The PAL paper's idea — simulated users hold persona
+traits and prefer the statement that matches one of their traits — is kept; its exact
+recipe (which traits, how pairs are drawn) is not in the public code
+(RamyaLab/pluralistic-alignment ships TL;DR and Pick-a-Pic loaders only), so the details
+below are ours, chosen so that user types genuinely disagree:
 
 1. Draw ``n_types × traits_per_type`` distinct traits (or take ``traits``) and deal
    them into ``n_types`` **user types**. From each trait keep ``statements_per_trait``

@@ -9,6 +9,7 @@ import pytest
 
 from pluralign.data import DatasetError, validate_dataset
 from pluralign.data.persona import PersonaConfig, load_persona_statements, make_persona
+from pluralign.data.sources import load_dataset
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "anthropic_persona.tar.gz"
 
@@ -66,6 +67,18 @@ def test_users_prefer_statements_matching_their_traits(tmp_path):
     assert truth["population_optimal_accuracy"] == pytest.approx(0.5)
     assert truth["bayes_optimal_accuracy"] == 1.0
     assert 0.4 < ds.comparisons.label.mean() < 0.6
+
+
+def test_hydra_data_kind_caches_and_reads_back(tmp_path):
+    folder = _fake_persona(tmp_path / "src")
+    config = PersonaConfig(path=str(folder), n_types=2, traits_per_type=1, statements_per_trait=6,
+                           n_users=6, comparisons_per_user=4)
+    ds = load_dataset(config, cache_dir=tmp_path / "cache")
+    assert ds.path is not None and ds.meta["truth"]["user_group"] == make_persona(config).meta["truth"]["user_group"]
+    assert ds.meta["encoder"]["kind"] == "wordllama"
+    other = load_dataset(PersonaConfig(**{**config.__dict__, "seed": 1}),
+                         cache_dir=tmp_path / "cache")
+    assert other.path != ds.path   # a different option is a different cache entry
 
 
 def test_contrary_statements_and_label_noise(tmp_path):
