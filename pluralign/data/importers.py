@@ -198,6 +198,14 @@ def _resolve(table: pa.Table, file: str, cols: Sequence[tuple[str, str]], *, mat
     return _embed_distinct([c for _, c in arrays], encoder)
 
 
+def _build_encoder(encoder: Any, needed: bool) -> Any:
+    """Builds the encoder once (a transformers model is slow to load) when texts need it."""
+    if not needed:
+        return encoder
+    from pluralign.embed import load_encoder
+    return load_encoder(encoder)
+
+
 def _meta(name: str | None, file: str, user_ids: list, encoder_info: dict | None, kind: str,
           extra: dict) -> dict:
     meta = {"name": name or pathlib.Path(file).stem.split(".")[0] or kind, "n_users": len(user_ids),
@@ -230,6 +238,7 @@ def import_comparisons(source: TableLike, *, user: str = "user", a: str = "a", b
     users, user_ids = map_user_ids(table, file, user)
 
     prompt_col = _column(table, file, prompt, "prompt") if prompt is not None else None
+    encoder = _build_encoder(encoder, items is None or (prompt is not None and prompts is None))
     if embed_with_prompt and (prompt_col is None or items is not None):
         raise ValueError("embed_with_prompt=True needs a prompt column of texts and no items= matrix")
     item_table, (ia, ib), enc_info = _resolve(
@@ -373,6 +382,7 @@ def import_ratings(source: TableLike, *, user: str = "user", item: str = "item",
         row = int((~np.isfinite(ratings)).argmax())
         raise DatasetError(file, f"rating {ratings[row]} is not finite", row)
 
+    encoder = _build_encoder(encoder, items is None or (prompt is not None and prompts is None))
     item_table, (item_rows,), enc_info = _resolve(table, file, [(item, "item")], matrix=items, ids=item_ids,
                                                   encoder=encoder, what="item")
     prompt_table, prompt_rows = None, None
