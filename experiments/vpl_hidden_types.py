@@ -1,7 +1,7 @@
 """VPL on hidden annotator types: the "Done when" figures of issue 3.
 
-Command:   python experiments/vpl_hidden_types.py [--out outputs/vpl_hidden_types] [--quick]
-Runtime:   about 10-15 minutes on 2 shared CPU cores (--quick: ~3 minutes, smaller data).
+Command:   python experiments/vpl_hidden_types.py [--out experiments/out/vpl_hidden_types] [--quick]
+Runtime:   about 11 minutes on 2 CPU cores shared at load ~14 (--quick: ~3 minutes, smaller data).
 Expected:  on hidden-type data with 2 and with 4 types (4,000 users, 40 comparisons each,
            1,000 unseen-test users), VPL's unseen-user accuracy with 8 context pairs is within
            5 points of the Bayes-optimal accuracy, while BT stays near the population-optimal
@@ -9,6 +9,14 @@ Expected:  on hidden-type data with 2 and with 4 types (4,000 users, 40 comparis
            8-question accuracy with fewer questions (active.json + active.png per type count);
            the evaluation of 1,000 unseen users with 8 context pairs is one batched, jitted call
            (its wall time is printed).
+
+Measured (2026-11-23, seed 0, 2 draws; "8-shot Bayes" = the true types' rewards with the type
+inferred from the same 8 answers, `hidden_types.type_posterior_accuracy`):
+| types | Bayes-opt | 8-shot Bayes | pop-opt | BT @8 | VPL @1 | VPL @8 | VPL @16 | gap to Bayes @8 |
+| 2 | 0.905 | 0.903 | 0.693 | 0.688 | 0.789 | 0.900 | 0.902 | 0.4 pts |
+| 4 | 0.910 | 0.891 | 0.765 | 0.754 | 0.781 | 0.873 | 0.891 | 3.7 pts |
+Active reaches random's 8-question accuracy after 1 (2 types) and 3 (4 types) questions; the
+batched 8-shot call for 1,000 users takes ~0.014 s after compilation.
 
 Everything goes through `pluralign.run.run` (one results.json per run); the active curve and the
 timing reuse the trained VPL parameters restored from the run's checkpoint.
@@ -74,7 +82,7 @@ def time_batched_fewshot(graphdef, params, tables, comparisons, users, truth, k:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="outputs/vpl_hidden_types")
+    parser.add_argument("--out", default="experiments/out/vpl_hidden_types")
     parser.add_argument("--quick", action="store_true", help="smaller data and fewer epochs (a smoke run)")
     args = parser.parse_args()
     out = pathlib.Path(args.out)
