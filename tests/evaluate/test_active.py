@@ -39,35 +39,28 @@ def test_questions_to_reach():
     assert questions_to_reach([0.5, 0.7], 0.9) is None
 
 
-def test_active_elicitation_beats_random_on_hidden_types(tmp_path):
-    """A VPL trained on 2 hidden types; for unseen users, asking the most informative pairs
-    identifies the type sooner than asking random ones."""
+def test_active_elicitation_beats_random_on_hidden_types(vpl_two_types, tmp_path):
+    """A VPL trained on 2 hidden types (tests/conftest.py); for unseen users, asking the most
+    informative pairs identifies the type sooner than asking random ones."""
     import json
 
     from pluralign.data import split_users
-    from pluralign.data.hidden_types import HiddenTypesConfig
     from pluralign.data.sources import load_dataset
     from pluralign.evaluate.active import evaluate_active, save_active_report
-    from pluralign.evaluate.fewshot import EvalConfig
     from pluralign.models import base
-    from pluralign.models.vpl import VPL, VPLConfig
-    from pluralign.run import RunConfig, make_tables, run
-    from pluralign.train.trainer import Trainer, TrainConfig, init_params, restore_checkpoint
+    from pluralign.models.vpl import VPL
+    from pluralign.run import make_tables
+    from pluralign.train.trainer import Trainer, init_params, restore_checkpoint
 
-    data = HiddenTypesConfig(n_types=2, n_users=200, n_items=300, comparisons_per_user=40, dim=16, seed=3)
-    config = RunConfig(
-        model=VPLConfig(beta_warmup_steps=100), data=data,
-        train=TrainConfig(progress=False, max_epochs=12, batch_size=128, learning_rate=0.01, patience=12),
-        eval=EvalConfig(shots=[8], modes=["random"], draws=1, prior_strengths=[1.0], unseen_test_fraction=0.3),
-        cache_dir=str(tmp_path / "cache"),
-    )
-    results = run(config, tmp_path / "run")
-    dataset = load_dataset(data, tmp_path / "cache")
+    config, results = vpl_two_types["config"], vpl_two_types["results"]
+    dataset = load_dataset(config.data, config.cache_dir)
     keys = jnp.stack([jax.random.PRNGKey(0)])
     graphdef, params = init_params(VPL, config.model, base.Dims(dim=dataset.dim, n_users=dataset.n_users), keys)
     trainer = Trainer(graphdef, config.train, n_train=results["n_pairs"]["train"])
-    state, _, _ = restore_checkpoint(tmp_path / "run", trainer.init_state(params, keys))
-    split = split_users(dataset.n_users, seed=0, unseen_val_fraction=0.1, unseen_test_fraction=0.3)
+    state, _, _ = restore_checkpoint(vpl_two_types["run_dir"], trainer.init_state(params, keys))
+    ev = config.eval
+    split = split_users(dataset.n_users, seed=ev.split_seed, unseen_val_fraction=ev.unseen_val_fraction,
+                        unseen_test_fraction=ev.unseen_test_fraction)
 
     curve = evaluate_active(graphdef, jax.tree.map(lambda x: x[0], state.best_params), make_tables(dataset),
                             dataset.comparisons, split.unseen_test, n_questions=8, pool_size=20, n_samples=16)

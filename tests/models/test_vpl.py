@@ -159,17 +159,11 @@ def test_save_load_gives_the_same_predictions(tmp_path):
 # --- end to end, through pluralign.run -------------------------------------------------
 
 TRAIN = TrainConfig(progress=False, max_epochs=12, batch_size=128, learning_rate=0.01, patience=12, checkpoint=False)
-EVAL = EvalConfig(shots=[1, 8], modes=["random"], draws=1, prior_strengths=[1.0], pair_test_fraction=0.2)
 
 
-def _run(tmp_path, name, model, data):
-    return run(RunConfig(model=model, data=data, train=TRAIN, eval=EVAL, cache_dir=str(tmp_path / "cache")), tmp_path / name)
-
-
-def test_vpl_learns_planted_types_and_beats_bt_on_unseen_users(tmp_path):
-    data = HiddenTypesConfig(n_types=2, n_users=200, n_items=300, comparisons_per_user=40, dim=16, seed=1)
-    vpl = _run(tmp_path, "vpl", VPLConfig(beta_warmup_steps=100), data)
-    bt = _run(tmp_path, "bt", BTConfig(), data)
+def test_vpl_learns_planted_types_and_beats_bt_on_unseen_users(vpl_two_types, tmp_path):
+    config, vpl = vpl_two_types["config"], vpl_two_types["results"]  # tests/conftest.py
+    bt = run(dataclasses.replace(config, model=BTConfig(), train=TRAIN), tmp_path / "bt")
     unseen = vpl["unseen"]["accuracy_at_k"]
     # BT answers every user with one reward: at best the population-optimal accuracy.
     assert bt["unseen"]["accuracy_at_k"][8] < vpl["population_optimal_accuracy"] + 0.03
@@ -182,8 +176,13 @@ def test_vpl_learns_planted_types_and_beats_bt_on_unseen_users(tmp_path):
 
 def test_one_type_and_beta_zero_matches_bt(tmp_path):
     data = HiddenTypesConfig(n_types=1, n_users=80, n_items=300, comparisons_per_user=40, dim=16, seed=2)
-    vpl = _run(tmp_path, "vpl", VPLConfig(beta=0.0), data)
-    bt = _run(tmp_path, "bt", BTConfig(), data)
+    evaluation = EvalConfig(shots=[8], modes=["random"], draws=1, prior_strengths=[1.0], pair_test_fraction=0.2)
+    results = {
+        name: run(RunConfig(model=model, data=data, train=TRAIN, eval=evaluation, cache_dir=str(tmp_path / "cache")),
+                  tmp_path / name)
+        for name, model in (("vpl", VPLConfig(beta=0.0)), ("bt", BTConfig()))
+    }
+    vpl, bt = results["vpl"], results["bt"]
     assert abs(vpl["seen"]["accuracy"] - bt["seen"]["accuracy"]) < 0.03
     assert abs(vpl["unseen"]["accuracy_at_k"][8] - bt["unseen"]["accuracy_at_k"][8]) < 0.03
     assert bt["seen"]["accuracy"] > bt["bayes_optimal_accuracy"] - 0.05  # and both learned the one reward
