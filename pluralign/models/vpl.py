@@ -86,12 +86,35 @@ class VPLConfig:
             raise ValueError("model.logvar_min must be <= model.logvar_max and model.beta >= 0")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """The options the forward pass reads, hashable (VPLConfig holds lists), so the model's
+    graphdef can be a static jit argument."""
+
+    latent_dim: int
+    attention: bool
+    beta: float
+    beta_schedule: str
+    beta_warmup_steps: int
+    c_min: int
+    c_max: int
+    context_pool: int
+    mu_clamp: float
+    logvar_min: float
+    logvar_max: float
+    normalize_z: bool
+
+    @classmethod
+    def of(cls, config: VPLConfig) -> _Settings:
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+
+
 def kl_to_standard_normal(mu: jax.Array, logvar: jax.Array) -> jax.Array:
     """KL(N(μ, σ²) ‖ N(0, I)) = ½ Σ (μ² + σ² − 1 − log σ²), over the last axis."""
     return 0.5 * jnp.sum(jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
 
 
-def beta_at(config: VPLConfig, step) -> jax.Array:
+def beta_at(config: VPLConfig | _Settings, step) -> jax.Array:
     """β of the KL term at a training step (None = after training: the final β)."""
     if step is None or config.beta_schedule == "constant":
         return jnp.float32(config.beta)
@@ -105,7 +128,7 @@ class VPL(PreferenceModel):
     needs_context = True
 
     def __init__(self, config: VPLConfig, dims: Dims, *, rngs: nnx.Rngs):
-        self.config = config
+        self.config = _Settings.of(config)
         L, H = config.latent_dim, config.pair_dim
         self.user_state_dim = 2 * L
         self.null_prompt = NullPrompt(dims.dim, rngs=rngs)
