@@ -83,6 +83,8 @@ def main() -> None:
     print(f"\n3. streaming user {new_user}: ask the most informative of their {len(others)} other recorded "
           "comparisons, one at a time (answers = their recorded labels)")
     online = OnlineUser(reward)
+    best, _ = reward.best_of_n(None, items[candidates], online)
+    print(f"   before any answer (the population prior): pick item {candidates[best]}")
     for _ in range(6):
         pool = data.comparisons.take(others)
         q, gains = online.next_question(items[pool.a], items[pool.b])

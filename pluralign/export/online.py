@@ -17,9 +17,12 @@ posterior. Samples come from
     in its latent space; otherwise
   - a Laplace approximation around the fitted state φ̂ (MAP for PAL, DPA, GPM):
         H = ∇²_φ [ Σ_i w_i ℓ(head(φ, f_i), y_i) − log p(φ) ] at φ̂,   φ_s = φ̂ + H^{-1/2} ε_s,
-    with H's eigenvalues floored at `min_precision` (PAL's softmax logits are shift-invariant,
-    so only the prior makes that direction proper). The user state is small (S ≤ ~32), so the
-    dense S×S Hessian is cheap.
+    restricted to the directions where H's eigenvalues exceed `min_precision`: directions the
+    posterior is flat along are invariances of the model (a DPA direction's length; PAL's
+    softmax shift when the prior strength is 0), moving along them changes no prediction, and
+    sampling them with an "infinite" variance would only flip a direction through the origin.
+    With the protocol's prior strength > 0 every other direction is proper. The user state is
+    small (S ≤ ~32), so the dense S×S Hessian is cheap.
 A model with no user state (BT) has nothing to learn from answers: every gain is 0.
 """
 
@@ -60,7 +63,11 @@ def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt,
 
     hessian = jax.hessian(neg_log_posterior)(state)
     eigenvalues, eigenvectors = jnp.linalg.eigh(0.5 * (hessian + hessian.T))
-    scale = eigenvectors * jax.lax.rsqrt(jnp.maximum(eigenvalues, min_precision))[None, :]  # H^{-1/2}
+    # H^{-1/2} on the directions the posterior curves along; flat ones (eigenvalue < min_precision)
+    # are the model's invariances — a DPA direction's length, which the unit normalisation
+    # ignores — where a huge "variance" would only flip samples through the origin.
+    inv_sqrt = jnp.where(eigenvalues > min_precision, jax.lax.rsqrt(jnp.maximum(eigenvalues, min_precision)), 0.0)
+    scale = eigenvectors * inv_sqrt[None, :]
     return state, state[None, :] + jax.random.normal(key, (n_samples, S)) @ scale.T
 
 
