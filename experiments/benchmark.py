@@ -40,7 +40,7 @@ from pluralign.run import finished_results, run
 
 CONF = pathlib.Path(cli.__file__).parent / "conf"
 # Upper bounds on each generator's size fields (applied only where the config has the field).
-SIZES = {"n_users": 200, "n_items": 500, "comparisons_per_user": 30, "triplets_per_user": 10}
+SIZES = {"n_users": 200, "n_items": 500, "comparisons_per_user": 40, "triplets_per_user": 12}
 
 
 def _compose(overrides: list[str]):
