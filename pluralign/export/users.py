@@ -148,3 +148,23 @@ def export_user_embeddings(trained, out_dir: str | os.PathLike, *, map_space: st
     lines += ["", f"`users_pca.png`: the first two principal components of `{map_space}`."]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     return shapes
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pluralign.export.users RUN_DIR OUT_DIR [--seed S]`: export a run's user embeddings."""
+    import argparse
+
+    from pluralign.export.artifact import load
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("run_dir")
+    parser.add_argument("out_dir")
+    parser.add_argument("--seed", type=int, default=None, help="a trained seed (default: the artifact's)")
+    args = parser.parse_args(argv)
+    shapes = export_user_embeddings(load(args.run_dir, seed=args.seed), args.out_dir)
+    for name, shape in shapes.items():
+        print(f"{args.out_dir}/{name}.npy {shape}")
+
+
+if __name__ == "__main__":
+    main()
