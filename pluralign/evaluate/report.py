@@ -176,7 +176,8 @@ def write_csv(rows: list[dict], path: pathlib.Path) -> None:
 
 def markdown_table(rows: list[dict], shots=TABLE_SHOTS) -> str:
     all_shots = sorted({int(c.split("_k")[1]) for row in rows for c in row if c.startswith("unseen_random_k") and not c.endswith("_std")})
-    shots = [k for k in shots if k in all_shots] or all_shots[:3]
+    # The table's k (where measured) and always the largest k; the CSV has every k.
+    shots = sorted({k for k in shots if k in all_shots} | set(all_shots[-1:]))
     disjoint = max((k for k in shots if any(row.get(f"unseen_item_disjoint_k{k}") is not None for row in rows)), default=None)
     with_variant = any(row["variant"] for row in rows)
     header = ["model", "dataset", *(["variant"] if with_variant else []), "seeds", "seen acc",
