@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from pluralign.data import Comparisons, split_seen_pairs, split_users
 from pluralign.data.sources import load_dataset
@@ -197,11 +198,14 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         shots=list(ev.shots), seeds=seeds, draws=ev.draws, min_user_fraction=ev.min_user_fraction,
         seen_users=jnp.asarray(split.seen), user_group=user_group,
     )
+    # Only models whose inference reads the prior strength have one to select.
+    first_model = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], best))
+    selectable = first_model.user_state_dim > 0 and first_model.uses_prior_strength
     val_curves = {
         strength: fewshot.evaluate_unseen(
             adapt, best, tables, comparisons, split.unseen_val, mode="random", prior_strength=strength, **common
         )
-        for strength in ev.prior_strengths
+        for strength in (ev.prior_strengths if selectable else ev.prior_strengths[:1])
     }
     if any(val_curves.values()):
         strength = max(val_curves, key=lambda s: np.mean([r["accuracy"] for r in val_curves[s].values()] or [-1.0]))

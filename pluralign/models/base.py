@@ -117,6 +117,9 @@ class PreferenceModel(nnx.Module):
     # True: the model reads users' other training comparisons (`Tables.context`), and
     # `pluralign.run` attaches them and the training rows (`PairBatch.row`).
     needs_context: bool = False
+    # False: `infer_user` ignores the prior strength (amortised inference, e.g. VPL), so the
+    # evaluation does not select one on unseen-val users.
+    uses_prior_strength: bool = True
 
     def pair_features(self, pair: PairEmbeddings) -> Any:
         """User-independent part of the logit: a pytree of [B, ...] arrays."""

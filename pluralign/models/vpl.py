@@ -126,6 +126,7 @@ def beta_at(config: VPLConfig | _Settings, step) -> jax.Array:
 
 class VPL(PreferenceModel):
     needs_context = True
+    uses_prior_strength = False  # amortised inference: the encoder is the posterior
 
     def __init__(self, config: VPLConfig, dims: Dims, *, rngs: nnx.Rngs):
         self.config = _Settings.of(config)
