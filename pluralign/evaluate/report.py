@@ -36,9 +36,9 @@ def _fmt(x, std=None) -> str:
 def results_table(results: list[dict], shots=TABLE_SHOTS) -> Table:
     table = Table(
         title="pluralign results: accuracy, mean ± std over seeds (unseen users: random support/query)",
-        caption="Bayes-opt: accuracy of the true model; best 1-reward: best non-personalized predictor (synthetic data)",
+        caption="Bayes-opt: accuracy of the true model; best non-personal: the best predictor that ignores who the user is (synthetic data)",
     )
-    columns = ("model", "dataset", "seeds", "seen acc", *(f"unseen k={k}" for k in shots), "Bayes-opt", "best 1-reward", "wall s")
+    columns = ("model", "dataset", "seeds", "seen acc", *(f"unseen k={k}" for k in shots), "Bayes-opt", "best non-personal", "wall s")
     for column in columns:
         table.add_column(column, justify="left" if column in ("model", "dataset") else "right")
     for r in results:
@@ -182,7 +182,7 @@ def markdown_table(rows: list[dict], shots=TABLE_SHOTS) -> str:
     with_variant = any(row["variant"] for row in rows)
     header = ["model", "dataset", *(["variant"] if with_variant else []), "seeds", "seen acc",
               *(f"unseen k={k}" for k in shots), *([f"item-disjoint k={disjoint}"] if disjoint else []),
-              "Bayes-opt", "best 1-reward"]
+              "Bayes-opt", "best non-personal"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cell = lambda name: _fmt(row.get(name), row.get(f"{name}_std"))
@@ -225,7 +225,7 @@ def plot_kshot(rows: list[dict], mode: str, path: pathlib.Path) -> bool:
             ax.fill_between(k, mean - std, mean + std, color=line.get_color(), alpha=0.15)
         first = next(r for r in rows if r["dataset"] == dataset)
         for value, name, style in ((first.get("bayes_optimal_accuracy"), "Bayes-opt", ":"),
-                                   (first.get("population_optimal_accuracy"), "best 1-reward", "--")):
+                                   (first.get("population_optimal_accuracy"), "best non-personal", "--")):
             if value is not None:
                 ax.axhline(value, color="gray", linestyle=style, linewidth=1, label=name)
         ax.set_xscale("log")
@@ -298,7 +298,7 @@ def write_report(root: str | pathlib.Path, out_dir: str | pathlib.Path | None = 
     missing = incomplete_runs(root)
     md = [f"# pluralign results: {root}", "",
           "Accuracy, mean ± std over seeds; unseen users: `random` support/query unless marked item-disjoint.",
-          "Bayes-opt: accuracy of the true model; best 1-reward: best non-personalized predictor (synthetic data).", "",
+          "Bayes-opt: accuracy of the true model; best non-personal: the best predictor that ignores who the user is (synthetic data).", "",
           markdown_table(rows)]
     if missing:
         md += ["", f"Incomplete runs (no complete results.json; re-run the sweep to finish them): {len(missing)}", ""]
