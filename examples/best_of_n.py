@@ -22,7 +22,6 @@ import jax
 import numpy as np
 
 import pluralign
-from pluralign.data.sources import load_dataset
 from pluralign.data.synthetic import IdealPointConfig
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.export import OnlineUser, Support

@@ -8,10 +8,11 @@ This module and `pluralign.cli` are the only places that import Hydra.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from pluralign.data.sources import GENERATORS, DiskDataConfig
 from pluralign.embed.encoders import TransformersEncoderConfig, WordLlamaEncoderConfig
@@ -49,3 +50,16 @@ def register_configs() -> None:
     cs.store(name="embed_schema", node=EmbedConfig)  # `pluralign embed` (conf/embed.yaml)
     cs.store(group="encoder", name="schema_wordllama", node=WordLlamaEncoderConfig)
     cs.store(group="encoder", name="schema_hf", node=TransformersEncoderConfig)
+
+
+def model_config(name: str):
+    """The model config that `model=<name>` selects, read from `conf/model/<name>.yaml` without
+    composing a Hydra app (for scripts and tests); the config class's defaults where no file exists."""
+    _, config_cls = REGISTRY[name]
+    fields = {"name": name}
+    path = pathlib.Path(__file__).parent / "conf" / "model" / f"{name}.yaml"
+    if path.exists():
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+        loaded.pop("defaults", None)
+        fields.update(loaded)
+    return config_cls(**fields)

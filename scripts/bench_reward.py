@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import tempfile
 import time
 
@@ -27,21 +26,8 @@ import numpy as np
 
 import pluralign
 from pluralign.export import OnlineUser, save_model
+from pluralign.config import model_config
 from pluralign.models import REGISTRY, base
-
-
-def model_config(name: str):
-    """The config `conf/model/<name>.yaml` selects (read without Hydra), else the class defaults."""
-    _, config_cls = REGISTRY[name]
-    path = pathlib.Path(pluralign.__file__).parent / "conf" / "model" / f"{name}.yaml"
-    fields = {"name": name}
-    if path.exists():
-        from omegaconf import OmegaConf
-
-        loaded = OmegaConf.to_container(OmegaConf.load(path))
-        loaded.pop("defaults", None)
-        fields.update(loaded)
-    return config_cls(**fields)
 
 
 def build(name: str, dim: int, root: str, n_users: int = 100):

@@ -34,6 +34,7 @@ import itertools
 import numpy as np
 
 from pluralign.data.format import Comparisons, PreferenceDataset
+from pluralign.data.synthetic import sample_user_weights
 
 
 @dataclasses.dataclass
@@ -211,11 +212,7 @@ def make_cyclic_users(config: CyclicUsersConfig) -> PreferenceDataset:
     z = rng.standard_normal((config.n_items, 2 * k))
     items = _embed(rng, z, config.dim, config.nuisance_scale)
     type_gates = config.signal_scale * (config.off_gate + (1.0 - config.off_gate) * np.eye(k)[:K])  # [K, k]
-    if config.mixture:
-        user_weights = rng.dirichlet(np.full(K, config.mixture_concentration), size=U)  # [U, K]
-    else:
-        user_weights = np.eye(K)[rng.integers(K, size=U)]
-    user_group = user_weights.argmax(axis=1)
+    user_weights, user_group = sample_user_weights(rng, K, U, config.mixture, config.mixture_concentration)  # [U, K]
     user_gate = user_weights @ type_gates  # [U, k]
 
     n = U * config.comparisons_per_user

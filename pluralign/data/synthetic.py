@@ -57,6 +57,16 @@ def _preference_prob(z: np.ndarray, ideal: np.ndarray, a: np.ndarray, b: np.ndar
     return _sigmoid((sq_b - sq_a) / temperature)
 
 
+def sample_user_weights(rng: np.random.Generator, n_types: int, n_users: int, mixture: bool, concentration: float):
+    """[U, K] users' weights over K types (one-hot members, or Dirichlet mixtures) and each user's
+    group (its largest weight)."""
+    if mixture:
+        weights = rng.dirichlet(np.full(n_types, concentration), size=n_users)
+    else:
+        weights = np.eye(n_types)[rng.integers(n_types, size=n_users)]
+    return weights, weights.argmax(axis=1)
+
+
 def make_ideal_point(config: IdealPointConfig) -> PreferenceDataset:
     """Generates the dataset in memory; `pluralign.data.write_dataset` puts it on disk."""
     if config.latent_dim > config.dim:
@@ -74,11 +84,7 @@ def make_ideal_point(config: IdealPointConfig) -> PreferenceDataset:
     items = (np.concatenate([z, nuisance], axis=1) @ rotation.T).astype(np.float32)  # [n_items, D]
 
     group_points = config.group_spread * rng.standard_normal((K, d))  # [K, d]
-    if config.mixture:
-        user_weights = rng.dirichlet(np.full(K, config.mixture_concentration), size=U)  # [U, K]
-    else:
-        user_weights = np.eye(K)[rng.integers(K, size=U)]
-    user_group = user_weights.argmax(axis=1)
+    user_weights, user_group = sample_user_weights(rng, K, U, config.mixture, config.mixture_concentration)  # [U, K]
     user_ideal = user_weights @ group_points  # [U, d]
 
     n = U * config.comparisons_per_user

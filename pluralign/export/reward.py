@@ -23,7 +23,6 @@ a policy-training loop.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Sequence
 
 import jax

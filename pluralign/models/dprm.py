@@ -43,7 +43,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.scipy.special import gammaln
 
 from pluralign.data.format import Comparisons
 from pluralign.models.base import (

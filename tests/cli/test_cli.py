@@ -16,7 +16,7 @@ from omegaconf.errors import ConfigKeyError
 from pluralign import cli
 from pluralign.data.synthetic import IdealPointConfig
 from pluralign.evaluate.report import collect_results
-from pluralign.models import REGISTRY, BTConfig, PALConfig
+from pluralign.models import REGISTRY
 from pluralign.run import run
 
 CONF = pathlib.Path(cli.__file__).parent / "conf"

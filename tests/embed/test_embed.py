@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import pathlib
 import subprocess
@@ -14,8 +13,7 @@ import pytest
 
 from pluralign.data import read_dataset
 from pluralign.embed import load_encoder
-from pluralign.embed.extract import (ChunkStore, EmbedConfig, EmbedStats, ResumableEncoder,
-                                     embed_table, embed_texts, text_key)
+from pluralign.embed.extract import (ChunkStore, EmbedConfig, EmbedStats, embed_table, embed_texts, text_key)
 
 WORDS = "the a cat dog sat on mat runs fast slow red blue green good bad".split()
 

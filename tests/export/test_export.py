@@ -5,7 +5,6 @@ rewards, preference matrices, best-of-n, the policy hook and the user-embedding 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import pathlib
 
@@ -14,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from flax import nnx
 
 import pluralign
 from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute
@@ -23,27 +21,13 @@ from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
 from pluralign.evaluate import fewshot
 from pluralign.export import OnlineUser, Support, UserState, export_user_embeddings, save_model
 from pluralign.export.artifact import compute_seen_states
+from pluralign.config import model_config
 from pluralign.models import REGISTRY, base
 from pluralign.run import make_tables, to_batch
 from pluralign.train.trainer import predict_seen
 
-CONF = pathlib.Path(pluralign.__file__).parent / "conf" / "model"
 SEEDS = [3, 7]
 STEPS = 15  # few-shot inference steps recorded in the test artifacts
-
-
-def model_config(name: str):
-    """The model's config as `conf/model/<name>.yaml` sets it (without Hydra), else the defaults."""
-    _, config_cls = REGISTRY[name]
-    path = CONF / f"{name}.yaml"
-    fields = {"name": name}
-    if path.exists():
-        from omegaconf import OmegaConf
-
-        loaded = OmegaConf.to_container(OmegaConf.load(path))
-        loaded.pop("defaults", None)
-        fields.update(loaded)
-    return config_cls(**fields)
 
 
 @functools.cache

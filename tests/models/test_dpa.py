@@ -16,7 +16,7 @@ from flax import nnx
 
 from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute
 from pluralign.evaluate.fewshot import EvalConfig
-from pluralign.models import DPAConfig, Dims, PairEmbeddings, base, preference_loss
+from pluralign.models import DPAConfig, Dims, PairEmbeddings, base
 from pluralign.models import multi_objective as mo
 from pluralign.models.dpa import DPA, best_of_n, rank_responses
 from pluralign.run import RunConfig, run
