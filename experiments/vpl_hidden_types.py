@@ -5,16 +5,17 @@ Runtime:   about 11 minutes on 2 CPU cores shared at load ~14 (--quick: ~3 minut
 Expected:  on hidden-type data with 2 and with 4 types (4,000 users, 40 comparisons each,
            1,000 unseen-test users), VPL's unseen-user accuracy with 8 context pairs is within
            5 points of the Bayes-optimal accuracy, while BT stays near the population-optimal
-           accuracy (clearly below); active (BALD) elicitation reaches random selection's
-           8-question accuracy with fewer questions (active.json + active.png per type count);
+           accuracy (clearly below), and so do the DPL baselines (mean-variance, categorical: they
+           model the spread of the population's preferences, not whose they are); active (BALD)
+           elicitation reaches random selection's 8-question accuracy with fewer questions (active.json + active.png per type count);
            the evaluation of 1,000 unseen users with 8 context pairs is one batched, jitted call
            (its wall time is printed).
 
 Measured (2026-11-23, seed 0, 2 draws; "8-shot Bayes" = the true types' rewards with the type
 inferred from the same 8 answers, `hidden_types.type_posterior_accuracy`):
-| types | Bayes-opt | 8-shot Bayes | pop-opt | BT @8 | VPL @1 | VPL @8 | VPL @16 | gap to Bayes @8 |
-| 2 | 0.905 | 0.903 | 0.693 | 0.688 | 0.789 | 0.900 | 0.902 | 0.4 pts |
-| 4 | 0.910 | 0.891 | 0.765 | 0.754 | 0.781 | 0.873 | 0.891 | 3.7 pts |
+| types | Bayes-opt | 8-shot Bayes | pop-opt | BT @8 | DPL-MV @8 | DPL-cat @8 | VPL @1 | VPL @8 | VPL @16 | gap to Bayes @8 |
+| 2 | 0.905 | 0.903 | 0.693 | 0.688 | 0.688 | 0.686 | 0.789 | 0.900 | 0.902 | 0.4 pts |
+| 4 | 0.910 | 0.891 | 0.765 | 0.754 | 0.758 | 0.757 | 0.781 | 0.873 | 0.891 | 3.7 pts |
 Active reaches random's 8-question accuracy after 1 (2 types) and 3 (4 types) questions; the
 batched 8-shot call for 1,000 users takes ~0.014 s after compilation.
 
@@ -39,6 +40,7 @@ from pluralign.data.sources import load_dataset
 from pluralign.evaluate import active, fewshot
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import BTConfig, base, model_class
+from pluralign.models.dpl import DPLConfig
 from pluralign.models.vpl import VPLConfig
 from pluralign.run import RunConfig, make_tables, run
 from pluralign.train.trainer import Trainer, TrainConfig, init_params, restore_checkpoint
@@ -98,7 +100,8 @@ def main():
                         unseen_val_fraction=0.1)
         train = TrainConfig(progress=False, max_epochs=epochs, batch_size=256, learning_rate=0.005, patience=6)
         row = {}
-        for name, model in (("bt", BTConfig()), ("vpl", VPLConfig(beta_warmup_steps=1000))):
+        for name, model in (("bt", BTConfig()), ("dpl_mv", DPLConfig(name="dpl_mv")), ("dpl_cat", DPLConfig(name="dpl_cat")),
+                            ("vpl", VPLConfig(beta_warmup_steps=1000))):
             config = RunConfig(model=model, data=data, train=train, eval=ev, seeds=[0])
             t0 = time.perf_counter()
             results = run(config, out / f"{name}_{n_types}types")
@@ -136,13 +139,14 @@ def main():
         print(f"[{n_types} types] batched 8-shot evaluation: {json.dumps(row['timing'])}", flush=True)
         summary[f"{n_types}_types"] = row
 
-    print("\n| types | Bayes-opt | 8-shot Bayes | pop-opt | BT @8 | VPL @1 | VPL @8 | VPL @16 | gap to Bayes @8 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| types | Bayes-opt | 8-shot Bayes | pop-opt | BT @8 | DPL-MV @8 | DPL-cat @8 | VPL @1 | VPL @8 | VPL @16 | gap to Bayes @8 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key, row in summary.items():
         b, v = row["bayes_optimal_accuracy"], row["vpl"]["unseen_accuracy_at_k"]
         print(f"| {key.split('_')[0]} | {b:.3f} | {row['timing']['k_shot_bayes_accuracy']:.3f} | "
               f"{row['population_optimal_accuracy']:.3f} | "
-              f"{row['bt']['unseen_accuracy_at_k'][8]:.3f} | {v[1]:.3f} | {v[8]:.3f} | {v.get(16, float('nan')):.3f} | "
+              f"{row['bt']['unseen_accuracy_at_k'][8]:.3f} | {row['dpl_mv']['unseen_accuracy_at_k'][8]:.3f} | "
+              f"{row['dpl_cat']['unseen_accuracy_at_k'][8]:.3f} | {v[1]:.3f} | {v[8]:.3f} | {v.get(16, float('nan')):.3f} | "
               f"{100 * (b - v[8]):.1f} pts |")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"\nwrote {out / 'summary.json'} and active.json/active.png under {out}/vpl_*types/")
