@@ -118,8 +118,7 @@ class PersonalizedReward:
             e_x, has_prompt = jnp.zeros((B, self.dim), jnp.float32), jnp.zeros((B,), bool)
         else:
             e_x, has_prompt = jnp.broadcast_to(e_x, (B, self.dim)), jnp.ones((B,), bool)
-        rep = lambda x: jnp.repeat(x, N, axis=0)  # row b's user and prompt for each of its N responses
-        r = model.reward(rep(states), rep(e_x), rep(has_prompt), e_y.reshape(B * N, self.dim)).reshape(B, N)
+        r = model.rewards(states, e_x, has_prompt, e_y)  # [B, N]; prompt parts once per row where the model can
         return r[0] if single else r
 
     def _matrix_impl(self, params, state, e_x, has_prompt, e_y):

@@ -135,6 +135,16 @@ class PreferenceModel(nnx.Module):
         """[B, S], [B, D], [B], [B, D] -> [B] scalar reward of response y for each user."""
         raise NotImplementedError
 
+    def rewards(
+        self, user_state: jax.Array, e_x: jax.Array, has_prompt: jax.Array, e_y: jax.Array
+    ) -> jax.Array:
+        """[B, S], [B, D], [B], [B, N, D] -> [B, N]: N responses to each of B (user, prompt) rows.
+        Default: `reward` on every response; models whose reward splits into a prompt part and
+        a response part override it to compute the prompt part once per row."""
+        B, N, D = e_y.shape
+        rep = lambda x: jnp.repeat(x, N, axis=0)  # noqa: E731
+        return self.reward(rep(user_state), rep(e_x), rep(has_prompt), e_y.reshape(B * N, D)).reshape(B, N)
+
     def seen_user_state(self, users: jax.Array) -> jax.Array:
         """[B] user ids -> [B, S] learned states of seen users."""
         return jnp.zeros((users.shape[0], self.user_state_dim), jnp.float32)

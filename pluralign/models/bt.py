@@ -56,6 +56,15 @@ class BT(PreferenceModel):
         del user_state
         return self._reward(e_x, has_prompt, e_y)
 
+    def rewards(self, user_state, e_x, has_prompt, e_y):
+        """[B, S], [B, D], [B], [B, N, D] -> [B, N], the prompt half of the first layer once per row."""
+        del user_state
+        first = self.reward_net.layers[0]
+        kernel = first.kernel[...]  # [2D, H]
+        dim = e_y.shape[-1]
+        prompt_part = self.null_prompt(e_x, has_prompt) @ kernel[:dim] + first.bias[...][None]  # [B, H]
+        return self.reward_net.after_first_layer(prompt_part[:, None, :] + e_y @ kernel[dim:])[..., 0]
+
     def preference_logit_matrix(self, user_state, e_x, has_prompt, e_items):
         """[S], [D], [] bool, [n, D] -> [n, n] logits r_i − r_j from n reward evaluations, the same
         API as GPM's (see `pluralign.models.ranking`)."""

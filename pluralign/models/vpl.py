@@ -301,6 +301,15 @@ class VPL(PreferenceModel):
         r_ref = self._decode(mu[:, None, :], ref_pre)  # [B, R]
         return jnp.mean(jax.nn.sigmoid(r_y[:, None] - r_ref), axis=-1)
 
+    def rewards(self, user_state, e_x, has_prompt, e_y):
+        """[B, 2L], [B, D], [B], [B, N, D] -> [B, N] r(x, y, n(μ_u)), the prompt and latent parts of
+        the decoder's first layer once per row."""
+        D = e_y.shape[-1]
+        dk = self.decoder.layers[0].kernel[...]
+        dec_x = self.null_prompt(e_x, has_prompt) @ dk[:D] + self.decoder.layers[0].bias[...][None]  # [B, H]
+        mu = user_state[..., : self.config.latent_dim]
+        return self._decode(mu[:, None, :], dec_x[:, None, :] + e_y @ dk[D : 2 * D])  # [B, N]
+
     def posterior_variance(self, user_state: jax.Array) -> jax.Array:
         """σ² [..., L] of q(z | C)."""
         return jnp.exp(self.split_state(user_state)[1])

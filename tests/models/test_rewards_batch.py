@@ -1,0 +1,35 @@
+"""`rewards` (N responses per (user, prompt) row) equals `reward` on every response, for every
+registered model with a scalar reward: the overrides that compute the prompt part once per row
+(BT, VPL) are the same function as the per-response path."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pluralign.config import model_config
+from pluralign.models import REGISTRY, base
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_rewards_of_n_responses_equal_reward_of_each(name):
+    cls, _ = REGISTRY[name]
+    graphdef, params = base.init(cls, model_config(name), base.Dims(dim=8, n_users=5), jax.random.PRNGKey(0))
+    model = nnx.merge(graphdef, params)
+    B, N, D = 3, 4, 8
+    k = jax.random.split(jax.random.PRNGKey(1), 3)
+    state = jax.random.normal(k[0], (B, model.user_state_dim))
+    e_x = jax.random.normal(k[1], (B, D))
+    has_prompt = jnp.array([True, False, True])  # the null prompt stands in for row 1's
+    e_y = jax.random.normal(k[2], (B, N, D))
+    rep = lambda x: jnp.repeat(x, N, axis=0)  # noqa: E731
+    try:
+        expected = model.reward(rep(state), rep(e_x), rep(has_prompt), e_y.reshape(B * N, D)).reshape(B, N)
+    except NotImplementedError:  # GPM: no scalar reward (cyclic preferences)
+        with pytest.raises(NotImplementedError):
+            model.rewards(state, e_x, has_prompt, e_y)
+        return
+    np.testing.assert_allclose(model.rewards(state, e_x, has_prompt, e_y), expected, rtol=1e-5, atol=1e-5)
