@@ -34,7 +34,7 @@ import itertools
 import numpy as np
 
 from pluralign.data.format import Comparisons, PreferenceDataset
-from pluralign.data.synthetic import sample_user_weights
+from pluralign.data.synthetic import _sigmoid, sample_user_weights
 
 
 @dataclasses.dataclass
@@ -85,10 +85,6 @@ class CyclicUsersConfig:
     noise_temperature: float = 1.0
     nuisance_scale: float = 1.0
     seed: int = 0
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def skew_score(gate: np.ndarray, z_a: np.ndarray, z_b: np.ndarray) -> np.ndarray:

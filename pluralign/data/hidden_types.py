@@ -24,6 +24,7 @@ import dataclasses
 import numpy as np
 
 from pluralign.data.format import Comparisons, PreferenceDataset
+from pluralign.data.synthetic import _sigmoid
 
 
 @dataclasses.dataclass
@@ -48,10 +49,6 @@ class HiddenTypesConfig:
             raise ValueError(f"data.controversial_fraction must be in [0, 1], got {self.controversial_fraction}")
         if not 1 <= self.latent_dim <= self.dim:
             raise ValueError(f"data.latent_dim must be in [1, dim={self.dim}], got {self.latent_dim}")
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def make_hidden_types(config: HiddenTypesConfig) -> PreferenceDataset:

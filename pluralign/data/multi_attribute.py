@@ -32,6 +32,7 @@ import dataclasses
 import numpy as np
 
 from pluralign.data.format import Comparisons, PreferenceDataset
+from pluralign.data.synthetic import _sigmoid
 
 
 @dataclasses.dataclass
@@ -54,10 +55,6 @@ class MultiAttributeConfig:
     n_prompts: int = 0  # > 0: each comparison gets one of this many (preference-irrelevant) prompts
     nuisance_scale: float = 1.0  # std of the preference-irrelevant embedding directions
     seed: int = 0
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def _check(config: MultiAttributeConfig) -> int:
