@@ -30,7 +30,7 @@ from flax import nnx
 from pluralign.data import Comparisons, split_seen_pairs, split_users
 from pluralign.data.sources import load_dataset
 from pluralign.evaluate import fewshot, metrics
-from pluralign.jsonio import json_default, write_json_atomic
+from pluralign.jsonio import flatten as _flatten, json_default, write_json_atomic
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import base, model_class
 from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_seen
@@ -68,16 +68,6 @@ def _fingerprint(config: RunConfig) -> dict:
     d.pop("cache_dir", None)
     d["train"].pop("progress", None)
     return d
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _check_resumable(run_dir: pathlib.Path, config: RunConfig) -> None:

@@ -14,6 +14,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from pluralign.jsonio import flatten
+
 TABLE_SHOTS = (1, 5, 20)
 
 
@@ -80,16 +82,6 @@ _NOT_A_VARIANT = {"seeds", "cache_dir", "train.progress"}
 MODES = ("random", "item_disjoint")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
-    return out
-
-
 def group_runs(results: list[dict]) -> list[dict]:
     """Groups runs by (model, dataset, the hyper-parameters in which they differ).
 
@@ -101,7 +93,10 @@ def group_runs(results: list[dict]) -> list[dict]:
         by_pair.setdefault((r["model"], r["dataset"]), []).append(r)
     groups = []
     for (model, dataset), runs in sorted(by_pair.items()):
-        flats = [{k: v for k, v in _flat(r.get("config", {})).items() if k not in _NOT_A_VARIANT} for r in runs]
+        flats = [
+            {k: json.dumps(v, sort_keys=True) for k, v in flatten(r.get("config", {})).items() if k not in _NOT_A_VARIANT}
+            for r in runs
+        ]
         keys = sorted({k for f in flats for k in f})
         differing = [k for k in keys if len({f.get(k) for f in flats}) > 1]
         variants: dict[str, list[dict]] = {}
