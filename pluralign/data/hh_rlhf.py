@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from pluralign.data.format import Comparisons, DatasetError, PreferenceDataset
+from pluralign.data.importers import _embed_distinct, _embed_pairs
 
 OBJECTIVES = ("helpful", "harmless")
 SOURCE_URL = "https://github.com/cassidylaidlaw/hidden-context (relabelled HH-RLHF; VPL: github.com/WEIRDLabUW/vpl_llm)"
@@ -141,23 +142,13 @@ def make_hh_rlhf(config: HHRLHFConfig) -> PreferenceDataset:
         raise ValueError(f"hh_rlhf: fewer than comparisons_per_user={c.comparisons_per_user} rows per objective")
     user_group = objective[rows][np.searchsorted(user, np.arange(user.max() + 1))]
 
-    prompts_col = table.column("prompt")
-    prompt_texts = pc.unique(prompts_col)
-    prompt_of_row = np.asarray(pc.index_in(prompts_col, value_set=prompt_texts))
     encoder = load_encoder(c.encoder)
+    replies = [table.column("preferred"), table.column("other")]
     if c.embed == "response":
-        keys = [table.column("preferred"), table.column("other")]
-        joined = pa.chunked_array([ch for k in keys for ch in k.chunks])
-        texts = pc.unique(joined)
-        to_embed = texts.to_pylist()
+        items, (preferred_item, other_item), _ = _embed_distinct(replies, encoder)
     else:
-        sep = "\x00"
-        keys = [pc.binary_join_element_wise(prompts_col, table.column(k), sep) for k in ("preferred", "other")]
-        texts = pc.unique(pa.chunked_array([ch for k in keys for ch in k.chunks]))
-        to_embed = [tuple(t.split(sep, 1)) for t in texts.to_pylist()]
-    preferred_item, other_item = (np.asarray(pc.index_in(k, value_set=texts)) for k in keys)
-    items = encoder.encode(to_embed).astype(np.float32, copy=False)
-    prompts = encoder.encode(prompt_texts.to_pylist()).astype(np.float32, copy=False)
+        items, (preferred_item, other_item), _ = _embed_pairs(table.column("prompt"), replies, encoder)
+    prompts, (prompt_of_row,), _ = _embed_distinct([table.column("prompt")], encoder)
 
     swap = rng.random(len(rows)) < 0.5
     pref, oth = preferred_item[rows], other_item[rows]
