@@ -81,7 +81,6 @@ class ChunkStore:
                 json.dumps(encoder_description, indent=2, default=str).encode()))
         self._rows: dict[bytes, tuple[int, int]] = {}  # key -> (chunk, row)
         self._chunks: list[np.ndarray] = []
-        self.n_chunk_files = 0
         for path in sorted(self.work_dir.glob(_CHUNK_GLOB)):
             with np.load(path, allow_pickle=False) as z:
                 keys, vectors = z["keys"], z["vectors"]
@@ -89,7 +88,6 @@ class ChunkStore:
                     or keys.shape[1:] != (KEY_BYTES,)):
                 raise ValueError(f"{path}: chunk of shape {vectors.shape} does not fit dim {dim}")
             self._add(keys, vectors)
-            self.n_chunk_files += 1
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -129,7 +127,6 @@ class ChunkStore:
         existing = [int(p.stem.split("-")[1]) for p in self.work_dir.glob(_CHUNK_GLOB)]
         path = self.work_dir / f"chunk-{max(existing, default=-1) + 1:06d}.npz"
         self._atomic_write(path, lambda f: np.savez(f, keys=keys, vectors=vectors))
-        self.n_chunk_files += 1
         self._add(keys, vectors)
 
     def lookup(self, keys: Sequence[bytes]) -> np.ndarray:
