@@ -323,6 +323,8 @@ def embed_table(config: EmbedConfig, encoder: Encoder | None = None) -> pathlib.
         raise ValueError(f"table={c.table!r}: expected 'comparisons' or 'ratings'")
     if c.storage_dtype not in ("float32", "float16"):
         raise ValueError(f"storage_dtype={c.storage_dtype!r}: expected float32 or float16")
+    if c.identical not in ("error", "drop"):
+        raise ValueError(f"identical={c.identical!r}: expected 'error' or 'drop'")
     output = pathlib.Path(c.output).absolute()
     if output.exists() and not c.overwrite:  # before hours of embedding, not after
         raise FileExistsError(f"{output} exists (pass overwrite=true to replace it)")
@@ -333,8 +335,6 @@ def embed_table(config: EmbedConfig, encoder: Encoder | None = None) -> pathlib.
     if c.batch_size:
         enc.batch_size = c.batch_size
 
-    if c.identical not in ("error", "drop"):
-        raise ValueError(f"identical={c.identical!r}: expected 'error' or 'drop'")
     source, dropped = c.input, 0
     if c.table == "comparisons" and c.identical == "drop":
         source, dropped = _drop_identical(c.input, c.a, c.b)
