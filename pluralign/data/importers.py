@@ -198,6 +198,21 @@ def _resolve(table: pa.Table, file: str, cols: Sequence[tuple[str, str]], *, mat
     return _embed_distinct([c for _, c in arrays], encoder)
 
 
+def _resolve_prompts(table: pa.Table, file: str, prompt: str | None, *, items, prompts, prompt_ids, encoder,
+                     item_table: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(prompt table, prompt row per table row), or (None, None) without a ``prompt`` column."""
+    if prompt is None:
+        return None, None
+    if items is not None and prompts is None:
+        raise ValueError("with items= given as a feature matrix, prompts must be too (prompts=, prompt_ids=), "
+                         "or set prompt=None")
+    prompt_table, (prompt_rows,), _ = _resolve(table, file, [(prompt, "prompt")], matrix=prompts, ids=prompt_ids,
+                                               encoder=encoder, what="prompt")
+    if prompt_table.shape[1] != item_table.shape[1]:
+        raise ValueError(f"prompt dim {prompt_table.shape[1]} != item dim {item_table.shape[1]}")
+    return prompt_table, prompt_rows
+
+
 def _build_encoder(encoder: Any, needed: bool) -> Any:
     """Builds the encoder once (a transformers model is slow to load) when texts need it."""
     if not needed:
@@ -249,15 +264,8 @@ def import_comparisons(source: TableLike, *, user: str = "user", a: str = "a", b
         row = int(same.argmax())
         raise DatasetError(file, f"'{a}' and '{b}' are the same item ({table.column(a)[row].as_py()!r:.60})", row)
 
-    prompt_table, prompt_rows = None, None
-    if prompt_col is not None:
-        if items is not None and prompts is None:
-            raise ValueError("with items= given as a feature matrix, prompts must be too (prompts=, prompt_ids=), "
-                             "or set prompt=None")
-        prompt_table, (prompt_rows,), p_info = _resolve(
-            table, file, [(prompt, "prompt")], matrix=prompts, ids=prompt_ids, encoder=encoder, what="prompt")
-        if prompt_table.shape[1] != item_table.shape[1]:
-            raise ValueError(f"prompt dim {prompt_table.shape[1]} != item dim {item_table.shape[1]}")
+    prompt_table, prompt_rows = _resolve_prompts(table, file, prompt, items=items, prompts=prompts,
+                                                 prompt_ids=prompt_ids, encoder=encoder, item_table=item_table)
 
     if label is None:
         labels = np.ones(table.num_rows, np.float32)
@@ -385,15 +393,8 @@ def import_ratings(source: TableLike, *, user: str = "user", item: str = "item",
     encoder = _build_encoder(encoder, items is None or (prompt is not None and prompts is None))
     item_table, (item_rows,), enc_info = _resolve(table, file, [(item, "item")], matrix=items, ids=item_ids,
                                                   encoder=encoder, what="item")
-    prompt_table, prompt_rows = None, None
-    if prompt is not None:
-        if items is not None and prompts is None:
-            raise ValueError("with items= given as a feature matrix, prompts must be too (prompts=, prompt_ids=), "
-                             "or set prompt=None")
-        prompt_table, (prompt_rows,), _ = _resolve(table, file, [(prompt, "prompt")], matrix=prompts,
-                                                   ids=prompt_ids, encoder=encoder, what="prompt")
-        if prompt_table.shape[1] != item_table.shape[1]:
-            raise ValueError(f"prompt dim {prompt_table.shape[1]} != item dim {item_table.shape[1]}")
+    prompt_table, prompt_rows = _resolve_prompts(table, file, prompt, items=items, prompts=prompts,
+                                                 prompt_ids=prompt_ids, encoder=encoder, item_table=item_table)
 
     group_rows = prompt_rows
     if group is not None:
