@@ -253,13 +253,13 @@ def helpsteer2_dataset(records: Records, *, n_users: int = 200, comparisons_per_
     keep = margin != 0
     comparisons = Comparisons.from_arrays(user=user[keep], a=a[keep], b=b[keep], prompt=prompt_of[a[keep]],
                                           label=(margin[keep] > 0).astype(np.float32))
+    counts = np.bincount(comparisons.user, minlength=n_users)
+    if (counts == 0).any():  # before the encoding, the slow part
+        raise DatasetError("nvidia/HelpSteer2", f"user {int((counts == 0).argmax())} got only tied pairs; "
+                           "raise comparisons_per_user")
     enc = load_encoder(encoder)
     items = enc.encode(t.column("response").to_pylist()).astype(np.float32, copy=False)
     prompts = enc.encode(prompt_texts.to_pylist()).astype(np.float32, copy=False)
-    counts = np.bincount(comparisons.user, minlength=n_users)
-    if (counts == 0).any():
-        raise DatasetError("nvidia/HelpSteer2", f"user {int((counts == 0).argmax())} got only tied pairs; "
-                           "raise comparisons_per_user")
     meta = {"name": "helpsteer2", "n_users": n_users, "source": "nvidia/HelpSteer2 (CC-BY-4.0)",
             "encoder": enc.describe(), "attribute_names": list(attributes),
             "truth": {"user_directions": directions.tolist()}}
