@@ -216,6 +216,7 @@ class TransformersEncoder(Encoder):
         if c.model in ("???", "", None):
             raise ValueError("encoder=hf needs encoder.model=<local path or hub id>")
         self.layer = _parse_layer(c.layer)
+        self._hidden_index = {"last": -1, "penultimate": -2}.get(self.layer, self.layer)
         if c.pooling not in ("last", "mean"):
             raise ValueError(f"encoder.pooling={c.pooling!r}: expected 'last' or 'mean'")
         if c.dtype not in _DTYPES:
@@ -265,8 +266,7 @@ class TransformersEncoder(Encoder):
         self.n_layers = int(getattr(model_config, "num_hidden_layers", 0)
                             or getattr(model_config, "n_layer", 0))
         if self.n_layers:
-            index = {"last": -1, "penultimate": -2}.get(self.layer, self.layer)
-            if not -(self.n_layers + 1) <= index <= self.n_layers:
+            if not -(self.n_layers + 1) <= self._hidden_index <= self.n_layers:
                 raise ValueError(f"encoder.layer={c.layer!r} out of range for {c.model}: "
                                  f"hidden states are 0..{self.n_layers} (or -1..-{self.n_layers + 1})")
         self.dim = int(model_config.hidden_size)
@@ -305,8 +305,7 @@ class TransformersEncoder(Encoder):
             inputs["position_ids"] = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)
         with torch.inference_mode():
             out = self.model(**inputs, output_hidden_states=True, return_dict=True)
-        index = {"last": -1, "penultimate": -2}.get(self.layer, self.layer)
-        hidden = out.hidden_states[index].float()                 # [B, T, D]
+        hidden = out.hidden_states[self._hidden_index].float()     # [B, T, D]
         mask = batch["attention_mask"].to(hidden.dtype)            # [B, T]
         if c.pooling == "mean":
             pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
