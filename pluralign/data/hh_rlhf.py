@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from pluralign.data.format import Comparisons, DatasetError, PreferenceDataset
-from pluralign.data.importers import _embed_distinct, _embed_pairs
+from pluralign.data.importers import _embed_distinct, _embed_pairs, source_fingerprint
 
 OBJECTIVES = ("helpful", "harmless")
 SOURCE_URL = "https://github.com/cassidylaidlaw/hidden-context (relabelled HH-RLHF; VPL: github.com/WEIRDLabUW/vpl_llm)"
@@ -59,15 +59,18 @@ class HHRLHFConfig:
     seed: int = 0
 
     def source_fingerprint(self) -> dict:
-        from pluralign.data.importers import source_fingerprint
-        path = pathlib.Path(self.path).expanduser()
-        return source_fingerprint(path / f"{self.subset}_{self.split}.jsonl.gz" if path.is_dir() else path)
+        return source_fingerprint(_source_file(self.path, self.subset, self.split))
+
+
+def _source_file(path: str | pathlib.Path, subset: str, split: str) -> pathlib.Path:
+    """The file `load_hh_rlhf` reads: ``<subset>_<split>.jsonl.gz`` in a folder, or the file given."""
+    path = pathlib.Path(path).expanduser()
+    return path / f"{subset}_{split}.jsonl.gz" if path.is_dir() else path
 
 
 def load_hh_rlhf(path: str | pathlib.Path, subset: str = "both", split: str = "test") -> pa.Table:
     """The relabelled rows with columns ``prompt, preferred, other, objective`` (+ ``original_agrees``)."""
-    path = pathlib.Path(path).expanduser()
-    file_path = path / f"{subset}_{split}.jsonl.gz" if path.is_dir() else path
+    file_path = _source_file(path, subset, split)
     file = file_path.name
     if not file_path.is_file():
         raise DatasetError(file, f"no such file: {file_path} (see {SOURCE_URL})")
