@@ -120,6 +120,11 @@ def _text_len(t: Text) -> int:
     return len(t) if isinstance(t, str) else len(t[0]) + len(t[1])
 
 
+def _join_pair(t: Text, separator: str) -> str:
+    """Plain-text form of a text: a (prompt, response) pair joined with ``separator``."""
+    return t if isinstance(t, str) else t[0] + separator + t[1]
+
+
 # ----------------------------------------------------------------- wordllama
 
 class WordLlamaEncoder(Encoder):
@@ -159,8 +164,7 @@ class WordLlamaEncoder(Encoder):
     def _encode_batch(self, texts: list[Text]) -> np.ndarray:
         # WordLlama's own embed() gathers a padded [B, T, D] block (1 GB for 512 long
         # texts); the same masked mean over the unpadded token stream is a reduceat.
-        sep = self.config.pair_separator
-        flat = [t if isinstance(t, str) else t[0] + sep + t[1] for t in texts]
+        flat = [_join_pair(t, self.config.pair_separator) for t in texts]
         encodings = self._tokenizer.encode_batch(flat, add_special_tokens=False)
         lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
         ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.int64,
@@ -288,7 +292,7 @@ class TransformersEncoder(Encoder):
     def _format(self, t: Text) -> str:
         c = self.config
         if not c.chat_template:
-            return t if isinstance(t, str) else t[0] + c.pair_separator + t[1]
+            return _join_pair(t, c.pair_separator)
         turns = ([{"role": "user", "content": t}] if isinstance(t, str) else
                  [{"role": "user", "content": t[0]}, {"role": "assistant", "content": t[1]}])
         return self.tokenizer.apply_chat_template(turns, tokenize=False)
