@@ -151,12 +151,9 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     # --- seen users: held-out pairs
     seen_logits = jax.jit(functools.partial(predict_seen, graphdef))
     test_np = comparisons.take(pairs.test)
+    test_logits = [np.asarray(seen_logits(jax.tree.map(lambda x: x[i], best), tables, test)) for i in range(len(seeds))]
     seen_runs = [
-        metrics.summary(
-            np.asarray(seen_logits(jax.tree.map(lambda x: x[i], best), tables, test)),
-            test_np.label, test_np.weight, test_np.user, user_group,
-        )
-        for i in range(len(seeds))
+        metrics.summary(logits, test_np.label, test_np.weight, test_np.user, user_group) for logits in test_logits
     ]
     over_seeds = lambda get: float(np.mean([get(r) for r in seen_runs]))
     seen = {
@@ -174,10 +171,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     # Distribution of per-user accuracy (each seen user's test pairs, averaged over seeds) as a
     # 20-bin histogram on [0, 1]: compact at any number of users; `pluralign report` plots it.
     per_user = np.mean([
-        metrics.per_user_accuracy(
-            np.asarray(seen_logits(jax.tree.map(lambda x: x[i], best), tables, test)), test_np.label, test_np.weight, test_np.user
-        )
-        for i in range(len(seeds))
+        metrics.per_user_accuracy(logits, test_np.label, test_np.weight, test_np.user) for logits in test_logits
     ], axis=0)
     counts, edges = np.histogram(per_user, bins=20, range=(0.0, 1.0))
     seen["per_user_histogram"] = {"edges": edges.tolist(), "counts": counts.tolist()}
