@@ -52,7 +52,7 @@ from pluralign.models.base import (
     PreferenceModel,
     Tables,
     gather,
-    preference_loss,
+    weighted_metrics,
 )
 
 
@@ -278,12 +278,10 @@ class VPL(PreferenceModel):
         mu, logvar = self.split_state(self._context_state(tables, rows, mask))  # [B, L] each
         z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(z_key, mu.shape)  # reparameterised
         logits = self.latent_logits(z, self.pair_features(gather(tables, batch)))  # [B]
-        total_weight = jnp.maximum(batch.weight.sum(), 1e-9)
-        nll = preference_loss(logits, batch.label, batch.weight).sum() / total_weight
-        kl = (kl_to_standard_normal(mu, logvar) * batch.weight).sum() / total_weight
-        objective = nll + beta_at(self.config, tables.step) * kl
-        accuracy = (((logits > 0) == (batch.label > 0.5)) * batch.weight).sum() / total_weight
-        return objective, {"loss": objective, "nll": nll, "kl": kl, "accuracy": accuracy}
+        metrics = weighted_metrics(logits, batch.label, batch.weight)
+        kl = (kl_to_standard_normal(mu, logvar) * batch.weight).sum() / jnp.maximum(batch.weight.sum(), 1e-9)
+        objective = metrics["loss"] + beta_at(self.config, tables.step) * kl
+        return objective, {"loss": objective, "nll": metrics["loss"], "kl": kl, "accuracy": metrics["accuracy"]}
 
     # --- rewards and uncertainty
     def reward(self, user_state, e_x, has_prompt, e_y, reference_y: jax.Array | None = None):
