@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from pluralign.models import multi_objective as mo
-from pluralign.models.base import MLP, Dims, NullPrompt, PairEmbeddings, PreferenceModel, fit_user_states, gather, weighted_metrics
+from pluralign.models.base import MLP, Dims, NullPrompt, PairEmbeddings, PreferenceModel, gather, weighted_metrics
 
 
 @dataclasses.dataclass
@@ -142,8 +142,7 @@ class DPA(PreferenceModel):
 
     def infer_user(self, support_features, labels, weights, *, prior_mean=None, **options):
         """[U, m] unit directions; MAP of v = w/‖w‖ by Adam from the prior mean (base.fit_user_states)."""
-        prior_mean = self.population_user_state() if prior_mean is None else prior_mean
-        return _unit(fit_user_states(self, support_features, labels, weights, prior_mean, **options))
+        return _unit(super().infer_user(support_features, labels, weights, prior_mean=prior_mean, **options))
 
     def loss(self, tables, batch, rng):
         del rng
