@@ -218,10 +218,10 @@ def make_cyclic_users(config: CyclicUsersConfig) -> PreferenceDataset:
     # Population-average preference: exact over types for members, Monte Carlo over 256 users for mixtures.
     if config.mixture:
         population_gates = rng.dirichlet(np.full(K, config.mixture_concentration), size=256) @ type_gates
+        shares = np.full(len(population_gates), 1.0 / len(population_gates))
     else:
         population_gates = type_gates
-        population_share = np.bincount(user_group, minlength=K) / U
-    shares = np.full(len(population_gates), 1.0 / len(population_gates)) if config.mixture else population_share
+        shares = np.bincount(user_group, minlength=K) / U
     p_population = sum(
         w * _probability(skew_score(g[None, :], z[a], z[b]), config.noise_temperature)
         for w, g in zip(shares, population_gates)
