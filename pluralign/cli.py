@@ -9,6 +9,7 @@ Hydra stays here and in `pluralign.config`; the library underneath takes datacla
 
 from __future__ import annotations
 
+import argparse
 import logging
 import pathlib
 import sys
@@ -76,15 +77,13 @@ class ResultsTableCallback(Callback):
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "report":
-        args = sys.argv[2:]
-        out = None
-        if len(args) == 3 and args[1] == "--out":
-            args, out = args[:1], args[2]
-        if len(args) != 1:
-            sys.exit("usage: pluralign report RUN_OR_MULTIRUN_DIR [--out DIR]  (default DIR: RUN_OR_MULTIRUN_DIR/report)")
-        if not print_results(args[0]):
+        parser = argparse.ArgumentParser(prog="pluralign report", description="Tables and figures of finished runs.")
+        parser.add_argument("dir", metavar="RUN_OR_MULTIRUN_DIR")
+        parser.add_argument("--out", metavar="DIR", help="where to write them (default: RUN_OR_MULTIRUN_DIR/report)")
+        args = parser.parse_args(sys.argv[2:])
+        if not print_results(args.dir):
             sys.exit(1)
-        for kind, path in write_report(args[0], out).items():  # markdown + CSV tables, k-shot curves, histograms
+        for kind, path in write_report(args.dir, args.out).items():  # markdown + CSV tables, k-shot curves, histograms
             print(f"{kind}: {path}")
         return
     if len(sys.argv) > 1 and sys.argv[1] == "embed":
