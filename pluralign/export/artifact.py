@@ -274,11 +274,12 @@ def load(path: str | os.PathLike, *, seed: int | None = None) -> TrainedModel:
     cls, config_cls = REGISTRY[record["model"]]
     config = _build_dataclass(config_cls, record["model_config"])
     dims = base.Dims(**record["dims"])
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: cls(config, dims, rngs=nnx.Rngs(0))))
+    abstract_model = nnx.eval_shape(lambda: cls(config, dims, rngs=nnx.Rngs(0)))
+    S = int(abstract_model.user_state_dim)
+    graphdef, abstract = nnx.split(abstract_model)
     leaves, treedef = jax.tree.flatten(abstract)
     n_seeds = len(record["seeds"])
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    S = int(nnx.eval_shape(lambda: cls(config, dims, rngs=nnx.Rngs(0))).user_state_dim)
     target = {"leaves": [jax.ShapeDtypeStruct((n_seeds, *x.shape), x.dtype, sharding=device) for x in leaves]}
     if S > 0 and dims.n_users > 0:
         target["seen_states"] = jax.ShapeDtypeStruct((n_seeds, dims.n_users, S), jnp.float32, sharding=device)
