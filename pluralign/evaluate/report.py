@@ -265,18 +265,12 @@ def plot_per_user(groups: list[dict], path: pathlib.Path) -> bool:
     return True
 
 
-def incomplete_runs(root: str | pathlib.Path) -> list[str]:
-    """Job directories of a sweep (they hold .hydra/) without a complete results.json."""
-    out = []
-    for hydra_dir in sorted(pathlib.Path(root).rglob(".hydra")):
-        path = hydra_dir.parent / "results.json"
-        try:
-            complete = json.loads(path.read_text()).get("status") == "complete"
-        except (OSError, ValueError):
-            complete = False
-        if not complete:
-            out.append(str(hydra_dir.parent))
-    return out
+def incomplete_runs(root: str | pathlib.Path, results: list[dict]) -> list[str]:
+    """Job directories of a sweep (they hold .hydra/) without a complete results.json;
+    `results` is `collect_results(root)`, so no results file is read twice."""
+    complete = {r["path"] for r in results}
+    jobs = (hydra_dir.parent for hydra_dir in sorted(pathlib.Path(root).rglob(".hydra")))
+    return [str(job) for job in jobs if str(job / "results.json") not in complete]
 
 
 def write_report(root: str | pathlib.Path, out_dir: str | pathlib.Path | None = None) -> dict:
@@ -290,7 +284,7 @@ def write_report(root: str | pathlib.Path, out_dir: str | pathlib.Path | None = 
     rows = summarize(groups)
     paths = {"csv": out / "results.csv", "markdown": out / "results.md"}
     write_csv(rows, paths["csv"])
-    missing = incomplete_runs(root)
+    missing = incomplete_runs(root, results)
     md = [f"# pluralign results: {root}", "",
           "Accuracy, mean ± std over seeds; unseen users: `random` support/query unless marked item-disjoint.",
           "Bayes-opt: accuracy of the true model; best non-personal: the best predictor that ignores who the user is (synthetic data).", "",
