@@ -68,6 +68,5 @@ class BT(PreferenceModel):
     def preference_logit_matrix(self, user_state, e_x, has_prompt, e_items):
         """[S], [D], [] bool, [n, D] -> [n, n] logits r_i − r_j from n reward evaluations, the same
         API as GPM's (see `pluralign.models.ranking`)."""
-        n = e_items.shape[0]
-        r = self._reward(jnp.broadcast_to(e_x, e_items.shape), jnp.broadcast_to(has_prompt, (n,)), e_items)  # [n]
+        r = self.rewards(user_state, e_x[None], jnp.asarray(has_prompt)[None], e_items[None])[0]  # [n]
         return r[:, None] - r[None, :]
