@@ -23,31 +23,26 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 import pluralign
 from pluralign.export import OnlineUser, save_model
 from pluralign.config import model_config
 from pluralign.models import REGISTRY, base
+from pluralign.train.trainer import init_params
 
 
 def build(name: str, dim: int, root: str, n_users: int = 100):
     cls, _ = REGISTRY[name]
     config = model_config(name)
     dims = base.Dims(dim=dim, n_users=n_users)
-    graphdef, params = base.init(cls, config, dims, jax.random.PRNGKey(0))
-    params = jax.tree.map(lambda x: x[None], params)  # one seed
-    model = nnx_merge(graphdef, jax.tree.map(lambda x: x[0], params))
+    graphdef, params = init_params(cls, config, dims, jax.random.PRNGKey(0)[None])  # one seed
+    model = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], params))
     states = model.seen_user_state(jnp.arange(n_users))[None]
     path = os.path.join(root, f"{name}-{dim}")
     save_model(path, model_config=config, dims=dims, params=params, seen_states=states, seeds=[0],
                dataset_meta={"name": "bench", "n_users": n_users}, seen_users=np.arange(n_users))
     return pluralign.load(path)
-
-
-def nnx_merge(graphdef, params):
-    from flax import nnx
-
-    return nnx.merge(graphdef, params)
 
 
 def timed(fn, repeats: int) -> float:
