@@ -19,14 +19,9 @@ from pluralign.models.base import PreferenceModel
 
 
 def reward_logit_matrix(model: PreferenceModel, user_state, e_x, has_prompt, e_items) -> jax.Array:
-    """[S], [D], [] bool, [n, D] -> [n, n] logits r_i − r_j from one batched reward call."""
-    n, D = e_items.shape
-    r = model.reward(
-        jnp.broadcast_to(user_state, (n, user_state.shape[-1])),
-        jnp.broadcast_to(e_x, (n, D)),
-        jnp.broadcast_to(has_prompt, (n,)),
-        e_items,
-    )  # [n]
+    """[S], [D], [] bool, [n, D] -> [n, n] logits r_i − r_j from one `rewards` call: the n responses
+    form one (user, prompt) row, so models that can compute the prompt part once per row do."""
+    r = model.rewards(user_state[None], e_x[None], jnp.asarray(has_prompt)[None], e_items[None])[0]  # [n]
     return r[:, None] - r[None, :]
 
 
