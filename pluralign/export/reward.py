@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pluralign.models import base
+from pluralign.models import base, ranking
 
 # The policy-loop hook's signature: (prompt embeddings [B, D] or None, response embeddings
 # [B, D]) -> rewards [B]. Pure and traceable: it can be called inside a jitted policy step.
@@ -124,14 +124,7 @@ class PersonalizedReward:
     def _matrix_impl(self, params, state, e_x, has_prompt, e_y):
         """[S], [D], [] bool, [N, D] -> [N, N] logits of P(y_i ≻ y_j | x, u)."""
         model = nnx.merge(self.graphdef, params)
-        if hasattr(model, "preference_logit_matrix"):  # GPM, BT: n embeddings, one matrix product
-            return model.preference_logit_matrix(state, e_x, has_prompt, e_y)
-        N = e_y.shape[0]  # any other model: its own pair logits on all N² ordered pairs
-        i, j = jnp.divmod(jnp.arange(N * N), N)
-        pair = base.PairEmbeddings(e_x=jnp.broadcast_to(e_x, (N * N, self.dim)), has_prompt=jnp.broadcast_to(has_prompt, (N * N,)),
-                                   e_a=e_y[i], e_b=e_y[j])
-        logits = model.pair_logits(jnp.broadcast_to(state, (N * N, self.state_dim)), model.pair_features(pair))
-        return logits.reshape(N, N)
+        return ranking.preference_logit_matrix(model, state, e_x, has_prompt, e_y)
 
     # ------------------------------------------------------------------ users
     def _padded_support(self, support: Support, capacity: int | None = None):

@@ -120,6 +120,9 @@ class PreferenceModel(nnx.Module):
     # False: `infer_user` ignores the prior strength (amortised inference, e.g. VPL), so the
     # evaluation does not select one on unseen-val users.
     uses_prior_strength: bool = True
+    # True: pair_logits(u, a, b) = reward(u, a) − reward(u, b), so a preference matrix over n
+    # responses needs n rewards (`pluralign.models.ranking`); False: its pair logits on n² pairs.
+    logit_is_reward_difference: bool = False
 
     def pair_features(self, pair: PairEmbeddings) -> Any:
         """User-independent part of the logit: a pytree of [B, ...] arrays."""

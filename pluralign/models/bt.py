@@ -24,6 +24,7 @@ class BTConfig:
 
 
 class BT(PreferenceModel):
+    logit_is_reward_difference = True
     user_state_dim = 0
 
     def __init__(self, config: BTConfig, dims: Dims, *, rngs: nnx.Rngs):
@@ -64,9 +65,3 @@ class BT(PreferenceModel):
         dim = e_y.shape[-1]
         prompt_part = self.null_prompt(e_x, has_prompt) @ kernel[:dim] + first.bias[...][None]  # [B, H]
         return self.reward_net.after_first_layer(prompt_part[:, None, :] + e_y @ kernel[dim:])[..., 0]
-
-    def preference_logit_matrix(self, user_state, e_x, has_prompt, e_items):
-        """[S], [D], [] bool, [n, D] -> [n, n] logits r_i − r_j from n reward evaluations, the same
-        API as GPM's (see `pluralign.models.ranking`)."""
-        r = self.rewards(user_state, e_x[None], jnp.asarray(has_prompt)[None], e_items[None])[0]  # [n]
-        return r[:, None] - r[None, :]

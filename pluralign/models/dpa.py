@@ -73,6 +73,7 @@ def _unit(v: jax.Array) -> jax.Array:
 
 
 class DPA(PreferenceModel):
+    logit_is_reward_difference = True
     def __init__(self, config: DPAConfig, dims: Dims, *, rngs: nnx.Rngs):
         m = config.n_attributes
         self.user_state_dim = m

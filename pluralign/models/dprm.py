@@ -93,6 +93,7 @@ def beta_mean_std(alpha, beta):
 
 
 class DPRM(PreferenceModel):
+    logit_is_reward_difference = True
     user_state_dim = 0
 
     def __init__(self, config: DPRMConfig, dims: Dims, *, rngs: nnx.Rngs):

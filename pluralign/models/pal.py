@@ -42,6 +42,7 @@ class PALConfig:
 
 
 class _PALBase(PreferenceModel):
+    logit_is_reward_difference = True
     def __init__(self, config: PALConfig, dims: Dims, *, rngs: nnx.Rngs):
         self.user_state_dim = config.n_prototypes
         self.item_map = MLP(dims.dim, tuple(config.hidden), config.latent_dim, rngs=rngs)  # f_θ

@@ -125,6 +125,7 @@ def beta_at(config: VPLConfig | _Settings, step) -> jax.Array:
 
 
 class VPL(PreferenceModel):
+    logit_is_reward_difference = True
     needs_context = True
     uses_prior_strength = False  # amortised inference: the encoder is the posterior
 

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from pluralign.config import model_config
-from pluralign.models import REGISTRY, base
+from pluralign.models import REGISTRY, base, ranking
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -33,3 +33,25 @@ def test_rewards_of_n_responses_equal_reward_of_each(name):
             model.rewards(state, e_x, has_prompt, e_y)
         return
     np.testing.assert_allclose(model.rewards(state, e_x, has_prompt, e_y), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_preference_matrix_is_the_models_own_pair_logits(name):
+    """`ranking.preference_logit_matrix` takes a shortcut (one embedding per response: GPM's
+    matrix product, or reward differences) only where it equals the model's pair logits; DPL's
+    P(a ≻ b) compares two reward distributions, so its matrix is not r_i − r_j."""
+    cls, _ = REGISTRY[name]
+    graphdef, params = base.init(cls, model_config(name), base.Dims(dim=8, n_users=5), jax.random.PRNGKey(0))
+    model = nnx.merge(graphdef, params)
+    n, D = 5, 8
+    k = jax.random.split(jax.random.PRNGKey(2), 3)
+    state = jax.random.normal(k[0], (model.user_state_dim,))
+    e_x, e_items = jax.random.normal(k[1], (D,)), jax.random.normal(k[2], (n, D))
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    pair = base.PairEmbeddings(
+        e_x=jnp.broadcast_to(e_x, (n * n, D)), has_prompt=jnp.ones((n * n,), bool),
+        e_a=e_items[i.reshape(-1)], e_b=e_items[j.reshape(-1)],
+    )
+    pairwise = base.logits(model, jnp.broadcast_to(state, (n * n, model.user_state_dim)), pair).reshape(n, n)
+    matrix = ranking.preference_logit_matrix(model, state, e_x, jnp.asarray(True), e_items)
+    np.testing.assert_allclose(matrix, pairwise, rtol=1e-5, atol=1e-5)
