@@ -34,7 +34,7 @@ import itertools
 import numpy as np
 
 from pluralign.data.format import Comparisons, PreferenceDataset
-from pluralign.data.synthetic import _sigmoid, sample_user_weights
+from pluralign.data.synthetic import _sigmoid, embed_hidden, optimal_accuracies, random_pairs, sample_user_weights
 
 
 @dataclasses.dataclass
@@ -99,29 +99,13 @@ def _probability(score: np.ndarray, temperature: float) -> np.ndarray:
     return _sigmoid(score / temperature)
 
 
-def _embed(rng: np.random.Generator, hidden: np.ndarray, dim: int, nuisance_scale: float) -> np.ndarray:
-    """Hidden coordinates [n, d] plus nuisance, randomly rotated into R^D: [n, D] float32."""
-    n, d = hidden.shape
-    if d > dim:
-        raise ValueError(f"dim ({dim}) must be >= the {d} hidden preference coordinates")
-    nuisance = nuisance_scale * rng.standard_normal((n, dim - d))
-    rotation, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
-    return (np.concatenate([hidden, nuisance], axis=1) @ rotation.T).astype(np.float32)
-
-
 def _labels(rng: np.random.Generator, p: np.ndarray) -> np.ndarray:
     return (rng.random(p.shape) < p).astype(np.float32)
 
 
-def _random_pairs(rng: np.random.Generator, n_items: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    a = rng.integers(n_items, size=n)
-    return a, (a + rng.integers(1, n_items, size=n)) % n_items  # b != a, uniform over the rest
-
-
 def _dataset(config, items, user, a, b, p, p_population, user_group, rng, extra_truth=None) -> PreferenceDataset:
     truth = {
-        "bayes_optimal_accuracy": float(np.mean(np.maximum(p, 1.0 - p))),
-        "population_optimal_accuracy": float(np.mean(np.where(p_population > 0.5, p, 1.0 - p))),
+        **optimal_accuracies(p, p_population),
         "user_group": np.asarray(user_group).astype(int).tolist(),
         "generator": dataclasses.asdict(config),
         **(extra_truth or {}),
@@ -143,7 +127,7 @@ def make_cyclic_triplets(config: CyclicTripletsConfig) -> PreferenceDataset:
     base = rng.uniform(0.0, 2 * np.pi, size=(n_triplets, 1))
     angles = base + 2 * np.pi * np.arange(3)[None, :] / 3 + config.angle_jitter * rng.standard_normal((n_triplets, 3))
     z = np.stack([np.cos(angles), np.sin(angles)], axis=-1).reshape(3 * n_triplets, 2)  # item 3t + j
-    items = _embed(rng, z, config.dim, config.nuisance_scale)
+    items = embed_hidden(rng, z, config.dim, config.nuisance_scale)
 
     first = 3 * np.arange(n_triplets)[:, None]
     a = (first + np.array([[0, 1, 2]])).reshape(-1)  # (A, B), (B, C), (C, A)
@@ -173,7 +157,7 @@ def make_cyclic_skew(config: CyclicSkewConfig) -> PreferenceDataset:
     k = config.n_blocks
     z = rng.standard_normal((config.n_items, 2 * k))
     r = rng.standard_normal(config.n_items)  # the transitive part's reward coordinate
-    items = _embed(rng, np.concatenate([z, r[:, None]], axis=1), config.dim, config.nuisance_scale)
+    items = embed_hidden(rng, np.concatenate([z, r[:, None]], axis=1), config.dim, config.nuisance_scale)
     gate = config.signal_scale * config.block_decay ** np.arange(k)  # [k]
 
     def score(a, b):
@@ -181,7 +165,7 @@ def make_cyclic_skew(config: CyclicSkewConfig) -> PreferenceDataset:
 
     n = config.n_users * config.comparisons_per_user
     user = np.repeat(np.arange(config.n_users), config.comparisons_per_user)
-    a, b = _random_pairs(rng, config.n_items, n)
+    a, b = random_pairs(rng, config.n_items, n)
     p = _probability(score(a, b), config.noise_temperature)
 
     # Borda scores: average true preference of each item against all others, in row chunks.
@@ -206,14 +190,14 @@ def make_cyclic_users(config: CyclicUsersConfig) -> PreferenceDataset:
     rng = np.random.default_rng(config.seed)
     k, K, U = config.n_blocks, config.n_types, config.n_users
     z = rng.standard_normal((config.n_items, 2 * k))
-    items = _embed(rng, z, config.dim, config.nuisance_scale)
+    items = embed_hidden(rng, z, config.dim, config.nuisance_scale)
     type_gates = config.signal_scale * (config.off_gate + (1.0 - config.off_gate) * np.eye(k)[:K])  # [K, k]
     user_weights, user_group = sample_user_weights(rng, K, U, config.mixture, config.mixture_concentration)  # [U, K]
     user_gate = user_weights @ type_gates  # [U, k]
 
     n = U * config.comparisons_per_user
     user = np.repeat(np.arange(U), config.comparisons_per_user)
-    a, b = _random_pairs(rng, config.n_items, n)
+    a, b = random_pairs(rng, config.n_items, n)
     p = _probability(skew_score(user_gate[user], z[a], z[b]), config.noise_temperature)
     # Population-average preference: exact over types for members, Monte Carlo over 256 users for mixtures.
     if config.mixture:

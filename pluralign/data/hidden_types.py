@@ -24,7 +24,7 @@ import dataclasses
 import numpy as np
 
 from pluralign.data.format import Comparisons, PreferenceDataset
-from pluralign.data.synthetic import _sigmoid
+from pluralign.data.synthetic import _sigmoid, embed_hidden, optimal_accuracies, random_pairs
 
 
 @dataclasses.dataclass
@@ -57,17 +57,14 @@ def make_hidden_types(config: HiddenTypesConfig) -> PreferenceDataset:
     D, d, K, U, n_per = config.dim, config.latent_dim, config.n_types, config.n_users, config.comparisons_per_user
 
     z = rng.standard_normal((config.n_items, d))  # hidden item coordinates
-    nuisance = config.nuisance_scale * rng.standard_normal((config.n_items, D - d))
-    rotation, _ = np.linalg.qr(rng.standard_normal((D, D)))
-    items = (np.concatenate([z, nuisance], axis=1) @ rotation.T).astype(np.float32)  # [n_items, D]
+    items = embed_hidden(rng, z, D, config.nuisance_scale)  # [n_items, D]
     directions = rng.standard_normal((K, d))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)  # w_k
     rewards = config.reward_scale * z @ directions.T  # [n_items, K]
 
     # A pool of random pairs, split by whether the types' preferred item differs.
     pool = 4 * U * n_per + 1000
-    a = rng.integers(config.n_items, size=pool)
-    b = (a + rng.integers(1, config.n_items, size=pool)) % config.n_items
+    a, b = random_pairs(rng, config.n_items, pool)
     margin = rewards[a] - rewards[b]  # [pool, K]
     controversial = np.any(margin > 0, axis=1) & np.any(margin < 0, axis=1)
     consensus_rows, controversial_rows = np.flatnonzero(~controversial), np.flatnonzero(controversial)
@@ -90,8 +87,7 @@ def make_hidden_types(config: HiddenTypesConfig) -> PreferenceDataset:
     type_share = np.bincount(user_type, minlength=K) / U
     p_bar = p_types @ type_share  # the best non-personalized predictor's probability
     truth = {
-        "bayes_optimal_accuracy": float(np.mean(np.maximum(p, 1.0 - p))),
-        "population_optimal_accuracy": float(np.mean(np.where(p_bar > 0.5, p, 1.0 - p))),
+        **optimal_accuracies(p, p_bar),
         "controversial_fraction": float(n_controversial.mean()),
         "user_group": user_type.astype(int).tolist(),
         # r_k(i) for every item and type [n_items][K]: lets a script compute k-shot ceilings

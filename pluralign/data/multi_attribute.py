@@ -32,7 +32,7 @@ import dataclasses
 import numpy as np
 
 from pluralign.data.format import Comparisons, PreferenceDataset
-from pluralign.data.synthetic import _sigmoid
+from pluralign.data.synthetic import _sigmoid, embed_hidden, optimal_accuracies, random_pairs
 
 
 @dataclasses.dataclass
@@ -86,9 +86,7 @@ def make_multi_attribute(config: MultiAttributeConfig) -> PreferenceDataset:
     np.fill_diagonal(cov, 1.0)
     mixing = np.linalg.cholesky(cov)  # z = L g
     z = rng.standard_normal((n_items, m)) @ mixing.T  # [n_items, m]
-    nuisance = config.nuisance_scale * rng.standard_normal((n_items, D - m))
-    rotation, _ = np.linalg.qr(rng.standard_normal((D, D)))
-    items = (np.concatenate([z, nuisance], axis=1) @ rotation.T).astype(np.float32)  # [n_items, D]
+    items = embed_hidden(rng, z, D, config.nuisance_scale)  # [n_items, D]
 
     ratings = z + config.rating_noise * rng.standard_normal(z.shape)
     ratings[rng.random(z.shape) < config.missing_fraction] = np.nan
@@ -101,8 +99,7 @@ def make_multi_attribute(config: MultiAttributeConfig) -> PreferenceDataset:
 
     n = U * config.comparisons_per_user
     user = np.repeat(np.arange(U), config.comparisons_per_user)
-    a = rng.integers(n_items, size=n)
-    b = (a + rng.integers(1, n_items, size=n)) % n_items  # b != a, uniform over the rest
+    a, b = random_pairs(rng, n_items, n)
     dz = z[a] - z[b]  # [n, m]
     p = _sigmoid(config.sharpness * np.einsum("nm,nm->n", directions[user], dz))
     label = (rng.random(n) < p).astype(np.float32)
@@ -119,8 +116,7 @@ def make_multi_attribute(config: MultiAttributeConfig) -> PreferenceDataset:
 
     variance = np.diag(cov)
     truth = {
-        "bayes_optimal_accuracy": float(np.mean(np.maximum(p, 1.0 - p))),
-        "population_optimal_accuracy": float(np.mean(np.where(p_bar > 0.5, p, 1.0 - p))),
+        **optimal_accuracies(p, p_bar),
         "user_directions": directions.tolist(),
         "population_direction": mean_direction.tolist(),
         "attribute_mixing": mixing.tolist(),

@@ -57,6 +57,32 @@ def _preference_prob(z: np.ndarray, ideal: np.ndarray, a: np.ndarray, b: np.ndar
     return _sigmoid((sq_b - sq_a) / temperature)
 
 
+def embed_hidden(rng: np.random.Generator, hidden: np.ndarray, dim: int, nuisance_scale: float) -> np.ndarray:
+    """Hidden preference coordinates [n, d] plus nuisance, rotated by a random orthogonal Q into
+    R^D so the preference subspace is not axis-aligned: [n, D] float32."""
+    n, d = hidden.shape
+    if d > dim:
+        raise ValueError(f"dim ({dim}) must be >= the {d} hidden preference coordinates")
+    nuisance = nuisance_scale * rng.standard_normal((n, dim - d))
+    rotation, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    return (np.concatenate([hidden, nuisance], axis=1) @ rotation.T).astype(np.float32)
+
+
+def random_pairs(rng: np.random.Generator, n_items: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n random item pairs (a, b) with b != a, uniform over the rest."""
+    a = rng.integers(n_items, size=n)
+    return a, (a + rng.integers(1, n_items, size=n)) % n_items
+
+
+def optimal_accuracies(p: np.ndarray, p_population: np.ndarray) -> dict:
+    """The ceilings every synthetic dataset reports: the true model's accuracy E[max(p, 1 − p)],
+    and that of the best predictor ignoring the user (answering with the population's P)."""
+    return {
+        "bayes_optimal_accuracy": float(np.mean(np.maximum(p, 1.0 - p))),
+        "population_optimal_accuracy": float(np.mean(np.where(p_population > 0.5, p, 1.0 - p))),
+    }
+
+
 def sample_user_weights(rng: np.random.Generator, n_types: int, n_users: int, mixture: bool, concentration: float):
     """[U, K] users' weights over K types (one-hot members, or Dirichlet mixtures) and each user's
     group (its largest weight)."""
@@ -76,12 +102,8 @@ def make_ideal_point(config: IdealPointConfig) -> PreferenceDataset:
     rng = np.random.default_rng(config.seed)
     D, d, K, U = config.dim, config.latent_dim, config.n_groups, config.n_users
 
-    # Items: hidden coordinates z ∈ R^d plus nuisance, rotated by a random orthogonal Q so
-    # the preference subspace is not axis-aligned.
-    z = rng.standard_normal((config.n_items, d))
-    nuisance = config.nuisance_scale * rng.standard_normal((config.n_items, D - d))
-    rotation, _ = np.linalg.qr(rng.standard_normal((D, D)))
-    items = (np.concatenate([z, nuisance], axis=1) @ rotation.T).astype(np.float32)  # [n_items, D]
+    z = rng.standard_normal((config.n_items, d))  # hidden item coordinates
+    items = embed_hidden(rng, z, D, config.nuisance_scale)  # [n_items, D]
 
     group_points = config.group_spread * rng.standard_normal((K, d))  # [K, d]
     user_weights, user_group = sample_user_weights(rng, K, U, config.mixture, config.mixture_concentration)  # [U, K]
@@ -89,8 +111,7 @@ def make_ideal_point(config: IdealPointConfig) -> PreferenceDataset:
 
     n = U * config.comparisons_per_user
     user = np.repeat(np.arange(U), config.comparisons_per_user)
-    a = rng.integers(config.n_items, size=n)
-    b = (a + rng.integers(1, config.n_items, size=n)) % config.n_items  # b != a, uniform over the rest
+    a, b = random_pairs(rng, config.n_items, n)
     p = _preference_prob(z, user_ideal[user], a, b, config.noise_temperature)  # [n]
     label = (rng.random(n) < p).astype(np.float32)
 
@@ -107,8 +128,7 @@ def make_ideal_point(config: IdealPointConfig) -> PreferenceDataset:
         for w, point in zip(population_weights, population)
     )
     truth = {
-        "bayes_optimal_accuracy": float(np.mean(np.maximum(p, 1.0 - p))),
-        "population_optimal_accuracy": float(np.mean(np.where(p_bar > 0.5, p, 1.0 - p))),
+        **optimal_accuracies(p, p_bar),
         "user_group": user_group.astype(int).tolist(),
         "generator": dataclasses.asdict(config),
     }
