@@ -34,7 +34,9 @@ import itertools
 import numpy as np
 
 from pluralign.data.format import Comparisons, PreferenceDataset
-from pluralign.data.synthetic import _sigmoid, embed_hidden, optimal_accuracies, random_pairs, sample_user_weights
+from pluralign.data.synthetic import (
+    _sigmoid, embed_hidden, optimal_accuracies, population_types, random_pairs, sample_user_weights,
+)
 
 
 @dataclasses.dataclass
@@ -200,12 +202,7 @@ def make_cyclic_users(config: CyclicUsersConfig) -> PreferenceDataset:
     a, b = random_pairs(rng, config.n_items, n)
     p = _probability(skew_score(user_gate[user], z[a], z[b]), config.noise_temperature)
     # Population-average preference: exact over types for members, Monte Carlo over 256 users for mixtures.
-    if config.mixture:
-        population_gates = rng.dirichlet(np.full(K, config.mixture_concentration), size=256) @ type_gates
-        shares = np.full(len(population_gates), 1.0 / len(population_gates))
-    else:
-        population_gates = type_gates
-        shares = np.bincount(user_group, minlength=K) / U
+    population_gates, shares = population_types(rng, type_gates, user_group, config.mixture, config.mixture_concentration)
     p_population = sum(
         w * _probability(skew_score(g[None, :], z[a], z[b]), config.noise_temperature)
         for w, g in zip(shares, population_gates)

@@ -93,6 +93,18 @@ def sample_user_weights(rng: np.random.Generator, n_types: int, n_users: int, mi
     return weights, weights.argmax(axis=1)
 
 
+def population_types(rng: np.random.Generator, type_params: np.ndarray, user_group: np.ndarray, mixture: bool,
+                     concentration: float) -> tuple[np.ndarray, np.ndarray]:
+    """(params [P, ...], shares [P]) of the population the best non-personalized predictor averages
+    over: the K types with their shares among users for members; 256 sampled Dirichlet-mixture
+    users, equally weighted, for mixtures."""
+    K = len(type_params)
+    if mixture:
+        population = rng.dirichlet(np.full(K, concentration), size=256) @ type_params
+        return population, np.full(len(population), 1.0 / len(population))
+    return type_params, np.bincount(user_group, minlength=K) / len(user_group)
+
+
 def make_ideal_point(config: IdealPointConfig) -> PreferenceDataset:
     """Generates the dataset in memory; `pluralign.data.write_dataset` puts it on disk."""
     if config.latent_dim > config.dim:
@@ -117,12 +129,9 @@ def make_ideal_point(config: IdealPointConfig) -> PreferenceDataset:
 
     # Population-average preference for each comparison: exact over groups for members;
     # a Monte-Carlo average over 256 sampled users for mixtures.
-    if config.mixture:
-        population = rng.dirichlet(np.full(K, config.mixture_concentration), size=256) @ group_points
-        population_weights = np.full(len(population), 1.0 / len(population))
-    else:
-        population = group_points
-        population_weights = np.bincount(user_group, minlength=K) / U
+    population, population_weights = population_types(
+        rng, group_points, user_group, config.mixture, config.mixture_concentration
+    )
     p_bar = sum(
         w * _preference_prob(z, point[None, :], a, b, config.noise_temperature)
         for w, point in zip(population_weights, population)
