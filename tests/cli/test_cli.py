@@ -91,6 +91,7 @@ def _pluralign(args, cwd, env_extra):
     )
 
 
+@pytest.mark.slow
 def test_tiny_multirun_with_the_basic_sweeper(tmp_path):
     sweep = tmp_path / "sweep"
     proc = _pluralign(
@@ -114,6 +115,7 @@ def test_report_on_a_directory_without_results_fails(tmp_path):
     assert proc.returncode != 0
 
 
+@pytest.mark.slow
 def test_a_killed_run_restarted_in_its_directory_ends_with_the_same_results(tmp_path):
     """SIGKILL mid-training (no clean shutdown), restart with the same run dir: same numbers."""
     import signal

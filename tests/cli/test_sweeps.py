@@ -7,6 +7,7 @@ only that job runs again. About 30 s on 2 CPU cores (three `pluralign` processes
 
 from __future__ import annotations
 
+import pytest
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ def _pluralign(args, cwd, cache):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_then_a_rerun_runs_only_what_is_missing(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "model=bt", "seed=0,1", f"hydra.sweep.dir={sweep}", *TINY]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +40,7 @@ def test_questions_to_reach():
     assert questions_to_reach([0.5, 0.7], 0.9) is None
 
 
+@pytest.mark.slow
 def test_active_elicitation_beats_random_on_hidden_types(vpl_two_types, tmp_path):
     """A VPL trained on 2 hidden types (tests/conftest.py); for unseen users, asking the most
     informative pairs identifies the type sooner than asking random ones."""

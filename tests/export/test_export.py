@@ -71,6 +71,7 @@ def setup(request, tmp_path_factory):
     return bundle(request.param, str(root)) | {"name": request.param}
 
 
+@pytest.mark.slow
 def test_save_load_same_params_and_seen_predictions(setup):
     loaded = pluralign.load(setup["path"])
     assert loaded.seed == SEEDS[1]  # the lowest recorded validation loss
@@ -85,6 +86,7 @@ def test_save_load_same_params_and_seen_predictions(setup):
         loaded.with_seed(99)
 
 
+@pytest.mark.slow
 def test_fewshot_inference_is_the_evaluation_protocol(setup):
     data, split = setup["data"], setup["split"]
     reward = setup["reward"]
@@ -104,6 +106,7 @@ def test_fewshot_inference_is_the_evaluation_protocol(setup):
         np.testing.assert_allclose(mine, states[u], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_online_updates_equal_batch_inference(setup):
     data = setup["data"]
     reward = setup["reward"]
@@ -153,6 +156,7 @@ def test_rewards_preference_matrix_and_best_of_n(setup):
     np.testing.assert_allclose(scores, r, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pal_b", "vpl"])  # the API around the reward, on a prompt-aware model of each kind
 def test_batched_users_policy_hook_and_explicit_state(name, tmp_path_factory):
     setup = bundle(name, str(tmp_path_factory.getbasetemp() / "export_artifacts"))
@@ -204,6 +208,7 @@ def test_user_embedding_export(setup, tmp_path):
         assert ids["group"] == [setup["data"].meta["truth"]["user_group"][r] for r in ids["row"]]
 
 
+@pytest.mark.slow
 def test_run_writes_an_artifact_that_reproduces_its_seen_user_metrics(tmp_path):
     from pluralign.data.sources import load_dataset
     from pluralign.evaluate import metrics

@@ -101,6 +101,7 @@ def test_missing_ratings_are_masked_not_zero():
     np.testing.assert_allclose(mo.masked_mse(pred, jnp.asarray(y, jnp.float32), jnp.asarray(observed)), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_mlp_head_regresses_attributes_with_missing_ratings(small_data):
     mlp, val_mse = mo.fit_mlp_head(np.asarray(small_data.items), small_data.attributes, (16,), steps=300, learning_rate=1e-2)
     r2 = mo.masked_r2(np.asarray(mlp(jnp.asarray(small_data.items))), small_data.attributes)
@@ -196,6 +197,7 @@ def test_loss_known_value():
     assert set(metrics) >= {"loss", "accuracy", "gate_loss"}
 
 
+@pytest.mark.slow
 def test_frozen_attribute_head_gets_no_gradient():
     tables = base.Tables(items=jax.random.normal(jax.random.PRNGKey(1), (10, D)), prompts=jnp.zeros((1, D)))
     batch = base.PairBatch(
@@ -226,6 +228,7 @@ def test_save_load_gives_the_same_predictions(tmp_path):
 # --- directions ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_few_shot_directions_have_unit_norm_and_recover_planted_ones(small_data):
     """Stage 1 on the data, then the few-shot fit from 60 comparisons per synthetic user."""
     model, _ = stage1_model(small_data)
@@ -261,6 +264,7 @@ def test_arithmetic_control_follows_the_direction(small_data, fitted):
     np.testing.assert_array_equal(np.asarray(best_of_n(model, 3.0 * direction, pools)), mo.best_of_n(r.reshape(4, 10, M), direction))
 
 
+@pytest.mark.slow
 def test_dpa_run_recovers_users_end_to_end(tmp_path):
     """Stage 1 + comparison training via `run`: near Bayes-optimal for seen users, above the best
     non-personalized predictor, and unseen users' accuracy grows with shots."""

@@ -116,6 +116,7 @@ def _two_types(n_items=200, n_votes=4000, seed=0):
     return z, items, Comparisons.from_arrays(user=kind, a=a, b=b, label=label.astype(np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dpl_mv", "dpl_cat"])
 def test_dpl_spread_is_larger_on_pairs_the_hidden_types_disagree_on(name):
     z, items, comps = _two_types()
@@ -133,6 +134,7 @@ def test_dpl_spread_is_larger_on_pairs_the_hidden_types_disagree_on(name):
     assert spread[controversial].mean() > 1.3 * spread[~controversial].mean()
 
 
+@pytest.mark.slow
 def test_dprm_predicts_the_planted_population_vote_share():
     """Each of 600 pairs is voted on by 40 people with a planted share s = σ(u_a − u_b);
     the votes are aggregated (DPRM's crowd posterior) and DPRM's predicted mean share is
@@ -186,6 +188,7 @@ def population_runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dpl_mv", "dpl_cat", "dprm"])
 def test_population_models_reach_bt_accuracy_and_are_flat_in_k(population_runs, name):
     r, bt = population_runs[name], population_runs["bt"]

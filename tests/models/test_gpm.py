@@ -177,6 +177,7 @@ def _matrix_model(name):
     return make_gpm("user" if name == "gpm_personal" else "prompt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,has_prompt", [("gpm", True), ("gpm_personal", False), ("bt", True), ("pal_b", False)])
 def test_preference_matrix_equals_pairwise_logits(name, has_prompt):
     model = _matrix_model(name)
@@ -198,6 +199,7 @@ def test_preference_matrix_equals_pairwise_logits(name, has_prompt):
     np.testing.assert_array_equal(np.diag(P), np.full(n, 0.5))
 
 
+@pytest.mark.slow
 def test_ranking_by_average_preference():
     # A ≻ B ≻ C ≻ A with different strengths, and D loses to everyone.
     P = np.array([
@@ -214,6 +216,7 @@ def test_ranking_by_average_preference():
     np.testing.assert_allclose(np.asarray(ref_scores), [0.85, 0.9, 0.5, 0.1], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_save_load_gives_the_same_predictions(tmp_path):
     model = make_gpm("user")
     model.user_logits[...] = jnp.asarray(np.random.default_rng(0).standard_normal((N_USERS, K_PROTOS)), jnp.float32)
@@ -250,6 +253,7 @@ def _run(tmp_path, model, data, shots):
     return run(config, tmp_path / model.name)
 
 
+@pytest.mark.slow
 def test_gpm_fits_three_cycles_that_bt_cannot(tmp_path):
     """Held-out comparisons of A ≻ B ≻ C ≻ A triplets: GPM learns the rotation, BT stays ≤ 2/3."""
     data = CyclicTripletsConfig(n_users=60, triplets_per_user=8, dim=8)
@@ -260,6 +264,7 @@ def test_gpm_fits_three_cycles_that_bt_cannot(tmp_path):
     assert bt["seen"]["accuracy"] <= 2 / 3 + 0.05, bt["seen"]  # ≈ 90 test pairs: 2 std of slack
 
 
+@pytest.mark.slow
 def test_personal_gpm_adapts_to_users_whose_cycles_differ(tmp_path):
     """Three user types weight three shared cyclic blocks differently: a per-user gate inferred from
     20 comparisons beats the one population gate, which cannot beat the population-optimal accuracy."""

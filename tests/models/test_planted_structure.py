@@ -57,11 +57,13 @@ def results(tmp_path_factory):
     return _Runs(tmp_path_factory.mktemp("planted"))
 
 
+@pytest.mark.slow
 def test_pal_a_reaches_the_bayes_optimal_accuracy(results):
     r = results["pal_a"]
     assert r["seen"]["accuracy"] >= r["bayes_optimal_accuracy"] - 0.05
 
 
+@pytest.mark.slow
 def test_pal_b_comes_close_to_the_bayes_optimal_accuracy(results):
     # Cosine scores are not the generator's squared distances, so PAL-B gets a looser bound.
     r = results["pal_b"]
@@ -73,6 +75,7 @@ def personalization_gap(r) -> float:
     return r["bayes_optimal_accuracy"] - r["population_optimal_accuracy"]
 
 
+@pytest.mark.slow
 def test_bt_learns_the_majority_but_not_more(results):
     r = results["bt"]
     assert personalization_gap(r) >= 0.1  # the groups genuinely disagree

@@ -14,6 +14,7 @@ from pluralign.config import model_config
 from pluralign.models import REGISTRY, base, ranking
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_rewards_of_n_responses_equal_reward_of_each(name):
     cls, _ = REGISTRY[name]
@@ -35,6 +36,7 @@ def test_rewards_of_n_responses_equal_reward_of_each(name):
     np.testing.assert_allclose(model.rewards(state, e_x, has_prompt, e_y), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_preference_matrix_is_the_models_own_pair_logits(name):
     """`ranking.preference_logit_matrix` takes a shortcut (one embedding per response: GPM's

@@ -100,6 +100,7 @@ def test_loss_is_the_nll_plus_beta_kl():
     assert float(metrics["kl"]) > 0  # the encoder's posterior is not the prior at init
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c_min,c_max", [(1, 4), (3, 3), (0, 8)])
 def test_the_context_is_the_users_other_comparisons_never_the_query(c_min, c_max):
     counts = [1, 2, 5, 12, 80]  # 80 > context_pool: drawn from a window
@@ -143,6 +144,7 @@ def test_amortised_inference_ignores_padding_and_scaled_reward_keeps_the_order()
     np.testing.assert_array_equal(np.argsort(raw), np.argsort(scaled))  # σ(r_y − r_ref) is monotone in r_y
 
 
+@pytest.mark.slow
 def test_save_load_gives_the_same_predictions(tmp_path):
     model, rng = _model(normalize_z=True), np.random.default_rng(3)
     pair = _pairs(rng, 5)
@@ -161,6 +163,7 @@ def test_save_load_gives_the_same_predictions(tmp_path):
 TRAIN = TrainConfig(progress=False, max_epochs=12, batch_size=128, learning_rate=0.01, patience=12, checkpoint=False)
 
 
+@pytest.mark.slow
 def test_vpl_learns_planted_types_and_beats_bt_on_unseen_users(vpl_two_types, tmp_path):
     config, vpl = vpl_two_types["config"], vpl_two_types["results"]  # tests/conftest.py
     bt = run(dataclasses.replace(config, model=BTConfig(), train=TRAIN), tmp_path / "bt")
@@ -174,6 +177,7 @@ def test_vpl_learns_planted_types_and_beats_bt_on_unseen_users(vpl_two_types, tm
     assert vpl["seen"]["accuracy"] > bt["seen"]["accuracy"] + 0.1
 
 
+@pytest.mark.slow
 def test_one_type_and_beta_zero_matches_bt(tmp_path):
     data = HiddenTypesConfig(n_types=1, n_users=80, n_items=300, comparisons_per_user=40, dim=16, seed=2)
     evaluation = EvalConfig(shots=[8], modes=["random"], draws=1, prior_strengths=[1.0], pair_test_fraction=0.2)

@@ -6,6 +6,7 @@ JAX starts.
 
 from __future__ import annotations
 
+import pytest
 import os
 import subprocess
 import sys
@@ -44,6 +45,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_device_data_parallel_training_matches_one_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
            "JAX_NUMPY_RANK_PROMOTION": "raise"}

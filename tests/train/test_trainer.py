@@ -76,6 +76,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(data, tmp_path):
     cfg = config(max_epochs=5)
     trainer, state = new_state(data, [0, 1], cfg)
@@ -114,6 +115,7 @@ def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(data, tmp_path):
     assert logged == list(range(cfg.max_epochs))
 
 
+@pytest.mark.slow
 def test_seeds_trained_together_equal_seeds_trained_alone(data):
     cfg = config(max_epochs=3)
     trainer, state = new_state(data, [0, 1], cfg)
@@ -188,6 +190,7 @@ def test_restore_without_checkpoint_raises(data, tmp_path):
         restore_checkpoint(tmp_path / "empty", like=like)
 
 
+@pytest.mark.slow
 def test_early_stopping_when_validation_stops_improving(data):
     # With a zero learning rate nothing changes after the first validation.
     cfg = config(learning_rate=0.0, schedule="constant", patience=2, max_epochs=20)
@@ -202,6 +205,7 @@ def test_early_stopping_when_validation_stops_improving(data):
     assert_trees_equal(final.best_params, initial)
 
 
+@pytest.mark.slow
 def test_training_improves_validation_loss(data):
     _, tables, _, val = data
     cfg = config(max_epochs=4)
@@ -220,4 +224,4 @@ def test_predict_in_chunks_matches_one_pass(data):
     direct = np.asarray(seen_logits(model, tables, val))
     chunked = np.asarray(predict_in_chunks(lambda b: seen_logits(model, tables, b), val, chunk=7))  # 360 % 7 != 0
     assert chunked.shape == direct.shape
-    np.testing.assert_allclose(chunked, direct, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(chunked, direct, rtol=1e-5, atol=1e-5)  # float32 sums differ with the chunk shape

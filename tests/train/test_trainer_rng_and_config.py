@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import jax
 import numpy as np
 
@@ -39,6 +40,7 @@ def _draws(dataset, seeds):
     return np.stack(means), np.stack(variances), trainer.steps_per_epoch
 
 
+@pytest.mark.slow
 def test_each_step_epoch_and_seed_gets_its_own_key(tiny_dataset):
     draws, variances, steps = _draws(tiny_dataset, [0, 1])
     assert steps > 5
