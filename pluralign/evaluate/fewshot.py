@@ -7,13 +7,21 @@ and a support pool. For k shots the first k pool pairs are the support; the user
 state is inferred from them with θ frozen (`model.infer_user`, vmapped over users in
 one call) and scored on the query set, which is the same for every k. Two modes:
 
-- `random`: query = a random half of the user's comparisons, pool = the rest.
-- `item_disjoint`: the pool keeps only comparisons that share no item with the query,
-  so a model cannot score by remembering how the user judged the very same items.
+- `random`: query = a random half of the user's comparisons, pool = the rest (less any
+  copy of a query comparison). Support and query usually share items, so a model can
+  gain by remembering how this user judged the very items that reappear in the query:
+  on dense rating data most of the few-shot gain can come from that.
+- `item_disjoint` (item split): the user's *items* are split in two random halves; the
+  pool is the user's comparisons with both items in the first half, the query those
+  with both items in the second (comparisons across the halves are unused). No query
+  item is in the support, so this measures generalization of the user's taste to new
+  items. It exists on dense rating data (every user rates the same items) as on choice
+  data where items never repeat.
 
-A user enters the k-shot figure only if their pool holds at least k pairs (the
-number of users per k is reported), and a k is reported only if at least
-`min_user_fraction` of the users enter it. Episodes are drawn per seed and per draw.
+A user enters the k-shot figure only if their pool holds at least k pairs and their
+query at least one (the number of users per k is reported), and a k is reported only if
+at least `min_user_fraction` of the users enter it. Episodes are drawn per seed and per
+draw and depend only on the data, the users and (seed, draw), never on the model.
 """
 
 from __future__ import annotations
@@ -71,21 +79,44 @@ class Episodes:
     pool_size: np.ndarray  # [U]
 
 
+def comparison_keys(comparisons: Comparisons, rows: np.ndarray) -> np.ndarray:
+    """[n] int64 key of (user, prompt, unordered item pair) per row: equal keys are the same
+    comparison, whichever item was shown first."""
+    lo = np.minimum(comparisons.a[rows], comparisons.b[rows]).astype(np.int64)
+    hi = np.maximum(comparisons.a[rows], comparisons.b[rows]).astype(np.int64)
+    keys = np.stack([comparisons.user[rows].astype(np.int64), comparisons.prompt[rows].astype(np.int64) + 1, lo, hi])
+    _, inverse = np.unique(keys, axis=1, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64)
+
+
+def random_split(comparisons: Comparisons, rows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`random` mode for one user's rows: (pool, query); no copy of a query comparison in the pool."""
+    rows = rng.permutation(rows)
+    n_query = max(1, (len(rows) + 1) // 2)
+    query, pool = rows[:n_query], rows[n_query:]
+    keys = comparison_keys(comparisons, np.concatenate([query, pool]))
+    return pool[~np.isin(keys[n_query:], keys[:n_query])], query
+
+
+def item_split(comparisons: Comparisons, rows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`item_disjoint` mode for one user's rows: the user's items in two random halves; (pool
+    within the first half, query within the second), each in random order."""
+    items = rng.permutation(np.union1d(comparisons.a[rows], comparisons.b[rows]))
+    support_items = items[: len(items) // 2]
+    in_a, in_b = np.isin(comparisons.a[rows], support_items), np.isin(comparisons.b[rows], support_items)
+    return rng.permutation(rows[in_a & in_b]), rng.permutation(rows[~in_a & ~in_b])
+
+
 def make_episodes(comparisons: Comparisons, users: np.ndarray, *, max_shots: int, mode: str, seed: int) -> Episodes:
     if mode not in ("random", "item_disjoint"):
         raise ValueError(f"unknown few-shot mode {mode!r}; use 'random' or 'item_disjoint'")
+    split = random_split if mode == "random" else item_split
     rng = np.random.default_rng(seed)
     order, offsets = rows_by_user(comparisons, users)
     supports, queries = [], []
     for i in range(len(users)):
-        rows = rng.permutation(order[offsets[i] : offsets[i + 1]])
-        n_query = max(1, (len(rows) + 1) // 2)
-        query, rest = rows[:n_query], rows[n_query:]
-        if mode == "item_disjoint":
-            seen_items = np.union1d(comparisons.a[query], comparisons.b[query])
-            keep = ~(np.isin(comparisons.a[rest], seen_items) | np.isin(comparisons.b[rest], seen_items))
-            rest = rest[keep]
-        supports.append(rest[:max_shots])
+        pool, query = split(comparisons, order[offsets[i] : offsets[i + 1]], rng)
+        supports.append(pool[:max_shots])
         queries.append(query)
     return Episodes(
         users=np.asarray(users),
