@@ -100,6 +100,12 @@ def finished_results(run_dir: str | os.PathLike, config: RunConfig) -> dict | No
     return results if results.get("status") == "complete" and same_config else None
 
 
+def available_accuracy(curve: dict, key: str = "accuracy") -> dict:
+    """k -> curve[k][key] for the ks that were measured (an unreached k has accuracy None and
+    its reason; `evaluate_unseen`)."""
+    return {k: r.get(key) for k, r in curve.items() if r.get("accuracy") is not None}
+
+
 def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dict:
     """Trains and evaluates; writes and returns the results dict."""
     t0 = time.perf_counter()
@@ -191,8 +197,8 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         )
         for strength in (ev.prior_strengths if selectable else ev.prior_strengths[:1])
     }
-    if any(val_curves.values()):
-        strength = max(val_curves, key=lambda s: np.mean([r["accuracy"] for r in val_curves[s].values()] or [-1.0]))
+    if any(available_accuracy(curve) for curve in val_curves.values()):
+        strength = max(val_curves, key=lambda s: np.mean(list(available_accuracy(val_curves[s]).values()) or [-1.0]))
     else:  # no unseen-val user reaches any k (e.g. a tiny dataset): nothing to select on
         strength = ev.prior_strengths[0]
     by_mode = {
@@ -204,10 +210,10 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     primary = by_mode.get("random") or next(iter(by_mode.values()))
     unseen = {
         "mode": "random" if "random" in by_mode else next(iter(by_mode)),
-        "accuracy_at_k": {k: r["accuracy"] for k, r in primary.items()},
-        "accuracy_std_at_k": {k: r["accuracy_std"] for k, r in primary.items()},
+        "accuracy_at_k": available_accuracy(primary),
+        "accuracy_std_at_k": available_accuracy(primary, "accuracy_std"),
         "prior_strength": strength,
-        "val_accuracy_at_k": {k: r["accuracy"] for k, r in val_curves[strength].items()},
+        "val_accuracy_at_k": available_accuracy(val_curves[strength]),
         "by_mode": by_mode,
     }
 
