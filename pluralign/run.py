@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import pathlib
 import time
@@ -28,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from pluralign.data import Comparisons, split_seen_pairs, split_users
+from pluralign.data import duplicates
 from pluralign.data.sources import load_dataset
 from pluralign.evaluate import fewshot, metrics
 from pluralign.jsonio import flatten as _flatten, json_default, write_json_atomic
@@ -100,6 +102,18 @@ def finished_results(run_dir: str | os.PathLike, config: RunConfig) -> dict | No
     return results if results.get("status") == "complete" and same_config else None
 
 
+def drop_held_out_copies(comparisons: Comparisons, pairs):
+    """Warns about repeated comparisons (same user, prompt and item pair) and drops every training
+    copy of a seen user's validation or test comparison. Returns (pairs, counts for results.json)."""
+    repeated = duplicates.count_repeats(comparisons)
+    train, dropped = duplicates.drop_copies(comparisons, pairs.train, np.concatenate([pairs.val, pairs.test]))
+    if repeated:
+        logging.getLogger(__name__).warning(
+            "%d comparisons repeat an earlier one (same user, prompt and item pair); dropped %d training copies "
+            "of validation/test comparisons", repeated, dropped)
+    return dataclasses.replace(pairs, train=train), {"repeated_comparisons": repeated, "training_copies_dropped": dropped}
+
+
 def available_accuracy(curve: dict, key: str = "accuracy") -> dict:
     """k -> curve[k][key] for the ks that were measured (an unreached k has accuracy None and
     its reason; `evaluate_unseen`)."""
@@ -128,6 +142,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         comparisons, split.seen, seed=ev.split_seed,
         val_fraction=ev.pair_val_fraction, test_fraction=ev.pair_test_fraction,
     )
+    pairs, repeats = drop_held_out_copies(comparisons, pairs)
     write_json_atomic(run_dir / "split.json", split.to_dict())
     if len(pairs.val) == 0:
         raise ValueError("no seen-user validation pairs for early stopping: raise eval.pair_val_fraction")
@@ -228,6 +243,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         "population_optimal_accuracy": truth.get("population_optimal_accuracy"),
         "n_users": {"seen": len(split.seen), "unseen_val": len(split.unseen_val), "unseen_test": len(split.unseen_test)},
         "n_pairs": {"train": len(pairs.train), "val": len(pairs.val), "test": len(pairs.test)},
+        "duplicates": repeats,
         "train": train_summary,
         **({"stage1": stage1} if stage1 is not None else {}),
         "wall_seconds": time.perf_counter() - t0,

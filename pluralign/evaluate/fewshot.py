@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pluralign.data.duplicates import comparison_keys
 from pluralign.data.format import Comparisons
 from pluralign.data.splits import rows_by_user
 from pluralign.evaluate import metrics
@@ -78,16 +79,6 @@ class Episodes:
     support: np.ndarray  # [U, P] comparison rows, -1 = none; the first k are the k-shot support
     query: np.ndarray  # [U, Q] comparison rows, -1 = none
     pool_size: np.ndarray  # [U]
-
-
-def comparison_keys(comparisons: Comparisons, rows: np.ndarray) -> np.ndarray:
-    """[n] int64 key of (user, prompt, unordered item pair) per row: equal keys are the same
-    comparison, whichever item was shown first."""
-    lo = np.minimum(comparisons.a[rows], comparisons.b[rows]).astype(np.int64)
-    hi = np.maximum(comparisons.a[rows], comparisons.b[rows]).astype(np.int64)
-    keys = np.stack([comparisons.user[rows].astype(np.int64), comparisons.prompt[rows].astype(np.int64) + 1, lo, hi])
-    _, inverse = np.unique(keys, axis=1, return_inverse=True)
-    return inverse.reshape(-1).astype(np.int64)
 
 
 def random_split(comparisons: Comparisons, rows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
