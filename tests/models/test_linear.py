@@ -40,16 +40,16 @@ def test_shapes(projection_dim):
 
 
 def test_loss_at_known_values():
-    """logit = wᵀ(e_a − e_b) + δ_uᵀ(e_a − e_b) (P = I); loss = mean CE + (λ/2) mean ‖δ_u‖²."""
+    """logit = wᵀ(e_a − e_b) + δ_uᵀ(e_a − e_b)/√D (P = I); loss = mean CE + (λ/2) mean ‖δ_u‖²."""
     model = LinearPersonal(LinearConfig(name="linear_personal", user_l2=0.3), base.Dims(2, 3), rngs=nnx.Rngs(0))
     model.weights[...] = jnp.array([1.0, -1.0])
-    model.user_deviations[...] = jnp.array([[0.0, 0.0], [0.5, 0.5], [2.0, 0.0]])
+    model.user_deviations[...] = np.sqrt(2.0) * jnp.array([[0.0, 0.0], [0.5, 0.5], [2.0, 0.0]])
     tables = base.Tables(items=jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), prompts=jnp.zeros((1, 2)))
     batch = base.PairBatch(user=jnp.array([1, 2]), prompt=jnp.array([-1, -1]), a=jnp.array([0, 2]), b=jnp.array([1, 0]),
                            label=jnp.array([1.0, 0.0]), weight=jnp.array([1.0, 1.0]))
     # user 1: e_a − e_b = (1, −1): logit 2 + 0 = 2, label 1; user 2: (0, 1): logit −1 + 0 = −1, label 0.
     ce = (np.log1p(np.exp(-2.0)) + np.log1p(np.exp(-1.0))) / 2
-    prior = 0.5 * 0.3 * (0.5 + 4.0) / 2
+    prior = 0.5 * 0.3 * 2.0 * (0.5 + 4.0) / 2  # ‖δ‖² of the √2-scaled states
     loss, metrics = base.loss(model, tables, batch)
     np.testing.assert_allclose(float(loss), ce + prior, rtol=1e-6)
     np.testing.assert_allclose(float(metrics["accuracy"]), 1.0)
