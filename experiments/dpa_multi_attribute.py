@@ -167,7 +167,7 @@ def measure_run(data: MultiAttributeConfig, seeds: list[int], out: pathlib.Path)
           f"best non-personalized {results['population_optimal_accuracy']:.4f}; prior κ = {results['unseen']['prior_strength']}")
     print("stage 1:", json.dumps({k: results["stage1"][k] for k in ("ridge_alpha", "train_r2", "penalties")}))
     for mode, curve in results["unseen"]["by_mode"].items():
-        print(f"unseen-test {mode:>13}: " + "  ".join(f"k={k}: {r['accuracy']:.4f}±{r['accuracy_std']:.4f}" for k, r in curve.items()))
+        print(f"unseen-test {mode:>13}: " + "  ".join(f"k={k}: {r['accuracy']:.4f}±{r['accuracy_std'] or 0.0:.4f}" for k, r in curve.items() if r["accuracy"] is not None))
     recovery = direction_recovery(config, results, run_dir)
     print("unseen-test users, random mode, mean over seeds (same query pairs for every column):")
     print("   k  cos(v̂,v)  frac≥0.95  oracle_cos  accuracy  expected_acc  bayes_opt  users")

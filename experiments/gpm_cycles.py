@@ -79,7 +79,7 @@ def main() -> None:
         scalar, borda = (truth.get(key, np.nan) for key in ("best_scalar_reward_accuracy", "borda_ranking_accuracy"))
         print(
             f"{data_name:16s} {model_name:13s} {r['seen']['accuracy']:.4f}±{r['seen']['accuracy_std']:.4f}"
-            f" {at.get(5, np.nan):9.4f} {at.get(20, np.nan):.4f}±{std.get(20, np.nan):.4f}"
+            f" {at.get(5, np.nan):9.4f} {at.get(20, np.nan):.4f}±{std.get(20) or 0.0:.4f}"
             f" {r['bayes_optimal_accuracy']:6.3f} {r['population_optimal_accuracy']:6.3f} {scalar:6.3f} {borda:6.3f}"
             f" {time.perf_counter() - t0:5.0f}",
             flush=True,

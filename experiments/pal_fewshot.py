@@ -39,7 +39,7 @@ def main() -> None:
         print("model   " + "".join(f"{f'k={k}':>8}" for k in shots))
         for model, r in sorted(runs.items()):
             curve = r["unseen"]["by_mode"][mode]
-            print(f"{model:<8}" + "".join(f"{curve[str(k)]['accuracy']:>8.3f}" if str(k) in curve else f"{'—':>8}" for k in shots))
+            print(f"{model:<8}" + "".join(f"{curve[str(k)]['accuracy']:>8.3f}" if curve.get(str(k), {}).get("accuracy") is not None else f"{'—':>8}" for k in shots))
         bt = runs["bt"]["unseen"]["by_mode"][mode]
         for model in ("pal_a", "pal_b"):
             curve = runs[model]["unseen"]["by_mode"][mode]

@@ -80,10 +80,11 @@ def main() -> None:
         parser = argparse.ArgumentParser(prog="pluralign report", description="Tables and figures of finished runs.")
         parser.add_argument("dir", metavar="RUN_OR_MULTIRUN_DIR")
         parser.add_argument("--out", metavar="DIR", help="where to write them (default: RUN_OR_MULTIRUN_DIR/report)")
+        parser.add_argument("--latex", action="store_true", help="also write results.tex (best per column in bold)")
         args = parser.parse_args(sys.argv[2:])
         if not print_results(args.dir):
             sys.exit(1)
-        for kind, path in write_report(args.dir, args.out).items():  # markdown + CSV tables, k-shot curves, histograms
+        for kind, path in write_report(args.dir, args.out, latex=args.latex).items():  # markdown + CSV tables, k-shot curves, histograms
             print(f"{kind}: {path}")
         return
     if len(sys.argv) > 1 and sys.argv[1] == "embed":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import pathlib
 import time
@@ -28,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from pluralign.data import Comparisons, split_seen_pairs, split_users
+from pluralign.data import duplicates
 from pluralign.data.sources import load_dataset
 from pluralign.evaluate import fewshot, metrics
 from pluralign.jsonio import flatten as _flatten, json_default, write_json_atomic
@@ -100,6 +102,24 @@ def finished_results(run_dir: str | os.PathLike, config: RunConfig) -> dict | No
     return results if results.get("status") == "complete" and same_config else None
 
 
+def drop_held_out_copies(comparisons: Comparisons, pairs):
+    """Warns about repeated comparisons (same user, prompt and item pair) and drops every training
+    copy of a seen user's validation or test comparison. Returns (pairs, counts for results.json)."""
+    repeated = duplicates.count_repeats(comparisons)
+    train, dropped = duplicates.drop_copies(comparisons, pairs.train, np.concatenate([pairs.val, pairs.test]))
+    if repeated:
+        logging.getLogger(__name__).warning(
+            "%d comparisons repeat an earlier one (same user, prompt and item pair); dropped %d training copies "
+            "of validation/test comparisons", repeated, dropped)
+    return dataclasses.replace(pairs, train=train), {"repeated_comparisons": repeated, "training_copies_dropped": dropped}
+
+
+def available_accuracy(curve: dict, key: str = "accuracy") -> dict:
+    """k -> curve[k][key] for the ks that were measured (an unreached k has accuracy None and
+    its reason; `evaluate_unseen`)."""
+    return {k: r.get(key) for k, r in curve.items() if r.get("accuracy") is not None}
+
+
 def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dict:
     """Trains and evaluates; writes and returns the results dict."""
     t0 = time.perf_counter()
@@ -122,6 +142,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         comparisons, split.seen, seed=ev.split_seed,
         val_fraction=ev.pair_val_fraction, test_fraction=ev.pair_test_fraction,
     )
+    pairs, repeats = drop_held_out_copies(comparisons, pairs)
     write_json_atomic(run_dir / "split.json", split.to_dict())
     if len(pairs.val) == 0:
         raise ValueError("no seen-user validation pairs for early stopping: raise eval.pair_val_fraction")
@@ -191,8 +212,8 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         )
         for strength in (ev.prior_strengths if selectable else ev.prior_strengths[:1])
     }
-    if any(val_curves.values()):
-        strength = max(val_curves, key=lambda s: np.mean([r["accuracy"] for r in val_curves[s].values()] or [-1.0]))
+    if any(available_accuracy(curve) for curve in val_curves.values()):
+        strength = max(val_curves, key=lambda s: np.mean(list(available_accuracy(val_curves[s]).values()) or [-1.0]))
     else:  # no unseen-val user reaches any k (e.g. a tiny dataset): nothing to select on
         strength = ev.prior_strengths[0]
     by_mode = {
@@ -204,10 +225,10 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     primary = by_mode.get("random") or next(iter(by_mode.values()))
     unseen = {
         "mode": "random" if "random" in by_mode else next(iter(by_mode)),
-        "accuracy_at_k": {k: r["accuracy"] for k, r in primary.items()},
-        "accuracy_std_at_k": {k: r["accuracy_std"] for k, r in primary.items()},
+        "accuracy_at_k": available_accuracy(primary),
+        "accuracy_std_at_k": available_accuracy(primary, "accuracy_std"),
         "prior_strength": strength,
-        "val_accuracy_at_k": {k: r["accuracy"] for k, r in val_curves[strength].items()},
+        "val_accuracy_at_k": available_accuracy(val_curves[strength]),
         "by_mode": by_mode,
     }
 
@@ -222,6 +243,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         "population_optimal_accuracy": truth.get("population_optimal_accuracy"),
         "n_users": {"seen": len(split.seen), "unseen_val": len(split.unseen_val), "unseen_test": len(split.unseen_test)},
         "n_pairs": {"train": len(pairs.train), "val": len(pairs.val), "test": len(pairs.test)},
+        "duplicates": repeats,
         "train": train_summary,
         **({"stage1": stage1} if stage1 is not None else {}),
         "wall_seconds": time.perf_counter() - t0,

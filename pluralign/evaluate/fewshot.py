@@ -7,24 +7,34 @@ and a support pool. For k shots the first k pool pairs are the support; the user
 state is inferred from them with θ frozen (`model.infer_user`, vmapped over users in
 one call) and scored on the query set, which is the same for every k. Two modes:
 
-- `random`: query = a random half of the user's comparisons, pool = the rest.
-- `item_disjoint`: the pool keeps only comparisons that share no item with the query,
-  so a model cannot score by remembering how the user judged the very same items.
+- `random`: query = a random half of the user's comparisons, pool = the rest (less any
+  copy of a query comparison). Support and query usually share items, so a model can
+  gain by remembering how this user judged the very items that reappear in the query:
+  on dense rating data most of the few-shot gain can come from that.
+- `item_disjoint` (item split): the user's *items* are split in two random halves; the
+  pool is the user's comparisons with both items in the first half, the query those
+  with both items in the second (comparisons across the halves are unused). No query
+  item is in the support, so this measures generalization of the user's taste to new
+  items. It exists on dense rating data (every user rates the same items) as on choice
+  data where items never repeat.
 
-A user enters the k-shot figure only if their pool holds at least k pairs (the
-number of users per k is reported), and a k is reported only if at least
-`min_user_fraction` of the users enter it. Episodes are drawn per seed and per draw.
+A user enters the k-shot figure only if their pool holds at least k pairs and their
+query at least one (the number of users per k is reported), and a k is reported only if
+at least `min_user_fraction` of the users enter it. Episodes are drawn per seed and per
+draw and depend only on the data, the users and (seed, draw), never on the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pluralign.data.duplicates import comparison_keys
 from pluralign.data.format import Comparisons
 from pluralign.data.splits import rows_by_user
 from pluralign.evaluate import metrics
@@ -71,21 +81,34 @@ class Episodes:
     pool_size: np.ndarray  # [U]
 
 
+def random_split(comparisons: Comparisons, rows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`random` mode for one user's rows: (pool, query); no copy of a query comparison in the pool."""
+    rows = rng.permutation(rows)
+    n_query = max(1, (len(rows) + 1) // 2)
+    query, pool = rows[:n_query], rows[n_query:]
+    keys = comparison_keys(comparisons, np.concatenate([query, pool]))
+    return pool[~np.isin(keys[n_query:], keys[:n_query])], query
+
+
+def item_split(comparisons: Comparisons, rows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`item_disjoint` mode for one user's rows: the user's items in two random halves; (pool
+    within the first half, query within the second), each in random order."""
+    items = rng.permutation(np.union1d(comparisons.a[rows], comparisons.b[rows]))
+    support_items = items[: len(items) // 2]
+    in_a, in_b = np.isin(comparisons.a[rows], support_items), np.isin(comparisons.b[rows], support_items)
+    return rng.permutation(rows[in_a & in_b]), rng.permutation(rows[~in_a & ~in_b])
+
+
 def make_episodes(comparisons: Comparisons, users: np.ndarray, *, max_shots: int, mode: str, seed: int) -> Episodes:
     if mode not in ("random", "item_disjoint"):
         raise ValueError(f"unknown few-shot mode {mode!r}; use 'random' or 'item_disjoint'")
+    split = random_split if mode == "random" else item_split
     rng = np.random.default_rng(seed)
     order, offsets = rows_by_user(comparisons, users)
     supports, queries = [], []
     for i in range(len(users)):
-        rows = rng.permutation(order[offsets[i] : offsets[i + 1]])
-        n_query = max(1, (len(rows) + 1) // 2)
-        query, rest = rows[:n_query], rows[n_query:]
-        if mode == "item_disjoint":
-            seen_items = np.union1d(comparisons.a[query], comparisons.b[query])
-            keep = ~(np.isin(comparisons.a[rest], seen_items) | np.isin(comparisons.b[rest], seen_items))
-            rest = rest[keep]
-        supports.append(rest[:max_shots])
+        pool, query = split(comparisons, order[offsets[i] : offsets[i + 1]], rng)
+        supports.append(pool[:max_shots])
         queries.append(query)
     return Episodes(
         users=np.asarray(users),
@@ -163,48 +186,112 @@ def evaluate_unseen(
 ) -> dict:
     """k-shot metrics on unseen users for every seed (params carry a leading seed axis) and draw.
 
-    Returns {k: {accuracy, accuracy_std, log_loss, ece, per_user_mean, per_user_p10, n_users
-    [, worst_group_accuracy]}}.
+    Returns {k: entry} for every requested k, and for the largest k that enough users reach
+    when the largest requested one is out of reach (`largest_available: true`). An entry with
+    `accuracy: None` carries its `reason`; otherwise: accuracy (mean over the seed×draw
+    episodes), accuracy_std (std over them; None for a single episode), n_episodes, log_loss,
+    ece, per_user_mean, per_user_p10, n_users and n_query_pairs (scored per episode, mean),
+    n_users_total, ci95 (bootstrap over users of the pooled accuracy), vs_zero_shot (paired
+    difference to the same model's 0-shot prediction on the same queries, with its interval),
+    per_user (pooled sums per user, see `metrics.per_user_sums`), episodes (a fingerprint of
+    the episodes: runs with equal fingerprints scored the same users on the same queries)
+    [, worst_group_accuracy].
     """
     if len(users) == 0:
         return {}
+    users = np.asarray(users)
+    ids = np.sort(users)
     max_shots = max(shots)
-    per_k: dict[int, list[dict]] = {k: [] for k in shots}
+    episodes = []  # (seed index, Episodes); they depend only on data, users, seed and draw
     for seed_index, seed in enumerate(seeds):
-        seed_params = jax.tree.map(lambda x: x[seed_index], params)
         for draw in range(draws):
             episode_seed = int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
-            episodes = make_episodes(comparisons, users, max_shots=max_shots, mode=mode, seed=episode_seed)
-            support = _as_batch(comparisons, episodes.support)
-            query = _as_batch(comparisons, episodes.query)
-            for k in shots:
-                eligible = episodes.pool_size >= k
-                if not eligible.any() or eligible.mean() < min_user_fraction:
-                    continue
-                _, logits = adapt_and_predict(
-                    seed_params, tables, support, jnp.int32(k), query, jnp.float32(prior_strength), seen_users
-                )
-                w = np.asarray(query.weight) * eligible[:, None]
-                per_k[k].append(
-                    metrics.summary(
-                        np.asarray(logits).ravel(), np.asarray(query.label).ravel(), w.ravel(),
-                        np.asarray(query.user).ravel(), user_group,
-                    )
-                )
-    out = {}
-    for k, runs in per_k.items():
-        if not runs:
-            continue
-        acc = np.array([r["accuracy"] for r in runs])
-        out[k] = {
-            "accuracy": float(acc.mean()),
-            "accuracy_std": float(acc.std()),
-            "log_loss": float(np.mean([r["log_loss"] for r in runs])),
-            "ece": float(np.mean([r["ece"] for r in runs])),
-            "per_user_mean": float(np.mean([r["per_user"]["mean"] for r in runs])),
-            "per_user_p10": float(np.mean([r["per_user"]["p10"] for r in runs])),
-            "n_users": int(np.mean([r["per_user"]["n_users"] for r in runs])),
-        }
-        if user_group is not None:
-            out[k]["worst_group_accuracy"] = float(np.mean([r["worst_group_accuracy"] for r in runs]))
-    return out
+            episodes.append((seed_index, make_episodes(comparisons, users, max_shots=max_shots, mode=mode, seed=episode_seed)))
+    eligible = lambda ep, k: (ep.pool_size >= k) & (ep.query >= 0).any(axis=1)  # noqa: E731
+    reached = lambda ep, k: eligible(ep, k).any() and eligible(ep, k).mean() >= min_user_fraction  # noqa: E731
+    ks = list(shots)
+    largest = largest_reachable_k(episodes, max_shots, min_user_fraction)
+    if largest and largest not in ks and not any(reached(ep, max_shots) for _, ep in episodes):
+        ks.append(largest)
+
+    runs: dict[int, list[dict]] = {k: [] for k in ks}
+    sums = {k: [] for k in ks}  # per-user sums of each episode: (k-shot, 0-shot)
+    fingerprint = {k: hashlib.sha1() for k in ks}
+    for seed_index, ep in episodes:
+        seed_params = jax.tree.map(lambda x: x[seed_index], params)
+        support, query = _as_batch(comparisons, ep.support), _as_batch(comparisons, ep.query)
+        label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
+        predict = lambda k: np.asarray(adapt_and_predict(  # noqa: E731
+            seed_params, tables, support, jnp.int32(k), query, jnp.float32(prior_strength), seen_users)[1])
+        zero_shot = None
+        for k in ks:
+            if not reached(ep, k):
+                continue
+            zero_shot = predict(0) if zero_shot is None else zero_shot
+            logits = predict(k)
+            w = weight * eligible(ep, k)[:, None]
+            runs[k].append(metrics.summary(logits.ravel(), label.ravel(), w.ravel(), user.ravel(), user_group))
+            sums[k].append(tuple(metrics.per_user_sums(z.ravel(), label.ravel(), w.ravel(), user.ravel(), ids)
+                                 for z in (logits, zero_shot)))
+            for rows in (ep.users[eligible(ep, k)], ep.query[eligible(ep, k)], ep.support[eligible(ep, k), :k]):
+                fingerprint[k].update(np.ascontiguousarray(rows, np.int64).tobytes())
+    return {
+        k: shot_entry(runs[k], sums[k], ids, fingerprint[k].hexdigest(), largest_available=k not in shots)
+        if runs[k] else {"accuracy": None, "n_users": 0, "n_users_total": len(users),
+                         "reason": unreached_reason(k, [ep for _, ep in episodes], eligible, min_user_fraction)}
+        for k in ks
+    }
+
+
+def largest_reachable_k(episodes: list, max_shots: int, min_user_fraction: float) -> int:
+    """The largest k ≤ max_shots that at least `min_user_fraction` of the users (and one) reach
+    in some episode: they have k support pairs and a query."""
+    best = 0
+    for _, ep in episodes:
+        pool = np.sort(np.where((ep.query >= 0).any(axis=1), np.minimum(ep.pool_size, max_shots), 0))[::-1]
+        need = max(1, int(np.ceil(min_user_fraction * len(pool) - 1e-9)))
+        if need <= len(pool):
+            best = max(best, int(pool[need - 1]))
+    return best
+
+
+def unreached_reason(k: int, episodes: list, eligible, min_user_fraction: float) -> str:
+    n_users = len(episodes[0].users)
+    most = max(int(eligible(ep, k).sum()) for ep in episodes)
+    return (f"k={k}: at most {most} of {n_users} users have {k} support pairs and a query in an episode "
+            f"(at least {min_user_fraction:.0%} and one needed)")
+
+
+def shot_entry(runs: list[dict], sums: list[tuple[dict, dict]], ids: np.ndarray, fingerprint: str, *,
+               largest_available: bool) -> dict:
+    """One k's figures from its episodes' metric summaries and per-user sums (see evaluate_unseen)."""
+    acc = np.array([r["accuracy"] for r in runs])
+    pooled = {name: sum(s[0][name] for s in sums) for name in sums[0][0]}
+    pooled_zero = {name: sum(s[1][name] for s in sums) for name in sums[0][1]}
+    scored = (pooled["n"] > 0) | (pooled["weight"] > 0)
+    low, high = metrics.bootstrap_ratio_interval(pooled["correct"], pooled["n"])
+    gain_low, gain_high = metrics.bootstrap_ratio_interval(pooled["correct"] - pooled_zero["correct"], pooled["n"])
+    n = max(pooled["n"].sum(), 1e-12)
+    entry = {
+        "accuracy": float(acc.mean()),
+        "accuracy_std": float(acc.std()) if len(runs) > 1 else None,
+        "n_episodes": len(runs),
+        "log_loss": float(np.mean([r["log_loss"] for r in runs])),
+        "ece": float(np.mean([r["ece"] for r in runs])),
+        "per_user_mean": float(np.mean([r["per_user"]["mean"] for r in runs])),
+        "per_user_p10": float(np.mean([r["per_user"]["p10"] for r in runs])),
+        "n_users": int(round(np.mean([r["per_user"]["n_users"] for r in runs]))),
+        "n_query_pairs": int(round(np.mean([r["n_pairs"] for r in runs]))),
+        "n_users_total": len(ids),
+        "ci95": [low, high],
+        "vs_zero_shot": {"difference": float((pooled["correct"] - pooled_zero["correct"]).sum() / n),
+                         "ci95": [gain_low, gain_high]},
+        "per_user": {"user": ids[scored].tolist(),
+                     **{name: np.round(v[scored], 6).tolist() for name, v in pooled.items()}},
+        "episodes": fingerprint,
+    }
+    if largest_available:
+        entry["largest_available"] = True
+    if "worst_group_accuracy" in runs[0]:
+        entry["worst_group_accuracy"] = float(np.mean([r["worst_group_accuracy"] for r in runs]))
+    return entry

@@ -73,3 +73,41 @@ def summary(logits, labels, weights, users, user_group: np.ndarray | None = None
         out["group_accuracy"] = by_group
         out["worst_group_accuracy"] = min(by_group.values())
     return out
+
+
+def per_user_sums(logits, labels, weights, users, ids: np.ndarray) -> dict:
+    """Per-user sums over one set of comparisons, for the users `ids` (zeros for a user with
+    none): `n` decided weight, `correct` weight of correctly decided pairs, `weight` all pairs'
+    weight and `log_loss_sum` their weighted log-loss. Sums add up across episodes, so pooled
+    statistics and bootstrap intervals over users are computed from them exactly."""
+    position = np.searchsorted(ids, users)
+    position = np.where((position < len(ids)) & (ids[np.minimum(position, len(ids) - 1)] == users), position, len(ids))
+    decided = _decided(labels, weights)
+    nll = labels * np.logaddexp(0.0, -logits) + (1.0 - labels) * np.logaddexp(0.0, logits)
+    sums = lambda x: np.bincount(position, weights=x, minlength=len(ids) + 1)[: len(ids)]  # noqa: E731
+    return {
+        "n": sums(decided),
+        "correct": sums(((logits > 0) == (labels > 0.5)) * decided),
+        "weight": sums(np.asarray(weights, np.float64)),
+        "log_loss_sum": sums(nll * weights),
+    }
+
+
+def bootstrap_ratio_interval(numerator, denominator, *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95):
+    """Percentile bootstrap interval over users of Σ numerator / Σ denominator.
+
+    With numerator = a user's correct pairs and denominator = their decided pairs this is the
+    interval of pooled accuracy; with numerator = correct_model − correct_baseline on the same
+    queries, of the paired accuracy difference. Users are resampled with replacement (a fixed
+    seed, so a report is reproducible). Returns (low, high), or (None, None) without users.
+    """
+    numerator, denominator = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
+    keep = denominator > 0
+    numerator, denominator = numerator[keep], denominator[keep]
+    if len(denominator) == 0:
+        return None, None
+    index = np.random.default_rng(seed).integers(0, len(denominator), size=(n_resamples, len(denominator)))
+    ratios = numerator[index].sum(axis=1) / denominator[index].sum(axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)

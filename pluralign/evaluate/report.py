@@ -1,7 +1,9 @@
 """Collecting `results.json` files into one comparison table.
 
-The numbers printed are read straight from each run's results file; nothing is
-recomputed, so the table and the files cannot disagree.
+The figures printed are read straight from each run's results file, so the table and
+the files cannot disagree; only the intervals over users and the paired differences to BT
+are computed here, from the per-user sums each file stores (a bootstrap with a fixed seed,
+so a report is reproducible).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from pluralign.evaluate.metrics import bootstrap_ratio_interval
 from pluralign.jsonio import flatten
 
 TABLE_SHOTS = (1, 5, 20)
@@ -37,7 +40,7 @@ def _fmt(x, std=None) -> str:
 
 def results_table(results: list[dict], shots=TABLE_SHOTS) -> Table:
     table = Table(
-        title="pluralign results: accuracy, mean ± std over seeds (unseen users: random support/query)",
+        title="pluralign results: accuracy, mean ± std (seen: over seeds; unseen: over seed×draw episodes; none for one) (unseen users: random support/query)",
         caption="Bayes-opt: accuracy of the true model; best non-personal: the best predictor that ignores who the user is (synthetic data)",
     )
     columns = ("model", "dataset", "seeds", "seen acc", *(f"unseen k={k}" for k in shots), "Bayes-opt", "best non-personal", "wall s")
@@ -143,6 +146,8 @@ def summarize(groups: list[dict]) -> list[dict]:
         put("seen_accuracy", [r["seen"]["accuracy"] for r in runs], [r["seen"].get("accuracy_std") for r in runs])
         for metric in ("log_loss", "ece", "per_user_p10", "worst_group_accuracy"):
             put(f"seen_{metric}", [r["seen"].get(metric) for r in runs])
+        if len(runs) == 1 and len(runs[0]["seeds"]) == 1:  # one seed: no spread to show
+            row["seen_accuracy_std"] = None
         for mode in MODES:
             for k in shots[mode]:
                 put(
@@ -150,11 +155,68 @@ def summarize(groups: list[dict]) -> list[dict]:
                     [_unseen(r, mode, k).get("accuracy") for r in runs],
                     [_unseen(r, mode, k).get("accuracy_std") for r in runs],
                 )
+                row.update(unseen_counts(g, mode, k, bt_groups(groups, g)))
         put("bayes_optimal_accuracy", [r.get("bayes_optimal_accuracy") for r in runs])
         put("population_optimal_accuracy", [r.get("population_optimal_accuracy") for r in runs])
         put("wall_seconds", [r.get("wall_seconds") for r in runs])
         rows.append(row)
     return rows
+
+
+def unseen_counts(group: dict, mode: str, k: int, bt: list[dict]) -> dict:
+    """A (mode, k) cell's counts and intervals for a report row, under `unseen_{mode}_k{k}_`:
+    std_over (what the ± is over), n_users / n_query_pairs (scored per episode), ci_low/high
+    (bootstrap over users of the pooled accuracy, the runs' per-user sums added up), vs_bt and
+    vs_bt_low/high (paired difference to BT on the same users and queries), reason (why there
+    is no figure), largest_available."""
+    name = f"unseen_{mode}_k{k}"
+    entries = [_unseen(r, mode, k) for r in group["runs"]]
+    measured = [e for e in entries if e.get("accuracy") is not None]
+    if not measured:
+        reasons = [e["reason"] for e in entries if e.get("reason")]
+        return {f"{name}_reason": reasons[0] if reasons else f"k={k}: not measured in this run"}
+    episodes = sum(e.get("n_episodes", 1) for e in measured)
+    out = {
+        f"{name}_std_over": f"{len(measured)} runs" if len(measured) > 1 else f"{episodes} seed×draw episodes",
+        f"{name}_n_users": measured[0].get("n_users"),
+        f"{name}_n_query_pairs": measured[0].get("n_query_pairs"),
+    }
+    if any(e.get("largest_available") for e in measured):
+        out[f"{name}_largest_available"] = True
+    pooled = pooled_per_user(measured)
+    if pooled is None:
+        return out
+    out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ratio_interval(pooled["correct"], pooled["n"])
+    for candidate in bt:  # the BT runs that scored the same users on the same queries (same episodes)
+        bt_entries = [_unseen(r, mode, k) for r in candidate["runs"]]
+        if candidate is group or sorted(e.get("episodes", "") for e in bt_entries) != sorted(e["episodes"] for e in measured):
+            continue
+        base = pooled_per_user(bt_entries)
+        if base is not None and np.array_equal(base["user"], pooled["user"]) and np.allclose(base["n"], pooled["n"]):
+            gain = pooled["correct"] - base["correct"]
+            out[f"{name}_vs_bt"] = float(gain.sum() / max(pooled["n"].sum(), 1e-12))
+            out[f"{name}_vs_bt_low"], out[f"{name}_vs_bt_high"] = bootstrap_ratio_interval(gain, pooled["n"])
+            break
+    return out
+
+
+def pooled_per_user(entries: list[dict]) -> dict | None:
+    """The per-user sums of several runs' entries added up by user id (arrays sorted by user);
+    None if a run stored none (results written before they were)."""
+    if not entries or any("per_user" not in e or "episodes" not in e for e in entries):
+        return None
+    users = np.unique(np.concatenate([np.asarray(e["per_user"]["user"], np.int64) for e in entries]))
+    out = {"user": users, **{key: np.zeros(len(users)) for key in ("n", "correct", "weight", "log_loss_sum")}}
+    for e in entries:
+        at = np.searchsorted(users, np.asarray(e["per_user"]["user"], np.int64))
+        for key in ("n", "correct", "weight", "log_loss_sum"):
+            np.add.at(out[key], at, np.asarray(e["per_user"][key], np.float64))
+    return out
+
+
+def bt_groups(groups: list[dict], group: dict) -> list[dict]:
+    """The BT groups a group may be compared with: BT on the same dataset (any variant)."""
+    return [g for g in groups if g["model"] == "bt" and g["dataset"] == group["dataset"]]
 
 
 def write_csv(rows: list[dict], path: pathlib.Path) -> None:
@@ -169,25 +231,108 @@ def write_csv(rows: list[dict], path: pathlib.Path) -> None:
             writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
 
 
+def measured_shots(rows: list[dict], mode: str) -> list[int]:
+    """The ks of a mode with a figure in some row."""
+    prefix = f"unseen_{mode}_k"
+    return sorted({int(c[len(prefix):]) for row in rows for c in row
+                   if c.startswith(prefix) and c[len(prefix):].isdigit() and row[c] is not None})
+
+
+def _interval(low, high) -> str:
+    return "—" if low is None or high is None else f"[{low:.3f}, {high:.3f}]"
+
+
+def _difference(row: dict, name: str) -> str:
+    d = row.get(f"{name}_vs_bt")
+    return "—" if d is None else f"{d:+.3f} {_interval(row.get(f'{name}_vs_bt_low'), row.get(f'{name}_vs_bt_high'))}"
+
+
+def _counts(row: dict, name: str) -> str:
+    n_users = row.get(f"{name}_n_users")
+    return "—" if n_users is None else f"{n_users} / {row.get(f'{name}_n_query_pairs')}"
+
+
 def markdown_table(rows: list[dict], shots=TABLE_SHOTS) -> str:
-    all_shots = sorted({int(c.split("_k")[1]) for row in rows for c in row if c.startswith("unseen_random_k") and not c.endswith("_std")})
-    # The table's k (where measured) and always the largest k; the CSV has every k.
+    all_shots = measured_shots(rows, "random")
+    # The table's k (where measured) and always the largest measured k; the CSV and the
+    # detailed table have every k.
     shots = sorted({k for k in shots if k in all_shots} | set(all_shots[-1:]))
-    disjoint = max((k for k in shots if any(row.get(f"unseen_item_disjoint_k{k}") is not None for row in rows)), default=None)
+    disjoint = max(measured_shots(rows, "item_disjoint"), default=None)
+    largest = f"unseen_random_k{shots[-1]}" if shots else None
     with_variant = any(row["variant"] for row in rows)
     header = ["model", "dataset", *(["variant"] if with_variant else []), "seeds", "seen acc",
-              *(f"unseen k={k}" for k in shots), *([f"item-disjoint k={disjoint}"] if disjoint else []),
+              *(f"unseen k={k}" for k in shots), *([f"item-split k={disjoint}"] if disjoint else []),
+              *([f"Δ vs BT k={shots[-1]} [95% CI]", f"users / query pairs k={shots[-1]}"] if largest else []),
               "Bayes-opt", "best non-personal"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cell = lambda name: _fmt(row.get(name), row.get(f"{name}_std"))
+        cell = lambda name: _fmt(row.get(name), row.get(f"{name}_std"))  # noqa: E731
         lines.append("| " + " | ".join([
             row["model"], row["dataset"], *([row["variant"]] if with_variant else []), str(row["seeds"]),
             cell("seen_accuracy"), *(cell(f"unseen_random_k{k}") for k in shots),
             *([cell(f"unseen_item_disjoint_k{disjoint}")] if disjoint else []),
+            *([_difference(row, largest), _counts(row, largest)] if largest else []),
             _fmt(row.get("bayes_optimal_accuracy")), _fmt(row.get("population_optimal_accuracy")),
         ]) + " |")
     return "\n".join(lines)
+
+
+def unseen_detail_table(rows: list[dict]) -> str:
+    """Every (mode, k) of every row: the figure, what its ± is over, the 95% interval over users,
+    the paired difference to BT, the counts, or why there is no figure."""
+    with_variant = any(row["variant"] for row in rows)
+    header = ["model", "dataset", *(["variant"] if with_variant else []), "mode", "k", "accuracy", "± over",
+              "95% CI over users", "Δ vs BT [95% CI]", "users / query pairs", "note"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for mode in MODES:
+        prefix = f"unseen_{mode}_k"
+        ks = sorted({int(c[len(prefix):].split("_")[0]) for row in rows for c in row if c.startswith(prefix)})
+        for row in rows:
+            for k in ks:
+                name = f"{prefix}{k}"
+                if not any(c == name or c.startswith(name + "_") for c in row):
+                    continue
+                note = row.get(f"{name}_reason") or ("largest k enough users reach" if row.get(f"{name}_largest_available") else "")
+                over = row.get(f"{name}_std_over", "") if row.get(f"{name}_std") is not None else ""
+                lines.append("| " + " | ".join([
+                    row["model"], row["dataset"], *([row["variant"]] if with_variant else []), mode, str(k),
+                    _fmt(row.get(name), row.get(f"{name}_std")), over,
+                    _interval(row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")), _difference(row, name),
+                    _counts(row, name), note,
+                ]) + " |")
+    return "\n".join(lines)
+
+
+def latex_table(rows: list[dict], shots=TABLE_SHOTS) -> str:
+    """A booktabs table of the main figures (mean ± std), the best of each column within a
+    dataset in bold."""
+    all_shots = measured_shots(rows, "random")
+    shots = sorted({k for k in shots if k in all_shots} | set(all_shots[-1:]))
+    disjoint = max(measured_shots(rows, "item_disjoint"), default=None)
+    columns = [("seen_accuracy", "seen"), *((f"unseen_random_k{k}", f"$k={k}$") for k in shots),
+               *([(f"unseen_item_disjoint_k{disjoint}", f"item-split $k={disjoint}$")] if disjoint else [])]
+    best = {}
+    for row in rows:
+        for name, _ in columns:
+            if row.get(name) is not None:
+                key = (row["dataset"], name)
+                best[key] = max(best.get(key, -np.inf), round(row[name], 3))
+    escape = lambda text: str(text).replace("_", r"\_")  # noqa: E731
+
+    def cell(row, name):
+        value, std = row.get(name), row.get(f"{name}_std")
+        if value is None:
+            return "--"
+        text = f"{value:.3f}" + (f" \\pm {std:.3f}" if std is not None else "")
+        return f"$\\mathbf{{{text}}}$" if round(value, 3) == best[(row["dataset"], name)] else f"${text}$"
+
+    lines = [r"\begin{tabular}{ll" + "r" * len(columns) + "}", r"\toprule",
+             " & ".join(["model", "dataset", *(label for _, label in columns)]) + r" \\", r"\midrule"]
+    for row in rows:
+        label = row["model"] + (f" [{row['variant']}]" if row["variant"] else "")
+        lines.append(" & ".join([escape(label), escape(row["dataset"]), *(cell(row, name) for name, _ in columns)]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
 
 
 def _label(row_or_group: dict) -> str:
@@ -205,7 +350,7 @@ def plot_kshot(rows: list[dict], mode: str, path: pathlib.Path) -> bool:
     datasets = sorted({row["dataset"] for row in rows})
     curves = {
         row_id: sorted((int(c[len(prefix):]), row[c], row.get(f"{c}_std") or 0.0)
-                       for c in row if c.startswith(prefix) and not c.endswith("_std") and row[c] is not None)
+                       for c in row if c.startswith(prefix) and c[len(prefix):].isdigit() and row[c] is not None)
         for row_id, row in enumerate(rows)
     }
     if not any(curves.values()):
@@ -273,7 +418,7 @@ def incomplete_runs(root: str | pathlib.Path, results: list[dict]) -> list[str]:
     return [str(job) for job in jobs if str(job / "results.json") not in complete]
 
 
-def write_report(root: str | pathlib.Path, out_dir: str | pathlib.Path | None = None) -> dict:
+def write_report(root: str | pathlib.Path, out_dir: str | pathlib.Path | None = None, *, latex: bool = False) -> dict:
     """Writes the tables and figures of every complete results.json under root; returns their paths."""
     results = collect_results(root)
     if not results:
@@ -286,13 +431,19 @@ def write_report(root: str | pathlib.Path, out_dir: str | pathlib.Path | None = 
     write_csv(rows, paths["csv"])
     missing = incomplete_runs(root, results)
     md = [f"# pluralign results: {root}", "",
-          "Accuracy, mean ± std over seeds; unseen users: `random` support/query unless marked item-disjoint.",
+          "Accuracy, mean ± std: seen users over seeds, unseen users over seed×draw episodes (or over runs; see",
+          "the detailed table); no ± where there is one seed or one episode. Unseen users: `random` support/query",
+          "unless marked item-split. Δ vs BT: paired accuracy difference to BT on the same users and queries, with a",
+          "95% bootstrap interval over unseen-test users (1000 resamples); users / query pairs: scored per episode.",
           "Bayes-opt: accuracy of the true model; best non-personal: the best predictor that ignores who the user is (synthetic data).", "",
-          markdown_table(rows)]
+          markdown_table(rows), "", "## Unseen users, every mode and k", "", unseen_detail_table(rows)]
     if missing:
         md += ["", f"Incomplete runs (no complete results.json; re-run the sweep to finish them): {len(missing)}", ""]
         md += [f"- {m}" for m in missing]
     paths["markdown"].write_text("\n".join(md) + "\n")
+    if latex:
+        paths["latex"] = out / "results.tex"
+        paths["latex"].write_text(latex_table(rows))
     for mode in MODES:
         path = out / f"kshot_{mode}.png"
         if plot_kshot(rows, mode, path):

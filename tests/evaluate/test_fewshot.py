@@ -54,28 +54,78 @@ def test_query_is_the_same_for_every_k_and_supports_are_nested(tiny_dataset, use
     assert not np.array_equal(other.query, large.query)
 
 
+def shared_items(c, ep):
+    return [
+        np.intersect1d(np.union1d(c.a[s], c.b[s]), np.union1d(c.a[q], c.b[q])).size
+        for s, q in zip(rows_of(ep.support), rows_of(ep.query))
+    ]
+
+
+def dense_ratings(n_users=30, n_items=12, seed=0):
+    """Every user compares every pair of the same n_items items (a dense rating table)."""
+    i, j = np.triu_indices(n_items, 1)
+    user = np.repeat(np.arange(n_users), len(i))
+    label = np.random.default_rng(seed).integers(0, 2, len(user))
+    return Comparisons.from_arrays(user, np.tile(i, n_users), np.tile(j, n_users), label)
+
+
+def sparse_choices(n_users=30, per_user=16):
+    """Choice data: every comparison has two items of its own, never seen again."""
+    n = n_users * per_user
+    return Comparisons.from_arrays(np.repeat(np.arange(n_users), per_user), 2 * np.arange(n), 2 * np.arange(n) + 1, np.ones(n))
+
+
 def test_item_disjoint_support_shares_no_item_with_query(tiny_dataset, users):
     c = tiny_dataset.comparisons
-
-    def shared_items(ep):
-        return [
-            np.intersect1d(np.union1d(c.a[s], c.b[s]), np.union1d(c.a[q], c.b[q])).size
-            for s, q in zip(rows_of(ep.support), rows_of(ep.query))
-        ]
-
     disjoint = make_episodes(c, users, max_shots=50, mode="item_disjoint", seed=0)
-    assert all(n == 0 for n in shared_items(disjoint))
+    assert all(n == 0 for n in shared_items(c, disjoint))
     assert np.all(disjoint.pool_size > 0)
     # The random mode does share items here, so the check above is not vacuous.
-    assert sum(shared_items(make_episodes(c, users, max_shots=50, mode="random", seed=0))) > 0
+    assert sum(shared_items(c, make_episodes(c, users, max_shots=50, mode="random", seed=0))) > 0
+
+
+@pytest.mark.parametrize("data", ["dense", "sparse"])
+def test_item_split_on_dense_ratings_and_on_choice_data(data):
+    """The item split leaves a support pool and a query on dense data (where a query of random
+    pairs touches every item) and on choice data (items never repeat), and no query item is in
+    that user's support at any k."""
+    c = dense_ratings() if data == "dense" else sparse_choices()
+    users = np.arange(30)
+    for seed in range(3):
+        ep = make_episodes(c, users, max_shots=50, mode="item_disjoint", seed=seed)
+        assert all(n == 0 for n in shared_items(c, ep))
+        n_query = (ep.query >= 0).sum(axis=1)
+        if data == "dense":  # 6 + 6 items: C(6, 2) = 15 pairs within each half
+            np.testing.assert_array_equal(ep.pool_size, 15)
+            np.testing.assert_array_equal(n_query, 15)
+        else:  # 16 pairs of 32 items: about a quarter land in each half
+            assert ep.pool_size.mean() > 2 and n_query.mean() > 2
+        for u, s, q in zip(users, rows_of(ep.support), rows_of(ep.query)):
+            assert np.all(c.user[s] == u) and np.all(c.user[q] == u)
+    if data == "dense":  # the random mode on the same data shares nearly every item
+        assert min(shared_items(c, make_episodes(c, users, max_shots=50, mode="random", seed=0))) > 0
+
+
+def test_no_copy_of_a_query_comparison_is_in_the_pool():
+    """A user who made the same comparison twice (in either order): never one copy in the
+    support and the other in the query."""
+    user = np.zeros(40, np.int64)
+    a = np.tile(np.arange(20), 2)
+    b = np.concatenate([np.arange(20) + 20, np.arange(20) + 20])
+    a[20:], b[20:] = b[20:].copy(), a[20:].copy()  # the second copy shows the items swapped
+    c = Comparisons.from_arrays(user, a, b, np.ones(40))
+    for seed in range(5):
+        ep = make_episodes(c, np.array([0]), max_shots=40, mode="random", seed=seed)
+        s, q = rows_of(ep.support)[0], rows_of(ep.query)[0]
+        pair = lambda r: {frozenset((int(x), int(y))) for x, y in zip(c.a[r], c.b[r])}  # noqa: E731
+        assert not pair(s) & pair(q) and len(q) == 20 and len(s) < 20
 
 
 def test_pool_sizes():
     counts = [1, 2, 7, 30]
     user = np.repeat(np.arange(4), counts)
-    rng = np.random.default_rng(0)
-    a = rng.integers(0, 50, size=len(user))
-    c = Comparisons.from_arrays(user, a, (a + 1) % 50, np.ones(len(user), np.float32))
+    a = np.arange(len(user))  # no comparison repeats
+    c = Comparisons.from_arrays(user, a, a + 100, np.ones(len(user), np.float32))
     ep = make_episodes(c, np.arange(4), max_shots=10, mode="random", seed=0)
     # random mode: the query is half the user's pairs (rounded up, at least one), the pool the rest.
     expected_query = [max(1, (n + 1) // 2) for n in counts]

@@ -21,10 +21,14 @@ from pluralign.evaluate.report import group_runs, write_report
 def _results(model, seed_list, seen, unseen, *, lr=0.003, dataset="ideal_point", seen_std=0.0):
     """A results.json as `pluralign.run` writes it, with the given numbers."""
     by_mode = {
-        mode: {str(k): {"accuracy": acc + (0.0 if mode == "random" else -0.05), "accuracy_std": 0.01}
+        mode: {str(k): {"accuracy": acc + (0.0 if mode == "random" else -0.05), "accuracy_std": 0.01, "n_episodes": 2,
+                        "n_users": 10, "n_query_pairs": 100, "episodes": f"{mode}{k}{seed_list}",
+                        "per_user": per_user(acc + (0.0 if mode == "random" else -0.05))}
                for k, acc in unseen.items()}
         for mode in ("random", "item_disjoint")
     }
+    by_mode["random"]["20"] = {"accuracy": None, "n_users": 0, "n_users_total": 10,
+                               "reason": "k=20: at most 2 of 10 users have 20 support pairs and a query in an episode"}
     return {
         "status": "complete", "model": model, "dataset": dataset, "seeds": seed_list,
         "seen": {"accuracy": seen, "accuracy_std": seen_std, "log_loss": 0.5, "ece": 0.02, "per_user_p10": 0.6,
@@ -35,6 +39,14 @@ def _results(model, seed_list, seen, unseen, *, lr=0.003, dataset="ideal_point",
         "config": {"model": {"name": model}, "data": {"kind": dataset, "name": dataset}, "train": {"learning_rate": lr, "progress": False},
                    "seeds": seed_list, "cache_dir": f"/cache/{seed_list[0]}"},
     }
+
+
+def per_user(accuracy, n_users=10, n=10):
+    """Per-user sums whose pooled accuracy is `accuracy`: users' correct counts spread around it."""
+    correct = np.clip(np.round(accuracy * n + np.linspace(-2, 2, n_users)), 0, n)
+    correct[0] += round(accuracy * n * n_users) - correct.sum()
+    return {"user": list(range(n_users)), "n": [float(n)] * n_users, "correct": correct.tolist(),
+            "weight": [float(n)] * n_users, "log_loss_sum": [5.0] * n_users}
 
 
 def _write(root: pathlib.Path, name: str, results: dict | None) -> None:
@@ -82,7 +94,10 @@ def test_tables_carry_exactly_the_numbers_of_the_results_files(sweep):
     assert float(rows[("bt", "train.learning_rate=0.1")]["seen_accuracy"]) == 0.60
 
     md = paths["markdown"].read_text()
-    assert "| pal_a | ideal_point |  | 3 | 0.900 ± 0.016 | 0.720 ± 0.016 | 0.823 ± 0.017 | 0.773 ± 0.017 | 0.930 | 0.740 |" in md
+    assert "| pal_a | ideal_point |  | 3 | 0.900 ± 0.016 | 0.720 ± 0.016 | 0.823 ± 0.017 | 0.773 ± 0.017 |" in md
+    # Every (mode, k) in the detailed table with what the ± is over, its counts, or why it is missing.
+    assert "| bt | ideal_point | train.learning_rate=0.003 | random | 5 | 0.690 ± 0.010 | 2 seed×draw episodes |" in md
+    assert "k=20: at most 2 of 10 users have 20 support pairs" in md
     assert "0.700 ± 0.004" in md
     assert "Incomplete runs" in md and "seed=3" in md
 
@@ -111,3 +126,33 @@ def test_report_command_prints_the_table_and_writes_the_files(sweep, monkeypatch
 def test_report_on_a_directory_without_results_fails(tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete results.json"):
         write_report(tmp_path)
+
+
+def test_intervals_over_users_and_the_paired_difference_to_bt(sweep):
+    """The CI is the bootstrap over users of the pooled accuracy, and Δ vs BT pairs each user's
+    correct counts on the same queries (same episode fingerprints); recomputed here with numpy."""
+    # A single-seed PAL-A run whose episodes are those of the single-seed BT run.
+    _write(sweep, "pal_a/lr", _results("pal_a", [0], 0.95, {1: 0.75, 5: 0.86}, lr=0.1))
+    rows = {(r["model"], r["variant"]): r for r in _rows(write_report(sweep)["csv"])}
+    pal, bt = rows[("pal_a", "train.learning_rate=0.1")], rows[("bt", "train.learning_rate=0.1")]
+    c_pal, c_bt = (np.array(per_user(a)["correct"]) for a in (0.86, 0.61))
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, 10, size=(1000, 10))
+    np.testing.assert_allclose(
+        [float(pal["unseen_random_k5_ci_low"]), float(pal["unseen_random_k5_ci_high"])],
+        np.percentile(c_pal[index].sum(1) / 100, [2.5, 97.5]))
+    assert float(pal["unseen_random_k5_vs_bt"]) == pytest.approx((c_pal - c_bt).sum() / 100)
+    np.testing.assert_allclose(
+        [float(pal["unseen_random_k5_vs_bt_low"]), float(pal["unseen_random_k5_vs_bt_high"])],
+        np.percentile((c_pal - c_bt)[index].sum(1) / 100, [2.5, 97.5]))
+    assert bt["unseen_random_k5_vs_bt"] == ""  # BT itself has no difference
+    # The 3-seed PAL-A runs have other episodes than any BT run: no pairing, no difference.
+    assert rows[("pal_a", "train.learning_rate=0.003")]["unseen_random_k5_vs_bt"] == ""
+    assert rows[("pal_a", "train.learning_rate=0.003")]["unseen_random_k5_std_over"] == "3 runs"
+
+
+def test_latex_table_marks_the_best_of_each_column(sweep):
+    tex = write_report(sweep, latex=True)["latex"].read_text()
+    assert tex.startswith("\\begin{tabular}") and "\\bottomrule" in tex
+    assert "pal\\_a & ideal\\_point & $\\mathbf{0.900 \\pm 0.016}$" in tex  # best seen accuracy
+    assert "$0.700 \\pm 0.004}$" not in tex and "$0.700 \\pm 0.004$" in tex
