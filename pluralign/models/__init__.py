@@ -24,6 +24,7 @@ from pluralign.models.gpm import GPM, GPMConfig
 from pluralign.models.pal import PALA, PALB, PALConfig
 from pluralign.models.vpl import VPL, VPLConfig
 from pluralign.models.dpa import DPA, DPAConfig
+from pluralign.models.lore import LoRe, LoReConfig
 
 # name -> (model class, config class). A model family adds one import above and one line here;
 # `pluralign.config` then registers its schema and `conf/model/<name>.yaml` selects it.
@@ -38,6 +39,7 @@ REGISTRY = {
     "dpa": (DPA, DPAConfig),
     "gpm": (GPM, GPMConfig),
     "gpm_personal": (GPM, GPMConfig),
+    "lore": (LoRe, LoReConfig),
 }
 
 
