@@ -4,7 +4,8 @@
 
   model.json          model family + resolved model config, dims, seeds (and each seed's best
                       seen-user validation loss), the default seed, the few-shot inference settings
-                      (prior strength chosen on unseen-val, steps, learning rate), the data config
+                      (map or bayes, the prior strength or precision multiplier chosen on unseen-val, steps,
+                      learning rate), the data config
   dataset_meta.json   the dataset's meta.json (encoder, user/item ids, truth of synthetic data)
   users.parquet       row (the user's index in the state table), user_id, split, group (if known)
   state/              orbax checkpoint, for *every* seed (stacked): the model's parameters θ
@@ -79,6 +80,7 @@ def save_model(
     split: dict | None = None,
     best_val_loss: np.ndarray | None = None,
     prior_strength: float = 1.0,
+    inference: str = "map",
     inference_steps: int = 100,
     inference_learning_rate: float = 0.1,
     data_config: Any = None,
@@ -99,7 +101,8 @@ def save_model(
         "default_seed": int(seeds[default_index]),
         "seed_selection": "lowest seen-user validation loss" if losses is not None else "first seed",
         "fewshot": {
-            "prior_strength": float(prior_strength),
+            "prior_strength": float(prior_strength),  # "bayes": the multiplier of the fitted prior precision
+            "inference": inference,
             "steps": int(inference_steps),
             "learning_rate": float(inference_learning_rate),
         },
