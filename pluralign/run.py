@@ -34,6 +34,7 @@ from pluralign.evaluate import fewshot, metrics
 from pluralign.jsonio import flatten as _flatten, json_default, write_json_atomic
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import base, model_class
+from pluralign.train import meta
 from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_seen
 
 RESULTS_FILE = "results.json"
@@ -134,6 +135,8 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     root_keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])  # raw [n_seeds, 2]
     init_keys, train_keys = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 2))(root_keys), 1, 0)
     cls = model_class(config.model.name)
+    if config.train.meta:  # MRM: the same model with a meta-learned initial user state
+        cls = meta.meta_class(cls, meta.MetaOptions.of(config.train))
     graphdef, params = init_params(cls, config.model, base.Dims(dim=dataset.dim, n_users=dataset.n_users), init_keys)
     # A family with a stage before comparison training (DPA: attribute regression) fits it here,
     # from the items of seen users' training pairs only, and sets those parameters in every seed.
@@ -231,7 +234,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         params=best, seen_states=compute_seen_states(graphdef, best, tables, dataset.n_users), seeds=seeds,
         dataset_meta=dataset.meta, seen_users=split.seen, split=split.to_dict(), best_val_loss=state.best_val_loss,
         prior_strength=strength, inference=ev.inference, inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,
-        data_config=config.data,
+        data_config=config.data, meta_options=meta.MetaOptions.of(config.train) if config.train.meta else None,
     )
     return results
 

@@ -84,6 +84,7 @@ def save_model(
     inference_steps: int = 100,
     inference_learning_rate: float = 0.1,
     data_config: Any = None,
+    meta_options: Any = None,
 ) -> pathlib.Path:
     """Writes the artifact atomically. `params` carry a leading seed axis (as the trainer's);
     `seen_states` [n_seeds, n_users, S] are every user row's state as the run scores seen users."""
@@ -108,6 +109,8 @@ def save_model(
         },
         "seen_users": [int(u) for u in np.asarray(seen_users)],
         "data_config": None if data_config is None else _to_json(dataclasses.asdict(data_config)),
+        # train.meta (MRM): the model carries a meta-learned initial user state (pluralign.train.meta)
+        "meta": None if meta_options is None else _to_json(dataclasses.asdict(meta_options)),
         "dataset": dataset_meta.get("name"),
         "encoder": dataset_meta.get("encoder"),
     }
@@ -275,6 +278,10 @@ def load(path: str | os.PathLike, *, seed: int | None = None) -> TrainedModel:
     if record["model"] not in REGISTRY:
         raise ValueError(f"{path}/model.json: unknown model {record['model']!r}; known models: {sorted(REGISTRY)}")
     cls, config_cls = REGISTRY[record["model"]]
+    if record.get("meta") is not None:
+        from pluralign.train import meta
+
+        cls = meta.meta_class(cls, meta.MetaOptions(**record["meta"]))
     config = _build_dataclass(config_cls, record["model_config"])
     dims = base.Dims(**record["dims"])
     abstract_model = nnx.eval_shape(lambda: cls(config, dims, rngs=nnx.Rngs(0)))
