@@ -150,3 +150,43 @@ def test_collapsed_seen_states_are_reported(caplog):
     with caplog.at_level(logging.WARNING, logger="pluralign.run"):
         warn_if_degenerate_seen_states(model, jnp.arange(30))
     assert any("degenerate" in r.message for r in caplog.records)
+
+
+def test_exported_reward_infers_new_users_as_the_bayes_evaluation(tmp_path, tiny_dataset):
+    """An artifact of a run with eval.inference=bayes infers a new user's state (PersonalizedReward)
+    as the evaluation's posterior mean; the online user follows the same posterior."""
+    import pluralign
+    from pluralign.data.splits import split_users
+    from pluralign.export import OnlineUser, Support, save_model
+    from pluralign.export.artifact import compute_seen_states
+
+    data = tiny_dataset
+    model = lore(n_users=data.n_users, dim=data.dim)
+    graphdef, params = nnx.split(model)
+    split = split_users(data.n_users, seed=0, unseen_val_fraction=0.15, unseen_test_fraction=0.25)
+    stacked = jax.tree.map(lambda x: x[None], params)
+    tables = make_tables(data)
+    save_model(
+        tmp_path / "model", model_config=LoReConfig(hidden=[16], rank=RANK), dims=Dims(dim=data.dim, n_users=data.n_users),
+        params=stacked, seen_states=compute_seen_states(graphdef, stacked, tables, data.n_users), seeds=[0],
+        dataset_meta=data.meta, seen_users=split.seen, split=split.to_dict(), prior_strength=0.5, inference="bayes",
+        inference_steps=20, inference_learning_rate=0.1,
+    )
+    reward = pluralign.load(tmp_path / "model").reward(capacity=8)
+    users = split.unseen_test[:3]
+    c = data.comparisons
+    ep = make_episodes(c, users, max_shots=6, mode="random", seed=1)
+    adapt = fewshot.make_adapt_and_predict(graphdef, 20, 0.1, inference="bayes")
+    states, _ = adapt(params, tables, fewshot._as_batch(c, ep.support), jnp.int32(6), fewshot._as_batch(c, ep.query),
+                      jnp.float32(0.5), jnp.asarray(split.seen))
+    items = np.asarray(data.items, np.float32)
+    for u in range(len(users)):
+        rows = ep.support[u, :6]
+        sub = c.take(rows[rows >= 0])
+        support_u = Support(e_a=items[sub.a], e_b=items[sub.b], label=sub.label)
+        # Same computation on differently padded buffers (capacity 8 vs 6 pool slots): float32 noise only.
+        np.testing.assert_allclose(reward.infer(support_u), states[u], rtol=1e-3, atol=5e-4)
+    online = OnlineUser(reward, n_samples=16)
+    for a, b, y in zip(items[sub.a], items[sub.b], sub.label):
+        online.add(a, b, y)
+    np.testing.assert_allclose(online.state, states[len(users) - 1], rtol=1e-3, atol=5e-4)
