@@ -352,8 +352,9 @@ def ledoit_wolf(deviations: jax.Array) -> jax.Array:
     sample = deviations.T @ deviations / n  # [S, S]
     mu = jnp.trace(sample) / s
     d2 = jnp.sum(jnp.square(sample - mu * jnp.eye(s)))
-    outer = deviations[:, :, None] * deviations[:, None, :]  # [N, S, S]
-    b2 = jnp.minimum(jnp.sum(jnp.square(outer - sample[None])) / n**2, d2)
+    # Σ_i ‖x_i x_iᵀ − Σ̂‖²_F = Σ_i ‖x_i‖⁴ − N ‖Σ̂‖²_F (as Σ_i x_i x_iᵀ = N Σ̂): no [N, S, S] array.
+    b2 = jnp.sum(jnp.square(jnp.sum(jnp.square(deviations), axis=1))) - n * jnp.sum(jnp.square(sample))
+    b2 = jnp.minimum(jnp.maximum(b2, 0.0) / n**2, d2)
     alpha = jnp.where(d2 > 0, b2 / jnp.maximum(d2, 1e-30), 1.0)
     return alpha * mu * jnp.eye(s) + (1.0 - alpha) * sample
 
