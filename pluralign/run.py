@@ -35,9 +35,11 @@ from pluralign.evaluate import fewshot, metrics
 from pluralign.jsonio import flatten as _flatten, json_default, write_json_atomic
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import base, model_class
+from pluralign.train import meta
 from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_seen
 
 RESULTS_FILE = "results.json"
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -153,6 +155,8 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     root_keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])  # raw [n_seeds, 2]
     init_keys, train_keys = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 2))(root_keys), 1, 0)
     cls = model_class(config.model.name)
+    if config.train.meta:  # MRM: the same model with a meta-learned initial user state
+        cls = meta.meta_class(cls, meta.MetaOptions.of(config.train))
     graphdef, params = init_params(cls, config.model, base.Dims(dim=dataset.dim, n_users=dataset.n_users), init_keys)
     # A family with a stage before comparison training (DPA: attribute regression) fits it here,
     # from the items of seen users' training pairs only, and sets those parameters in every seed.
@@ -197,38 +201,31 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     counts, edges = np.histogram(per_user, bins=20, range=(0.0, 1.0))
     seen["per_user_histogram"] = {"edges": edges.tolist(), "counts": counts.tolist()}
 
-    # --- unseen users: prior strength chosen on unseen-val, reported on unseen-test
-    adapt = fewshot.make_adapt_and_predict(graphdef, ev.inference_steps, ev.inference_learning_rate)
+    # --- unseen users: prior chosen on unseen-val users in each split mode, reported on unseen-test
+    adapt = fewshot.make_adapt_and_predict(graphdef, ev.inference_steps, ev.inference_learning_rate, ev.inference)
     common = dict(
         shots=list(ev.shots), seeds=seeds, draws=ev.draws, min_user_fraction=ev.min_user_fraction,
         seen_users=jnp.asarray(split.seen), user_group=user_group,
     )
-    # Only models whose inference reads the prior strength have one to select.
     first_model = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], best))
-    selectable = first_model.user_state_dim > 0 and first_model.uses_prior_strength
-    val_curves = {
-        strength: fewshot.evaluate_unseen(
-            adapt, best, tables, comparisons, split.unseen_val, mode="random", prior_strength=strength, **common
+    if ev.inference == "bayes":
+        warn_if_degenerate_seen_states(first_model, jnp.asarray(split.seen))
+    by_mode, strengths, val_curves = {}, {}, {}
+    for mode in ev.modes:
+        strengths[mode], val_curves[mode] = select_prior(adapt, best, tables, comparisons, split.unseen_val, first_model, ev, mode, common)
+        by_mode[mode] = fewshot.evaluate_unseen(
+            adapt, best, tables, comparisons, split.unseen_test, mode=mode, prior_strength=strengths[mode], **common
         )
-        for strength in (ev.prior_strengths if selectable else ev.prior_strengths[:1])
-    }
-    if any(available_accuracy(curve) for curve in val_curves.values()):
-        strength = max(val_curves, key=lambda s: np.mean(list(available_accuracy(val_curves[s]).values()) or [-1.0]))
-    else:  # no unseen-val user reaches any k (e.g. a tiny dataset): nothing to select on
-        strength = ev.prior_strengths[0]
-    by_mode = {
-        mode: fewshot.evaluate_unseen(
-            adapt, best, tables, comparisons, split.unseen_test, mode=mode, prior_strength=strength, **common
-        )
-        for mode in ev.modes
-    }
-    primary = by_mode.get("random") or next(iter(by_mode.values()))
+    primary_mode = "random" if "random" in by_mode else next(iter(by_mode))
+    primary, strength = by_mode[primary_mode], strengths[primary_mode]
     unseen = {
-        "mode": "random" if "random" in by_mode else next(iter(by_mode)),
+        "mode": primary_mode,
         "accuracy_at_k": available_accuracy(primary),
         "accuracy_std_at_k": available_accuracy(primary, "accuracy_std"),
+        "inference": ev.inference,
         "prior_strength": strength,
-        "val_accuracy_at_k": available_accuracy(val_curves[strength]),
+        "prior_strength_by_mode": strengths,
+        "val_accuracy_at_k": available_accuracy(val_curves[primary_mode]),
         "by_mode": by_mode,
     }
 
@@ -257,7 +254,52 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         run_dir / MODEL_DIR, model_config=config.model, dims=base.Dims(dim=dataset.dim, n_users=dataset.n_users),
         params=best, seen_states=compute_seen_states(graphdef, best, tables, dataset.n_users), seeds=seeds,
         dataset_meta=dataset.meta, seen_users=split.seen, split=split.to_dict(), best_val_loss=state.best_val_loss,
-        prior_strength=strength, inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,
-        data_config=config.data,
+        prior_strength=strength, inference=ev.inference, inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,
+        data_config=config.data, meta_options=meta.MetaOptions.of(config.train) if config.train.meta else None,
     )
     return results
+
+
+def prior_candidates(model: base.PreferenceModel, ev: EvalConfig) -> list[float]:
+    """The few-shot prior settings to choose among: multipliers of the fitted prior precision
+    (`eval.inference=bayes`) or isotropic strengths (`map`); one where inference ignores it."""
+    if model.user_state_dim == 0 or not model.uses_prior_strength:
+        return [ev.prior_scales[0] if ev.inference == "bayes" else ev.prior_strengths[0]]
+    return list(ev.prior_scales if ev.inference == "bayes" else ev.prior_strengths)
+
+
+def select_prior(adapt, params, tables, comparisons, val_users, model, ev: EvalConfig, mode: str, common: dict):
+    """Chooses the prior setting on unseen-val users under the split `mode` it will be reported in
+    (highest mean accuracy over k, then lowest mean log-loss): (setting, its val curve)."""
+    curves = {
+        value: fewshot.evaluate_unseen(adapt, params, tables, comparisons, val_users, mode=mode, prior_strength=value, **common)
+        for value in prior_candidates(model, ev)
+    }
+    if not any(available_accuracy(curve) for curve in curves.values()):
+        # no unseen-val user reaches any k (e.g. a tiny dataset): nothing to select on
+        value = next(iter(curves))
+        return value, curves[value]
+
+    def score(value):
+        accuracy = list(available_accuracy(curves[value]).values())
+        log_loss = list(available_accuracy(curves[value], "log_loss").values())
+        return (np.mean(accuracy or [-1.0]), -np.mean(log_loss or [np.inf]))
+
+    value = max(curves, key=score)
+    return value, curves[value]
+
+
+def warn_if_degenerate_seen_states(model: base.PreferenceModel, seen_users: jax.Array, ratio: float = 1e-3) -> None:
+    """Logs a warning where the seen users' states barely vary in most directions (e.g. collapsed
+    PAL prototypes): the empirical-Bayes prior then pins new users to the population there."""
+    if not model.fits_user_state or seen_users.shape[0] == 0:
+        return
+    eigenvalues = np.asarray(base.empirical_prior(model, seen_users).sample_eigenvalues)
+    top = float(eigenvalues.max())
+    flat = int(np.sum(eigenvalues <= max(ratio * top, 1e-6)))  # 1e-6: a std of 0.001 is no spread at any scale
+    if flat > eigenvalues.size // 2:
+        log.warning(
+            "seen users' %d-dim states are degenerate: %d of %d directions have variance below %.0e of the largest "
+            "(%.3g); the fitted few-shot prior keeps new users near the population in those directions",
+            eigenvalues.size, flat, eigenvalues.size, ratio, top,
+        )

@@ -54,6 +54,15 @@ class EvalConfig:
     prior_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0])
     inference_steps: int = 100
     inference_learning_rate: float = 0.1
+    # Few-shot inference for models with fitted user states (`PreferenceModel.fits_user_state`):
+    # "bayes" = empirical Bayes (a Gaussian prior fitted to the seen users' states, Laplace
+    # posterior, posterior-predictive probabilities); "map" = MAP under an isotropic prior whose
+    # strength is chosen from `prior_strengths`. Models without fitted states ignore it.
+    inference: str = "bayes"
+    # "bayes" only: candidate multipliers of the fitted prior precision, chosen on unseen-val users
+    # (in each split mode separately); 1 = the fitted prior as it is. Values below 1 widen it: seen
+    # users' states are themselves shrunk estimates, so their spread can understate the population's.
+    prior_scales: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0])
     split_seed: int = 0  # user split and seen-pair split; fixed across training seeds
     unseen_val_fraction: float = 0.1
     unseen_test_fraction: float = 0.2
@@ -69,6 +78,10 @@ class EvalConfig:
             raise ValueError(f"eval.modes must be a non-empty subset of [random, item_disjoint], got {self.modes}")
         if self.draws < 1:
             raise ValueError(f"eval.draws must be >= 1, got {self.draws}")
+        if self.inference not in ("bayes", "map"):
+            raise ValueError(f"eval.inference must be 'bayes' or 'map', got {self.inference!r}")
+        if not self.prior_scales or any(s <= 0 for s in self.prior_scales):
+            raise ValueError(f"eval.prior_scales must be a non-empty list of values > 0, got {self.prior_scales}")
         if not self.prior_strengths or any(s < 0 for s in self.prior_strengths):
             raise ValueError(f"eval.prior_strengths must be a non-empty list of values >= 0, got {self.prior_strengths}")
 
@@ -146,9 +159,19 @@ def _features(model, tables, batch):
     return jax.tree.map(lambda f: f.reshape(*batch.label.shape, *f.shape[1:]), feats)
 
 
-def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: float):
+def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: float, inference: str = "map"):
     """Returns a jitted fn: (params, tables, support, n_shots, query, strength, seen_users)
-    -> (states [U, S], query logits [U, Q]). The prior mean is the average of `seen_users`' states."""
+    -> (states [U, S], query logits [U, Q]).
+
+    `inference="map"`: MAP states under an isotropic prior of precision `strength` around the
+    average of `seen_users`' states; the logits are the MAP state's. `inference="bayes"` (models
+    with `fits_user_state`; the others fall back to their own `infer_user`): the prior is fitted
+    to `seen_users`' states (`base.empirical_prior`), `strength` multiplies its precision, the
+    states are Laplace posterior means and the logits are posterior-predictive
+    (σ(logit) = P(a ≻ b | support)), so a user the support says little about gets cautious odds.
+    """
+    if inference not in ("bayes", "map"):
+        raise ValueError(f"unknown few-shot inference {inference!r}; use 'bayes' or 'map'")
 
     @jax.jit
     def adapt_and_predict(params, tables, support: base.PairBatch, n_shots, query: base.PairBatch, strength, seen_users):
@@ -156,12 +179,20 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
         support_feats = _features(model, tables, support)
         # The first n_shots pool pairs are the support; the rest of the pool is masked out.
         shot_mask = jnp.arange(support.label.shape[1])[None, :] < n_shots
+        query_feats = _features(model, tables, query)
+        q = query.label.shape[1]
+        if inference == "bayes" and model.fits_user_state:
+            prior = base.empirical_prior(model, seen_users)
+            means, covs = base.laplace_posterior(
+                model, support_feats, support.label, support.weight * shot_mask, prior,
+                precision_scale=strength, steps=steps, learning_rate=learning_rate,
+            )  # [U, S], [U, S, S]
+            logits = jax.vmap(lambda m, c, f: base.predictive_logits(model, m, c, f))(means, covs, query_feats)
+            return means, logits
         states = model.infer_user(
             support_feats, support.label, support.weight * shot_mask,
             prior_mean=model.population_user_state(seen_users), prior_strength=strength, steps=steps, learning_rate=learning_rate,
         )  # [U, S]
-        query_feats = _features(model, tables, query)
-        q = query.label.shape[1]
         logits = jax.vmap(lambda s, f: model.pair_logits(jnp.broadcast_to(s, (q, s.shape[0])), f))(states, query_feats)
         return states, logits
 

@@ -4,7 +4,8 @@
 
   model.json          model family + resolved model config, dims, seeds (and each seed's best
                       seen-user validation loss), the default seed, the few-shot inference settings
-                      (prior strength chosen on unseen-val, steps, learning rate), the data config
+                      (map or bayes, the prior strength or precision multiplier chosen on unseen-val, steps,
+                      learning rate), the data config
   dataset_meta.json   the dataset's meta.json (encoder, user/item ids, truth of synthetic data)
   users.parquet       row (the user's index in the state table), user_id, split, group (if known)
   state/              orbax checkpoint, for *every* seed (stacked): the model's parameters θ
@@ -79,9 +80,11 @@ def save_model(
     split: dict | None = None,
     best_val_loss: np.ndarray | None = None,
     prior_strength: float = 1.0,
+    inference: str = "map",
     inference_steps: int = 100,
     inference_learning_rate: float = 0.1,
     data_config: Any = None,
+    meta_options: Any = None,
 ) -> pathlib.Path:
     """Writes the artifact atomically. `params` carry a leading seed axis (as the trainer's);
     `seen_states` [n_seeds, n_users, S] are every user row's state as the run scores seen users."""
@@ -99,12 +102,15 @@ def save_model(
         "default_seed": int(seeds[default_index]),
         "seed_selection": "lowest seen-user validation loss" if losses is not None else "first seed",
         "fewshot": {
-            "prior_strength": float(prior_strength),
+            "prior_strength": float(prior_strength),  # "bayes": the multiplier of the fitted prior precision
+            "inference": inference,
             "steps": int(inference_steps),
             "learning_rate": float(inference_learning_rate),
         },
         "seen_users": [int(u) for u in np.asarray(seen_users)],
         "data_config": None if data_config is None else _to_json(dataclasses.asdict(data_config)),
+        # train.meta (MRM): the model carries a meta-learned initial user state (pluralign.train.meta)
+        "meta": None if meta_options is None else _to_json(dataclasses.asdict(meta_options)),
         "dataset": dataset_meta.get("name"),
         "encoder": dataset_meta.get("encoder"),
     }
@@ -272,6 +278,10 @@ def load(path: str | os.PathLike, *, seed: int | None = None) -> TrainedModel:
     if record["model"] not in REGISTRY:
         raise ValueError(f"{path}/model.json: unknown model {record['model']!r}; known models: {sorted(REGISTRY)}")
     cls, config_cls = REGISTRY[record["model"]]
+    if record.get("meta") is not None:
+        from pluralign.train import meta
+
+        cls = meta.meta_class(cls, meta.MetaOptions(**record["meta"]))
     config = _build_dataclass(config_cls, record["model_config"])
     dims = base.Dims(**record["dims"])
     abstract_model = nnx.eval_shape(lambda: cls(config, dims, rngs=nnx.Rngs(0)))

@@ -49,6 +49,14 @@ def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt,
     for a model with its own posterior, else Laplace samples of the state around φ̂."""
     model = nnx.merge(reward.graphdef, params)
     feats = reward._features(model, e_x[None], has_prompt[None], e_a[None], e_b[None])
+    if reward.inference == "bayes" and model.fits_user_state:  # the evaluation's empirical-Bayes Laplace posterior
+        mean, cov = base.laplace_posterior(
+            model, feats, label[None], weight[None], base.empirical_prior(model, reward.seen_users),
+            precision_scale=reward.prior_strength, steps=reward.inference_steps, learning_rate=reward.inference_learning_rate,
+        )
+        evals, evecs = jnp.linalg.eigh(cov[0])
+        scale = evecs * jnp.sqrt(jnp.maximum(evals, 0.0))[None, :]
+        return mean[0], mean[0][None, :] + jax.random.normal(key, (n_samples, reward.state_dim)) @ scale.T
     prior_mean = model.population_user_state(reward.seen_users)
     state = model.infer_user(feats, label[None], weight[None], prior_mean=prior_mean, prior_strength=reward.prior_strength,
                              steps=reward.inference_steps, learning_rate=reward.inference_learning_rate)[0]

@@ -6,9 +6,10 @@
 `user` is one of
   - a known (seen) user's id — as in the dataset's `user_ids`, or its row number;
   - `Support(e_a, e_b, label, e_x)`: comparisons of a *new* user, whose state is inferred
-    on the fly with θ frozen by exactly the evaluation protocol's inference
-    (`model.infer_user` with the population prior mean over the run's seen users and the
-    prior strength the run chose on unseen-val users; `pluralign.evaluate.fewshot`);
+    on the fly with θ frozen by exactly the evaluation protocol's inference (`eval.inference`:
+    the empirical-Bayes posterior mean under the prior fitted to the run's seen users, or
+    `model.infer_user`'s MAP around their population state; with the prior setting the run
+    chose on unseen-val users; `pluralign.evaluate.fewshot`);
   - `UserState(vector)`: an explicit user state φ of size `user_state_dim` — for DPA a
     direction v_u over the attributes (arithmetic control), for PAL mixture logits, ...
 
@@ -76,6 +77,7 @@ class PersonalizedReward:
         self.capacity = int(capacity)  # support pairs per inference call (padded); more -> larger buffers
         fewshot = trained.record["fewshot"]
         self.prior_strength = float(fewshot["prior_strength"])
+        self.inference = fewshot.get("inference", "map")
         self.inference_steps = int(fewshot["steps"])
         self.inference_learning_rate = float(fewshot["learning_rate"])
         self.seen_users = jnp.asarray(trained.seen_users)
@@ -101,6 +103,12 @@ class PersonalizedReward:
         """[U, C] padded support -> [U, S] user states, by the model's few-shot inference."""
         model = nnx.merge(self.graphdef, params)
         feats = self._features(model, e_x, has_prompt, e_a, e_b)
+        if self.inference == "bayes" and model.fits_user_state:  # the posterior mean, as the evaluation's
+            prior = base.empirical_prior(model, self.seen_users)
+            return base.laplace_posterior(
+                model, feats, label, weight, prior, precision_scale=self.prior_strength,
+                steps=self.inference_steps, learning_rate=self.inference_learning_rate,
+            )[0]
         return model.infer_user(
             feats, label, weight, prior_mean=model.population_user_state(self.seen_users),
             prior_strength=self.prior_strength, steps=self.inference_steps, learning_rate=self.inference_learning_rate,

@@ -25,6 +25,7 @@ from pluralign.models.pal import PALA, PALB, PALConfig
 from pluralign.models.vpl import VPL, VPLConfig
 from pluralign.models.dpa import DPA, DPAConfig
 from pluralign.models.linear import LinearBT, LinearConfig, LinearPersonal
+from pluralign.models.lore import LoRe, LoReConfig
 
 # name -> (model class, config class). A model family adds one import above and one line here;
 # `pluralign.config` then registers its schema and `conf/model/<name>.yaml` selects it.
@@ -41,6 +42,7 @@ REGISTRY = {
     "gpm_personal": (GPM, GPMConfig),
     "linear_bt": (LinearBT, LinearConfig),
     "linear_personal": (LinearPersonal, LinearConfig),
+    "lore": (LoRe, LoReConfig),
 }
 
 

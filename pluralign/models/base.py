@@ -124,6 +124,14 @@ class PreferenceModel(nnx.Module):
     # responses needs n rewards (`pluralign.models.ranking`); False: its pair logits on n² pairs.
     logit_is_reward_difference: bool = False
 
+    @property
+    def fits_user_state(self) -> bool:
+        """True where an unseen user's state is fitted by optimisation with θ frozen (S > 0 and
+        `uses_prior_strength`): these models get empirical-Bayes few-shot inference
+        (`empirical_prior`, `laplace_posterior`) and the MRM training option. False for BT (no
+        state) and for amortised inference (VPL's encoder is its own posterior)."""
+        return self.user_state_dim > 0 and self.uses_prior_strength
+
     def pair_features(self, pair: PairEmbeddings) -> Any:
         """User-independent part of the logit: a pytree of [B, ...] arrays."""
         raise NotImplementedError
@@ -177,6 +185,14 @@ class PreferenceModel(nnx.Module):
         """
         prior_mean = self.population_user_state() if prior_mean is None else prior_mean
         return fit_user_states(self, support_features, labels, weights, prior_mean, **options)
+
+    def canonical_user_state(self, user_state: jax.Array) -> jax.Array:
+        """[..., S] -> the same states in coordinates where a Gaussian over users is meaningful,
+        for the empirical-Bayes prior (`empirical_prior`). Must not change the model's logits.
+        Default: the identity. Softmax-weight models (PAL, personalized GPM) centre their logits
+        (softmax is shift-invariant, so the uncentred spread is partly meaningless); DPA, whose
+        state is a direction, normalises it."""
+        return user_state
 
     def loss(self, tables: Tables, batch: PairBatch, rng: jax.Array | None) -> tuple[jax.Array, dict]:
         """Training objective (scalar, metrics). Default: mean preference loss + regularization."""
@@ -311,3 +327,125 @@ def fit_user_states(
         return state
 
     return jax.vmap(fit_one)(features, labels, weights)
+
+
+# --- empirical-Bayes few-shot inference (DESIGN §6) ------------------------------------------
+
+
+@struct.dataclass
+class GaussianPrior:
+    """A Gaussian over user states fitted to the seen users' learned states."""
+
+    mean: jax.Array  # [S]
+    cov: jax.Array  # [S, S], shrunk and floored so it is positive definite
+    sample_eigenvalues: jax.Array  # [S] eigenvalues of the unshrunk scatter (degeneracy check)
+
+
+def ledoit_wolf(deviations: jax.Array) -> jax.Array:
+    """[N, S] deviations from a known mean -> [S, S] covariance shrunk towards (tr Σ̂ / S)·I.
+
+    Ledoit & Wolf (2004): Σ = α μI + (1 − α) Σ̂ with α = min(b̄², d²) / d², where
+    d² = ‖Σ̂ − μI‖²_F and b̄² = (1/N²) Σ_i ‖x_i x_iᵀ − Σ̂‖²_F: strong shrinkage when seen users
+    are few relative to S, none when Σ̂ is well estimated.
+    """
+    n, s = deviations.shape
+    sample = deviations.T @ deviations / n  # [S, S]
+    mu = jnp.trace(sample) / s
+    d2 = jnp.sum(jnp.square(sample - mu * jnp.eye(s)))
+    # Σ_i ‖x_i x_iᵀ − Σ̂‖²_F = Σ_i ‖x_i‖⁴ − N ‖Σ̂‖²_F (as Σ_i x_i x_iᵀ = N Σ̂): no [N, S, S] array.
+    b2 = jnp.sum(jnp.square(jnp.sum(jnp.square(deviations), axis=1))) - n * jnp.sum(jnp.square(sample))
+    b2 = jnp.minimum(jnp.maximum(b2, 0.0) / n**2, d2)
+    alpha = jnp.where(d2 > 0, b2 / jnp.maximum(d2, 1e-30), 1.0)
+    return alpha * mu * jnp.eye(s) + (1.0 - alpha) * sample
+
+
+def empirical_prior(model: PreferenceModel, seen_users: jax.Array, variance_floor: float = 1e-3) -> GaussianPrior:
+    """The prior over user states fitted to `seen_users`' learned states (empirical Bayes).
+
+    Mean: `population_user_state(seen_users)` (so 0 shots is the population model); covariance:
+    the seen states' scatter about that mean in `canonical_user_state` coordinates, Ledoit–Wolf
+    shrunk, plus `variance_floor`·(mean variance) on the diagonal so that directions in which the
+    seen users do not vary (PAL's softmax shift, collapsed prototypes) keep a small, finite prior.
+    """
+    mean = model.canonical_user_state(model.population_user_state(seen_users))  # [S]
+    states = model.canonical_user_state(model.seen_user_state(seen_users))  # [N, S]
+    deviations = states - mean[None]
+    S = mean.shape[0]
+    cov = ledoit_wolf(deviations)
+    scale = jnp.maximum(jnp.trace(cov) / S, 1e-6)
+    sample_eigenvalues = jnp.linalg.eigvalsh(deviations.T @ deviations / deviations.shape[0])
+    return GaussianPrior(mean=mean, cov=cov + variance_floor * scale * jnp.eye(S), sample_eigenvalues=sample_eigenvalues)
+
+
+def laplace_posterior(
+    model: PreferenceModel,
+    features: Any,
+    labels: jax.Array,
+    weights: jax.Array,
+    prior: GaussianPrior,
+    precision_scale: float | jax.Array = 1.0,
+    steps: int = 100,
+    learning_rate: float = 0.1,
+    newton_steps: int = 3,
+) -> tuple[jax.Array, jax.Array]:
+    """Laplace approximation of each user's posterior over φ, vmapped over users: ([U, S], [U, S, S]).
+
+    Prior N(m, Σ/c) (c = `precision_scale`, 1 = the fitted prior). The fit runs in whitened
+    coordinates φ = m + L z (Σ = L Lᵀ), where the prior is ½c‖z‖² and Adam's step size means the
+    same thing in every direction: Adam from z = 0 (the prior mean), then Newton steps that are
+    kept only where they lower the objective (they make the MAP exact where the objective is
+    convex, e.g. a head linear in φ). Posterior covariance: L H_z⁻¹ Lᵀ with H_z the Hessian of the
+    negative log posterior at the MAP (jax.hessian; S is small). features: pytree of [U, k, ...].
+    """
+    n_users, k = labels.shape
+    S = prior.mean.shape[0]
+    chol = jnp.linalg.cholesky(prior.cov)  # [S, S]
+    tx = optax.adam(learning_rate)
+
+    def objective(z, feats, y, w):  # z [S]; feats [k, ...]
+        phi = prior.mean + chol @ z
+        logits = model.pair_logits(jnp.broadcast_to(phi, (k, S)), feats)
+        return preference_loss(logits, y, w).sum() + 0.5 * precision_scale * jnp.sum(jnp.square(z))
+
+    def fit_one(feats, y, w):
+        f = lambda z: objective(z, feats, y, w)  # noqa: E731
+
+        def adam_step(carry, _):
+            z, opt_state = carry
+            updates, opt_state = tx.update(jax.grad(f)(z), opt_state, z)
+            return (optax.apply_updates(z, updates), opt_state), None
+
+        z0 = jnp.zeros((S,), jnp.float32)
+        (z, _), _ = jax.lax.scan(adam_step, (z0, tx.init(z0)), None, length=steps)
+
+        def newton_step(z, _):
+            step = jnp.linalg.solve(jax.hessian(f)(z), jax.grad(f)(z))
+            candidate = z - step
+            ok = jnp.all(jnp.isfinite(candidate)) & (f(candidate) < f(z))
+            return jnp.where(ok, candidate, z), None
+
+        z, _ = jax.lax.scan(newton_step, z, None, length=newton_steps)
+        hessian = jax.hessian(f)(z)  # [S, S]; ⪰ c·I wherever the likelihood is locally convex
+        # A non-convex likelihood can leave negative curvature at the MAP: clip the eigenvalues at
+        # the prior's own precision so the covariance never exceeds the prior's.
+        evals, evecs = jnp.linalg.eigh(0.5 * (hessian + hessian.T))
+        cov_z = (evecs / jnp.maximum(evals, precision_scale)[None, :]) @ evecs.T
+        return prior.mean + chol @ z, chol @ cov_z @ chol.T
+
+    return jax.vmap(fit_one)(features, labels, weights)
+
+
+def predictive_logits(model: PreferenceModel, mean: jax.Array, cov: jax.Array, features: Any) -> jax.Array:
+    """Posterior-predictive logits of one user's pairs: σ(output) ≈ E[σ(logit)] under φ ~ N(mean, cov).
+
+    The logit is linearised at the mean, l(φ) ≈ μ + gᵀ(φ − mean), so l ~ N(μ, v) with v = gᵀ cov g,
+    and E[σ(l)] ≈ σ(μ / √(1 + πv/8)) (the probit approximation, MacKay 1992). The sign, hence the
+    predicted preference, is the MAP's; the confidence shrinks where the user is uncertain.
+    mean [S], cov [S, S], features [Q, ...] -> [Q].
+    """
+    q = jax.tree.leaves(features)[0].shape[0]
+    head = lambda phi: model.pair_logits(jnp.broadcast_to(phi, (q, phi.shape[0])), features)  # noqa: E731
+    mu = head(mean)  # [Q]
+    grad = jax.jacfwd(head)(mean)  # [Q, S]
+    variance = jnp.einsum("qs,st,qt->q", grad, cov, grad)
+    return mu / jnp.sqrt(1.0 + jnp.pi * jnp.maximum(variance, 0.0) / 8.0)

@@ -137,6 +137,9 @@ class DPA(PreferenceModel):
         directions = self.user_directions[...] if users is None else self.user_directions[...][users]
         return _unit(_unit(directions).mean(axis=0))  # [m] the seen users' mean direction
 
+    def canonical_user_state(self, user_state):
+        return _unit(user_state)  # the logits depend on the direction only
+
     def user_state_log_prior(self, user_state, prior_mean, strength):
         # von Mises–Fisher: log p(v) = κ μᵀ v + const on the sphere.
         return strength * jnp.sum(_unit(user_state) * _unit(prior_mean))

@@ -165,6 +165,10 @@ class GPM(PreferenceModel):
             return super().seen_user_state(users)
         return self.user_logits[...][users]  # [B, K]
 
+    def canonical_user_state(self, user_state):
+        # As PAL: softmax(W + c) = softmax(W), so centred logits are the identifiable part.
+        return user_state - user_state.mean(axis=-1, keepdims=True) if self.personal else user_state
+
     def population_user_state(self, users=None):
         if not self.personal:
             return super().population_user_state(users)

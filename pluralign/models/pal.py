@@ -53,6 +53,10 @@ class _PALBase(PreferenceModel):
     def seen_user_state(self, users):
         return self.user_logits[...][users]  # [B, K]
 
+    def canonical_user_state(self, user_state):
+        # softmax(W + c) = softmax(W): centred logits are the state's identifiable part.
+        return user_state - user_state.mean(axis=-1, keepdims=True)
+
     def population_user_state(self, users=None):
         # The average seen user's weights w̄ = mean_u softmax(W_u), as logits log w̄ (softmax is
         # shift-invariant). Rows of users never trained on keep their random init: leave them out.

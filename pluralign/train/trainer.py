@@ -49,6 +49,17 @@ class TrainConfig:
     # along its rows, parameters are replicated, XLA inserts the gradient all-reduce.
     # "auto" = on when more than one device is visible.
     data_parallel: str = "auto"  # auto | on | off
+    # MRM (pluralign.train.meta), for models whose user state is fitted: a meta-learned initial
+    # user state, trained by `meta_inner_steps` gradient steps of size `meta_inner_learning_rate`
+    # on `meta_support_size` of the user's other training pairs, then the loss on the query pair;
+    # users' adapted losses above the (1 − robust_ratio) batch quantile weigh up to 2×, over a
+    # sigmoid of width robust_smoothing (robust_ratio = 0: plain MAML). Few-shot inference starts there.
+    meta: bool = False
+    meta_inner_steps: int = 3
+    meta_inner_learning_rate: float = 0.5
+    meta_support_size: int = 8
+    robust_ratio: float = 0.2
+    robust_smoothing: float = 0.1
 
     def __post_init__(self):
         # Fail at start-up, not after the data has loaded.
@@ -60,6 +71,10 @@ class TrainConfig:
         for field in ("batch_size", "max_epochs", "eval_every"):
             if getattr(self, field) < 1:
                 raise ValueError(f"train.{field} must be >= 1, got {getattr(self, field)}")
+        if self.meta_inner_steps < 1 or self.meta_support_size < 1 or self.meta_inner_learning_rate <= 0:
+            raise ValueError("train.meta_inner_steps and train.meta_support_size must be >= 1, train.meta_inner_learning_rate > 0")
+        if not 0 <= self.robust_ratio < 1 or self.robust_smoothing <= 0:
+            raise ValueError(f"train.robust_ratio must be in [0, 1) and train.robust_smoothing > 0, got {self.robust_ratio}, {self.robust_smoothing}")
         if self.learning_rate < 0 or self.patience < 0:
             raise ValueError("train.learning_rate and train.patience must be >= 0")
 

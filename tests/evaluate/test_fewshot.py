@@ -243,8 +243,9 @@ def test_adapt_and_predict_uses_only_the_first_k_shots(tiny_dataset):
 
 
 def test_prior_strength_is_selected_on_unseen_val_users_only(tmp_path, monkeypatch):
-    """Every candidate prior strength is scored on unseen-val users; unseen-test users see only
-    the chosen one. Fake curves make val prefer 3.0 and test prefer 0.3: the run must pick 3.0."""
+    """Every candidate prior strength is scored on unseen-val users, in each split mode; unseen-test
+    users see only the one chosen in their own mode. Fake curves make val prefer 3.0 in random
+    mode and 1.0 in item_disjoint mode, and test prefer 0.3: the run must pick 3.0 and 1.0."""
     calls = []
     strengths = [0.3, 1.0, 3.0]
     split = {}
@@ -254,7 +255,7 @@ def test_prior_strength_is_selected_on_unseen_val_users_only(tmp_path, monkeypat
             split.update(json.loads((tmp_path / "run" / "split.json").read_text()))
         calls.append((np.asarray(users).copy(), mode, prior_strength))
         is_val = np.array_equal(np.sort(users), np.sort(split["unseen_val"]))
-        best = 3.0 if is_val else 0.3
+        best = (3.0 if mode == "random" else 1.0) if is_val else 0.3
         acc = 0.9 if prior_strength == best else 0.6
         return {k: {"accuracy": acc, "accuracy_std": 0.0, "log_loss": 0.5, "ece": 0.0, "per_user_mean": acc,
                     "per_user_p10": acc, "n_users": len(users)} for k in shots}
@@ -264,7 +265,7 @@ def test_prior_strength_is_selected_on_unseen_val_users_only(tmp_path, monkeypat
         model=PALConfig(name="pal_a", n_prototypes=2, latent_dim=4),
         data=IdealPointConfig(n_users=40, n_items=100, comparisons_per_user=20, dim=D, seed=0),
         train=TrainConfig(progress=False, max_epochs=1, batch_size=128, checkpoint=False),
-        eval=EvalConfig(shots=[1, 5], modes=["random", "item_disjoint"], draws=1, prior_strengths=strengths),
+        eval=EvalConfig(shots=[1, 5], modes=["random", "item_disjoint"], draws=1, prior_strengths=strengths, inference="map"),
         cache_dir=str(tmp_path / "cache"),
     )
     results = run(config, tmp_path / "run")
@@ -274,8 +275,9 @@ def test_prior_strength_is_selected_on_unseen_val_users_only(tmp_path, monkeypat
     on_val = [(mode, s) for users, mode, s in calls if np.array_equal(np.sort(users), np.sort(val_users))]
     on_test = [(mode, s) for users, mode, s in calls if np.array_equal(np.sort(users), np.sort(test_users))]
     assert len(on_val) + len(on_test) == len(calls)  # no call mixes val and test users
-    assert sorted(s for _, s in on_val) == sorted(strengths)
+    assert sorted(on_val) == sorted((mode, s) for mode in ("random", "item_disjoint") for s in strengths)
     assert results["unseen"]["prior_strength"] == 3.0
-    assert sorted(on_test) == [("item_disjoint", 3.0), ("random", 3.0)]
+    assert results["unseen"]["prior_strength_by_mode"] == {"random": 3.0, "item_disjoint": 1.0}
+    assert sorted(on_test) == [("item_disjoint", 1.0), ("random", 3.0)]
     seen = set(np.asarray(split["seen"]).tolist())
     assert all(not seen.intersection(users.tolist()) for users, _, _ in calls)
