@@ -23,6 +23,7 @@ from pluralign.data.persona import PersonaConfig, make_persona
 from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
 from pluralign.data.hidden_types import HiddenTypesConfig, make_hidden_types
 from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute
+from pluralign.data.low_rank import SharedPlusLowRankConfig, make_shared_plus_low_rank
 
 
 @dataclasses.dataclass
@@ -44,6 +45,7 @@ GENERATORS = {
     "cyclic_skew": (CyclicSkewConfig, make_cyclic_skew),
     "cyclic_users": (CyclicUsersConfig, make_cyclic_users),
     "multi_attribute": (MultiAttributeConfig, make_multi_attribute),
+    "shared_plus_low_rank": (SharedPlusLowRankConfig, make_shared_plus_low_rank),
 }
 
 
