@@ -24,6 +24,7 @@ from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
 from pluralign.data.hidden_types import HiddenTypesConfig, make_hidden_types
 from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute
 from pluralign.data.low_rank import SharedPlusLowRankConfig, make_shared_plus_low_rank
+from pluralign.data.choice_panels import ChoicePanelConfig, make_choice_panel
 
 
 @dataclasses.dataclass
@@ -46,6 +47,7 @@ GENERATORS = {
     "cyclic_users": (CyclicUsersConfig, make_cyclic_users),
     "multi_attribute": (MultiAttributeConfig, make_multi_attribute),
     "shared_plus_low_rank": (SharedPlusLowRankConfig, make_shared_plus_low_rank),
+    "choice_panel": (ChoicePanelConfig, make_choice_panel),
 }
 
 
