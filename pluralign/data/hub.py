@@ -303,16 +303,16 @@ def load_pickapic(image_features: Any, image_ids: Sequence, *, prompt_features: 
 # ----------------------------------------------------------------- Hydra data kinds
 
 # `data=tldr | ultrafeedback_p | helpsteer2 | pickapic | prism`: each fetches its hub dataset
-# (network) or reads a local copy of the records in the hub schema (`records=` a .jsonl/.json/
+# (network) or reads a local copy of the records in the hub schema (`path=` a .jsonl/.json/
 # .parquet file, e.g. written with `hub_records(...).to_pylist()` or `datasets`' to_json), so a
 # paper-table experiment (conf/experiment/paper_*.yaml) runs the same way online and offline.
 # `encoder` is an encoder name or the options of `encoder=hf` as a mapping, e.g.
 # {name: hf, model: facebook/opt-350m, dtype: bfloat16} (see pluralign.embed.load_encoder).
 
 def _records(config, name: str, hub_config: str | None) -> pa.Table:
-    if config.records is not None:
+    if config.path is not None:
         from pluralign.data.importers import read_table
-        table = read_table(config.records)
+        table = read_table(config.path)
         return table if config.max_rows is None else table.slice(0, config.max_rows)
     return hub_records(name, hub_config, config.split, config.max_rows)
 
@@ -329,13 +329,13 @@ class TLDRConfig:
     kind: str = "tldr"
     name: str = "tldr"
     split: str = "validation"
-    records: Optional[str] = None  # local copy in the hub schema; None = fetch from the hub
+    path: Optional[str] = None  # a local copy of the records in the hub schema; None = fetch from the hub
     max_rows: Optional[int] = None
     encoder: Any = "wordllama"
     embed_with_prompt: bool = True  # each summary embedded together with its post (prompt-conditioned items)
 
     def source_fingerprint(self) -> dict:
-        return _fingerprint(self.records)
+        return _fingerprint(self.path)
 
 
 @dataclasses.dataclass
@@ -348,7 +348,7 @@ class UltraFeedbackPConfig:
     comparisons_per_user: int = 8
     controversial_only: bool = True
     split: str = "train"
-    records: Optional[str] = None
+    path: Optional[str] = None  # local copy of the records; None = fetch from the hub
     max_rows: Optional[int] = None
     encoder: Any = "wordllama"
     seed: int = 0
@@ -359,7 +359,7 @@ class UltraFeedbackPConfig:
             raise ValueError(f"data.attributes must be >= 2 of {list(ULTRAFEEDBACK_ATTRIBUTES)}, got {self.attributes}")
 
     def source_fingerprint(self) -> dict:
-        return _fingerprint(self.records)
+        return _fingerprint(self.path)
 
 
 @dataclasses.dataclass
@@ -372,13 +372,13 @@ class HelpSteer2Config:
     comparisons_per_user: int = 20
     attributes: list[str] = dataclasses.field(default_factory=lambda: list(HELPSTEER2_ATTRIBUTES))
     split: str = "train"
-    records: Optional[str] = None
+    path: Optional[str] = None  # local copy of the records; None = fetch from the hub
     max_rows: Optional[int] = None
     encoder: Any = "wordllama"
     seed: int = 0
 
     def source_fingerprint(self) -> dict:
-        return _fingerprint(self.records)
+        return _fingerprint(self.path)
 
 
 @dataclasses.dataclass
@@ -392,11 +392,11 @@ class PickapicConfig:
     prompt_features: Optional[str] = None  # .npy caption features in the same space (optional)
     prompt_ids: Optional[str] = None  # the caption text of each row (.npy or .txt)
     split: str = "validation_unique"
-    records: Optional[str] = None
+    path: Optional[str] = None  # local copy of the records; None = fetch from the hub
     max_rows: Optional[int] = None
 
     def source_fingerprint(self) -> dict:
-        return _fingerprint(self.records, self.image_features, self.image_ids, self.prompt_features,
+        return _fingerprint(self.path, self.image_features, self.image_ids, self.prompt_features,
                             self.prompt_ids)
 
 
@@ -408,12 +408,12 @@ class PrismConfig:
     name: str = "prism"
     ties: str = "drop"
     split: str = "train"
-    records: Optional[str] = None
+    path: Optional[str] = None  # local copy of the records; None = fetch from the hub
     max_rows: Optional[int] = None
     encoder: Any = "wordllama"
 
     def source_fingerprint(self) -> dict:
-        return _fingerprint(self.records)
+        return _fingerprint(self.path)
 
 
 def _ids(path: str) -> list:

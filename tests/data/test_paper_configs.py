@@ -94,7 +94,7 @@ def _pickapic(tmp_path, n_users=12, per_user=12, n_images=60, dim=16):
                      "label_1": 0.0, "has_label": True})
     np.save(tmp_path / "clip.npy", rng.standard_normal((n_images, dim)).astype(np.float32))
     (tmp_path / "uids.txt").write_text("".join(f"img{k}\n" for k in range(n_images)))
-    return [f"data.records={_jsonl(tmp_path / 'pickapic.jsonl', rows)}", f"data.image_features={tmp_path / 'clip.npy'}",
+    return [f"data.path={_jsonl(tmp_path / 'pickapic.jsonl', rows)}", f"data.image_features={tmp_path / 'clip.npy'}",
             f"data.image_ids={tmp_path / 'uids.txt'}"]
 
 
@@ -109,7 +109,7 @@ def _offline_data(experiment, tmp_path) -> list[str]:
                "helpsteer2": _helpsteer2_records}[kind]()
     extra = {"helpsteer2": ["data.n_users=24", "data.comparisons_per_user=12"],
              "ultrafeedback_p": ["data.comparisons_per_user=6"]}.get(kind, [])
-    return [f"data.records={_jsonl(tmp_path / f'{kind}.jsonl', records)}", "data.encoder=wordllama", *extra]
+    return [f"data.path={_jsonl(tmp_path / f'{kind}.jsonl', records)}", "data.encoder=wordllama", *extra]
 
 
 # ----------------------------------------------------------------- tests
@@ -145,7 +145,7 @@ def test_hub_data_kinds_read_the_local_fixtures(experiment, tmp_path):
 
 
 def test_pickapic_without_features_says_what_it_needs(tmp_path):
-    config = cli.run_config(_compose(["data=pickapic", f"data.records={tmp_path / 'x.jsonl'}"]))
+    config = cli.run_config(_compose(["data=pickapic", f"data.path={tmp_path / 'x.jsonl'}"]))
     with pytest.raises(ValueError, match="image_features"):
         load_dataset(config.data, cache_dir=tmp_path)
 
