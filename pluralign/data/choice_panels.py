@@ -136,6 +136,11 @@ def load_choice_panel(path: str | pathlib.Path, panel: str, seed: int = 0, name:
     if table.num_rows == 0:
         raise DatasetError(file, "no rows")
     alts, n_rows = spec.alternatives, table.num_rows
+    if spec.user not in table.column_names:
+        raise DatasetError(file, f"missing column '{spec.user}' (columns: {table.column_names})")
+    user_col = table.column(spec.user)
+    if user_col.null_count:
+        raise DatasetError(file, f"column '{spec.user}' is null", int(np.asarray(user_col.is_null()).argmax()))
     chosen = _chosen_index(table, file, spec)  # [R]
     available = np.ones((n_rows, len(alts)), bool)  # [R, A]
     for k, alt in enumerate(alts):
@@ -158,6 +163,8 @@ def load_choice_panel(path: str | pathlib.Path, panel: str, seed: int = 0, name:
     no_other = known & ~others.any(axis=1)
     keep = known & ~no_other
     used = keep[:, None] & available  # [R, A] the alternatives that enter a comparison
+    if not keep.any():
+        raise DatasetError(file, "no choice has a known chosen alternative and another available one")
 
     # Attributes [R, A, m] (NaN where an alternative lacks one), standardized over the used alternatives.
     names = list(dict.fromkeys(a for alt in alts for a in alt.attributes))
@@ -176,11 +183,6 @@ def load_choice_panel(path: str | pathlib.Path, panel: str, seed: int = 0, name:
 
     row, other = np.nonzero(others)
     winner, loser = item_of[row, chosen[row]], item_of[row, other]
-    if spec.user not in table.column_names:
-        raise DatasetError(file, f"missing column '{spec.user}' (columns: {table.column_names})")
-    user_col = table.column(spec.user)
-    if user_col.null_count:
-        raise DatasetError(file, f"column '{spec.user}' is null", int(np.asarray(user_col.is_null()).argmax()))
     respondents = pa.table({"user": pc.cast(user_col, pa.string()).filter(pa.array(keep))})
     users, user_ids = map_user_ids(respondents, file, "user")
     user_of_row = np.full(n_rows, -1, np.int64)

@@ -117,3 +117,9 @@ def test_the_real_panels():
     rail = load_choice_panel(REAL / "choice_panels" / "train_data.csv.gz", "rail_nl")
     validate_dataset(rail)
     assert rail.n_users == 235 and len(rail.comparisons) == 2929
+
+
+def test_a_file_with_nothing_to_compare_is_an_error(tmp_path):
+    path = _write(tmp_path, "swissmetro", SWISS_HEADER, [SWISS_ROWS[3]])  # only an unknown choice
+    with pytest.raises(DatasetError, match="no choice has a known chosen alternative"):
+        load_choice_panel(path, "swissmetro")
