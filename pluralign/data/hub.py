@@ -49,6 +49,7 @@ e.g. ``transformers.CLIPModel.get_image_features`` over ``jpg_0``/``jpg_1`` (and
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -419,7 +420,7 @@ class PrismConfig:
 def _ids(path: str) -> list:
     if path.endswith(".npy"):
         return np.load(path, allow_pickle=False).tolist()
-    return [line.rstrip("\n") for line in open(path, encoding="utf-8") if line.strip()]
+    return [line for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def make_tldr(config: TLDRConfig) -> PreferenceDataset:
