@@ -35,7 +35,7 @@ import numpy as np
 
 from pluralign.data.format import Comparisons, PreferenceDataset
 from pluralign.data.synthetic import (
-    _sigmoid, embed_hidden, optimal_accuracies, population_types, random_pairs, sample_user_weights,
+    sigmoid, embed_hidden, optimal_accuracies, population_types, random_pairs, sample_user_weights,
 )
 
 
@@ -98,7 +98,7 @@ def _probability(score: np.ndarray, temperature: float) -> np.ndarray:
     """P(a ≻ b) = σ(s / T); T = 0 gives hard labels (1, 0, or 1/2 on an exact tie)."""
     if temperature == 0:
         return np.where(score > 0, 1.0, np.where(score < 0, 0.0, 0.5))
-    return _sigmoid(score / temperature)
+    return sigmoid(score / temperature)
 
 
 def _labels(rng: np.random.Generator, p: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import dataclasses
 import numpy as np
 
 from pluralign.data.format import Comparisons, PreferenceDataset
-from pluralign.data.synthetic import _sigmoid, embed_hidden, optimal_accuracies, random_pairs
+from pluralign.data.synthetic import sigmoid, embed_hidden, optimal_accuracies, random_pairs
 
 
 @dataclasses.dataclass
@@ -80,7 +80,7 @@ def make_hidden_types(config: HiddenTypesConfig) -> PreferenceDataset:
 
     user = np.repeat(np.arange(U), n_per)
     user_type = rng.integers(K, size=U)
-    p_types = _sigmoid(rewards[a] - rewards[b])  # [n, K]
+    p_types = sigmoid(rewards[a] - rewards[b])  # [n, K]
     p = p_types[np.arange(n), user_type[user]]
     label = (rng.random(n) < p).astype(np.float32)
 
@@ -110,7 +110,7 @@ def type_posterior_accuracy(truth: dict, comparisons: Comparisons, support: np.n
 
     def p_types(rows):  # [U, n] -> P(a ≻ b | type) [U, n, K]
         safe = np.maximum(rows, 0)
-        return _sigmoid(rewards[comparisons.a[safe]] - rewards[comparisons.b[safe]])
+        return sigmoid(rewards[comparisons.a[safe]] - rewards[comparisons.b[safe]])
 
     p_s, y_s = p_types(support), comparisons.label[np.maximum(support, 0)][..., None]
     log_lik = np.where(support[..., None] >= 0, np.log(np.where(y_s > 0.5, p_s, 1.0 - p_s)), 0.0).sum(axis=1)  # [U, K]

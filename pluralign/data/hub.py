@@ -48,7 +48,9 @@ e.g. ``transformers.CLIPModel.get_image_features`` over ``jpg_0``/``jpg_1`` (and
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+import pathlib
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -211,16 +213,23 @@ def ultrafeedback_p(records: Records, attributes: Sequence[str] = ("helpfulness"
                      "a": pc.take(item, pa.array(a)), "b": pc.take(item, pa.array(b)), "label": label})
 
 
-def load_ultrafeedback_p(attributes: Sequence[str] = ("helpfulness", "honesty"), comparisons_per_user: int = 8,
-                         encoder: Any = "wordllama", max_rows: int | None = None, seed: int = 0) -> PreferenceDataset:
-    table = ultrafeedback_p(hub_records("openbmb/UltraFeedback", None, "train", max_rows), attributes,
-                            comparisons_per_user, seed=seed)
-    ds = import_comparisons(table, prompt="prompt", encoder=encoder, name=f"ultrafeedback_p{len(attributes)}")
+def ultrafeedback_p_dataset(records: Records, attributes: Sequence[str] = ("helpfulness", "honesty"),
+                            comparisons_per_user: int = 8, *, encoder: Any = "wordllama", seed: int = 0,
+                            controversial_only: bool = True, name: str | None = None) -> PreferenceDataset:
+    """UltraFeedback-P as a dataset (texts embedded with ``encoder``); each user's type in ``meta["truth"]``."""
+    table = ultrafeedback_p(records, attributes, comparisons_per_user, controversial_only, seed=seed)
+    ds = import_comparisons(table, prompt="prompt", encoder=encoder, name=name or f"ultrafeedback_p{len(attributes)}")
     user_type = np.asarray(table.column("user_type"))
     first_row = {u: r for r, u in reversed(list(enumerate(table.column("user").to_pylist())))}
     ds.meta["truth"] = {"user_group": [int(user_type[first_row[u]]) for u in ds.meta["user_ids"]],
                         "group_names": list(attributes)}
     return ds
+
+
+def load_ultrafeedback_p(attributes: Sequence[str] = ("helpfulness", "honesty"), comparisons_per_user: int = 8,
+                         encoder: Any = "wordllama", max_rows: int | None = None, seed: int = 0) -> PreferenceDataset:
+    return ultrafeedback_p_dataset(hub_records("openbmb/UltraFeedback", None, "train", max_rows), attributes,
+                                   comparisons_per_user, encoder=encoder, seed=seed)
 
 
 # ----------------------------------------------------------------- HelpSteer2
@@ -290,3 +299,162 @@ def load_pickapic(image_features: Any, image_ids: Sequence, *, prompt_features: 
     return import_comparisons(table, items=image_features, item_ids=image_ids,
                               prompt="prompt" if prompt_features is not None else None,
                               prompts=prompt_features, prompt_ids=prompt_ids, name="pickapic_v2")
+
+
+# ----------------------------------------------------------------- Hydra data kinds
+
+# `data=tldr | ultrafeedback_p | helpsteer2 | pickapic | prism`: each fetches its hub dataset
+# (network) or reads a local copy of the records in the hub schema (`path=` a .jsonl/.json/
+# .parquet file, e.g. written with `hub_records(...).to_pylist()` or `datasets`' to_json), so a
+# paper-table experiment (conf/experiment/paper_*.yaml) runs the same way online and offline.
+# `encoder` is an encoder name or the options of `encoder=hf` as a mapping, e.g.
+# {name: hf, model: facebook/opt-350m, dtype: bfloat16} (see pluralign.embed.load_encoder).
+
+def _records(config, name: str, hub_config: str | None) -> pa.Table:
+    if config.path is not None:
+        from pluralign.data.importers import read_table
+        table = read_table(config.path)
+        return table if config.max_rows is None else table.slice(0, config.max_rows)
+    return hub_records(name, hub_config, config.split, config.max_rows)
+
+
+def _fingerprint(*paths) -> dict:
+    from pluralign.data.importers import source_fingerprint
+    return source_fingerprint(*paths)
+
+
+@dataclasses.dataclass
+class TLDRConfig:
+    """``data=tldr``: openai/summarize_from_feedback comparisons, users = the labelling workers."""
+
+    kind: str = "tldr"
+    name: str = "tldr"
+    split: str = "validation"
+    path: Optional[str] = None  # a local copy of the records in the hub schema; None = fetch from the hub
+    max_rows: Optional[int] = None
+    encoder: Any = "wordllama"
+    embed_with_prompt: bool = True  # each summary embedded together with its post (prompt-conditioned items)
+
+    def source_fingerprint(self) -> dict:
+        return _fingerprint(self.path)
+
+
+@dataclasses.dataclass
+class UltraFeedbackPConfig:
+    """``data=ultrafeedback_p``: VPL's UltraFeedback-P, one user type per fine-grained attribute."""
+
+    kind: str = "ultrafeedback_p"
+    name: str = "ultrafeedback_p"
+    attributes: list[str] = dataclasses.field(default_factory=lambda: ["helpfulness", "honesty"])
+    comparisons_per_user: int = 8
+    controversial_only: bool = True
+    split: str = "train"
+    path: Optional[str] = None  # local copy of the records; None = fetch from the hub
+    max_rows: Optional[int] = None
+    encoder: Any = "wordllama"
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = sorted(set(self.attributes) - set(ULTRAFEEDBACK_ATTRIBUTES))
+        if len(self.attributes) < 2 or unknown:
+            raise ValueError(f"data.attributes must be >= 2 of {list(ULTRAFEEDBACK_ATTRIBUTES)}, got {self.attributes}")
+
+    def source_fingerprint(self) -> dict:
+        return _fingerprint(self.path)
+
+
+@dataclasses.dataclass
+class HelpSteer2Config:
+    """``data=helpsteer2``: responses with their five attribute ratings; simulated direction users."""
+
+    kind: str = "helpsteer2"
+    name: str = "helpsteer2"
+    n_users: int = 200
+    comparisons_per_user: int = 20
+    attributes: list[str] = dataclasses.field(default_factory=lambda: list(HELPSTEER2_ATTRIBUTES))
+    split: str = "train"
+    path: Optional[str] = None  # local copy of the records; None = fetch from the hub
+    max_rows: Optional[int] = None
+    encoder: Any = "wordllama"
+    seed: int = 0
+
+    def source_fingerprint(self) -> dict:
+        return _fingerprint(self.path)
+
+
+@dataclasses.dataclass
+class PickapicConfig:
+    """``data=pickapic``: Pick-a-Pic v2 on image features the caller computed (e.g. OpenCLIP ViT-H/14)."""
+
+    kind: str = "pickapic"
+    name: str = "pickapic_v2"
+    image_features: Optional[str] = None  # .npy [n_images, D]; required
+    image_ids: Optional[str] = None  # .npy or .txt (one per line): the image uid of each row; required
+    prompt_features: Optional[str] = None  # .npy caption features in the same space (optional)
+    prompt_ids: Optional[str] = None  # the caption text of each row (.npy or .txt)
+    split: str = "validation_unique"
+    path: Optional[str] = None  # local copy of the records; None = fetch from the hub
+    max_rows: Optional[int] = None
+
+    def source_fingerprint(self) -> dict:
+        return _fingerprint(self.path, self.image_features, self.image_ids, self.prompt_features,
+                            self.prompt_ids)
+
+
+@dataclasses.dataclass
+class PrismConfig:
+    """``data=prism``: PRISM's per-turn ratings of model replies -> within-turn comparisons."""
+
+    kind: str = "prism"
+    name: str = "prism"
+    ties: str = "drop"
+    split: str = "train"
+    path: Optional[str] = None  # local copy of the records; None = fetch from the hub
+    max_rows: Optional[int] = None
+    encoder: Any = "wordllama"
+
+    def source_fingerprint(self) -> dict:
+        return _fingerprint(self.path)
+
+
+def _ids(path: str) -> list:
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False).tolist()
+    return [line for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def make_tldr(config: TLDRConfig) -> PreferenceDataset:
+    table = summarize_comparisons(_records(config, "openai/summarize_from_feedback", "comparisons"))
+    return import_comparisons(table, prompt="prompt", encoder=config.encoder, name=config.name,
+                              embed_with_prompt=config.embed_with_prompt)
+
+
+def make_ultrafeedback_p(config: UltraFeedbackPConfig) -> PreferenceDataset:
+    return ultrafeedback_p_dataset(_records(config, "openbmb/UltraFeedback", None), config.attributes,
+                                   config.comparisons_per_user, encoder=config.encoder, seed=config.seed,
+                                   controversial_only=config.controversial_only, name=config.name)
+
+
+def make_helpsteer2(config: HelpSteer2Config) -> PreferenceDataset:
+    ds = helpsteer2_dataset(_records(config, "nvidia/HelpSteer2", None), n_users=config.n_users,
+                            comparisons_per_user=config.comparisons_per_user, attributes=config.attributes,
+                            encoder=config.encoder, seed=config.seed)
+    ds.meta["name"] = config.name
+    return ds
+
+
+def make_pickapic(config: PickapicConfig) -> PreferenceDataset:
+    if config.image_features is None or config.image_ids is None:
+        raise ValueError("data=pickapic needs data.image_features=<.npy> and data.image_ids=<.npy|.txt>: "
+                         "image features computed with an image encoder (e.g. OpenCLIP ViT-H/14) and each row's uid")
+    with_prompts = config.prompt_features is not None
+    table = pickapic_comparisons(_records(config, "yuvalkirstain/pickapic_v2", None))
+    return import_comparisons(table, items=config.image_features, item_ids=_ids(config.image_ids),
+                              prompt="prompt" if with_prompts else None, prompts=config.prompt_features,
+                              prompt_ids=_ids(config.prompt_ids) if with_prompts else None, name=config.name)
+
+
+def make_prism(config: PrismConfig) -> PreferenceDataset:
+    ratings = prism_ratings(_records(config, "HannahRoseKirk/prism-alignment", "conversations"))
+    return import_ratings(ratings, prompt="prompt", group="group", ties=config.ties, encoder=config.encoder,
+                          name=config.name, empty_users="drop")

@@ -32,7 +32,7 @@ import dataclasses
 import numpy as np
 
 from pluralign.data.format import Comparisons, PreferenceDataset
-from pluralign.data.synthetic import _sigmoid, embed_hidden, optimal_accuracies, random_pairs
+from pluralign.data.synthetic import sigmoid, embed_hidden, optimal_accuracies, random_pairs
 
 
 @dataclasses.dataclass
@@ -101,13 +101,13 @@ def make_multi_attribute(config: MultiAttributeConfig) -> PreferenceDataset:
     user = np.repeat(np.arange(U), config.comparisons_per_user)
     a, b = random_pairs(rng, n_items, n)
     dz = z[a] - z[b]  # [n, m]
-    p = _sigmoid(config.sharpness * np.einsum("nm,nm->n", directions[user], dz))
+    p = sigmoid(config.sharpness * np.einsum("nm,nm->n", directions[user], dz))
     label = (rng.random(n) < p).astype(np.float32)
 
     # Population-average preference p̄(a, b), averaged over 256 fresh users from the same law.
     population = mean_direction + config.user_spread * rng.standard_normal((256, m))
     population /= np.linalg.norm(population, axis=1, keepdims=True)
-    p_bar = _sigmoid(config.sharpness * dz @ population.T).mean(axis=1)
+    p_bar = sigmoid(config.sharpness * dz @ population.T).mean(axis=1)
 
     prompts, prompt = None, None
     if config.n_prompts > 0:

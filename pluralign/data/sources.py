@@ -23,6 +23,12 @@ from pluralign.data.persona import PersonaConfig, make_persona
 from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
 from pluralign.data.hidden_types import HiddenTypesConfig, make_hidden_types
 from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute
+from pluralign.data.low_rank import SharedPlusLowRankConfig, make_shared_plus_low_rank
+from pluralign.data.choice_panels import ChoicePanelConfig, make_choice_panel
+from pluralign.data.hub import (
+    HelpSteer2Config, PickapicConfig, PrismConfig, TLDRConfig, UltraFeedbackPConfig, make_helpsteer2, make_pickapic,
+    make_prism, make_tldr, make_ultrafeedback_p,
+)
 
 
 @dataclasses.dataclass
@@ -44,6 +50,13 @@ GENERATORS = {
     "cyclic_skew": (CyclicSkewConfig, make_cyclic_skew),
     "cyclic_users": (CyclicUsersConfig, make_cyclic_users),
     "multi_attribute": (MultiAttributeConfig, make_multi_attribute),
+    "shared_plus_low_rank": (SharedPlusLowRankConfig, make_shared_plus_low_rank),
+    "choice_panel": (ChoicePanelConfig, make_choice_panel),
+    "tldr": (TLDRConfig, make_tldr),
+    "ultrafeedback_p": (UltraFeedbackPConfig, make_ultrafeedback_p),
+    "helpsteer2": (HelpSteer2Config, make_helpsteer2),
+    "pickapic": (PickapicConfig, make_pickapic),
+    "prism": (PrismConfig, make_prism),
 }
 
 

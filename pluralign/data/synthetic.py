@@ -46,7 +46,7 @@ class IdealPointConfig:
     seed: int = 0
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
@@ -54,7 +54,7 @@ def _preference_prob(z: np.ndarray, ideal: np.ndarray, a: np.ndarray, b: np.ndar
     """P(a ≻ b) for ideal points `ideal` [N, d] (broadcast against item rows a, b [N])."""
     sq_a = np.sum(np.square(z[a] - ideal), axis=-1)
     sq_b = np.sum(np.square(z[b] - ideal), axis=-1)
-    return _sigmoid((sq_b - sq_a) / temperature)
+    return sigmoid((sq_b - sq_a) / temperature)
 
 
 def embed_hidden(rng: np.random.Generator, hidden: np.ndarray, dim: int, nuisance_scale: float) -> np.ndarray:
