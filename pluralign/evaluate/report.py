@@ -274,7 +274,10 @@ def markdown_table(rows: list[dict], shots=TABLE_SHOTS) -> str:
             *([_difference(row, largest), _counts(row, largest)] if largest else []),
             _fmt(row.get("bayes_optimal_accuracy")), _fmt(row.get("population_optimal_accuracy")),
         ]) + " |")
-    return "\n".join(lines)
+    shown = [f"unseen_random_k{k}" for k in shots] + ([f"unseen_item_disjoint_k{disjoint}"] if disjoint else [])
+    missing = [f"- {_label(row)}, {name.removeprefix('unseen_').replace('_k', ' k=')}: {row[f'{name}_reason']}"
+               for row in rows for name in shown if row.get(name) is None and row.get(f"{name}_reason")]
+    return "\n".join(lines + (["", "Missing figures (—):", *missing] if missing else []))
 
 
 def unseen_detail_table(rows: list[dict]) -> str:

@@ -156,3 +156,15 @@ def test_latex_table_marks_the_best_of_each_column(sweep):
     assert tex.startswith("\\begin{tabular}") and "\\bottomrule" in tex
     assert "pal\\_a & ideal\\_point & $\\mathbf{0.900 \\pm 0.016}$" in tex  # best seen accuracy
     assert "$0.700 \\pm 0.004}$" not in tex and "$0.700 \\pm 0.004$" in tex
+
+
+def test_a_missing_cell_of_the_main_table_says_why(tmp_path):
+    root = tmp_path / "multirun"
+    _write(root, "pal_a", _results("pal_a", [0], 0.9, {1: 0.7, 5: 0.8}))
+    sparse = _results("bt", [0], 0.7, {1: 0.69, 5: 0.69})
+    sparse["unseen"]["by_mode"]["random"]["5"] = {"accuracy": None, "n_users": 0, "n_users_total": 10,
+                                                  "reason": "k=5: at most 4 of 10 users have 5 support pairs"}
+    _write(root, "bt", sparse)
+    md = write_report(root)["markdown"].read_text()
+    assert "| bt | ideal_point | 1 | 0.700 | 0.690 ± 0.010 | — |" in md
+    assert "- bt, random k=5: k=5: at most 4 of 10 users have 5 support pairs" in md
