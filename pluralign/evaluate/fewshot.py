@@ -188,7 +188,7 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
                 precision_scale=strength, steps=steps, learning_rate=learning_rate,
             )  # [U, S], [U, S, S]
             logits = jax.vmap(lambda m, c, f: base.predictive_logits(model, m, c, f))(means, covs, query_feats)
-            return means, logits
+            return model.canonical_user_state(means), logits
         states = model.infer_user(
             support_feats, support.label, support.weight * shot_mask,
             prior_mean=model.population_user_state(seen_users), prior_strength=strength, steps=steps, learning_rate=learning_rate,

@@ -56,7 +56,8 @@ def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt,
         )
         evals, evecs = jnp.linalg.eigh(cov[0])
         scale = evecs * jnp.sqrt(jnp.maximum(evals, 0.0))[None, :]
-        return mean[0], mean[0][None, :] + jax.random.normal(key, (n_samples, reward.state_dim)) @ scale.T
+        samples = mean[0][None, :] + jax.random.normal(key, (n_samples, reward.state_dim)) @ scale.T
+        return model.canonical_user_state(mean[0]), samples
     prior_mean = model.population_user_state(reward.seen_users)
     state = model.infer_user(feats, label[None], weight[None], prior_mean=prior_mean, prior_strength=reward.prior_strength,
                              steps=reward.inference_steps, learning_rate=reward.inference_learning_rate)[0]

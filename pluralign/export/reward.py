@@ -105,10 +105,11 @@ class PersonalizedReward:
         feats = self._features(model, e_x, has_prompt, e_a, e_b)
         if self.inference == "bayes" and model.fits_user_state:  # the posterior mean, as the evaluation's
             prior = base.empirical_prior(model, self.seen_users)
-            return base.laplace_posterior(
+            means, _ = base.laplace_posterior(
                 model, feats, label, weight, prior, precision_scale=self.prior_strength,
                 steps=self.inference_steps, learning_rate=self.inference_learning_rate,
-            )[0]
+            )
+            return model.canonical_user_state(means)  # e.g. DPA: a unit direction
         return model.infer_user(
             feats, label, weight, prior_mean=model.population_user_state(self.seen_users),
             prior_strength=self.prior_strength, steps=self.inference_steps, learning_rate=self.inference_learning_rate,

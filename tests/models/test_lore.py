@@ -118,6 +118,7 @@ def planted(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_lore_beats_bt_where_users_differ(planted):
     bt, lore = planted["bt"], planted["lore"]
     gap = bt["bayes_optimal_accuracy"] - bt["population_optimal_accuracy"]

@@ -66,6 +66,7 @@ def test_meta_needs_a_fitted_user_state():
         meta.meta_class(BT, meta.MetaOptions())(BTConfig(), Dims(dim=D, n_users=3), rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_meta_run_trains_saves_and_loads(tmp_path):
     config = RunConfig(
         model=LoReConfig(rank=RANK, hidden=[16]),
