@@ -28,10 +28,12 @@ import numpy as np
 from flax import nnx
 
 from pluralign.data import Comparisons, split_seen_pairs, split_users
-from pluralign.data.sources import load_dataset
+from pluralign.data.format import content_fingerprint
+from pluralign.data.sources import dataset_path, load_dataset
 from pluralign.evaluate import fewshot, metrics
-from pluralign.jsonio import flatten as _flatten, json_default, write_json_atomic
+from pluralign.jsonio import flatten as _flatten, json_default, nan_to_null, non_finite_paths, write_json_atomic
 from pluralign.evaluate.fewshot import EvalConfig
+from pluralign import rundir
 from pluralign.models import base, model_class
 from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_seen
 
@@ -70,11 +72,16 @@ def _fingerprint(config: RunConfig) -> dict:
     return d
 
 
+RUN_CONFIG_FILE = "run_config.json"
+DATA_FINGERPRINT = "dataset_fingerprint"  # run_config.json's record of the data's content
+
+
 def _check_resumable(run_dir: pathlib.Path, config: RunConfig) -> None:
     """A run directory with checkpoints resumes only the same config; otherwise fail clearly."""
-    path = run_dir / "run_config.json"
+    path = run_dir / RUN_CONFIG_FILE
     if path.exists() and (run_dir / "checkpoints").exists():
         old, new = json.loads(path.read_text()), _fingerprint(config)
+        old.pop(DATA_FINGERPRINT, None)
         if old != new:
             flat_old, flat_new = _flatten(old), _flatten(new)
             diff = sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k))
@@ -82,35 +89,86 @@ def _check_resumable(run_dir: pathlib.Path, config: RunConfig) -> None:
                 f"{run_dir}: holds checkpoints of a run with a different config (differs in: {', '.join(diff)}). "
                 "Resume only with the same config; start a changed config in a new run directory."
             )
-    write_json_atomic(path, _fingerprint(config))
+
+
+def _check_same_data(run_dir: pathlib.Path, config: RunConfig, data_dir: pathlib.Path) -> None:
+    """A run directory with checkpoints resumes only on the same data (by content, not by path);
+    records the config and the data's fingerprint for the next resume and `finished_results`."""
+    path = run_dir / RUN_CONFIG_FILE
+    fingerprint = content_fingerprint(data_dir)
+    if path.exists() and (run_dir / "checkpoints").exists():
+        old = json.loads(path.read_text()).get(DATA_FINGERPRINT)
+        if old is not None and old != fingerprint:
+            raise ValueError(
+                f"{run_dir}: holds checkpoints trained on other data: the content of {data_dir} changed since "
+                f"the run started (fingerprint {old} -> {fingerprint}). Start a new run directory for the new "
+                "data, or put the old data back to resume."
+            )
+    write_json_atomic(path, {**_fingerprint(config), DATA_FINGERPRINT: fingerprint})
 
 
 def finished_results(run_dir: str | os.PathLike, config: RunConfig) -> dict | None:
-    """The results of `run_dir` if it holds a complete run of this same config, else None.
+    """The results of `run_dir` if it holds a complete run of this same config on this same data
+    (a complete results.json and a complete model/), else None.
 
     Lets a re-run sweep skip the jobs that finished and redo only missing or failed ones
     (a failed job has no complete results.json and resumes from its checkpoint).
     """
+    from pluralign.export.artifact import MODEL_DIR, is_complete
+
     run_dir = pathlib.Path(run_dir)
     try:
         results = json.loads((run_dir / RESULTS_FILE).read_text())
-        same_config = json.loads((run_dir / "run_config.json").read_text()) == _fingerprint(config)
+        recorded = json.loads((run_dir / RUN_CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return results if results.get("status") == "complete" and same_config else None
+    fingerprint = recorded.pop(DATA_FINGERPRINT, None)
+    if results.get("status") != "complete" or recorded != _fingerprint(config) or not is_complete(run_dir / MODEL_DIR):
+        return None
+    try:
+        same_data = fingerprint == content_fingerprint(dataset_path(config.data, config.cache_dir))
+    except (OSError, ValueError):  # the data is gone or unreadable: the run will say so
+        return None
+    return results if same_data else None
+
+
+def write_results(run_dir: pathlib.Path, results: dict) -> dict:
+    """Writes results.json (atomically), the mark of a finished run, and returns what it holds.
+
+    A metric that is undefined on this data is NaN in memory; it is written as null and listed
+    under "undefined" with the reason (an accuracy of no decided comparison is not 0.0).
+    Infinities are faults, and `write_json_atomic` refuses them."""
+    results = json.loads(json.dumps(results, default=json_default))
+    undefined = {}
+    for path in non_finite_paths(results):
+        names = [part for part in reversed(path.split(".")) if not part.lstrip("-").isdigit()]
+        undefined[path] = next(
+            (why for name in names for key, why in metrics.UNDEFINED_BECAUSE.items() if key in name),
+            "no data to compute it on",
+        )
+    results = nan_to_null(results)
+    if undefined:
+        results["undefined"] = undefined
+    write_json_atomic(run_dir / RESULTS_FILE, results)
+    return results
 
 
 def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dict:
-    """Trains and evaluates; writes and returns the results dict."""
+    """Trains and evaluates; writes and returns the results dict. One process at a time per
+    run directory: a second one is refused (`rundir.RunDirLocked`) while the first works."""
+    with rundir.exclusive(run_dir):
+        return _run(config, pathlib.Path(run_dir), on_epoch_end)
+
+
+def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
     t0 = time.perf_counter()
-    run_dir = pathlib.Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     ev = config.eval
     seeds = list(config.seeds)
 
     _check_resumable(run_dir, config)
 
     dataset = load_dataset(config.data, config.cache_dir)
+    _check_same_data(run_dir, config, dataset.path)
     comparisons = dataset.comparisons
     truth = dataset.meta.get("truth", {})
     user_group = np.asarray(truth["user_group"]) if "user_group" in truth else None
@@ -227,8 +285,8 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         "wall_seconds": time.perf_counter() - t0,
         "config": dataclasses.asdict(config),
     }
-    write_json_atomic(run_dir / RESULTS_FILE, results)
     # The trained model as one loadable directory (`pluralign.load(run_dir)`); see pluralign.export.
+    # Written before results.json: a complete results.json is the mark of a finished run.
     from pluralign.export.artifact import MODEL_DIR, compute_seen_states, save_model
 
     save_model(
@@ -238,4 +296,5 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         prior_strength=strength, inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,
         data_config=config.data,
     )
-    return results
+    rundir.fault_point("after_model")
+    return write_results(run_dir, results)

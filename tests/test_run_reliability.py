@@ -1,0 +1,290 @@
+"""A run directory stays consistent whatever happens to the run: any directory name, a crash
+between any two writes, a second process, changed data, a diverging loss (pluralign.rundir,
+pluralign.checkpoint_io, pluralign.run's resume and results writing)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import pluralign
+from pluralign import rundir
+from pluralign.checkpoint_io import checkpoint_manager, restore_pytree, save_pytree
+from pluralign.data.format import read_dataset, write_dataset
+from pluralign.data.sources import DiskDataConfig
+from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
+from pluralign.evaluate.fewshot import EvalConfig
+from pluralign.export.artifact import MODEL_DIR
+from pluralign.jsonio import write_json_atomic
+from pluralign.models.bt import BTConfig
+from pluralign.run import RESULTS_FILE, RunConfig, finished_results, run
+from pluralign.train.trainer import TrainConfig, TrainingDiverged
+
+# Every kind of character a Hydra override_dirname can hold: brackets (lists), commas, '=',
+# spaces, quotes, unicode.
+AWKWARD_NAMES = ["seeds=[0,1],model=bt", "a b=[x, y]", "naïve=ü,日本", "q?x*[!a]"]
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(monkeypatch, name):
+    """Makes `rundir.fault_point(name)` raise Crash in this process."""
+    def hook(point):
+        if point == name:
+            raise Crash(point)
+    monkeypatch.setattr(rundir, "fault_hook", hook)
+
+
+def tiny_config(tmp_path, data=None, **train) -> RunConfig:
+    return RunConfig(
+        model=BTConfig(),
+        data=data or IdealPointConfig(n_users=30, n_items=60, comparisons_per_user=20, dim=8, seed=0),
+        train=TrainConfig(**{"progress": False, "max_epochs": 4, "batch_size": 64, "patience": 100, **train}),
+        eval=EvalConfig(shots=[1, 2], modes=["random"], draws=1, prior_strengths=[1.0], inference_steps=3),
+        seeds=[0, 1],
+        cache_dir=str(tmp_path / "cache"),
+    )
+
+
+# ----------------------------------------------------------------- any directory name
+
+
+@pytest.mark.parametrize("name", AWKWARD_NAMES)
+def test_orbax_save_restore_and_manager_work_in_any_directory_name(tmp_path, name):
+    payload = {"leaves": [np.arange(3.0), np.ones((2, 2), np.float32)]}
+    save_pytree(tmp_path / name / "state", payload)
+    restored = restore_pytree(tmp_path / name / "state", {"leaves": [np.zeros(3), np.zeros((2, 2), np.float32)]})
+    np.testing.assert_array_equal(restored["leaves"][0], payload["leaves"][0])
+    import orbax.checkpoint as ocp
+
+    with checkpoint_manager(tmp_path / name / "checkpoints") as manager:
+        manager.save(3, args=ocp.args.StandardSave(payload))
+        manager.wait_until_finished()
+    with checkpoint_manager(tmp_path / name / "checkpoints") as manager:
+        assert manager.latest_step() == 3
+        back = manager.restore(3, args=ocp.args.StandardRestore(payload))
+    np.testing.assert_array_equal(back["leaves"][1], payload["leaves"][1])
+    assert not list(tmp_path.glob("pluralign-orbax-*")), "the alias must not be left behind"
+
+
+def test_a_run_in_a_bracketed_directory_resumes_and_loads(tmp_path, monkeypatch):
+    """The README's own sweep names (`seeds=[0,1]`): resume after a crash mid-training, then load."""
+    config = tiny_config(tmp_path)
+    reference = run(config, tmp_path / "reference")
+    run_dir = tmp_path / "bt_ideal_point" / "eval=fast,model=bt,seeds=[0,1],train=fast"
+
+    def crash_after_epoch_1(epoch):
+        if epoch == 1:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run(config, run_dir, on_epoch_end=crash_after_epoch_1)
+    epochs = []
+    resumed = run(config, run_dir, on_epoch_end=epochs.append)
+    assert epochs[0] == 2, "resumed from scratch: the checkpoint in the bracketed directory was not readable"
+    assert resumed["seen"]["accuracy"] == reference["seen"]["accuracy"]
+    model = pluralign.load(run_dir)
+    assert model.record["seeds"] == [0, 1]
+
+
+# ----------------------------------------------------------------- complete = results + model
+
+
+def test_a_crash_between_model_and_results_is_not_complete_and_reruns(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path)
+    run_dir = tmp_path / "run"
+    crash_at(monkeypatch, "after_model")
+    with pytest.raises(Crash):
+        run(config, run_dir)
+    assert not (run_dir / RESULTS_FILE).exists(), "results.json must come last"
+    assert finished_results(run_dir, config) is None
+    monkeypatch.setattr(rundir, "fault_hook", None)
+    results = run(config, run_dir)
+    assert finished_results(run_dir, config) == results
+    pluralign.load(run_dir)
+
+
+def test_results_without_a_complete_model_are_not_complete(tmp_path):
+    """What a kill between results.json and model/ left before: the re-run must write the model."""
+    config = tiny_config(tmp_path)
+    run_dir = tmp_path / "run"
+    run(config, run_dir)
+    assert finished_results(run_dir, config) is not None
+    import shutil
+
+    shutil.rmtree(run_dir / MODEL_DIR / "state")  # a partial model
+    assert finished_results(run_dir, config) is None
+    shutil.rmtree(run_dir / MODEL_DIR)
+    (run_dir / ".model.tmp-999999999").mkdir()  # a save killed midway, by a process long gone
+    assert finished_results(run_dir, config) is None
+    run(config, run_dir)
+    assert finished_results(run_dir, config) is not None
+    pluralign.load(run_dir)
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".model.")]
+
+
+def test_a_crash_while_the_model_is_written_leaves_no_loadable_or_partial_model(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path)
+    run_dir = tmp_path / "run"
+    crash_at(monkeypatch, "model_written_before_rename")
+    with pytest.raises(Crash):
+        run(config, run_dir)
+    assert not (run_dir / MODEL_DIR).exists() and not (run_dir / RESULTS_FILE).exists()
+    monkeypatch.setattr(rundir, "fault_hook", None)
+    run(config, run_dir)
+    pluralign.load(run_dir)
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".model.")]
+
+
+# ----------------------------------------------------------------- one writer per run directory
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_directory(tmp_path):
+    config = tiny_config(tmp_path)
+    with rundir.exclusive(tmp_path / "run"):
+        with pytest.raises(rundir.RunDirLocked, match=f"pid {os.getpid()}"):
+            run(config, tmp_path / "run")
+    with rundir.exclusive(tmp_path / "run"):  # released: usable again
+        pass
+
+
+HOLD_LOCK = """
+import sys, time
+from pluralign import rundir
+with rundir.exclusive(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+def test_another_process_is_named_and_its_lock_is_taken_over_when_it_dies(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "run")], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(rundir.RunDirLocked, match=f"pid {holder.pid} on"):
+            with rundir.exclusive(tmp_path / "run"):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: no clean release
+        holder.wait()
+    assert (tmp_path / "run" / rundir.LOCK_FILE).exists()  # the stale lock file is still there ...
+    with rundir.exclusive(tmp_path / "run"):  # ... and taken over
+        assert f"pid {os.getpid()}" in (tmp_path / "run" / rundir.LOCK_FILE).read_text()
+
+
+@pytest.mark.slow
+def test_a_run_killed_between_model_and_results_resumes_to_a_complete_run(tmp_path):
+    """The real thing: PLURALIGN_FAULT kills the process (os._exit, no cleanup) after model/."""
+    config_code = (
+        "import sys; sys.path.insert(0, sys.argv[2]); from test_run_reliability import tiny_config; "
+        "import pathlib; from pluralign.run import run; run(tiny_config(pathlib.Path(sys.argv[1])), "
+        "pathlib.Path(sys.argv[1]) / 'run')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1]), rundir.FAULT_ENV: "after_model"}
+    proc = subprocess.run([sys.executable, "-c", config_code, str(tmp_path), str(pathlib.Path(__file__).parent)],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == rundir.FAULT_EXIT_CODE, proc.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    assert (run_dir / MODEL_DIR).exists() and not (run_dir / RESULTS_FILE).exists()
+    config = tiny_config(tmp_path)
+    assert finished_results(run_dir, config) is None
+    run(config, run_dir)  # the dead process's lock is taken over
+    assert finished_results(run_dir, config) is not None
+
+
+# ----------------------------------------------------------------- changed data
+
+
+def disk_data(tmp_path, seed: int) -> DiskDataConfig:
+    ds = make_ideal_point(IdealPointConfig(n_users=30, n_items=60, comparisons_per_user=20, dim=8, seed=seed))
+    write_dataset(tmp_path / "data", ds.items, ds.comparisons, meta=ds.meta, overwrite=True)
+    return DiskDataConfig(path=str(tmp_path / "data"))
+
+
+def test_data_changed_between_a_crash_and_the_resume_is_refused(tmp_path):
+    config = tiny_config(tmp_path, data=disk_data(tmp_path, seed=0))
+
+    def crash_after_epoch_1(epoch):
+        if epoch == 1:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run(config, tmp_path / "run", on_epoch_end=crash_after_epoch_1)
+    disk_data(tmp_path, seed=1)  # same path, same shapes, other content
+    with pytest.raises(ValueError, match="changed since the run started"):
+        run(config, tmp_path / "run")
+
+
+def test_data_changed_after_a_finished_run_is_not_complete(tmp_path):
+    config = tiny_config(tmp_path, data=disk_data(tmp_path, seed=0), checkpoint=False)
+    run(config, tmp_path / "run")
+    assert finished_results(tmp_path / "run", config) is not None
+    disk_data(tmp_path, seed=1)
+    assert finished_results(tmp_path / "run", config) is None
+    run(config, tmp_path / "run")  # no checkpoints: a fresh run on the new data
+    assert finished_results(tmp_path / "run", config) is not None
+
+
+# ----------------------------------------------------------------- non-finite numbers
+
+
+def test_a_diverging_loss_stops_training_and_writes_no_results(tmp_path):
+    config = tiny_config(tmp_path, optimizer="sgd", schedule="constant", learning_rate=1e38, grad_clip=0.0)
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 0"):
+        run(config, tmp_path / "run")
+    assert not (tmp_path / "run" / RESULTS_FILE).exists()
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_divergence_after_good_epochs_keeps_their_checkpoint(tmp_path, monkeypatch):
+    import jax
+
+    from pluralign.train import trainer as trainer_module
+
+    config = tiny_config(tmp_path)
+    original = trainer_module.Trainer._train_epoch
+
+    def poisoned(self, state, tables, data, epoch):  # the loss becomes NaN from epoch 2 on
+        state, metrics = original(self, state, tables, data, epoch)
+        nan_if_late = jax.numpy.where(epoch >= 2, jax.numpy.nan, 0.0)
+        params = jax.tree.map(lambda x: x + nan_if_late.astype(x.dtype) if x.dtype.kind == "f" else x, state.params)
+        return state.replace(params=params), {**metrics, "loss": metrics["loss"] + nan_if_late}
+
+    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", poisoned)
+    with pytest.raises(TrainingDiverged, match="epoch 2.*checkpoint of epoch 1"):
+        run(config, tmp_path / "run")
+    assert not (tmp_path / "run" / RESULTS_FILE).exists()
+    monkeypatch.undo()
+    with checkpoint_manager(tmp_path / "run" / "checkpoints") as manager:
+        assert manager.latest_step() == 1
+
+
+def test_json_files_refuse_nan_and_infinity_and_name_where(tmp_path):
+    with pytest.raises(ValueError, match=r"seen\.accuracy"):
+        write_json_atomic(tmp_path / "x.json", {"seen": {"accuracy": float("nan")}})
+    with pytest.raises(ValueError, match=r"train\.best_val_loss\.1"):
+        write_json_atomic(tmp_path / "x.json", {"train": {"best_val_loss": [0.5, float("inf")]}})
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_undefined_metrics_are_written_as_null_with_the_reason(tmp_path):
+    from pluralign.run import write_results
+
+    written = write_results(tmp_path, {"status": "complete", "seen": {"accuracy": float("nan"), "log_loss": 0.7}})
+    on_disk = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert on_disk == written
+    assert on_disk["seen"]["accuracy"] is None and on_disk["seen"]["log_loss"] == 0.7
+    assert "decided label" in on_disk["undefined"]["seen.accuracy"]
