@@ -77,11 +77,27 @@ def test_orbax_save_restore_and_manager_work_in_any_directory_name(tmp_path, nam
     assert not list(tmp_path.glob("pluralign-orbax-*")), "the alias must not be left behind"
 
 
-def test_a_run_in_a_bracketed_directory_resumes_and_loads(tmp_path, monkeypatch):
-    """The README's own sweep names (`seeds=[0,1]`): resume after a crash mid-training, then load."""
-    config = tiny_config(tmp_path)
-    reference = run(config, tmp_path / "reference")
-    run_dir = tmp_path / "bt_ideal_point" / "eval=fast,model=bt,seeds=[0,1],train=fast"
+BRACKETED = "bt_ideal_point/eval=fast,model=bt,seeds=[0,1],train=fast"  # the README's own sweep names
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One complete run in a bracketed directory: (config, run_dir, results). Tests copy it."""
+    root = tmp_path_factory.mktemp("finished")
+    config = tiny_config(root)
+    return config, root / BRACKETED, run(config, root / BRACKETED)
+
+
+def copy_of(finished, tmp_path) -> pathlib.Path:
+    import shutil
+
+    return pathlib.Path(shutil.copytree(finished[1], tmp_path / BRACKETED))
+
+
+@pytest.mark.slow
+def test_a_run_in_a_bracketed_directory_resumes_and_loads(tmp_path, finished):
+    config, _, reference = finished
+    run_dir = tmp_path / BRACKETED
 
     def crash_after_epoch_1(epoch):
         if epoch == 1:
@@ -100,28 +116,27 @@ def test_a_run_in_a_bracketed_directory_resumes_and_loads(tmp_path, monkeypatch)
 # ----------------------------------------------------------------- complete = results + model
 
 
-def test_a_crash_between_model_and_results_is_not_complete_and_reruns(tmp_path, monkeypatch):
-    config = tiny_config(tmp_path)
-    run_dir = tmp_path / "run"
+@pytest.mark.slow
+def test_a_crash_between_model_and_results_is_not_complete_and_reruns(tmp_path, finished, monkeypatch):
+    config, run_dir = finished[0], copy_of(finished, tmp_path)
+    (run_dir / RESULTS_FILE).unlink()
     crash_at(monkeypatch, "after_model")
     with pytest.raises(Crash):
-        run(config, run_dir)
+        run(config, run_dir)  # trained already: evaluates and writes the model again
     assert not (run_dir / RESULTS_FILE).exists(), "results.json must come last"
     assert finished_results(run_dir, config) is None
     monkeypatch.setattr(rundir, "fault_hook", None)
     results = run(config, run_dir)
     assert finished_results(run_dir, config) == results
-    pluralign.load(run_dir)
 
 
-def test_results_without_a_complete_model_are_not_complete(tmp_path):
+@pytest.mark.slow
+def test_results_without_a_complete_model_are_not_complete(tmp_path, finished):
     """What a kill between results.json and model/ left before: the re-run must write the model."""
-    config = tiny_config(tmp_path)
-    run_dir = tmp_path / "run"
-    run(config, run_dir)
-    assert finished_results(run_dir, config) is not None
     import shutil
 
+    config, run_dir = finished[0], copy_of(finished, tmp_path)
+    assert finished_results(run_dir, config) is not None
     shutil.rmtree(run_dir / MODEL_DIR / "state")  # a partial model
     assert finished_results(run_dir, config) is None
     shutil.rmtree(run_dir / MODEL_DIR)
@@ -133,9 +148,13 @@ def test_results_without_a_complete_model_are_not_complete(tmp_path):
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".model.")]
 
 
-def test_a_crash_while_the_model_is_written_leaves_no_loadable_or_partial_model(tmp_path, monkeypatch):
-    config = tiny_config(tmp_path)
-    run_dir = tmp_path / "run"
+@pytest.mark.slow
+def test_a_crash_while_the_model_is_written_leaves_no_partial_model(tmp_path, finished, monkeypatch):
+    import shutil
+
+    config, run_dir = finished[0], copy_of(finished, tmp_path)
+    shutil.rmtree(run_dir / MODEL_DIR)
+    (run_dir / RESULTS_FILE).unlink()
     crash_at(monkeypatch, "model_written_before_rename")
     with pytest.raises(Crash):
         run(config, run_dir)
@@ -214,6 +233,7 @@ def disk_data(tmp_path, seed: int) -> DiskDataConfig:
     return DiskDataConfig(path=str(tmp_path / "data"))
 
 
+@pytest.mark.slow
 def test_data_changed_between_a_crash_and_the_resume_is_refused(tmp_path):
     config = tiny_config(tmp_path, data=disk_data(tmp_path, seed=0))
 
@@ -228,19 +248,19 @@ def test_data_changed_between_a_crash_and_the_resume_is_refused(tmp_path):
         run(config, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_data_changed_after_a_finished_run_is_not_complete(tmp_path):
     config = tiny_config(tmp_path, data=disk_data(tmp_path, seed=0), checkpoint=False)
     run(config, tmp_path / "run")
     assert finished_results(tmp_path / "run", config) is not None
     disk_data(tmp_path, seed=1)
     assert finished_results(tmp_path / "run", config) is None
-    run(config, tmp_path / "run")  # no checkpoints: a fresh run on the new data
-    assert finished_results(tmp_path / "run", config) is not None
 
 
 # ----------------------------------------------------------------- non-finite numbers
 
 
+@pytest.mark.slow
 def test_a_diverging_loss_stops_training_and_writes_no_results(tmp_path):
     config = tiny_config(tmp_path, optimizer="sgd", schedule="constant", learning_rate=1e38, grad_clip=0.0)
     with pytest.raises(TrainingDiverged, match="diverged at epoch 0"):
@@ -249,6 +269,7 @@ def test_a_diverging_loss_stops_training_and_writes_no_results(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
+@pytest.mark.slow
 def test_divergence_after_good_epochs_keeps_their_checkpoint(tmp_path, monkeypatch):
     import jax
 
