@@ -34,6 +34,7 @@ from pluralign.evaluate import fewshot, metrics
 from pluralign.jsonio import flatten as _flatten, json_default, nan_to_null, non_finite_paths, write_json_atomic
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign import rundir
+from pluralign.config_checks import check_run_config
 from pluralign.models import base, model_class
 from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_seen
 
@@ -132,6 +133,22 @@ def finished_results(run_dir: str | os.PathLike, config: RunConfig) -> dict | No
     return results if same_data else None
 
 
+def no_validation_pairs(dataset, seen_users: np.ndarray, pair_val_fraction: float) -> str:
+    """Why the seen users left no validation pair for early stopping, and what would help."""
+    where = f"dataset {dataset.name!r}" + (f" ({dataset.path})" if dataset.path is not None else "")
+    counts = np.bincount(dataset.comparisons.user, minlength=dataset.n_users)[np.asarray(seen_users, np.int64)]
+    most = int(counts.max()) if len(counts) else 0
+    if most == 0:
+        return f"{where}: no comparisons of seen users ({len(dataset.comparisons)} comparisons, {dataset.n_users} users)"
+    if most < 2:
+        return (f"{where}: every seen user has at most one comparison, which it keeps for training; validation "
+                "pairs (for early stopping) need users with at least 2 comparisons")
+    need = int(np.ceil(0.5 / pair_val_fraction)) if pair_val_fraction > 0 else None
+    return (f"{where}: no seen-user validation pairs for early stopping (eval.pair_val_fraction = {pair_val_fraction}, "
+            f"users have at most {most} comparisons" + (f"; a user needs about {need} for one validation pair" if need
+                                                         else "") + "): raise eval.pair_val_fraction")
+
+
 def write_results(run_dir: pathlib.Path, results: dict) -> dict:
     """Writes results.json (atomically), the mark of a finished run, and returns what it holds.
 
@@ -156,6 +173,7 @@ def write_results(run_dir: pathlib.Path, results: dict) -> dict:
 def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dict:
     """Trains and evaluates; writes and returns the results dict. One process at a time per
     run directory: a second one is refused (`rundir.RunDirLocked`) while the first works."""
+    check_run_config(config)  # before anything is loaded, compiled or written
     with rundir.exclusive(run_dir):
         return _run(config, pathlib.Path(run_dir), on_epoch_end)
 
@@ -182,7 +200,7 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
     )
     write_json_atomic(run_dir / "split.json", split.to_dict())
     if len(pairs.val) == 0:
-        raise ValueError("no seen-user validation pairs for early stopping: raise eval.pair_val_fraction")
+        raise ValueError(no_validation_pairs(dataset, split.seen, ev.pair_val_fraction))
     tables = make_tables(dataset)
     train, val, test = (to_batch(comparisons.take(rows)) for rows in (pairs.train, pairs.val, pairs.test))
 

@@ -309,3 +309,30 @@ def test_undefined_metrics_are_written_as_null_with_the_reason(tmp_path):
     assert on_disk == written
     assert on_disk["seen"]["accuracy"] is None and on_disk["seen"]["log_loss"] == 0.7
     assert "decided label" in on_disk["undefined"]["seen.accuracy"]
+
+
+def test_accuracy_of_no_decided_comparison_is_undefined_not_zero():
+    from pluralign.evaluate import metrics
+
+    logits = np.array([1.0, -2.0, 0.5])
+    assert np.isnan(metrics.accuracy(logits, np.full(3, 0.5), np.ones(3)))  # every label a tie
+    assert np.isnan(metrics.accuracy(logits, np.ones(3), np.zeros(3)))  # every weight 0
+    summary = metrics.summary(logits, np.full(3, 0.5), np.ones(3), np.array([0, 0, 1]), np.array([0, 1]))
+    assert np.isnan(summary["accuracy"]) and np.isnan(summary["worst_group_accuracy"])
+    assert metrics.accuracy(logits, np.array([0.0, 0.5, 0.0]), np.ones(3)) == 0.0  # defined: 0 of 2 right
+
+
+@pytest.mark.parametrize("per_user, message", [(0, "no comparisons of seen users"),
+                                               (1, "every seen user has at most one comparison")])
+def test_too_little_data_for_validation_pairs_says_so(tmp_path, per_user, message):
+    from pluralign.data import Comparisons
+
+    n_users = 6 if per_user else 0
+    user = np.repeat(np.arange(n_users), per_user).astype(np.int32)
+    comparisons = Comparisons.from_arrays(user=user, a=np.zeros(len(user), np.int32), b=np.ones(len(user), np.int32),
+                                          label=np.ones(len(user), np.float32))
+    write_dataset(tmp_path / "data", np.eye(3, dtype=np.float32), comparisons, meta={"n_users": n_users})
+    config = tiny_config(tmp_path, data=DiskDataConfig(path=str(tmp_path / "data")))
+    with pytest.raises(ValueError, match=message) as error:
+        run(config, tmp_path / "run")
+    assert "pair_val_fraction" not in str(error.value)

@@ -4,13 +4,16 @@ or a correct dataset, never another exception."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
-from pluralign.data import DatasetError
+from pluralign.data import DatasetError, read_dataset, write_dataset
 from pluralign.data.importers import import_comparisons, import_ratings
 from pluralign.embed.encoders import Encoder
 
@@ -83,3 +86,102 @@ def test_a_nul_inside_a_text_does_not_make_two_pairs_share_an_embedding():
     assert ds.comparisons.a[0] != ds.comparisons.a[1]
     pairs = [t for t in recorder.seen if isinstance(t, tuple)]
     assert sorted(pairs) == sorted([("p\x00x", "y"), ("p\x00x", "z"), ("p", "x\x00y"), ("p", "z")])
+
+
+# ----------------------------------------------------------------- property-based
+
+# Cells of a CSV without quoting: ids that look like numbers (leading zeros, beyond int64,
+# decimals, signs), words, unicode, empty cells, and bytes that are not UTF-8; each column
+# mostly valid so that both outcomes are exercised.
+ANY_CELL = st.one_of(
+    st.sampled_from([c.encode() for c in ["0", "1", "2", "3", "007", "7", "-1", "1.5", "nan", "", "ü", "日本", "null",
+                                          "18446744073709551616", " 2", "2 "]] + [b"caf\xe9", b"\xff"]),
+    st.text(alphabet="abc019", min_size=1, max_size=4).map(str.encode),
+)
+
+
+@st.composite
+def tables(draw, *good_columns: list[str]):
+    """1-6 rows of cells drawn from each column's valid values, then up to two cells replaced by any cell."""
+    n = draw(st.integers(1, 6))
+    rows = [[draw(st.sampled_from(good)).encode() for good in good_columns] for _ in range(n)]
+    for _ in range(draw(st.integers(0, 2))):
+        rows[draw(st.integers(0, n - 1))][draw(st.integers(0, len(good_columns) - 1))] = draw(ANY_CELL)
+    return rows
+
+
+USERS = ["007", "7", "u1", "ü", "18446744073709551616", "18446744073709551617"]
+
+
+def csv_bytes(header: list[str], rows: list[list[bytes]]) -> bytes:
+    return b"\n".join([",".join(header).encode()] + [b",".join(row) for row in rows]) + b"\n"
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=tables(USERS, ["0", "1", "2"], ["0", "1", "2"], ["0", "1", "0.5", "0.25"]))
+def test_any_comparisons_csv_is_imported_exactly_or_refused_with_a_dataset_error(tmp_path_factory, rows):
+    root = tmp_path_factory.mktemp("imp")
+    path = root / "prefs.csv"
+    path.write_bytes(csv_bytes(["user", "a", "b", "label"], rows))
+    try:
+        ds = import_comparisons(path, items=ITEMS)
+    except DatasetError as e:
+        event(f"refused: {e.problem[:30]}")
+        return
+    event("imported")
+    users = [r[0].decode() for r in rows]
+    assert ds.meta["user_ids"] == sorted(set(users)), "ids are the strings as written, each its own user"
+    assert [ds.meta["user_ids"][u] for u in ds.comparisons.user] == users
+    np.testing.assert_array_equal(ds.comparisons.a, [int(r[1]) for r in rows])
+    np.testing.assert_array_equal(ds.comparisons.b, [int(r[2]) for r in rows])
+    np.testing.assert_array_equal(ds.comparisons.label, np.float32([float(r[3]) for r in rows]))
+    out = write_dataset(root / "out", ds.items, ds.comparisons, meta=ds.meta)  # valid: writes and reads back
+    np.testing.assert_array_equal(read_dataset(out).comparisons.user, ds.comparisons.user)
+
+
+class HashEncoder(Encoder):
+    """A distinct, deterministic vector per text; no model to load."""
+
+    dim = 4
+
+    def describe(self):
+        return {"name": "hash", "dim": self.dim}
+
+    def _encode_batch(self, texts):
+        return np.stack([self.vector(t) for t in texts])
+
+    @staticmethod
+    def vector(text) -> np.ndarray:
+        return np.frombuffer(hashlib.sha256(repr(text).encode()).digest()[:16], np.uint32).astype(np.float32) / 2**32
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=tables(USERS[:2], ["x", "y", "z", "ü", "7", "007"], ["1", "2", "3", "2.5"]),
+       ties=st.sampled_from(["drop", "soft"]), empty_users=st.sampled_from(["error", "drop"]))
+def test_any_ratings_csv_of_texts_is_imported_correctly_or_refused(tmp_path_factory, rows, ties, empty_users):
+    root = tmp_path_factory.mktemp("imp")
+    path = root / "ratings.csv"
+    path.write_bytes(csv_bytes(["user", "item", "rating"], rows))
+    try:
+        ds = import_ratings(path, encoder=HashEncoder(), ties=ties, empty_users=empty_users)
+    except DatasetError as e:
+        event(f"refused: {e.problem[:30]}")
+        return
+    event("imported")
+    ratings = {}  # (user, item text) -> its ratings
+    for user, item, value in rows:
+        ratings.setdefault((user.decode(), item.decode()), []).append(float(value))
+    text_of = {HashEncoder.vector(text).tobytes(): text for _, text in ratings}
+    c = ds.comparisons
+    for u, a, b, label in zip(c.user, c.a, c.b, c.label):
+        user = ds.meta["user_ids"][u]
+        ta, tb = text_of[np.asarray(ds.items[a]).tobytes()], text_of[np.asarray(ds.items[b]).tobytes()]
+        assert ta != tb
+        ra, rb = ratings[(user, ta)], ratings[(user, tb)]
+        if len(ra) == len(rb) == 1:  # the label follows the ratings exactly
+            assert label == (1.0 if ra[0] > rb[0] else 0.0 if ra[0] < rb[0] else 0.5)
+            assert ties == "soft" or label != 0.5
+    kept = set(ds.meta["user_ids"])
+    assert kept | set(ds.meta["dropped_users"]) == {user for user, _ in ratings}
+    for user in kept:  # a kept user has two differently rated items
+        assert len({t for (uu, t) in ratings if uu == user}) >= 2
