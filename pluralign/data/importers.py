@@ -240,7 +240,11 @@ def _embed_pairs(prompt: pa.ChunkedArray, cols: Sequence[pa.ChunkedArray], encod
     prompt_values, prompt_index = _distinct([prompt])
     response_values, response_index = _distinct(cols)
     keys = [prompt_index[0] * len(response_values) + r for r in response_index]  # int64 [n] per column
-    distinct, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    distinct, first, inverse = np.unique(np.concatenate(keys), return_index=True, return_inverse=True)
+    order = np.argsort(first)  # items in order of first occurrence, as for texts alone
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    distinct, inverse = distinct[order], rank[inverse.reshape(-1)]
     texts = [(prompt_values[k // len(response_values)], response_values[k % len(response_values)]) for k in distinct]
     enc = load_encoder(encoder)
     table = enc.encode(texts)
