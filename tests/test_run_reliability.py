@@ -77,6 +77,32 @@ def test_orbax_save_restore_and_manager_work_in_any_directory_name(tmp_path, nam
     assert not list(tmp_path.glob("pluralign-orbax-*")), "the alias must not be left behind"
 
 
+def test_a_model_artifact_saves_and_loads_in_any_directory_name(tmp_path):
+    name = " ".join(AWKWARD_NAMES)  # every awkward character in one directory name
+    import jax
+    import jax.numpy as jnp
+
+    from pluralign.export.artifact import save_model
+    from pluralign.models import Dims, base, model_class
+
+    dims = Dims(dim=4, n_users=3)
+    _, params = base.init(model_class("bt"), pluralign_config("bt"), dims, jax.random.PRNGKey(0))
+    stacked = jax.tree.map(lambda x: jnp.stack([x, x]), params)
+    path = save_model(tmp_path / name / MODEL_DIR, model_config=pluralign_config("bt"), dims=dims, params=stacked,
+                      seen_states=np.zeros((2, 3, 0), np.float32), seeds=[0, 1], dataset_meta={"name": "d"},
+                      seen_users=np.arange(3))
+    loaded = pluralign.load(tmp_path / name)
+    assert loaded.path == path
+    for got, want in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def pluralign_config(name):
+    from pluralign.config import model_config
+
+    return model_config(name)
+
+
 BRACKETED = "bt_ideal_point/eval=fast,model=bt,seeds=[0,1],train=fast"  # the README's own sweep names
 
 
