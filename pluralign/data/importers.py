@@ -108,9 +108,14 @@ def _column(table: pa.Table, file: str, name: str, role: str) -> pa.ChunkedArray
             col = _decode_utf8(pc.cast(col, pa.large_binary()), file, name)
     if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
         col = _decode_utf8(col, file, name)
+    if role in _ID_ROLES and pa.types.is_dictionary(col.type):  # e.g. a pandas categorical
+        col = pc.cast(col, col.type.value_type)
     if role in _ID_ROLES and pa.types.is_floating(col.type):
         raise DatasetError(file, f"column '{name}' holds floating-point numbers ({col.type}), which cannot be exact "
                            "ids (an id above 2^63 or a decimal); write the ids as strings (quoted, in JSON)")
+    if role in _ID_ROLES and not (pa.types.is_integer(col.type) or pa.types.is_string(col.type)
+                                  or pa.types.is_large_string(col.type)):
+        raise DatasetError(file, f"column '{name}' holds {col.type}; {role} ids must be integers or strings")
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         empty = pc.equal(pc.utf8_length(col), 0)
         if pc.any(empty).as_py():

@@ -185,3 +185,26 @@ def test_any_ratings_csv_of_texts_is_imported_correctly_or_refused(tmp_path_fact
     assert kept | set(ds.meta["dropped_users"]) == {user for user, _ in ratings}
     for user in kept:  # a kept user has two differently rated items
         assert len({t for (uu, t) in ratings if uu == user}) >= 2
+
+
+JSON_IDS = st.one_of(  # a column of integer ids, of string ids, or of anything
+    st.lists(st.sampled_from([7, 8, 9, 2**62]), min_size=1, max_size=5),
+    st.lists(st.sampled_from(["7", "007", "ü", "18446744073709551616"]), min_size=1, max_size=5),
+    st.lists(st.sampled_from([7, "7", 1.5, 2**64, None, True, "", [1], {"id": 1}]), min_size=1, max_size=5),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(users=JSON_IDS, data=st.data())
+def test_any_comparisons_jsonl_is_imported_exactly_or_refused_with_a_dataset_error(tmp_path_factory, users, data):
+    rows = [{"user": u, "a": data.draw(st.sampled_from([0, 1, "2", 5])), "b": 2} for u in users]
+    path = tmp_path_factory.mktemp("imp") / "prefs.jsonl"
+    path.write_text("\n".join(json.dumps({k: v for k, v in r.items() if v is not None}) for r in rows))
+    try:
+        ds = import_comparisons(path, label=None, items=ITEMS)
+    except DatasetError as e:
+        event(f"refused: {e.problem[:30]}")
+        return
+    event("imported")
+    assert [ds.meta["user_ids"][u] for u in ds.comparisons.user] == users, "ids are the values as written"
+    np.testing.assert_array_equal(ds.comparisons.a, [int(r["a"]) for r in rows])
