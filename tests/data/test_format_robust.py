@@ -128,8 +128,9 @@ def dataset_dirs(draw):
         elif corruption == "json":
             meta_text = draw(st.sampled_from(["{", "[]", "null", "\xff", '{"format_version": 1}']))
         elif corruption == "items":
-            items = draw(st.sampled_from([items.astype(np.float64), items[:, :0], items[:1], items.reshape(-1),
-                                          np.where(items == 1, np.nan, items).astype(np.float32)]))
+            valid = np.arange(n_items * 2, dtype=np.float32).reshape(n_items, 2)
+            items = draw(st.sampled_from([valid.astype(np.float64), valid[:, :0], valid[:1], valid.reshape(-1),
+                                          np.where(valid == 1, np.nan, valid).astype(np.float32)]))
     return items, columns, meta_text if meta_text is not None else json.dumps(meta)
 
 
