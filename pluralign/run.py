@@ -9,7 +9,11 @@ stays in `pluralign.cli`; everything here takes dataclasses.
      stopping on seen-user validation loss, with checkpoints and resume;
   3. evaluate: seen users on held-out pairs; unseen users k-shot with θ frozen, the
      prior strength for few-shot inference chosen on unseen-val users only;
-  4. write `results.json` (atomically) into the run directory.
+  4. write the model (`model/`), then `results.json` (atomically) into the run directory: a run
+     is finished when both are there (`finished_results`).
+
+One process at a time works in a run directory (`pluralign.rundir`), and a resume continues
+only the same config on the same data.
 """
 
 from __future__ import annotations
@@ -315,4 +319,5 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
         data_config=config.data,
     )
     rundir.fault_point("after_model")
-    return write_results(run_dir, results)
+    write_results(run_dir, results)
+    return results
