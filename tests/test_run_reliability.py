@@ -4,13 +4,11 @@ pluralign.checkpoint_io, pluralign.run's resume and results writing)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ import pytest
 import pluralign
 from pluralign import rundir
 from pluralign.checkpoint_io import checkpoint_manager, restore_pytree, save_pytree
-from pluralign.data.format import read_dataset, write_dataset
+from pluralign.data.format import write_dataset
 from pluralign.data.sources import DiskDataConfig
 from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
 from pluralign.evaluate.fewshot import EvalConfig
