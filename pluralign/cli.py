@@ -53,7 +53,7 @@ def train_app(cfg: DictConfig) -> float:
     if HydraConfig.get().mode.name == "RUN":
         print_results(run_dir)
     # What sweepers maximise: unseen-*val* accuracy (never test), averaged over k.
-    val = results["unseen"]["val_accuracy_at_k"]
+    val = {k: v for k, v in results["unseen"]["val_accuracy_at_k"].items() if v is not None}  # null: undefined
     # NaN when no unseen-val user reaches any k (tiny data): Optuna records the trial as failed.
     return float(sum(val.values()) / len(val)) if val else float("nan")
 

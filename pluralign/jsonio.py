@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 from typing import Any
@@ -20,11 +21,39 @@ def json_default(x: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
-    """Writes to a temporary sibling, then renames: readers never see a half-written file."""
+    """Writes to a temporary sibling, then renames: readers never see a half-written file.
+
+    Refuses NaN and ±inf (which `json` would write as the non-JSON `NaN` / `Infinity`),
+    naming where they are; a value that is undefined is written as null by the caller."""
     path = pathlib.Path(path)
+    try:
+        text = json.dumps(payload, indent=2, default=json_default, allow_nan=False)
+    except ValueError:
+        bad = non_finite_paths(json.loads(json.dumps(payload, default=json_default)))
+        raise ValueError(f"{path}: refusing to write non-finite numbers at {', '.join(bad)}") from None
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=json_default))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def non_finite_paths(x: Any, prefix: str = "") -> list[str]:
+    """Dotted key paths of every NaN / ±inf float in a JSON-like tree."""
+    if isinstance(x, float):
+        return [] if math.isfinite(x) else [prefix or "<root>"]
+    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+    return [p for key, value in items for p in non_finite_paths(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
+def nan_to_null(x: Any) -> Any:
+    """The same JSON-like tree with every NaN float replaced by None (±inf are kept, and refused
+    by `write_json_atomic`: an infinity is a fault, not an undefined value)."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {key: nan_to_null(value) for key, value in x.items()}
+    if isinstance(x, list):
+        return [nan_to_null(value) for value in x]
+    return x
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -9,7 +9,11 @@ stays in `pluralign.cli`; everything here takes dataclasses.
      stopping on seen-user validation loss, with checkpoints and resume;
   3. evaluate: seen users on held-out pairs; unseen users k-shot with θ frozen, the
      prior strength for few-shot inference chosen on unseen-val users only;
-  4. write `results.json` (atomically) into the run directory.
+  4. write the model (`model/`), then `results.json` (atomically) into the run directory: a run
+     is finished when both are there (`finished_results`).
+
+One process at a time works in a run directory (`pluralign.rundir`), and a resume continues
+only the same config on the same data.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ from flax import nnx
 
 from pluralign.data import Comparisons, split_seen_pairs, split_users
 from pluralign.data import duplicates
-from pluralign.data.sources import load_dataset
+from pluralign.data.format import content_fingerprint
+from pluralign.data.sources import dataset_path, load_dataset
 from pluralign.evaluate import fewshot, metrics
-from pluralign.jsonio import flatten as _flatten, json_default, write_json_atomic
+from pluralign.jsonio import flatten as _flatten, json_default, nan_to_null, non_finite_paths, write_json_atomic
 from pluralign.evaluate.fewshot import EvalConfig
+from pluralign import rundir
+from pluralign.config_checks import check_run_config
 from pluralign.models import base, model_class
 from pluralign.train import meta
 from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_seen
@@ -74,11 +81,16 @@ def _fingerprint(config: RunConfig) -> dict:
     return d
 
 
+RUN_CONFIG_FILE = "run_config.json"
+DATA_FINGERPRINT = "dataset_fingerprint"  # run_config.json's record of the data's content
+
+
 def _check_resumable(run_dir: pathlib.Path, config: RunConfig) -> None:
     """A run directory with checkpoints resumes only the same config; otherwise fail clearly."""
-    path = run_dir / "run_config.json"
+    path = run_dir / RUN_CONFIG_FILE
     if path.exists() and (run_dir / "checkpoints").exists():
         old, new = json.loads(path.read_text()), _fingerprint(config)
+        old.pop(DATA_FINGERPRINT, None)
         if old != new:
             flat_old, flat_new = _flatten(old), _flatten(new)
             diff = sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k))
@@ -86,22 +98,84 @@ def _check_resumable(run_dir: pathlib.Path, config: RunConfig) -> None:
                 f"{run_dir}: holds checkpoints of a run with a different config (differs in: {', '.join(diff)}). "
                 "Resume only with the same config; start a changed config in a new run directory."
             )
-    write_json_atomic(path, _fingerprint(config))
+
+
+def _check_same_data(run_dir: pathlib.Path, config: RunConfig, data_dir: pathlib.Path) -> None:
+    """A run directory with checkpoints resumes only on the same data (by content, not by path);
+    records the config and the data's fingerprint for the next resume and `finished_results`."""
+    path = run_dir / RUN_CONFIG_FILE
+    fingerprint = content_fingerprint(data_dir)
+    if path.exists() and (run_dir / "checkpoints").exists():
+        old = json.loads(path.read_text()).get(DATA_FINGERPRINT)
+        if old is not None and old != fingerprint:
+            raise ValueError(
+                f"{run_dir}: holds checkpoints trained on other data: the content of {data_dir} changed since "
+                f"the run started (fingerprint {old} -> {fingerprint}). Start a new run directory for the new "
+                "data, or put the old data back to resume."
+            )
+    write_json_atomic(path, {**_fingerprint(config), DATA_FINGERPRINT: fingerprint})
 
 
 def finished_results(run_dir: str | os.PathLike, config: RunConfig) -> dict | None:
-    """The results of `run_dir` if it holds a complete run of this same config, else None.
+    """The results of `run_dir` if it holds a complete run of this same config on this same data
+    (a complete results.json and a complete model/), else None.
 
     Lets a re-run sweep skip the jobs that finished and redo only missing or failed ones
     (a failed job has no complete results.json and resumes from its checkpoint).
     """
+    from pluralign.export.artifact import MODEL_DIR, is_complete
+
     run_dir = pathlib.Path(run_dir)
     try:
         results = json.loads((run_dir / RESULTS_FILE).read_text())
-        same_config = json.loads((run_dir / "run_config.json").read_text()) == _fingerprint(config)
+        recorded = json.loads((run_dir / RUN_CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return results if results.get("status") == "complete" and same_config else None
+    fingerprint = recorded.pop(DATA_FINGERPRINT, None)
+    if results.get("status") != "complete" or recorded != _fingerprint(config) or not is_complete(run_dir / MODEL_DIR):
+        return None
+    try:
+        same_data = fingerprint == content_fingerprint(dataset_path(config.data, config.cache_dir))
+    except (OSError, ValueError):  # the data is gone or unreadable: the run will say so
+        return None
+    return results if same_data else None
+
+
+def no_validation_pairs(dataset, seen_users: np.ndarray, pair_val_fraction: float) -> str:
+    """Why the seen users left no validation pair for early stopping, and what would help."""
+    where = f"dataset {dataset.name!r}" + (f" ({dataset.path})" if dataset.path is not None else "")
+    counts = np.bincount(dataset.comparisons.user, minlength=dataset.n_users)[np.asarray(seen_users, np.int64)]
+    most = int(counts.max()) if len(counts) else 0
+    if most == 0:
+        return f"{where}: no comparisons of seen users ({len(dataset.comparisons)} comparisons, {dataset.n_users} users)"
+    if most < 2:
+        return (f"{where}: every seen user has at most one comparison, which it keeps for training; validation "
+                "pairs (for early stopping) need users with at least 2 comparisons")
+    need = int(np.ceil(0.5 / pair_val_fraction)) if pair_val_fraction > 0 else None
+    return (f"{where}: no seen-user validation pairs for early stopping (eval.pair_val_fraction = {pair_val_fraction}, "
+            f"users have at most {most} comparisons" + (f"; a user needs about {need} for one validation pair" if need
+                                                         else "") + "): raise eval.pair_val_fraction")
+
+
+def write_results(run_dir: pathlib.Path, results: dict) -> dict:
+    """Writes results.json (atomically), the mark of a finished run, and returns what it holds.
+
+    A metric that is undefined on this data is NaN in memory; it is written as null and listed
+    under "undefined" with the reason (an accuracy of no decided comparison is not 0.0).
+    Infinities are faults, and `write_json_atomic` refuses them."""
+    results = json.loads(json.dumps(results, default=json_default))
+    undefined = {}
+    for path in non_finite_paths(results):
+        names = [part for part in reversed(path.split(".")) if not part.lstrip("-").isdigit()]
+        undefined[path] = next(
+            (why for name in names for key, why in metrics.UNDEFINED_BECAUSE.items() if key in name),
+            "no data to compute it on",
+        )
+    results = nan_to_null(results)
+    if undefined:
+        results["undefined"] = undefined
+    write_json_atomic(run_dir / RESULTS_FILE, results)
+    return results
 
 
 def drop_held_out_copies(comparisons: Comparisons, pairs):
@@ -123,16 +197,22 @@ def available_accuracy(curve: dict, key: str = "accuracy") -> dict:
 
 
 def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dict:
-    """Trains and evaluates; writes and returns the results dict."""
+    """Trains and evaluates; writes and returns the results dict. One process at a time per
+    run directory: a second one is refused (`rundir.RunDirLocked`) while the first works."""
+    check_run_config(config)  # before anything is loaded, compiled or written
+    with rundir.exclusive(run_dir):
+        return _run(config, pathlib.Path(run_dir), on_epoch_end)
+
+
+def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
     t0 = time.perf_counter()
-    run_dir = pathlib.Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     ev = config.eval
     seeds = list(config.seeds)
 
     _check_resumable(run_dir, config)
 
     dataset = load_dataset(config.data, config.cache_dir)
+    _check_same_data(run_dir, config, dataset.path)
     comparisons = dataset.comparisons
     truth = dataset.meta.get("truth", {})
     user_group = np.asarray(truth["user_group"]) if "user_group" in truth else None
@@ -147,7 +227,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     pairs, repeats = drop_held_out_copies(comparisons, pairs)
     write_json_atomic(run_dir / "split.json", split.to_dict())
     if len(pairs.val) == 0:
-        raise ValueError("no seen-user validation pairs for early stopping: raise eval.pair_val_fraction")
+        raise ValueError(no_validation_pairs(dataset, split.seen, ev.pair_val_fraction))
     tables = make_tables(dataset)
     train, val, test = (to_batch(comparisons.take(rows)) for rows in (pairs.train, pairs.val, pairs.test))
 
@@ -246,8 +326,8 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         "wall_seconds": time.perf_counter() - t0,
         "config": dataclasses.asdict(config),
     }
-    write_json_atomic(run_dir / RESULTS_FILE, results)
     # The trained model as one loadable directory (`pluralign.load(run_dir)`); see pluralign.export.
+    # Written before results.json: a complete results.json is the mark of a finished run.
     from pluralign.export.artifact import MODEL_DIR, compute_seen_states, save_model
 
     save_model(
@@ -257,6 +337,8 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         prior_strength=strength, inference=ev.inference, inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,
         data_config=config.data, meta_options=meta.MetaOptions.of(config.train) if config.train.meta else None,
     )
+    rundir.fault_point("after_model")
+    write_results(run_dir, results)
     return results
 
 

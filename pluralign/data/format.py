@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import pathlib
@@ -169,12 +170,40 @@ def _check_meta(meta: Any, on_disk: bool) -> None:
         raise DatasetError("meta.json", f"missing or invalid n_users: {n_users!r}")
     if "encoder" in meta and not isinstance(meta["encoder"], dict):
         raise DatasetError("meta.json", "encoder must be an object")
+    _check_truth(meta.get("truth"), n_users)
+
+
+# Ceilings a run reports next to its accuracies: a probability, or null where unknown.
+_TRUTH_ACCURACIES = ("bayes_optimal_accuracy", "population_optimal_accuracy")
+
+
+def _check_truth(truth: Any, n_users: int) -> None:
+    """The parts of meta["truth"] that a run reads: checked at load, not found wrong after training."""
+    if truth is None:
+        return
+    if not isinstance(truth, dict):
+        raise DatasetError("meta.json", f"truth must be an object, got {type(truth).__name__}")
+    for key in _TRUTH_ACCURACIES:
+        value = truth.get(key)
+        if value is not None and not (isinstance(value, (int, float, np.integer, np.floating))
+                                      and not isinstance(value, bool) and 0 <= value <= 1):
+            raise DatasetError("meta.json", f"truth.{key} must be a number in [0, 1] or null, got {value!r}")
+    group = truth.get("user_group")
+    if group is not None:
+        groups = np.asarray(group) if isinstance(group, (list, tuple, np.ndarray)) else None
+        if groups is None or groups.ndim != 1 or len(groups) != n_users:
+            found = f"shape {groups.shape}" if groups is not None else repr(group)
+            raise DatasetError("meta.json", f"truth.user_group has {found}, expected a list of n_users = {n_users}")
+        bad = np.ones(len(groups), bool) if groups.dtype.kind not in "iu" else groups < 0
+        if bad.any():
+            i = int(bad.argmax())
+            raise DatasetError("meta.json", f"truth.user_group[{i}] = {group[i]!r} is not a group number >= 0")
 
 
 def _check_meta_lengths(meta: dict, n_items: int, dim: int, n_attributes: int | None) -> None:
     expected = {"user_ids": meta["n_users"], "item_ids": n_items, "attribute_names": n_attributes}
     for key, n in expected.items():
-        if key not in meta:
+        if meta.get(key) is None:  # absent, or null as many writers say "absent"
             continue
         if n is None:
             raise DatasetError("meta.json", f"{key} given but there is no attributes.npy")
@@ -213,9 +242,17 @@ def _check_comparisons(c: Comparisons, n_users: int, n_items: int, n_prompts: in
     if first:
         row, problem = min(first, key=lambda t: t[0])
         raise DatasetError(file, problem(row), row)
-    counts = np.bincount(c.user, minlength=n_users)
-    if n_users and (counts == 0).any():
-        raise DatasetError("meta.json", f"user {int((counts == 0).argmax())} has no comparisons")
+    if n_users > n:  # some user has no comparison; found without an array of n_users (may be ~1e9)
+        present = np.unique(c.user)
+        gaps = np.flatnonzero(present != np.arange(len(present)))
+        missing = int(gaps[0]) if len(gaps) else len(present)
+    else:
+        counts = np.bincount(c.user, minlength=n_users)
+        missing = int((counts == 0).argmax()) if n_users and (counts == 0).any() else None
+    if missing is not None:
+        raise DatasetError("meta.json", f"user {missing} has no comparisons (n_users = {n_users}, "
+                           f"{n} comparisons): users must be numbered 0 .. n_users-1 without gaps; the "
+                           "importers (pluralign.data.importers) map ids of any kind to such numbers")
 
 
 def validate_dataset(ds: PreferenceDataset, *, check_embeddings: bool = True) -> None:
@@ -313,6 +350,33 @@ def read_dataset(path: str | os.PathLike, *, mmap: bool = True, validate: bool =
     if validate:
         validate_dataset(ds)
     return ds
+
+
+def content_fingerprint(path: str | os.PathLike) -> str:
+    """A hash of a dataset directory's content that is cheap to take at any size: meta.json and
+    comparisons.parquet in full, and of each array file its size and first and last MiB.
+    A run records it, so that resuming or re-running on changed data is noticed."""
+    root = pathlib.Path(path)
+    digest = hashlib.sha256()
+    for name in ("meta.json", "comparisons.parquet", "items.npy", "prompts.npy", "attributes.npy"):
+        file = root / name
+        if not file.is_file():
+            digest.update(f"{name}: absent\n".encode())
+            continue
+        size = file.stat().st_size
+        digest.update(f"{name}: {size}\n".encode())
+        with file.open("rb") as f:
+            if name.endswith(".npy") and size > 2 * _SAMPLE:
+                digest.update(f.read(_SAMPLE))
+                f.seek(size - _SAMPLE)
+                digest.update(f.read(_SAMPLE))
+            else:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+_SAMPLE = 1 << 20
 
 
 # ----------------------------------------------------------------- writing

@@ -39,8 +39,11 @@ TableLike = str | os.PathLike | pa.Table
 
 # ----------------------------------------------------------------- reading tables
 
-def read_table(path: str | os.PathLike) -> pa.Table:
-    """Reads a CSV, JSONL (.jsonl/.json, optionally .gz) or Parquet file with pyarrow."""
+def read_table(path: str | os.PathLike, text_columns: Sequence[str] = ()) -> pa.Table:
+    """Reads a CSV, JSONL (.jsonl/.json, optionally .gz) or Parquet file with pyarrow.
+
+    ``text_columns`` (ids and texts) are read from a CSV as written, never as numbers: "007"
+    and "7" stay two different users, and an id above int64 is not rounded to a float."""
     path = pathlib.Path(path)
     file = path.name
     if not path.is_file():
@@ -58,16 +61,37 @@ def read_table(path: str | os.PathLike) -> pa.Table:
         if kind in (".csv", ".tsv"):
             import pyarrow.csv as pcsv
             parse = pcsv.ParseOptions(delimiter="\t" if kind == ".tsv" else ",")
-            return pcsv.read_csv(path, parse_options=parse)
+            # As bytes: their UTF-8 is checked by `_column`, which can name the row.
+            convert = pcsv.ConvertOptions(column_types={name: pa.binary() for name in text_columns})
+            return pcsv.read_csv(path, parse_options=parse, convert_options=convert)
+    except UnicodeDecodeError as e:  # pyarrow's JSON reader can raise it for non-UTF-8 bytes
+        raise DatasetError(file, f"not valid UTF-8 text ({e.reason})", _first_undecodable_line(path)) from e
     except (pa.ArrowException, OSError) as e:
         raise DatasetError(file, f"cannot read: {e}") from e
     raise DatasetError(file, f"unknown table format {kind!r}: use .csv, .tsv, .jsonl or .parquet")
 
 
-def _as_table(source: TableLike) -> tuple[pa.Table, str]:
+def _first_undecodable_line(path: pathlib.Path) -> int | None:
+    import gzip
+
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rb") as f:
+        for row, line in enumerate(f):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return row
+    return None
+
+
+def _as_table(source: TableLike, text_columns: Sequence[str | None] = ()) -> tuple[pa.Table, str]:
     if isinstance(source, pa.Table):
         return source, "<table>"
-    return read_table(source), pathlib.Path(source).name
+    return read_table(source, [c for c in text_columns if c is not None]), pathlib.Path(source).name
+
+
+# Columns holding ids or texts: compared as exact values, so never as floating-point numbers.
+_ID_ROLES = ("user", "a", "b", "prompt", "item", "group")
 
 
 def _column(table: pa.Table, file: str, name: str, role: str) -> pa.ChunkedArray:
@@ -78,10 +102,38 @@ def _column(table: pa.Table, file: str, name: str, role: str) -> pa.ChunkedArray
     if col.null_count:
         raise DatasetError(file, f"column '{name}' is null", _first_true(col.is_null()))
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        try:  # pyarrow's JSON reader lets invalid UTF-8 into string columns
+            col.validate(full=True)
+        except pa.ArrowInvalid:
+            col = _decode_utf8(pc.cast(col, pa.large_binary()), file, name)
+    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+        col = _decode_utf8(col, file, name)
+    if role in _ID_ROLES and pa.types.is_dictionary(col.type):  # e.g. a pandas categorical
+        col = pc.cast(col, col.type.value_type)
+    if role in _ID_ROLES and pa.types.is_floating(col.type):
+        raise DatasetError(file, f"column '{name}' holds floating-point numbers ({col.type}), which cannot be exact "
+                           "ids (an id above 2^63 or a decimal); write the ids as strings (quoted, in JSON)")
+    if role in _ID_ROLES and not (pa.types.is_integer(col.type) or pa.types.is_string(col.type)
+                                  or pa.types.is_large_string(col.type)):
+        raise DatasetError(file, f"column '{name}' holds {col.type}; {role} ids must be integers or strings")
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         empty = pc.equal(pc.utf8_length(col), 0)
         if pc.any(empty).as_py():
             raise DatasetError(file, f"column '{name}' is empty", _first_true(empty))
     return col
+
+
+def _decode_utf8(col: pa.ChunkedArray, file: str, name: str) -> pa.ChunkedArray:
+    try:
+        return pc.cast(col, pa.string())
+    except pa.ArrowInvalid:
+        for row, value in enumerate(col.to_pylist()):
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(file, f"column '{name}' is not valid UTF-8 text ({e.reason} at byte {e.start}: "
+                                   f"{value[max(0, e.start - 20):e.start + 1]!r})", row) from None
+        raise
 
 
 def _first_true(mask: pa.ChunkedArray | pa.Array | np.ndarray) -> int:
@@ -137,6 +189,8 @@ def _lookup_ids(cols: Sequence[tuple[str, pa.ChunkedArray]], ids: Sequence | Non
             raise ValueError(f"{what}_ids are not unique")
     for name, col in cols:
         if ids is None:
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                col = _parse_row_numbers(col, file, name)
             if not pa.types.is_integer(col.type):
                 raise DatasetError(file, f"column '{name}' holds {col.type}, not integer row numbers "
                                    f"into the {what} matrix; pass {what}_ids= to map other ids")
@@ -158,6 +212,16 @@ def _lookup_ids(cols: Sequence[tuple[str, pa.ChunkedArray]], ids: Sequence | Non
     return out
 
 
+def _parse_row_numbers(col: pa.ChunkedArray, file: str, name: str) -> pa.ChunkedArray:
+    """Row numbers written as text (a CSV read as written) -> int64; a non-number names its row."""
+    digits = pc.match_substring_regex(col, r"^\s*[+-]?[0-9]{1,18}\s*$")
+    if not pc.all(digits).as_py():
+        row = _first_true(pc.invert(digits))
+        raise DatasetError(file, f"column '{name}' value {col[row].as_py()!r} is not an integer row number "
+                           "into the item matrix; pass item_ids= to map other ids", row)
+    return pc.cast(pc.utf8_trim_whitespace(col), pa.int64())
+
+
 def _embed_distinct(cols: Sequence[pa.ChunkedArray], encoder: Any) -> tuple[np.ndarray, list[np.ndarray], dict]:
     """Embeds each distinct text of ``cols`` once; returns table, row index per column, encoder info."""
     from pluralign.embed import load_encoder
@@ -172,18 +236,32 @@ def _embed_distinct(cols: Sequence[pa.ChunkedArray], encoder: Any) -> tuple[np.n
 
 def _embed_pairs(prompt: pa.ChunkedArray, cols: Sequence[pa.ChunkedArray], encoder: Any
                  ) -> tuple[np.ndarray, list[np.ndarray], dict]:
-    """Items as (prompt, response) conversations, each distinct pair embedded once."""
+    """Items as (prompt, response) conversations, each distinct pair embedded once.
+
+    A pair is keyed by the indices of its prompt and its response among the distinct texts,
+    not by joining the texts with a separator: any character, NUL included, may be in a text."""
     from pluralign.embed import load_encoder
 
-    sep = "\x00"  # cannot occur in either text, so the key identifies the pair
-    keys = [pc.binary_join_element_wise(_to_str(prompt), _to_str(col), sep) for col in cols]
-    joined = pa.chunked_array([c for k in keys for c in k.chunks], type=pa.string())
-    values = pc.unique(joined)
-    texts = [tuple(v.split(sep, 1)) for v in values.to_pylist()]
+    prompt_values, prompt_index = _distinct([prompt])
+    response_values, response_index = _distinct(cols)
+    keys = [prompt_index[0] * len(response_values) + r for r in response_index]  # int64 [n] per column
+    distinct, first, inverse = np.unique(np.concatenate(keys), return_index=True, return_inverse=True)
+    order = np.argsort(first)  # items in order of first occurrence, as for texts alone
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    distinct, inverse = distinct[order], rank[inverse.reshape(-1)]
+    texts = [(prompt_values[k // len(response_values)], response_values[k % len(response_values)]) for k in distinct]
     enc = load_encoder(encoder)
     table = enc.encode(texts)
-    indices = [_to_numpy(pc.index_in(k, value_set=values)).astype(np.int64) for k in keys]
+    indices = np.split(inverse.astype(np.int64), np.cumsum([len(k) for k in keys])[:-1])
     return table.astype(np.float32, copy=False), indices, enc.describe()
+
+
+def _distinct(cols: Sequence[pa.ChunkedArray]) -> tuple[list[str], list[np.ndarray]]:
+    """The distinct texts of ``cols`` and each column's row index into them."""
+    joined = pa.chunked_array([c for col in cols for c in _to_str(col).chunks], type=pa.string())
+    values = pc.unique(joined)
+    return values.to_pylist(), [_to_numpy(pc.index_in(_to_str(col), value_set=values)).astype(np.int64) for col in cols]
 
 
 def _resolve(table: pa.Table, file: str, cols: Sequence[tuple[str, str]], *, matrix, ids, encoder,
@@ -247,7 +325,7 @@ def import_comparisons(source: TableLike, *, user: str = "user", a: str = "a", b
     ``embed_with_prompt=True`` embeds each response together with its prompt as one
     conversation (prompt-conditioned items) instead of the response alone.
     """
-    table, file = _as_table(source)
+    table, file = _as_table(source, [user, a, b, prompt])
     if table.num_rows == 0:
         raise DatasetError(file, "no rows")
     users, user_ids = map_user_ids(table, file, user)
@@ -378,7 +456,7 @@ def import_ratings(source: TableLike, *, user: str = "user", item: str = "item",
     """
     if empty_users not in ("error", "drop"):
         raise ValueError(f"empty_users={empty_users!r}: use 'error' or 'drop'")
-    table, file = _as_table(source)
+    table, file = _as_table(source, [user, item, prompt, group])
     if table.num_rows == 0:
         raise DatasetError(file, "no rows")
     users, user_ids = map_user_ids(table, file, user)

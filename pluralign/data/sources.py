@@ -66,8 +66,14 @@ def default_cache_dir() -> pathlib.Path:
 
 def load_dataset(config, cache_dir: str | os.PathLike | None = None) -> PreferenceDataset:
     """Reads the dataset a data config names (generating and caching synthetic data first)."""
+    return read_dataset(dataset_path(config, cache_dir))
+
+
+def dataset_path(config, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """The directory of the dataset a data config names; a generated one is generated and
+    cached there first."""
     if config.kind == "disk":
-        return read_dataset(config.path)
+        return pathlib.Path(config.path)
     if config.kind not in GENERATORS:
         raise ValueError(f"unknown data kind {config.kind!r}; known: disk, {', '.join(sorted(GENERATORS))}")
     _, generate = GENERATORS[config.kind]
@@ -82,4 +88,4 @@ def load_dataset(config, cache_dir: str | os.PathLike | None = None) -> Preferen
             write_dataset(path, ds.items, ds.comparisons, meta=ds.meta, prompts=ds.prompts, attributes=ds.attributes)
         except FileExistsError:  # another job of the same sweep wrote it first; the content is identical
             pass
-    return read_dataset(path)
+    return path

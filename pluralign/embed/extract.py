@@ -294,14 +294,14 @@ class EmbedConfig:
     progress: bool = True
 
 
-def _drop_identical(path: str, a: str, b: str):
+def _drop_identical(path: str, a: str, b: str, other_text_columns=()):
     """The table without rows whose ``a`` and ``b`` texts are equal (real data has them:
     2 of the 4,043 relabelled HH-RLHF rows), and how many were dropped."""
     import pyarrow.compute as pc
 
     from pluralign.data.importers import read_table
 
-    table = read_table(path)
+    table = read_table(path, [a, b, *(c for c in other_text_columns if c is not None)])
     missing = [col for col in (a, b) if col not in table.column_names]
     if missing:  # leave the message to the importer
         return table, 0
@@ -337,7 +337,7 @@ def embed_table(config: EmbedConfig, encoder: Encoder | None = None) -> pathlib.
 
     source, dropped = c.input, 0
     if c.table == "comparisons" and c.identical == "drop":
-        source, dropped = _drop_identical(c.input, c.a, c.b)
+        source, dropped = _drop_identical(c.input, c.a, c.b, [c.user, c.prompt])
 
     if c.table == "comparisons":
         ds = import_comparisons(source, user=c.user, a=c.a, b=c.b, label=c.label, prompt=c.prompt,

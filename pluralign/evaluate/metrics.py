@@ -8,20 +8,32 @@ from __future__ import annotations
 
 import numpy as np
 
+# Why a metric can be undefined on some data. It is NaN in memory and null in results.json,
+# which names the reason under "undefined" (`pluralign.run.write_results`).
+UNDEFINED_BECAUSE = {
+    "accuracy": "no comparison with a decided label (every label is 0.5, or every weight is 0)",
+    "log_loss": "every comparison has weight 0",
+    "ece": "every comparison has weight 0",
+    "per_user": "no user has a comparison with a decided label",
+}
+
 
 def _decided(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return weights * (labels != 0.5)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
+    """NaN (undefined, not 0) when no comparison has a decided label and a positive weight."""
     w = _decided(labels, weights)
-    return float(np.sum(((logits > 0) == (labels > 0.5)) * w) / max(np.sum(w), 1e-12))
+    total = np.sum(w)
+    return float(np.sum(((logits > 0) == (labels > 0.5)) * w) / total) if total > 0 else float("nan")
 
 
 def log_loss(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
     # −[y log σ(z) + (1 − y) log σ(−z)], with log σ(z) = −log(1 + e^{−z}) computed stably.
     nll = labels * np.logaddexp(0.0, -logits) + (1.0 - labels) * np.logaddexp(0.0, logits)
-    return float(np.sum(nll * weights) / max(np.sum(weights), 1e-12))
+    total = np.sum(weights)
+    return float(np.sum(nll * weights) / total) if total > 0 else float("nan")
 
 
 def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray, n_bins: int = 15) -> float:
@@ -31,7 +43,9 @@ def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, weights: 
     # The predicted side's empirical win rate: y if we predicted a, 1 − y otherwise (soft labels work too).
     outcome = np.where(p >= 0.5, labels, 1.0 - labels)
     bins = np.minimum(((confidence - 0.5) * 2 * n_bins).astype(int), n_bins - 1)
-    total = max(np.sum(weights), 1e-12)
+    total = np.sum(weights)
+    if not total > 0:
+        return float("nan")
     ece = 0.0
     for k in range(n_bins):
         w = weights * (bins == k)
@@ -71,7 +85,8 @@ def summary(logits, labels, weights, users, user_group: np.ndarray | None = None
             for g in np.unique(groups)
         }
         out["group_accuracy"] = by_group
-        out["worst_group_accuracy"] = min(by_group.values())
+        defined = [a for a in by_group.values() if not np.isnan(a)]
+        out["worst_group_accuracy"] = min(defined) if defined else float("nan")
     return out
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import json
 import os
 import pathlib
@@ -35,11 +36,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pyarrow as pa
 import pyarrow.parquet as pq
 from flax import nnx
 
+from pluralign.checkpoint_io import restore_pytree, save_pytree
+from pluralign.rundir import fault_point
 from pluralign.jsonio import json_default, write_json_atomic
 from pluralign.models import REGISTRY, base
 
@@ -128,6 +130,7 @@ def save_model(
         columns["group"] = pa.array(np.asarray(group, np.int32))
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -135,20 +138,45 @@ def save_model(
     write_json_atomic(tmp / "dataset_meta.json", _to_json(dataset_meta))
     pq.write_table(pa.table(columns), tmp / "users.parquet")
     # Flat leaf list, as the trainer's checkpoints: orbax needs no NNX pytree knowledge.
-    checkpointer = ocp.StandardCheckpointer()
     payload = {"leaves": [np.asarray(x) for x in jax.tree.leaves(params)]}
     seen_states = np.asarray(seen_states, np.float32)
     if seen_states.size:  # orbax stores no zero-size arrays; S = 0 (BT) has nothing to store
         payload["seen_states"] = seen_states
-    checkpointer.save((tmp / "state").absolute(), payload)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    save_pytree(tmp / "state", payload)
+    fault_point("model_written_before_rename")
     old = path.parent / f".{path.name}.old-{os.getpid()}"
     if path.exists():
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a whole artifact (`save_model` renames it into place only when it is)."""
+    path = pathlib.Path(path)
+    return all((path / name).exists() for name in ("model.json", "dataset_meta.json", "users.parquet", "state"))
+
+
+def _remove_leftovers(path: pathlib.Path) -> None:
+    """Deletes the temporary siblings (`.model.tmp-<pid>`, `.model.old-<pid>`) that a save killed
+    midway left, those of processes no longer alive."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*-*"):
+        kind, _, pid = leftover.name.removeprefix(f".{path.name}.").partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 @dataclasses.dataclass
@@ -293,13 +321,10 @@ def load(path: str | os.PathLike, *, seed: int | None = None) -> TrainedModel:
     target = {"leaves": [jax.ShapeDtypeStruct((n_seeds, *x.shape), x.dtype, sharding=device) for x in leaves]}
     if S > 0 and dims.n_users > 0:
         target["seen_states"] = jax.ShapeDtypeStruct((n_seeds, dims.n_users, S), jnp.float32, sharding=device)
-    checkpointer = ocp.StandardCheckpointer()
     try:
-        restored = checkpointer.restore((path / "state").absolute(), target)
+        restored = restore_pytree(path / "state", target)
     except (ValueError, KeyError, TypeError) as e:
         raise RuntimeError(f"{path}/state: does not match the model in model.json ({e})") from e
-    finally:
-        checkpointer.close()
     all_params = jax.tree.unflatten(treedef, [jnp.asarray(x) for x in restored["leaves"]])
     table = pq.read_table(path / "users.parquet")
     users = {name: np.asarray(table.column(name).to_numpy(zero_copy_only=False)) for name in table.column_names}

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pluralign.checkpoint_io import checkpoint_manager
 from pluralign.models import base
 
 
@@ -226,11 +227,10 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             manager = None
             if cfg.checkpoint and run_dir is not None:
-                manager = _checkpoint_manager(run_dir)
-                stack.callback(manager.close)  # also on errors: orbax's background threads must stop
+                manager = stack.enter_context(checkpoint_manager(pathlib.Path(run_dir) / "checkpoints"))
             start_epoch, done = 0, False
             if manager is not None and manager.latest_step() is not None:
-                state, last_epoch, done = _restore(manager, state)
+                state, last_epoch, done = _restore(manager, state, pathlib.Path(run_dir) / "checkpoints")
                 start_epoch = last_epoch + 1
             log = stack.enter_context((run_dir / "metrics.jsonl").open("a")) if run_dir is not None else None
             progress = stack.enter_context(_progress(cfg.progress))
@@ -243,6 +243,8 @@ class Trainer:
                 if (epoch + 1) % cfg.eval_every and epoch + 1 < cfg.max_epochs:
                     continue
                 state, val_metrics = self._validate(state, tables, val, jnp.int32(epoch))
+                # Before the checkpoint: a diverged state must never replace the last good one.
+                check_finite(epoch, train_metrics, val_metrics, manager.latest_step() if manager else None)
                 all_stopped = bool(jnp.all(state.bad_evals >= cfg.patience))
                 record = {
                     "epoch": epoch,
@@ -273,19 +275,30 @@ class Trainer:
         return state, summary
 
 
+class TrainingDiverged(FloatingPointError):
+    """The training or validation loss became NaN or infinite."""
+
+
+def check_finite(epoch: int, train_metrics: dict, val_metrics: dict, last_good_epoch: int | None) -> None:
+    """Stops a run whose loss is no longer finite, naming the seeds, the epoch and what was kept."""
+    train_loss, val_loss = np.asarray(train_metrics["loss"]), np.asarray(val_metrics["loss"])
+    bad = ~(np.isfinite(train_loss) & np.isfinite(val_loss))
+    if bad.any():
+        kept = (f"the checkpoint of epoch {last_good_epoch}, the last good one, is kept" if last_good_epoch is not None
+                else "no checkpoint was written")
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch}: seed index {np.flatnonzero(bad).tolist()} has train loss "
+            f"{train_loss.reshape(-1)[bad.reshape(-1)].tolist()}, val loss {val_loss.reshape(-1)[bad.reshape(-1)].tolist()}; "
+            f"{kept}. Lower train.learning_rate or set train.grad_clip; no results were written."
+        )
+
+
 def _data_mesh(mode: str) -> Mesh | None:
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"train.data_parallel must be auto, on or off, not {mode!r}")
     if mode == "off" or (mode == "auto" and jax.device_count() == 1):
         return None
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def _checkpoint_manager(run_dir: pathlib.Path) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        (run_dir / "checkpoints").absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
-    )
 
 
 def _save(manager: ocp.CheckpointManager, epoch: int, state: TrainState, done: bool) -> None:
@@ -297,16 +310,14 @@ def _save(manager: ocp.CheckpointManager, epoch: int, state: TrainState, done: b
 
 def restore_checkpoint(run_dir: pathlib.Path, like: TrainState) -> tuple[TrainState, int, bool]:
     """The latest saved (state, epoch, done) of a run, restored into the structure of `like`."""
-    manager = _checkpoint_manager(pathlib.Path(run_dir))
-    try:
+    directory = pathlib.Path(run_dir) / "checkpoints"
+    with checkpoint_manager(directory) as manager:
         if manager.latest_step() is None:
-            raise FileNotFoundError(f"{run_dir}/checkpoints: no checkpoint to restore")
-        return _restore(manager, like)
-    finally:
-        manager.close()
+            raise FileNotFoundError(f"{directory}: no checkpoint to restore")
+        return _restore(manager, like, directory)
 
 
-def _restore(manager: ocp.CheckpointManager, like: TrainState) -> tuple[TrainState, int, bool]:
+def _restore(manager: ocp.CheckpointManager, like: TrainState, directory: pathlib.Path) -> tuple[TrainState, int, bool]:
     leaves, treedef = jax.tree.flatten(like)
     target = {
         "leaves": [ocp.utils.to_shape_dtype_struct(x) for x in leaves],
@@ -317,7 +328,7 @@ def _restore(manager: ocp.CheckpointManager, like: TrainState) -> tuple[TrainSta
         restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
     except (ValueError, KeyError, TypeError) as e:
         raise RuntimeError(
-            f"{manager.directory}: the checkpoint there does not match this run's model or seeds ({e}). "
+            f"{directory}: the checkpoint there does not match this run's model or seeds ({e}). "
             "Resume only with the same config; start a changed config in a new run directory."
         ) from e
     state = jax.tree.unflatten(treedef, [jnp.asarray(x) for x in restored["leaves"]])

@@ -1,0 +1,69 @@
+"""Every orbax read and write of the project goes through here (training checkpoints and the
+model artifact), so that they work in any directory a Hydra run or sweep can be given.
+
+Why an alias: orbax finds its per-process OCDBT files with `etils.epath.Path.glob`, which
+globs the *whole* path string, not only the pattern. A run directory named by its overrides
+(`seeds=[0,1]`, `model.hidden=[64,64]`) contains a bracket expression, which glob reads as a
+character class: the per-process files are never found, orbax skips merging them and
+writes a checkpoint that cannot be restored ("NOT_FOUND ... leaves.0/.zarray"). A path with
+a glob character is therefore handed to orbax through a symbolic link of a plain name in the
+temporary directory; the files themselves are written where they belong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pathlib
+import tempfile
+from typing import Any, Iterator
+
+import orbax.checkpoint as ocp
+
+
+@contextlib.contextmanager
+def orbax_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """An absolute path to `path` (existing or not) that orbax can use whatever its name holds:
+    `path` itself when it has no glob character, else the same location through a symlink to
+    its parent, removed on exit."""
+    path = pathlib.Path(path).absolute()
+    if not glob.has_magic(str(path)):
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    alias_root = pathlib.Path(tempfile.mkdtemp(prefix="pluralign-orbax-"))
+    if glob.has_magic(str(alias_root)):
+        raise RuntimeError(f"the temporary directory {alias_root} itself has a glob character ([, *, ?); set TMPDIR")
+    link = alias_root / "d"
+    os.symlink(path.parent, link, target_is_directory=True)
+    try:
+        yield link / path.name
+    finally:
+        link.unlink()
+        alias_root.rmdir()
+
+
+def save_pytree(path: str | os.PathLike, payload: Any) -> None:
+    """Writes a pytree of arrays as one orbax checkpoint directory at `path` (complete on return)."""
+    with orbax_path(path) as target, ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(target, payload)
+        checkpointer.wait_until_finished()
+
+
+def restore_pytree(path: str | os.PathLike, target: Any) -> Any:
+    """Reads a checkpoint written by `save_pytree` into the structure, shapes and dtypes of `target`."""
+    with orbax_path(path) as source, ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(source, target)
+
+
+@contextlib.contextmanager
+def checkpoint_manager(directory: str | os.PathLike, max_to_keep: int = 2) -> Iterator[ocp.CheckpointManager]:
+    """An orbax CheckpointManager over `directory` (created if missing), closed on exit, also on
+    errors (its background threads must stop)."""
+    with orbax_path(directory) as target:
+        manager = ocp.CheckpointManager(target, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        try:
+            yield manager
+        finally:
+            manager.close()
