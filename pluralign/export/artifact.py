@@ -129,7 +129,9 @@ def save_model(
     write_json_atomic(tmp / "dataset_meta.json", _to_json(dataset_meta))
     pq.write_table(pa.table(columns), tmp / "users.parquet")
     # Flat leaf list, as the trainer's checkpoints: orbax needs no NNX pytree knowledge.
-    checkpointer = ocp.StandardCheckpointer()
+    # Written by this process alone (in a multi-process run, process 0 exports the artifact).
+    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()}))
     payload = {"leaves": [np.asarray(x) for x in jax.tree.leaves(params)]}
     seen_states = np.asarray(seen_states, np.float32)
     if seen_states.size:  # orbax stores no zero-size arrays; S = 0 (BT) has nothing to store
