@@ -33,7 +33,8 @@ from pluralign.evaluate import fewshot, metrics
 from pluralign.jsonio import flatten as _flatten, json_default, write_json_atomic
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import base, model_class
-from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_seen
+from pluralign.train import distributed, host_tables
+from pluralign.train.trainer import TrainConfig, init_params, predict_seen
 
 RESULTS_FILE = "results.json"
 
@@ -56,7 +57,11 @@ def to_batch(comparisons: Comparisons) -> base.PairBatch:
     )
 
 
-def make_tables(dataset) -> base.Tables:
+def make_tables(dataset, device_budget_mb: float | None = None):
+    """The embedding tables on the device, or left on the host (`HostTables`, gathered per step)
+    when they exceed `device_budget_mb`."""
+    if device_budget_mb is not None and host_tables.table_bytes(dataset) > device_budget_mb * 2**20:
+        return host_tables.host_tables(dataset)
     items = jnp.asarray(dataset.items)
     prompts = jnp.asarray(dataset.prompts) if dataset.prompts is not None else jnp.zeros((1, dataset.dim), items.dtype)
     return base.Tables(items=items, prompts=prompts)
@@ -67,6 +72,8 @@ def _fingerprint(config: RunConfig) -> dict:
     d = json.loads(json.dumps(dataclasses.asdict(config), default=json_default))
     d.pop("cache_dir", None)
     d["train"].pop("progress", None)
+    for how in ("distributed", "device_table_budget_mb", "host_steps_per_dispatch"):
+        d["train"].pop(how, None)  # where and on how many processes it trains does not change the result
     return d
 
 
@@ -82,7 +89,8 @@ def _check_resumable(run_dir: pathlib.Path, config: RunConfig) -> None:
                 f"{run_dir}: holds checkpoints of a run with a different config (differs in: {', '.join(diff)}). "
                 "Resume only with the same config; start a changed config in a new run directory."
             )
-    write_json_atomic(path, _fingerprint(config))
+    if distributed.is_primary():
+        write_json_atomic(path, _fingerprint(config))
 
 
 def finished_results(run_dir: str | os.PathLike, config: RunConfig) -> dict | None:
@@ -103,6 +111,8 @@ def finished_results(run_dir: str | os.PathLike, config: RunConfig) -> dict | No
 def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dict:
     """Trains and evaluates; writes and returns the results dict."""
     t0 = time.perf_counter()
+    distributed.initialize(config.train.distributed)  # before any JAX computation; see train/distributed.py
+    primary = distributed.is_primary()  # with several processes only process 0 writes files
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ev = config.eval
@@ -122,10 +132,11 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         comparisons, split.seen, seed=ev.split_seed,
         val_fraction=ev.pair_val_fraction, test_fraction=ev.pair_test_fraction,
     )
-    write_json_atomic(run_dir / "split.json", split.to_dict())
+    if primary:
+        write_json_atomic(run_dir / "split.json", split.to_dict())
     if len(pairs.val) == 0:
         raise ValueError("no seen-user validation pairs for early stopping: raise eval.pair_val_fraction")
-    tables = make_tables(dataset)
+    tables = make_tables(dataset, config.train.device_table_budget_mb)
     train, val, test = (to_batch(comparisons.take(rows)) for rows in (pairs.train, pairs.val, pairs.test))
 
     # --- train every seed in one program
@@ -139,14 +150,25 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     if prepare is not None:
         train_items = np.unique(np.concatenate([comparisons.a[pairs.train], comparisons.b[pairs.train]]))
         params, stage1 = prepare(config.model, dataset, train_items, params)
+    if cls.needs_context and isinstance(tables, host_tables.HostTables):
+        raise ValueError(
+            f"model {config.model.name} reads users' other comparisons inside the step and needs the embedding "
+            f"tables on the device ({host_tables.table_bytes(dataset) / 2**20:.0f} MB > "
+            f"train.device_table_budget_mb={config.train.device_table_budget_mb}): raise the budget"
+        )
     if cls.needs_context:  # e.g. VPL: each comparison's context comes from its user's other training pairs
         train = train.replace(row=jnp.arange(len(pairs.train), dtype=jnp.int32))
         tables = tables.replace(context=base.user_context(train, dataset.n_users, seed=ev.split_seed))
-    trainer = Trainer(graphdef, config.train, n_train=len(pairs.train))
+    trainer = host_tables.make_trainer(graphdef, config.train, len(pairs.train), tables)
     state, train_summary = trainer.fit(
         trainer.init_state(params, train_keys), tables, train, val, run_dir=run_dir, on_epoch_end=on_epoch_end
     )
     best = state.best_params
+    if isinstance(tables, host_tables.HostTables):  # evaluation: only the rows it reads, on the device
+        unseen = np.concatenate([split.unseen_val, split.unseen_test])
+        eval_rows = np.concatenate([pairs.test, np.flatnonzero(np.isin(comparisons.user, unseen))])
+        tables, comparisons = host_tables.restrict(tables, comparisons, eval_rows)
+        test = to_batch(comparisons.take(pairs.test))
 
     # --- seen users: held-out pairs
     seen_logits = jax.jit(functools.partial(predict_seen, graphdef))
@@ -227,6 +249,8 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         "wall_seconds": time.perf_counter() - t0,
         "config": dataclasses.asdict(config),
     }
+    if not primary:
+        return results
     write_json_atomic(run_dir / RESULTS_FILE, results)
     # The trained model as one loadable directory (`pluralign.load(run_dir)`); see pluralign.export.
     from pluralign.export.artifact import MODEL_DIR, compute_seen_states, save_model

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pluralign.models import base
+from pluralign.train import distributed
 
 
 @dataclasses.dataclass
@@ -49,17 +50,26 @@ class TrainConfig:
     # along its rows, parameters are replicated, XLA inserts the gradient all-reduce.
     # "auto" = on when more than one device is visible.
     data_parallel: str = "auto"  # auto | on | off
+    # Join a multi-process / multi-host job (pluralign.train.distributed): "auto" = when the
+    # environment describes one (JAX_COORDINATOR_ADDRESS, or a Slurm step with several tasks).
+    distributed: str = "auto"  # auto | on | off
+    # Item + prompt tables larger than this many MB stay in host memory (memory-mapped) and each
+    # step's rows are gathered there with prefetch (pluralign.train.host_tables); None = no limit.
+    device_table_budget_mb: Optional[float] = None
+    host_steps_per_dispatch: int = 8  # host-gather path: steps gathered and run per dispatch
 
     def __post_init__(self):
         # Fail at start-up, not after the data has loaded.
         choices = {"optimizer": ("adam", "adamw", "sgd"), "schedule": ("constant", "cosine", "warmup_cosine"),
-                   "data_parallel": ("auto", "on", "off")}
+                   "data_parallel": ("auto", "on", "off"), "distributed": distributed.MODES}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"train.{field} must be one of {list(allowed)}, got {getattr(self, field)!r}")
-        for field in ("batch_size", "max_epochs", "eval_every"):
+        for field in ("batch_size", "max_epochs", "eval_every", "host_steps_per_dispatch"):
             if getattr(self, field) < 1:
                 raise ValueError(f"train.{field} must be >= 1, got {getattr(self, field)}")
+        if self.device_table_budget_mb is not None and self.device_table_budget_mb < 0:
+            raise ValueError(f"train.device_table_budget_mb must be >= 0 or null, got {self.device_table_budget_mb}")
         if self.learning_rate < 0 or self.patience < 0:
             raise ValueError("train.learning_rate and train.patience must be >= 0")
 
@@ -208,6 +218,9 @@ class Trainer:
     ) -> tuple[TrainState, dict]:
         """Trains until every seed has stopped or max_epochs; resumes from run_dir/checkpoints."""
         cfg = self.config
+        # With several processes the jitted programs take only global arrays over the mesh.
+        state, tables, train, val = distributed.replicate((state, tables, train, val), self.mesh)
+        primary = distributed.is_primary()  # only process 0 writes the metrics log
         with contextlib.ExitStack() as stack:
             manager = None
             if cfg.checkpoint and run_dir is not None:
@@ -217,8 +230,8 @@ class Trainer:
             if manager is not None and manager.latest_step() is not None:
                 state, last_epoch, done = _restore(manager, state)
                 start_epoch = last_epoch + 1
-            log = stack.enter_context((run_dir / "metrics.jsonl").open("a")) if run_dir is not None else None
-            progress = stack.enter_context(_progress(cfg.progress))
+            log = stack.enter_context((run_dir / "metrics.jsonl").open("a")) if run_dir is not None and primary else None
+            progress = stack.enter_context(_progress(cfg.progress and primary))
             task = progress.add_task("train", total=cfg.max_epochs, completed=start_epoch)
             t0 = time.perf_counter()
             epoch = start_epoch - 1
@@ -248,6 +261,7 @@ class Trainer:
                     break
             if manager is not None:
                 manager.wait_until_finished()
+        state = distributed.local(state)  # evaluation runs on each process's own device
         summary = {
             "epochs_run": epoch + 1,
             "best_epoch": np.asarray(state.best_epoch).tolist(),
