@@ -57,11 +57,16 @@ class TrainConfig:
     # step's rows are gathered there with prefetch (pluralign.train.host_tables); None = no limit.
     device_table_budget_mb: Optional[float] = None
     host_steps_per_dispatch: int = 8  # host-gather path: steps gathered and run per dispatch
+    # Precision of float32 matmuls in training (jax.default_matmul_precision): "default" is the
+    # backend's (exact fp32 on CPU; TF32 on recent NVIDIA GPUs), "highest" forces fp32
+    # everywhere, "bfloat16" one bf16 pass (fastest on GPU/TPU, least exact).
+    matmul_precision: str = "default"  # default | high | highest | bfloat16 | tensorfloat32 | float32
 
     def __post_init__(self):
         # Fail at start-up, not after the data has loaded.
         choices = {"optimizer": ("adam", "adamw", "sgd"), "schedule": ("constant", "cosine", "warmup_cosine"),
-                   "data_parallel": ("auto", "on", "off"), "distributed": distributed.MODES}
+                   "data_parallel": ("auto", "on", "off"), "distributed": distributed.MODES,
+                   "matmul_precision": ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"train.{field} must be one of {list(allowed)}, got {getattr(self, field)!r}")
@@ -222,6 +227,8 @@ class Trainer:
         state, tables, train, val = distributed.replicate((state, tables, train, val), self.mesh)
         primary = distributed.is_primary()  # only process 0 writes the metrics log
         with contextlib.ExitStack() as stack:
+            if cfg.matmul_precision != "default":  # traced into the compiled steps
+                stack.enter_context(jax.default_matmul_precision(cfg.matmul_precision))
             manager = None
             if cfg.checkpoint and run_dir is not None:
                 manager = _checkpoint_manager(run_dir)
