@@ -10,6 +10,7 @@ Hydra stays here and in `pluralign.config`; the library underneath takes datacla
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import pathlib
 import sys
@@ -63,7 +64,12 @@ def embed_app(cfg: DictConfig) -> None:
     from pluralign.embed.extract import embed_table
 
     config = OmegaConf.to_object(cfg)
-    print(f"dataset: {embed_table(config)}")
+    path = embed_table(config)
+    info = json.loads((path / "meta.json").read_text())["embed"]
+    print(f"dataset: {path}")
+    print(f"texts: {info['texts']:,} ({info['encoded']:,} encoded, {info['reused_from_work_dir']:,} reused) "
+          f"in {info['encode_seconds']:.1f} s: {info['texts_per_second'] or 0:,.1f} texts/s "
+          f"({json.loads((path / 'meta.json').read_text())['encoder'].get('dtype')})")
 
 
 class ResultsTableCallback(Callback):
