@@ -18,7 +18,8 @@ Joining a job (`initialize`, called by `pluralign.run` before any JAX computatio
         - a Slurm step with more than one task (SLURM_NTASKS > 1): JAX's own Slurm
           detection takes the coordinator from the step's first node, the process
           count and id from SLURM_NTASKS / SLURM_PROCID and one GPU per task from
-          SLURM_LOCALID. This is what the submitit launcher gives with
+          SLURM_LOCALID (device 0 when Slurm binds one GPU per task, as
+          `gpus_per_task=1` does). This is what the submitit launcher gives with
           `hydra.launcher.tasks_per_node=<GPUs per node> hydra.launcher.gpus_per_task=1`.
   on    always join (an error if neither of the above is set)
   off   never (a Slurm job step with several tasks then runs independent copies)
@@ -70,6 +71,11 @@ def initialize(mode: str = "auto") -> bool:
                             "process_id": int(os.environ["JAX_PROCESS_ID"])}
             except (KeyError, ValueError) as e:
                 raise ValueError(f"JAX_NUM_PROCESSES and JAX_PROCESS_ID must both be integers ({e})") from e
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+        if len(visible) == 1 and "JAX_LOCAL_DEVICE_IDS" not in os.environ:
+            # Slurm bound one GPU to this task (gpus_per_task=1): it is device 0 here, not the
+            # SLURM_LOCALID that JAX's Slurm detection would otherwise pick.
+            explicit["local_device_ids"] = [0]
         jax.distributed.initialize(**explicit)  # coordinator from JAX_COORDINATOR_ADDRESS or Slurm
     return True
 

@@ -98,3 +98,24 @@ def test_two_processes_train_the_same_parameters_as_one(tmp_path):
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()) == 3
     assert (tmp_path / "two" / "results.json").is_file()
+
+
+def test_auto_joins_only_a_described_multi_process_job(monkeypatch):
+    from pluralign.train import distributed
+
+    for name in [k for k in os.environ if k.startswith(("SLURM_", "JAX_COORDINATOR"))]:
+        monkeypatch.delenv(name)
+    assert not distributed.requested("auto")  # a laptop, a plain process
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert not distributed.requested("auto")  # one Slurm task per run (a sweep job): alone
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert distributed.requested("auto") and not distributed.requested("off")
+    monkeypatch.delenv("SLURM_NTASKS")
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
+    assert distributed.requested("auto")
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
+    with pytest.raises(ValueError, match="no multi-process job"):
+        distributed.requested("on")
+    with pytest.raises(ValueError, match="train.distributed"):
+        distributed.requested("sometimes")
