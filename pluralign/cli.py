@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pluralign.config import register_configs
 from pluralign.evaluate.report import print_results, write_report
 from pluralign.run import RunConfig, finished_results, run
+from pluralign.train import distributed
 
 register_configs()
 
@@ -51,7 +52,7 @@ def train_app(cfg: DictConfig) -> float:
     else:
         results = run(config, run_dir)
     print(f"results: {run_dir / 'results.json'}")
-    if HydraConfig.get().mode.name == "RUN":
+    if HydraConfig.get().mode.name == "RUN" and distributed.is_primary():  # process 0 wrote the results
         print_results(run_dir)
     # What sweepers maximise: unseen-*val* accuracy (never test), averaged over k.
     val = results["unseen"]["val_accuracy_at_k"]

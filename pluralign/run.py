@@ -250,6 +250,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         "config": dataclasses.asdict(config),
     }
     if not primary:
+        distributed.wait_for_all("pluralign.run: written")  # process 0 writes the results and the model
         return results
     write_json_atomic(run_dir / RESULTS_FILE, results)
     # The trained model as one loadable directory (`pluralign.load(run_dir)`); see pluralign.export.
@@ -262,4 +263,5 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         prior_strength=strength, inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,
         data_config=config.data,
     )
+    distributed.wait_for_all("pluralign.run: written")
     return results

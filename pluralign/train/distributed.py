@@ -85,6 +85,15 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def wait_for_all(name: str) -> None:
+    """A barrier over all processes (no-op alone): e.g. the others wait while process 0 writes
+    the run's files, so that no process leaves the job while another still needs it."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def replicate(tree, mesh: Mesh | None):
     """Every leaf as one global array replicated over `mesh` (the same value on every process).
 

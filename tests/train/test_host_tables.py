@@ -86,3 +86,29 @@ def test_step_rows_pairs_each_comparison_with_its_rows(data):
     np.testing.assert_array_equal(np.take_along_axis(items, renumbered["a"][..., None], 1), dataset.items[cols["a"]])
     np.testing.assert_array_equal(np.take_along_axis(items, renumbered["b"][..., None], 1), dataset.items[cols["b"]])
     assert (renumbered["prompt"] == np.where(cols["prompt"] >= 0, [[0, 1, 2]], -1)).all()
+
+
+@pytest.mark.slow
+def test_run_over_the_device_budget_gives_the_results_of_a_run_within_it(tmp_path):
+    from pluralign.data.synthetic import IdealPointConfig
+    from pluralign.evaluate.fewshot import EvalConfig
+    from pluralign.run import RunConfig, run
+
+    def results(budget):
+        config = RunConfig(
+            model=MODEL,
+            data=IdealPointConfig(n_users=60, n_items=120, comparisons_per_user=30, dim=8, latent_dim=4, n_groups=3),
+            train=TrainConfig(max_epochs=3, batch_size=64, learning_rate=1e-2, progress=False,
+                              device_table_budget_mb=budget, host_steps_per_dispatch=4),
+            eval=EvalConfig(shots=[1, 5], modes=["random", "item_disjoint"], draws=1, prior_strengths=[1.0]),
+            seeds=[0, 1], cache_dir=str(tmp_path / "cache"),
+        )
+        return run(config, tmp_path / f"run-{budget}")
+
+    within, over = results(None), results(0.001)  # 120 x 8 float32 items: 3.75 KB > 1 KB
+    assert over["train"]["best_val_loss"] == pytest.approx(within["train"]["best_val_loss"], rel=1e-6)
+    assert over["seen"]["accuracy"] == pytest.approx(within["seen"]["accuracy"], abs=1e-6)
+    assert over["seen"]["log_loss"] == pytest.approx(within["seen"]["log_loss"], rel=1e-5)
+    for mode, curve in within["unseen"]["by_mode"].items():
+        for k, r in curve.items():
+            assert over["unseen"]["by_mode"][mode][k]["accuracy"] == pytest.approx(r["accuracy"], abs=1e-6)
