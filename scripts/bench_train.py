@@ -7,11 +7,10 @@
           FLOP count) vs this machine's fp32 matmul rate, timed here (budget >= 90%).
   palb    PAL-B's K prompt projectors as one batched contraction vs K separate matmuls.
 
-  python scripts/bench_train.py [small seeds large palb] [--small-batch 256] [--threads 1]
+  python scripts/bench_train.py [small seeds large palb] [--small-batch 256]
 
---threads 1 runs both XLA and PyTorch on one thread each: on a machine shared with other
-jobs (oversubscribed cores), PyTorch's thread pool degrades far more than XLA's, and the
-one-thread ratio is the fairer comparison of the two programs.
+On a machine shared with other jobs (oversubscribed cores) PyTorch's thread pool degrades
+far more than XLA's: the small-head ratio is then not a comparison of the two programs.
 """
 
 from __future__ import annotations
@@ -21,9 +20,6 @@ import os
 import sys
 import time
 
-if __name__ == "__main__" and "--threads" in sys.argv:  # must be set before jax starts
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +62,7 @@ def _trainer(model_cls, config, dim, n_users, n_pairs, batch_size, n_seeds):
     return trainer, trainer.init_state(params, keys)
 
 
-def bench_small(dim=256, hidden=64, batch_size=256, n_pairs=200_000, epochs=3, torch_threads=None):
+def bench_small(dim=256, hidden=64, batch_size=256, n_pairs=200_000, epochs=3):
     tables, data, (items, a, b, label) = _data(20_000, dim, n_pairs)
     trainer, state = _trainer(BT, BTConfig(hidden=[hidden]), dim, 100, n_pairs, batch_size, 1)
     seconds, _ = _timed_epochs(trainer, state, tables, data, epochs)
@@ -78,8 +74,6 @@ def bench_small(dim=256, hidden=64, batch_size=256, n_pairs=200_000, epochs=3, t
     except ImportError:
         print("[small] torch not installed (pip install torch): PyTorch baseline skipped")
         return
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2 * dim, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
     null = torch.nn.Parameter(torch.zeros(dim))
@@ -172,12 +166,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("benches", nargs="*", choices=[[], *BENCHES], default=list(BENCHES))
     parser.add_argument("--small-batch", type=int, default=256)
-    parser.add_argument("--threads", type=int, choices=[1], help="one thread for XLA and PyTorch")
     args = parser.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s))"
-          + (f"; XLA_FLAGS={os.environ['XLA_FLAGS'].strip()}" if args.threads else ""))
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for name in args.benches or list(BENCHES):
         if name == "small":
-            bench_small(batch_size=args.small_batch, torch_threads=args.threads)
+            bench_small(batch_size=args.small_batch)
         else:
             BENCHES[name]()
