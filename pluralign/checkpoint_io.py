@@ -19,6 +19,7 @@ import pathlib
 import tempfile
 from typing import Any, Iterator
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -45,8 +46,11 @@ def orbax_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
 
 
 def save_pytree(path: str | os.PathLike, payload: Any) -> None:
-    """Writes a pytree of arrays as one orbax checkpoint directory at `path` (complete on return)."""
-    with orbax_path(path) as target, ocp.StandardCheckpointer() as checkpointer:
+    """Writes a pytree of host arrays as one orbax checkpoint directory at `path` (complete on
+    return), from this process alone: in a multi-process run, process 0 exports the artifact."""
+    this_process = ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()})
+    with orbax_path(path) as target, ocp.StandardCheckpointer(multiprocessing_options=this_process) as checkpointer:
         checkpointer.save(target, payload)
         checkpointer.wait_until_finished()
 

@@ -10,6 +10,7 @@ Hydra stays here and in `pluralign.config`; the library underneath takes datacla
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import pathlib
 import sys
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pluralign.config import register_configs
 from pluralign.evaluate.report import print_results, write_report
 from pluralign.run import RunConfig, finished_results, run
+from pluralign.train import distributed
 
 register_configs()
 
@@ -50,7 +52,7 @@ def train_app(cfg: DictConfig) -> float:
     else:
         results = run(config, run_dir)
     print(f"results: {run_dir / 'results.json'}")
-    if HydraConfig.get().mode.name == "RUN":
+    if HydraConfig.get().mode.name == "RUN" and distributed.is_primary():  # process 0 wrote the results
         print_results(run_dir)
     # What sweepers maximise: unseen-*val* accuracy (never test), averaged over k.
     val = {k: v for k, v in results["unseen"]["val_accuracy_at_k"].items() if v is not None}  # null: undefined
@@ -63,7 +65,12 @@ def embed_app(cfg: DictConfig) -> None:
     from pluralign.embed.extract import embed_table
 
     config = OmegaConf.to_object(cfg)
-    print(f"dataset: {embed_table(config)}")
+    path = embed_table(config)
+    info = json.loads((path / "meta.json").read_text())["embed"]
+    print(f"dataset: {path}")
+    print(f"texts: {info['texts']:,} ({info['encoded']:,} encoded, {info['reused_from_work_dir']:,} reused) "
+          f"in {info['encode_seconds']:.1f} s: {info['texts_per_second'] or 0:,.1f} texts/s "
+          f"({json.loads((path / 'meta.json').read_text())['encoder'].get('dtype')})")
 
 
 class ResultsTableCallback(Callback):

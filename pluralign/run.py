@@ -18,6 +18,7 @@ only the same config on the same data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -42,8 +43,8 @@ from pluralign.evaluate.fewshot import EvalConfig
 from pluralign import rundir
 from pluralign.config_checks import check_run_config
 from pluralign.models import base, model_class
-from pluralign.train import meta
-from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_seen
+from pluralign.train import distributed, host_tables, meta
+from pluralign.train.trainer import TrainConfig, init_params, predict_seen
 
 RESULTS_FILE = "results.json"
 log = logging.getLogger(__name__)
@@ -67,7 +68,11 @@ def to_batch(comparisons: Comparisons) -> base.PairBatch:
     )
 
 
-def make_tables(dataset) -> base.Tables:
+def make_tables(dataset, device_budget_mb: float | None = None):
+    """The embedding tables on the device, or left on the host (`HostTables`, gathered per step)
+    when they exceed `device_budget_mb`."""
+    if device_budget_mb is not None and host_tables.table_bytes(dataset) > device_budget_mb * 2**20:
+        return host_tables.host_tables(dataset)
     items = jnp.asarray(dataset.items)
     prompts = jnp.asarray(dataset.prompts) if dataset.prompts is not None else jnp.zeros((1, dataset.dim), items.dtype)
     return base.Tables(items=items, prompts=prompts)
@@ -78,6 +83,8 @@ def _fingerprint(config: RunConfig) -> dict:
     d = json.loads(json.dumps(dataclasses.asdict(config), default=json_default))
     d.pop("cache_dir", None)
     d["train"].pop("progress", None)
+    for how in ("distributed", "device_table_budget_mb", "host_steps_per_dispatch"):
+        d["train"].pop(how, None)  # where and on how many processes it trains does not change the result
     return d
 
 
@@ -113,7 +120,8 @@ def _check_same_data(run_dir: pathlib.Path, config: RunConfig, data_dir: pathlib
                 f"the run started (fingerprint {old} -> {fingerprint}). Start a new run directory for the new "
                 "data, or put the old data back to resume."
             )
-    write_json_atomic(path, {**_fingerprint(config), DATA_FINGERPRINT: fingerprint})
+    if distributed.is_primary():  # with several processes only process 0 writes files
+        write_json_atomic(path, {**_fingerprint(config), DATA_FINGERPRINT: fingerprint})
 
 
 def finished_results(run_dir: str | os.PathLike, config: RunConfig) -> dict | None:
@@ -200,12 +208,16 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
     """Trains and evaluates; writes and returns the results dict. One process at a time per
     run directory: a second one is refused (`rundir.RunDirLocked`) while the first works."""
     check_run_config(config)  # before anything is loaded, compiled or written
-    with rundir.exclusive(run_dir):
+    distributed.initialize(config.train.distributed)  # before any JAX computation; see train/distributed.py
+    # The processes of one multi-process job share the run directory; process 0 holds its lock.
+    with rundir.exclusive(run_dir) if distributed.is_primary() else contextlib.nullcontext():
         return _run(config, pathlib.Path(run_dir), on_epoch_end)
 
 
 def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
     t0 = time.perf_counter()
+    writer = distributed.is_primary()  # with several processes only process 0 writes files
+    run_dir.mkdir(parents=True, exist_ok=True)
     ev = config.eval
     seeds = list(config.seeds)
 
@@ -225,10 +237,11 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
         val_fraction=ev.pair_val_fraction, test_fraction=ev.pair_test_fraction,
     )
     pairs, repeats = drop_held_out_copies(comparisons, pairs)
-    write_json_atomic(run_dir / "split.json", split.to_dict())
+    if writer:
+        write_json_atomic(run_dir / "split.json", split.to_dict())
     if len(pairs.val) == 0:
         raise ValueError(no_validation_pairs(dataset, split.seen, ev.pair_val_fraction))
-    tables = make_tables(dataset)
+    tables = make_tables(dataset, config.train.device_table_budget_mb)
     train, val, test = (to_batch(comparisons.take(rows)) for rows in (pairs.train, pairs.val, pairs.test))
 
     # --- train every seed in one program
@@ -244,14 +257,25 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
     if prepare is not None:
         train_items = np.unique(np.concatenate([comparisons.a[pairs.train], comparisons.b[pairs.train]]))
         params, stage1 = prepare(config.model, dataset, train_items, params)
+    if cls.needs_context and isinstance(tables, host_tables.HostTables):
+        raise ValueError(
+            f"model {config.model.name} reads users' other comparisons inside the step and needs the embedding "
+            f"tables on the device ({host_tables.table_bytes(dataset) / 2**20:.0f} MB > "
+            f"train.device_table_budget_mb={config.train.device_table_budget_mb}): raise the budget"
+        )
     if cls.needs_context:  # e.g. VPL: each comparison's context comes from its user's other training pairs
         train = train.replace(row=jnp.arange(len(pairs.train), dtype=jnp.int32))
         tables = tables.replace(context=base.user_context(train, dataset.n_users, seed=ev.split_seed))
-    trainer = Trainer(graphdef, config.train, n_train=len(pairs.train))
+    trainer = host_tables.make_trainer(graphdef, config.train, len(pairs.train), tables)
     state, train_summary = trainer.fit(
         trainer.init_state(params, train_keys), tables, train, val, run_dir=run_dir, on_epoch_end=on_epoch_end
     )
     best = state.best_params
+    if isinstance(tables, host_tables.HostTables):  # evaluation: only the rows it reads, on the device
+        unseen = np.concatenate([split.unseen_val, split.unseen_test])
+        eval_rows = np.concatenate([pairs.test, np.flatnonzero(np.isin(comparisons.user, unseen))])
+        tables, comparisons = host_tables.restrict(tables, comparisons, eval_rows)
+        test = to_batch(comparisons.take(pairs.test))
 
     # --- seen users: held-out pairs
     seen_logits = jax.jit(functools.partial(predict_seen, graphdef))
@@ -326,6 +350,9 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
         "wall_seconds": time.perf_counter() - t0,
         "config": dataclasses.asdict(config),
     }
+    if not writer:
+        distributed.wait_for_all("pluralign.run: written")  # process 0 writes the model and the results
+        return results
     # The trained model as one loadable directory (`pluralign.load(run_dir)`); see pluralign.export.
     # Written before results.json: a complete results.json is the mark of a finished run.
     from pluralign.export.artifact import MODEL_DIR, compute_seen_states, save_model
@@ -339,6 +366,7 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
     )
     rundir.fault_point("after_model")
     write_results(run_dir, results)
+    distributed.wait_for_all("pluralign.run: written")
     return results
 
 

@@ -6,12 +6,18 @@ inference of every user's mixture weights, vmapped, plus scoring their query pai
 after compilation. Baseline in the same run: the same inference as a Python loop over
 users (one jitted call per user), the naive way a reference implementation does it.
 
-  python scripts/bench_fewshot.py [--users 1000] [--shots 20] [--model pal_a]
+Then 100,000 users in one call (`adapt_and_predict_chunked`, chunks of --chunk users):
+the unseen-test users' episodes repeated up to --many-users rows (each row is adapted
+independently, so the cost is that of as many distinct users), with the wall time and the
+peak host (and, on a GPU, device) memory.
+
+  python scripts/bench_fewshot.py [--users 1000] [--shots 20] [--model pal_a] [--many-users 100000] [--chunk 8192]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 
@@ -22,6 +28,7 @@ from pluralign.data import split_seen_pairs, split_users
 from pluralign.data.sources import load_dataset
 from pluralign.data.synthetic import IdealPointConfig
 from pluralign.evaluate import fewshot
+from pluralign.evaluate.fewshot_chunked import adapt_and_predict_chunked
 from pluralign.models import PALConfig, model_class
 from pluralign.models.base import Dims
 from pluralign.run import make_tables, to_batch
@@ -34,6 +41,8 @@ def main():
     parser.add_argument("--shots", type=int, default=20)
     parser.add_argument("--model", default="pal_a")
     parser.add_argument("--loop-users", type=int, default=50, help="users timed in the per-user loop baseline")
+    parser.add_argument("--many-users", type=int, default=100_000, help="users adapted in one chunked call (0: skip)")
+    parser.add_argument("--chunk", type=int, default=8192, help="users per chunk of the chunked call")
     args = parser.parse_args()
 
     n_users = int(args.users / 0.5) + 1  # half the users unseen-test
@@ -78,6 +87,26 @@ def main():
           f"{'OK' if batched < 2.0 else 'MISSED'}")
     print(f"per-user loop baseline: {loop_per_user * 1e3:.2f} ms/user -> {loop_per_user * len(users):.2f} s for {len(users)} users")
     print(f"ratio (loop / batched): {loop_per_user * len(users) / batched:.1f}x")
+    if args.many_users:
+        many(args, call, adapt, params, tables, seen, support, query)
+
+
+def many(args, call, adapt, params, tables, seen, support, query):
+    repeat = jnp.arange(args.many_users) % support.label.shape[0]
+    support, query = (jax.tree.map(lambda x: x[repeat], b) for b in (support, query))
+    run = lambda: adapt_and_predict_chunked(adapt, params, tables, support, args.shots, query, 1.0, seen,
+                                            chunk_users=args.chunk)
+    small = jax.tree.map(lambda x: x[: args.chunk], support), jax.tree.map(lambda x: x[: args.chunk], query)
+    jax.block_until_ready(call(*small))  # compile the chunk shape
+    t = time.perf_counter()
+    states, logits = run()
+    seconds = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    stats = jax.devices()[0].memory_stats() or {}
+    device = f", device peak {stats['peak_bytes_in_use'] / 2**30:.2f} GiB" if "peak_bytes_in_use" in stats else ""
+    print(f"chunked adapt+predict: {args.many_users:,} users x {args.shots} shots in {seconds:.2f} s "
+          f"({args.many_users / seconds:,.0f} users/s, chunks of {args.chunk}); states {states.shape}, "
+          f"query logits {logits.shape}; peak host RSS {rss:.2f} GiB{device}")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,18 @@
           FLOP count) vs this machine's fp32 matmul rate, timed here (budget >= 90%).
   palb    PAL-B's K prompt projectors as one batched contraction vs K separate matmuls.
 
-  python scripts/bench_train.py [small seeds large palb]
+  python scripts/bench_train.py [small seeds large palb] [--small-batch 256]
+
+On a machine shared with other jobs (oversubscribed cores) PyTorch's thread pool degrades
+far more than XLA's: the small-head ratio is then not a comparison of the two programs.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import os
 import time
+
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +61,7 @@ def _trainer(model_cls, config, dim, n_users, n_pairs, batch_size, n_seeds):
     return trainer, trainer.init_state(params, keys)
 
 
-def bench_small(dim=256, hidden=64, batch_size=1024, n_pairs=200_000, epochs=3):
+def bench_small(dim=256, hidden=64, batch_size=256, n_pairs=200_000, epochs=3):
     tables, data, (items, a, b, label) = _data(20_000, dim, n_pairs)
     trainer, state = _trainer(BT, BTConfig(hidden=[hidden]), dim, 100, n_pairs, batch_size, 1)
     seconds, _ = _timed_epochs(trainer, state, tables, data, epochs)
@@ -90,7 +95,7 @@ def bench_small(dim=256, hidden=64, batch_size=1024, n_pairs=200_000, epochs=3):
     for i in range(n_steps):
         step(i)
     torch_rate = n_steps * batch_size / (time.perf_counter() - t)
-    print(f"[small] eager PyTorch {torch.__version__} same shapes: {torch_rate:,.0f} pairs/s")
+    print(f"[small] eager PyTorch {torch.__version__} same shapes ({torch.get_num_threads()} threads): {torch_rate:,.0f} pairs/s")
     print(f"[small] ratio pluralign / PyTorch: {jax_rate / torch_rate:.2f}x (budget >= 3x)")
 
 
@@ -157,6 +162,14 @@ def bench_palb(batch=4096, dim=1024, latent=16, k=8, reps=20):
 BENCHES = {"small": bench_small, "seeds": bench_seeds, "large": bench_large, "palb": bench_palb}
 
 if __name__ == "__main__":
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s))")
-    for name in sys.argv[1:] or list(BENCHES):
-        BENCHES[name]()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("benches", nargs="*", choices=[[], *BENCHES], default=list(BENCHES))
+    parser.add_argument("--small-batch", type=int, default=256)
+    args = parser.parse_args()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    for name in args.benches or list(BENCHES):
+        if name == "small":
+            bench_small(batch_size=args.small_batch)
+        else:
+            BENCHES[name]()

@@ -60,7 +60,8 @@ class TransformersEncoderConfig:
     truncation_side: str = "left" # "left" keeps the end of a text (the response)
     padding_side: str | None = None  # None = the tokenizer's own; pooling handles both
     batch_size: int = 16
-    dtype: str = "float32"        # weights/activations: float32, bfloat16, float16
+    dtype: str = "auto"           # weights/activations: auto (bfloat16 on a GPU, float32 on CPU),
+                                  # float32, bfloat16, float16
     device: str = "auto"          # "auto" (cuda if available, else cpu), "cpu", "cuda:0", ...
     normalize: bool = False       # L2-normalise each vector
     pair_separator: str = "\n\n"  # plain-text join of a (prompt, response) pair
@@ -181,7 +182,7 @@ class WordLlamaEncoder(Encoder):
 
 # ----------------------------------------------------------------- transformers
 
-_DTYPES = ("float32", "bfloat16", "float16")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _parse_layer(layer: Any) -> int | str:
@@ -235,6 +236,9 @@ class TransformersEncoder(Encoder):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        # bf16 halves a GPU's memory traffic and runs on its tensor cores; the pooled vectors are
+        # returned as float32 either way. CPUs keep float32 (bf16 matmuls are slow on most).
+        self.dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if self.device.type == "cuda" else "float32")
 
         import transformers
         transformers.utils.logging.disable_progress_bar()  # one bar per weight load is noise
@@ -261,7 +265,7 @@ class TransformersEncoder(Encoder):
         if getattr(model_config, "is_encoder_decoder", False):
             raise ValueError(f"{c.model} is an encoder-decoder model; use a decoder-only "
                              "(causal LM) or encoder-only model")
-        self.model = AutoModel.from_pretrained(c.model, dtype=getattr(torch, c.dtype), **hub)
+        self.model = AutoModel.from_pretrained(c.model, dtype=getattr(torch, self.dtype), **hub)
         self.model.to(self.device).eval()
         # Models number positions 0..T-1 regardless of the mask, which shifts every
         # left-padded text; passing positions counted over real tokens makes a text's
@@ -284,7 +288,7 @@ class TransformersEncoder(Encoder):
                 "revision": getattr(self.model.config, "_commit_hash", None),
                 "transformers_version": transformers.__version__,
                 "layer": self.layer, "n_layers": self.n_layers, "pooling": c.pooling,
-                "dim": self.dim, "dtype": c.dtype, "chat_template": c.chat_template,
+                "dim": self.dim, "dtype": self.dtype, "chat_template": c.chat_template,
                 "max_length": c.max_length, "truncation_side": c.truncation_side,
                 "normalize": self.normalize,
                 **({} if c.chat_template else {"pair_separator": c.pair_separator})}

@@ -349,8 +349,11 @@ def embed_table(config: EmbedConfig, encoder: Encoder | None = None) -> pathlib.
                             name=c.name)
     meta = dict(ds.meta)
     meta["encoder"] = {**base.describe(), "storage_dtype": c.storage_dtype}
+    encoded, seconds = sum(s.n_encoded for s in enc.stats), sum(s.seconds for s in enc.stats)
     meta["embed"] = {"texts": sum(s.n_texts for s in enc.stats),
-                     "encoded": sum(s.n_encoded for s in enc.stats),
+                     "encoded": encoded,
+                     "encode_seconds": round(seconds, 3),
+                     "texts_per_second": round(encoded / seconds, 1) if seconds > 0 else None,
                      "reused_from_work_dir": sum(s.n_reused for s in enc.stats),
                      **({"dropped_identical": dropped} if c.identical == "drop" else {})}
     store = np.dtype(c.storage_dtype)

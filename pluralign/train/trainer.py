@@ -18,7 +18,7 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pluralign.checkpoint_io import checkpoint_manager
 from pluralign.models import base
+from pluralign.train import distributed
 
 
 @dataclasses.dataclass
@@ -61,21 +62,35 @@ class TrainConfig:
     meta_support_size: int = 8
     robust_ratio: float = 0.2
     robust_smoothing: float = 0.1
+    # Join a multi-process / multi-host job (pluralign.train.distributed): "auto" = when the
+    # environment describes one (JAX_COORDINATOR_ADDRESS, or a Slurm step with several tasks).
+    distributed: str = "auto"  # auto | on | off
+    # Item + prompt tables larger than this many MB stay in host memory (memory-mapped) and each
+    # step's rows are gathered there with prefetch (pluralign.train.host_tables); None = no limit.
+    device_table_budget_mb: Optional[float] = None
+    host_steps_per_dispatch: int = 8  # host-gather path: steps gathered and run per dispatch
+    # Precision of float32 matmuls in training (jax.default_matmul_precision): "default" is the
+    # backend's (exact fp32 on CPU; TF32 on recent NVIDIA GPUs), "highest" forces fp32
+    # everywhere, "bfloat16" one bf16 pass (fastest on GPU/TPU, least exact).
+    matmul_precision: str = "default"  # default | high | highest | bfloat16 | tensorfloat32 | float32
 
     def __post_init__(self):
         # Fail at start-up, not after the data has loaded.
         choices = {"optimizer": ("adam", "adamw", "sgd"), "schedule": ("constant", "cosine", "warmup_cosine"),
-                   "data_parallel": ("auto", "on", "off")}
+                   "data_parallel": ("auto", "on", "off"), "distributed": distributed.MODES,
+                   "matmul_precision": ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"train.{field} must be one of {list(allowed)}, got {getattr(self, field)!r}")
-        for field in ("batch_size", "max_epochs", "eval_every"):
+        for field in ("batch_size", "max_epochs", "eval_every", "host_steps_per_dispatch"):
             if getattr(self, field) < 1:
                 raise ValueError(f"train.{field} must be >= 1, got {getattr(self, field)}")
         if self.meta_inner_steps < 1 or self.meta_support_size < 1 or self.meta_inner_learning_rate <= 0:
             raise ValueError("train.meta_inner_steps and train.meta_support_size must be >= 1, train.meta_inner_learning_rate > 0")
         if not 0 <= self.robust_ratio < 1 or self.robust_smoothing <= 0:
             raise ValueError(f"train.robust_ratio must be in [0, 1) and train.robust_smoothing > 0, got {self.robust_ratio}, {self.robust_smoothing}")
+        if self.device_table_budget_mb is not None and self.device_table_budget_mb < 0:
+            raise ValueError(f"train.device_table_budget_mb must be >= 0 or null, got {self.device_table_budget_mb}")
         if self.learning_rate < 0 or self.patience < 0:
             raise ValueError("train.learning_rate and train.patience must be >= 0")
 
@@ -224,7 +239,12 @@ class Trainer:
     ) -> tuple[TrainState, dict]:
         """Trains until every seed has stopped or max_epochs; resumes from run_dir/checkpoints."""
         cfg = self.config
+        # With several processes the jitted programs take only global arrays over the mesh.
+        state, tables, train, val = distributed.replicate((state, tables, train, val), self.mesh)
+        primary = distributed.is_primary()  # only process 0 writes the metrics log
         with contextlib.ExitStack() as stack:
+            if cfg.matmul_precision != "default":  # traced into the compiled steps
+                stack.enter_context(jax.default_matmul_precision(cfg.matmul_precision))
             manager = None
             if cfg.checkpoint and run_dir is not None:
                 manager = stack.enter_context(checkpoint_manager(pathlib.Path(run_dir) / "checkpoints"))
@@ -232,8 +252,8 @@ class Trainer:
             if manager is not None and manager.latest_step() is not None:
                 state, last_epoch, done = _restore(manager, state, pathlib.Path(run_dir) / "checkpoints")
                 start_epoch = last_epoch + 1
-            log = stack.enter_context((run_dir / "metrics.jsonl").open("a")) if run_dir is not None else None
-            progress = stack.enter_context(_progress(cfg.progress))
+            log = stack.enter_context((run_dir / "metrics.jsonl").open("a")) if run_dir is not None and primary else None
+            progress = stack.enter_context(_progress(cfg.progress and primary))
             task = progress.add_task("train", total=cfg.max_epochs, completed=start_epoch)
             t0 = time.perf_counter()
             epoch = start_epoch - 1
@@ -265,6 +285,7 @@ class Trainer:
                     break
             if manager is not None:
                 manager.wait_until_finished()
+        state = distributed.local(state)  # evaluation runs on each process's own device
         summary = {
             "epochs_run": epoch + 1,
             "best_epoch": np.asarray(state.best_epoch).tolist(),

@@ -139,6 +139,7 @@ def test_embed_table_writes_a_valid_resumable_dataset(wordllama, tmp_path):
     assert (e["model"], e["pooling"], e["dim"], e["dtype"], e["storage_dtype"]) == (
         "wordllama/l2_supercat", "mean", 256, "float32", "float16")
     assert ds.meta["embed"]["reused_from_work_dir"] == 8
+    assert ds.meta["embed"]["encoded"] == 0 or ds.meta["embed"]["texts_per_second"] > 0
     # Items stored once, and each comparison points at its own texts.
     rows = list(csv.DictReader(open(tmp_path / "prefs.csv")))
     assert ds.n_items == len({r["chosen"] for r in rows} | {r["rejected"] for r in rows})

@@ -87,6 +87,12 @@ def test_chat_template_and_pairs(tiny_llama):
     assert d["chat_template"] is True and d["dim"] == 32 and d["model"] == str(tiny_llama)
 
 
+def test_auto_dtype_is_float32_on_cpu_and_recorded(tiny_llama):
+    enc = _hf(tiny_llama)  # encoder.dtype defaults to auto: bfloat16 on a GPU, float32 on CPU
+    assert enc.config.dtype == "auto" and enc.describe()["dtype"] == "float32"
+    assert next(enc.model.parameters()).dtype == torch.float32
+
+
 def test_half_precision_is_close_to_float32(tiny_llama):
     texts = [t for t in TEXTS if isinstance(t, str)]
     full = _hf(tiny_llama).encode(texts)
