@@ -3,6 +3,7 @@
   pluralign [hydra overrides]      train + evaluate one run (or a sweep with -m)
   pluralign report DIR             print the results table of a run or multirun directory
   pluralign embed [overrides]      embed a table of texts into a dataset (conf/embed.yaml)
+  pluralign options GROUP[/OPTION] every field of a config group or option, with its meaning
 
 Hydra stays here and in `pluralign.config`; the library underneath takes dataclasses.
 """
@@ -85,6 +86,17 @@ def main() -> None:
             sys.exit(1)
         for kind, path in write_report(args.dir, args.out).items():  # markdown + CSV tables, k-shot curves, histograms
             print(f"{kind}: {path}")
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "options":
+        from pluralign.options import GROUPS, options_page
+
+        parser = argparse.ArgumentParser(prog="pluralign options", description="Every field of a config group or option.")
+        parser.add_argument("group", metavar="GROUP[/OPTION]", help=f"one of {', '.join(GROUPS)}, optionally /OPTION")
+        args = parser.parse_args(sys.argv[2:])
+        try:
+            print(options_page(args.group))
+        except ValueError as e:
+            parser.error(str(e))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "embed":
         del sys.argv[1]  # the rest are Hydra overrides of conf/embed.yaml
