@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import pathlib
 import time
@@ -83,6 +84,24 @@ def _check_resumable(run_dir: pathlib.Path, config: RunConfig) -> None:
                 "Resume only with the same config; start a changed config in a new run directory."
             )
     write_json_atomic(path, _fingerprint(config))
+
+
+def training_warnings(summary: dict, config: TrainConfig, seen_accuracy: float) -> list[str]:
+    """Signs that a run is undertrained, for the log and `results.json` (`train.warnings`)."""
+    warnings = []
+    steps = summary["epochs_run"] * summary["steps_per_epoch"]
+    if steps < 500:
+        warnings.append(f"only {steps} optimiser steps ({summary['epochs_run']} epochs of {summary['steps_per_epoch']}): "
+                        "lower train.batch_size or raise train.max_epochs")
+    first = [s for s, best in enumerate(summary["best_epoch"]) if best < 2 * config.eval_every]
+    if first and summary["epochs_run"] < config.max_epochs:
+        warnings.append(f"seed replica(s) {first} (0-based) stopped with their best validation among the first two: "
+                        "raise train.patience / train.patience_steps or lower train.learning_rate")
+    if seen_accuracy < 0.55:
+        warnings.append(f"seen accuracy {seen_accuracy:.3f} is near chance: the model may have learned nothing")
+    for warning in warnings:
+        logging.getLogger("pluralign").warning("likely undertrained: %s", warning)
+    return warnings
 
 
 def finished_results(run_dir: str | os.PathLike, config: RunConfig) -> dict | None:
@@ -166,6 +185,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         "n_pairs": seen_runs[0]["n_pairs"],
         "per_seed": seen_runs,
     }
+    train_summary["warnings"] = training_warnings(train_summary, config.train, seen["accuracy"])
     if user_group is not None:
         seen["worst_group_accuracy"] = over_seeds(lambda r: r["worst_group_accuracy"])
     # Distribution of per-user accuracy (each seen user's test pairs, averaged over seeds) as a

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -34,17 +34,23 @@ from pluralign.models import base
 @dataclasses.dataclass
 class TrainConfig:
     optimizer: str = "adam"  # adam | adamw | sgd
-    learning_rate: float = 3e-3
+    learning_rate: float = 3e-3  # peak learning rate of the schedule
     weight_decay: float = 0.0  # adamw only
-    schedule: str = "cosine"  # constant | cosine | warmup_cosine
+    schedule: str = "cosine"  # constant | cosine (to 5% over the whole run) | warmup_cosine
     warmup_steps: int = 100  # warmup_cosine only
     grad_clip: float = 1.0  # global-norm clip; 0 disables
-    batch_size: int = 512
-    max_epochs: int = 60
+    # Comparisons per optimiser step. null = auto_batch_size(n_train): an epoch of at least
+    # ~50 steps (n_train // 50 rounded down to a power of two, within [16, 512]), so small
+    # data sets are not trained in a handful of steps; a number is used as given.
+    batch_size: Optional[int] = None
+    max_epochs: int = 60  # passes over the seen users' training pairs
     eval_every: int = 1  # epochs between validations (and checkpoints)
-    patience: int = 8  # validations without improvement before a seed stops
-    checkpoint: bool = True
-    progress: bool = True
+    patience: int = 8  # validations without improvement before a seed stops ...
+    # ... and at least this many optimiser steps since its best validation: patience measured
+    # in training done, not in epochs (which may be a few steps each on small data).
+    patience_steps: int = 1000
+    checkpoint: bool = True  # orbax checkpoint at every validation; a restarted run resumes
+    progress: bool = True  # rich progress bar
     # Data parallelism over all local devices (Mesh + NamedSharding): each batch is split
     # along its rows, parameters are replicated, XLA inserts the gradient all-reduce.
     # "auto" = on when more than one device is visible.
@@ -58,10 +64,16 @@ class TrainConfig:
             if getattr(self, field) not in allowed:
                 raise ValueError(f"train.{field} must be one of {list(allowed)}, got {getattr(self, field)!r}")
         for field in ("batch_size", "max_epochs", "eval_every"):
-            if getattr(self, field) < 1:
+            if getattr(self, field) is not None and getattr(self, field) < 1:
                 raise ValueError(f"train.{field} must be >= 1, got {getattr(self, field)}")
-        if self.learning_rate < 0 or self.patience < 0:
-            raise ValueError("train.learning_rate and train.patience must be >= 0")
+        if self.learning_rate < 0 or self.patience < 0 or self.patience_steps < 0:
+            raise ValueError("train.learning_rate, train.patience and train.patience_steps must be >= 0")
+
+
+def auto_batch_size(n_train: int, min_steps: int = 50) -> int:
+    """`train.batch_size=null`: n_train // min_steps rounded down to a power of two, in [16, 512]."""
+    size = min(512, max(16, n_train // min_steps))
+    return 1 << (size.bit_length() - 1)
 
 
 @struct.dataclass
@@ -136,7 +148,8 @@ class Trainer:
         self.mesh = _data_mesh(config.data_parallel)
         n_shards = self.mesh.size if self.mesh is not None else 1
         # Every shard gets the same number of rows.
-        self.batch_size = max(n_shards, min(config.batch_size, n_train) // n_shards * n_shards)
+        requested = config.batch_size if config.batch_size is not None else auto_batch_size(n_train)
+        self.batch_size = max(n_shards, min(requested, n_train) // n_shards * n_shards)
         self.steps_per_epoch = max(1, n_train // self.batch_size)
         self.tx = make_optimizer(config, config.max_epochs * self.steps_per_epoch)
         self._epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, None, None, None)), donate_argnums=0)
@@ -186,7 +199,7 @@ class Trainer:
 
     def _validate_one(self, state: TrainState, tables, data, epoch):
         metrics = evaluate_seen(self.graphdef, state.params, tables, data)
-        stopped = state.bad_evals >= self.config.patience
+        stopped = self.stopped(state, epoch - self.config.eval_every)  # as it stood at the previous validation
         improved = (metrics["loss"] < state.best_val_loss - 1e-6) & ~stopped
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(improved, n, o), new, old)
         state = state.replace(
@@ -196,6 +209,11 @@ class Trainer:
             bad_evals=jnp.where(improved, 0, jnp.where(stopped, state.bad_evals, state.bad_evals + 1)),
         )
         return state, metrics
+
+    def stopped(self, state: TrainState, epoch) -> jax.Array:
+        """[n_seeds] whether each seed has stopped improving (early stopping) after `epoch`."""
+        steps_since_best = (epoch - state.best_epoch) * self.steps_per_epoch
+        return (state.bad_evals >= self.config.patience) & (steps_since_best >= self.config.patience_steps)
 
     def fit(
         self,
@@ -228,7 +246,7 @@ class Trainer:
                 if (epoch + 1) % cfg.eval_every and epoch + 1 < cfg.max_epochs:
                     continue
                 state, val_metrics = self._validate(state, tables, val, jnp.int32(epoch))
-                all_stopped = bool(jnp.all(state.bad_evals >= cfg.patience))
+                all_stopped = bool(jnp.all(self.stopped(state, epoch)))
                 record = {
                     "epoch": epoch,
                     "train_loss": np.asarray(train_metrics["loss"]).tolist(),

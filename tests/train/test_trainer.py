@@ -13,6 +13,7 @@ from flax import nnx
 from pluralign.models import Dims, PALConfig, model_class, seen_logits
 from pluralign.run import make_tables, to_batch
 from pluralign.train.trainer import (
+    auto_batch_size,
     TrainConfig,
     Trainer,
     evaluate_seen,
@@ -190,7 +191,7 @@ def test_restore_without_checkpoint_raises(data, tmp_path):
 
 def test_early_stopping_when_validation_stops_improving(data):
     # With a zero learning rate nothing changes after the first validation.
-    cfg = config(learning_rate=0.0, schedule="constant", patience=2, max_epochs=20)
+    cfg = config(learning_rate=0.0, schedule="constant", patience=2, patience_steps=0, max_epochs=20)
     trainer, state = new_state(data, [0, 1], cfg)
     initial = host(state.params)
     epochs = []
@@ -221,3 +222,22 @@ def test_predict_in_chunks_matches_one_pass(data):
     chunked = np.asarray(predict_in_chunks(lambda b: seen_logits(model, tables, b), val, chunk=7))  # 360 % 7 != 0
     assert chunked.shape == direct.shape
     np.testing.assert_allclose(chunked, direct, rtol=1e-6, atol=1e-6)
+
+
+def test_patience_counts_optimiser_steps_too(data):
+    # Stopping needs `patience` validations without improvement AND patience_steps steps since the best.
+    steps_per_epoch = new_state(data, [0], config())[0].steps_per_epoch
+    cfg = config(learning_rate=0.0, schedule="constant", patience=2, patience_steps=6 * steps_per_epoch, max_epochs=20)
+    trainer, state = new_state(data, [0], cfg)
+    _, summary = fit(data, trainer, state)
+    assert summary["epochs_run"] == 7  # best at epoch 0; stopped once 6 epochs of steps have passed
+
+
+def test_auto_batch_size_gives_an_epoch_of_many_steps():
+    assert auto_batch_size(1344) == 16  # a small data set: 84 steps per epoch, not 2
+    assert auto_batch_size(10_000) == 128
+    assert auto_batch_size(56_000) == 512  # capped
+    for n in (10, 1000, 3000, 10**6):
+        size = auto_batch_size(n)
+        assert 16 <= size <= 512 and size & (size - 1) == 0
+        assert n // size >= 50 or size == 16
