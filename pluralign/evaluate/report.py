@@ -35,19 +35,49 @@ def _fmt(x, std=None) -> str:
     return f"{x:.3f}" if std is None else f"{x:.3f} ± {std:.3f}"
 
 
+def run_variants(results: list[dict]) -> list[str]:
+    """Per run, the config values in which it differs from the other runs of its model and
+    dataset (swept keys, seeds included), e.g. "train.learning_rate=0.01"; "" where none."""
+    flats = [
+        {k: json.dumps(v, sort_keys=True) for k, v in flatten(r.get("config", {})).items() if k not in _NOT_A_RUN_KEY}
+        for r in results
+    ]
+    labels = []
+    for r, f in zip(results, flats):
+        peers = [g for q, g in zip(results, flats) if (q["model"], q["dataset"]) == (r["model"], r["dataset"])]
+        differing = sorted(k for k in {k for g in peers for k in g} if len({g.get(k) for g in peers}) > 1)
+        labels.append("\n".join(f"{k.removeprefix('model.')}={_short(json.loads(f[k])) if k in f else None}" for k in differing))
+    return labels
+
+
+def _short(value) -> str:
+    """A config value for a table cell: floats rounded to 4 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ",".join(_short(v) for v in value) + "]"
+    return str(value)
+
+
 def results_table(results: list[dict], shots=TABLE_SHOTS) -> Table:
     table = Table(
         title="pluralign results: accuracy, mean ± std over seeds (unseen users: random support/query)",
         caption="Bayes-opt: accuracy of the true model; best non-personal: the best predictor that ignores who the user is (synthetic data)",
     )
-    columns = ("model", "dataset", "seeds", "seen acc", *(f"unseen k={k}" for k in shots), "Bayes-opt", "best non-personal", "wall s")
+    variants = run_variants(results)
+    with_variant = any(variants)
+    columns = ("model", "dataset", *(["variant"] if with_variant else []), "seeds", "seen acc",
+               *(f"unseen k={k}" for k in shots), "Bayes-opt", "best non-personal", "wall s")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("model", "dataset") else "right")
-    for r in results:
+        if column == "variant":  # one key=value per line, never cut short
+            table.add_column(column, overflow="fold", min_width=min(40, max(len(p) for v in variants for p in v.split())))
+        else:
+            table.add_column(column, justify="left" if column in ("model", "dataset") else "right")
+    for r, variant in zip(results, variants):
         at_k = r["unseen"]["accuracy_at_k"]
         std_k = r["unseen"].get("accuracy_std_at_k", {})
         table.add_row(
-            r["model"], r["dataset"], str(len(r["seeds"])),
+            r["model"], r["dataset"], *([variant] if with_variant else []), str(len(r["seeds"])),
             _fmt(r["seen"]["accuracy"], r["seen"].get("accuracy_std")),
             *(_fmt(at_k.get(str(k)), std_k.get(str(k))) for k in shots),
             _fmt(r.get("bayes_optimal_accuracy")), _fmt(r.get("population_optimal_accuracy")),
@@ -59,11 +89,16 @@ def results_table(results: list[dict], shots=TABLE_SHOTS) -> Table:
 def print_results(root: str | pathlib.Path, console: Console | None = None) -> list[dict]:
     results = collect_results(root)
     # Wide enough for the table even when stdout is a pipe or a CI log (rich would assume 80).
-    console = console or Console(width=max(Console().width, 160))
+    console = console or Console(width=max(Console().width, 200))
     if not results:
         console.print(f"no complete results.json under {root}")
     else:
         console.print(results_table(results))
+    missing = incomplete_runs(root, results)
+    if missing:
+        console.print(f"[bold red]incomplete jobs[/] (no complete results.json; re-run the sweep to finish them): {len(missing)}")
+        for job in missing:
+            console.print(f"  {job}", markup=False, highlight=False)
     return results
 
 
@@ -79,6 +114,7 @@ def print_results(root: str | pathlib.Path, console: Console | None = None) -> l
 
 # Config keys that do not make a run a different experiment.
 _NOT_A_VARIANT = {"seeds", "cache_dir", "train.progress"}
+_NOT_A_RUN_KEY = {"cache_dir", "train.progress"}  # the console table has one row per run: seeds do count
 MODES = ("random", "item_disjoint")
 
 

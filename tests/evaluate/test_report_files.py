@@ -105,6 +105,10 @@ def test_report_command_prints_the_table_and_writes_the_files(sweep, monkeypatch
     cli.main()
     out = capsys.readouterr().out
     assert "pal_a" in out and str(sweep / "report" / "results.csv") in out
+    # The console table names what differs between rows: the swept learning rate, and the seed
+    # of each single-seed run; the failed job is flagged.
+    assert "train.learning_rate=0.1" in out and "train.learning_rate=0.003" in out and "seeds=[2]" in out
+    assert "incomplete jobs" in out and "seed=3" in out
     assert (sweep / "report" / "kshot_random.png").exists()
 
 
