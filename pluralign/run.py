@@ -37,6 +37,7 @@ from pluralign.models import base, model_class
 from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_seen
 
 RESULTS_FILE = "results.json"
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -100,7 +101,7 @@ def training_warnings(summary: dict, config: TrainConfig, seen_accuracy: float) 
     if seen_accuracy < 0.55:
         warnings.append(f"seen accuracy {seen_accuracy:.3f} is near chance: the model may have learned nothing")
     for warning in warnings:
-        logging.getLogger("pluralign").warning("likely undertrained: %s", warning)
+        log.warning("likely undertrained: %s", warning)
     return warnings
 
 
@@ -162,8 +163,11 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         train = train.replace(row=jnp.arange(len(pairs.train), dtype=jnp.int32))
         tables = tables.replace(context=base.user_context(train, dataset.n_users, seed=ev.split_seed))
     trainer = Trainer(graphdef, config.train, n_train=len(pairs.train))
+    log.info("%s on %s: %d users (%d seen), %d training pairs; seeds %s, batch %d, %d steps per epoch", config.model.name,
+             dataset.name, dataset.n_users, len(split.seen), len(pairs.train), seeds, trainer.batch_size, trainer.steps_per_epoch)
     state, train_summary = trainer.fit(
-        trainer.init_state(params, train_keys), tables, train, val, run_dir=run_dir, on_epoch_end=on_epoch_end
+        trainer.init_state(params, train_keys), tables, train, val, run_dir=run_dir, on_epoch_end=on_epoch_end,
+        hparams=_fingerprint(config),
     )
     best = state.best_params
 
@@ -248,6 +252,8 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         "config": dataclasses.asdict(config),
     }
     write_json_atomic(run_dir / RESULTS_FILE, results)
+    log.info("seen accuracy %.4f; unseen-test accuracy at k %s; %.0f s", seen["accuracy"],
+             {k: round(v, 4) for k, v in unseen["accuracy_at_k"].items()}, results["wall_seconds"])
     # The trained model as one loadable directory (`pluralign.load(run_dir)`); see pluralign.export.
     from pluralign.export.artifact import MODEL_DIR, compute_seen_states, save_model
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import pathlib
 import time
 from typing import Any, Callable, Optional
@@ -29,6 +30,9 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pluralign.models import base
+from pluralign.train.tracking import Trackers
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -51,6 +55,8 @@ class TrainConfig:
     patience_steps: int = 1000
     checkpoint: bool = True  # orbax checkpoint at every validation; a restarted run resumes
     progress: bool = True  # rich progress bar
+    tensorboard: bool = True  # TensorBoard event files in <run>/tensorboard/ (pluralign.train.tracking)
+    wandb: bool = False  # also log to Weights & Biases (pip install "pluralign[wandb]"; WANDB_MODE=offline works)
     # Data parallelism over all local devices (Mesh + NamedSharding): each batch is split
     # along its rows, parameters are replicated, XLA inserts the gradient all-reduce.
     # "auto" = on when more than one device is visible.
@@ -89,19 +95,23 @@ class TrainState:
     bad_evals: jax.Array
 
 
-def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+def make_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
+    """The learning rate at each optimiser step."""
     total_steps = max(total_steps, 1)
     if config.schedule == "constant":
-        lr = optax.constant_schedule(config.learning_rate)
-    elif config.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(config.learning_rate, total_steps, alpha=0.05)
-    elif config.schedule == "warmup_cosine":
-        lr = optax.warmup_cosine_decay_schedule(
+        return optax.constant_schedule(config.learning_rate)
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(config.learning_rate, total_steps, alpha=0.05)
+    if config.schedule == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(
             0.0, config.learning_rate, min(config.warmup_steps, total_steps - 1), total_steps,
             end_value=0.05 * config.learning_rate,
         )
-    else:
-        raise ValueError(f"unknown schedule {config.schedule!r}; use constant, cosine or warmup_cosine")
+    raise ValueError(f"unknown schedule {config.schedule!r}; use constant, cosine or warmup_cosine")
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    lr = make_schedule(config, total_steps)
     if config.optimizer == "adam":
         opt = optax.adam(lr)
     elif config.optimizer == "adamw":
@@ -152,6 +162,7 @@ class Trainer:
         self.batch_size = max(n_shards, min(requested, n_train) // n_shards * n_shards)
         self.steps_per_epoch = max(1, n_train // self.batch_size)
         self.tx = make_optimizer(config, config.max_epochs * self.steps_per_epoch)
+        self.schedule = make_schedule(config, config.max_epochs * self.steps_per_epoch)  # logged with the metrics
         self._epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, None, None, None)), donate_argnums=0)
         self._validate = jax.jit(jax.vmap(self._validate_one, in_axes=(0, None, None, None)))
 
@@ -174,6 +185,7 @@ class Trainer:
     def train_step(self, params, opt_state, tables: base.Tables, batch: base.PairBatch, rng: jax.Array):
         """One optimiser step on one batch of one seed: (params, opt_state, metrics)."""
         (_, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, tables, batch, rng)
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}  # before clipping
         updates, opt_state = self.tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
 
@@ -223,6 +235,7 @@ class Trainer:
         val: base.PairBatch,
         run_dir: pathlib.Path | None = None,
         on_epoch_end: Callable[[int], None] | None = None,
+        hparams: dict | None = None,
     ) -> tuple[TrainState, dict]:
         """Trains until every seed has stopped or max_epochs; resumes from run_dir/checkpoints."""
         cfg = self.config
@@ -236,6 +249,7 @@ class Trainer:
                 state, last_epoch, done = _restore(manager, state)
                 start_epoch = last_epoch + 1
             log = stack.enter_context((run_dir / "metrics.jsonl").open("a")) if run_dir is not None else None
+            trackers = stack.enter_context(Trackers(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=hparams))
             progress = stack.enter_context(_progress(cfg.progress))
             task = progress.add_task("train", total=cfg.max_epochs, completed=start_epoch)
             t0 = time.perf_counter()
@@ -247,17 +261,26 @@ class Trainer:
                     continue
                 state, val_metrics = self._validate(state, tables, val, jnp.int32(epoch))
                 all_stopped = bool(jnp.all(self.stopped(state, epoch)))
+                step = (epoch + 1) * self.steps_per_epoch
                 record = {
                     "epoch": epoch,
+                    "step": step,
                     "train_loss": np.asarray(train_metrics["loss"]).tolist(),
                     "val_loss": np.asarray(val_metrics["loss"]).tolist(),
                     "val_accuracy": np.asarray(val_metrics["accuracy"]).tolist(),
+                    "learning_rate": float(self.schedule(step - 1)),  # at the epoch's last step
+                    "grad_norm": np.asarray(train_metrics["grad_norm"]).tolist(),  # epoch mean, before clipping
                     "seconds": round(time.perf_counter() - t0, 3),
                 }
                 progress.update(task, description=f"train val_acc={np.mean(record['val_accuracy']):.3f}")
+                logger.info(
+                    "epoch %d (step %d): train_loss %.4f val_loss %.4f val_accuracy %.4f lr %.3g grad_norm %.3g",
+                    epoch, step, *(np.mean(record[k]) for k in ("train_loss", "val_loss", "val_accuracy", "learning_rate", "grad_norm")),
+                )
                 if log is not None:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
+                trackers.log(record, step)
                 if manager is not None:
                     _save(manager, epoch, state, done=all_stopped or epoch + 1 == cfg.max_epochs)
                 if on_epoch_end is not None:

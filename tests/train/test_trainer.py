@@ -23,7 +23,7 @@ from pluralign.train.trainer import (
 )
 
 MODEL = PALConfig(name="pal_a", n_prototypes=3, latent_dim=4)
-METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds"}
+METRIC_KEYS = {"epoch", "step", "train_loss", "val_loss", "val_accuracy", "learning_rate", "grad_norm", "seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_epoch_step_compiles_once(finished_run):
 
 
 def test_metrics_jsonl_has_one_line_per_validation(finished_run):
-    _, state, _, run_dir, cfg = finished_run
+    trainer, state, _, run_dir, cfg = finished_run
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # every eval_every epochs, and always after the last one
     assert [r["epoch"] for r in records] == [1, 3, 4]
@@ -158,6 +158,13 @@ def test_metrics_jsonl_has_one_line_per_validation(finished_run):
         for key in ("train_loss", "val_loss", "val_accuracy"):
             assert len(r[key]) == 2 and all(np.isfinite(r[key]))
         assert all(0.0 <= acc <= 1.0 for acc in r["val_accuracy"])
+        assert len(r["grad_norm"]) == 2 and all(g > 0 for g in r["grad_norm"])
+        assert r["step"] == (r["epoch"] + 1) * trainer.steps_per_epoch
+    # the cosine schedule's learning rate at each record's last step, decaying
+    assert [r["learning_rate"] for r in records] == pytest.approx([float(trainer.schedule(r["step"] - 1)) for r in records])
+    assert records[0]["learning_rate"] > records[-1]["learning_rate"]
+    # TensorBoard event files next to metrics.jsonl (tensorboard=True by default)
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     # The best validation loss of each seed is the smallest it logged, at the epoch it logged it.
     val_loss = np.array([r["val_loss"] for r in records])  # [n_evals, n_seeds]
     np.testing.assert_allclose(np.asarray(state.best_val_loss), val_loss.min(axis=0), rtol=1e-6)
