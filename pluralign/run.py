@@ -34,6 +34,7 @@ from pluralign.evaluate import fewshot, metrics
 from pluralign.jsonio import flatten as _flatten, json_default, write_json_atomic
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import base, model_class
+from pluralign.provenance import provenance
 from pluralign.train.trainer import Trainer, TrainConfig, init_params, predict_seen
 
 RESULTS_FILE = "results.json"
@@ -250,6 +251,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
         **({"stage1": stage1} if stage1 is not None else {}),
         "wall_seconds": time.perf_counter() - t0,
         "config": dataclasses.asdict(config),
+        "provenance": provenance(),
     }
     write_json_atomic(run_dir / RESULTS_FILE, results)
     log.info("seen accuracy %.4f; unseen-test accuracy at k %s; %.0f s", seen["accuracy"],

@@ -41,6 +41,7 @@ from flax import nnx
 
 from pluralign.jsonio import json_default, write_json_atomic
 from pluralign.models import REGISTRY, base
+from pluralign.provenance import provenance
 
 FORMAT_VERSION = 1
 MODEL_DIR = "model"
@@ -107,6 +108,7 @@ def save_model(
         "data_config": None if data_config is None else _to_json(dataclasses.asdict(data_config)),
         "dataset": dataset_meta.get("name"),
         "encoder": dataset_meta.get("encoder"),
+        "provenance": provenance(),
     }
     # Users table: every row of the state table, with the split it belongs to.
     split_of = np.full(n_users, "unused", dtype=object)

@@ -82,6 +82,11 @@ def test_run_from_composed_config_writes_results(tmp_path):
     assert set(on_disk["unseen"]["accuracy_at_k"]) == {"1", "5"}
     assert on_disk["unseen"]["accuracy_at_k"]["5"] == pytest.approx(results["unseen"]["accuracy_at_k"][5])
     assert (tmp_path / "run" / "metrics.jsonl").exists()
+    # where it came from, in the results and in the model artifact
+    model_json = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    for record in (on_disk, model_json):
+        assert record["provenance"]["versions"]["jax"] and record["provenance"]["pluralign"]
+    assert isinstance(on_disk["train"]["warnings"], list)
 
 
 def _pluralign(args, cwd, env_extra):
