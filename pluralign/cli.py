@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pathlib
+import shutil
 import sys
 
 import hydra
@@ -44,12 +46,19 @@ def train_app(cfg: DictConfig) -> float:
     for noisy in ("absl", "jax._src.xla_bridge"):  # orbax logs every checkpoint at INFO; jax its backend probing
         logging.getLogger(noisy).setLevel(logging.WARNING)
     run_dir = pathlib.Path(HydraConfig.get().runtime.output_dir)
-    config = run_config(cfg)
-    results = finished_results(run_dir, config)  # a re-run sweep skips the jobs that finished
-    if results is not None:
-        print(f"skipped, already complete: {run_dir / 'results.json'}")
-    else:
-        results = run(config, run_dir)
+    try:
+        config = run_config(cfg)
+        results = finished_results(run_dir, config)  # a re-run sweep skips the jobs that finished
+        if results is not None:
+            print(f"skipped, already complete: {run_dir / 'results.json'}")
+        else:
+            results = run(config, run_dir)
+    except ValueError as e:  # bad user data (DatasetError) or a bad config value: a message, not a traceback
+        remove_unstarted_run_dir(run_dir)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode.name != "RUN":
+            raise
+        print(f"pluralign: error: {e}\n(HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr)
+        sys.exit(1)
     print(f"results: {run_dir / 'results.json'}")
     if HydraConfig.get().mode.name == "RUN":
         print_results(run_dir)
@@ -57,6 +66,21 @@ def train_app(cfg: DictConfig) -> float:
     val = results["unseen"]["val_accuracy_at_k"]
     # NaN when no unseen-val user reaches any k (tiny data): Optuna records the trial as failed.
     return float(sum(val.values()) / len(val)) if val else float("nan")
+
+
+# What Hydra and pluralign.run write before training starts; a run directory holding nothing
+# else has no checkpoint or result worth keeping when the run fails.
+_BEFORE_TRAINING = {".hydra", "cli.log", "run_config.json", "split.json", "metrics.jsonl", "tensorboard"}
+
+
+def remove_unstarted_run_dir(run_dir: pathlib.Path) -> None:
+    """Removes a run directory that a failed run left without any checkpoint or result."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _BEFORE_TRAINING:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in run_dir.parents[:2]:  # outputs/<date>/ too, when this run was all it held
+            if parent.resolve() == pathlib.Path.cwd().resolve() or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="embed")

@@ -148,12 +148,12 @@ def options_page(spec: str) -> str:
     if option and option not in group_options(group):
         raise ValueError(f"no option {option!r} in group {group}; options: {', '.join(group_options(group))}")
     cls = schema_of(group, option or None)
-    if not option:
+    if not option and cls is None:
         return groups_help([group]) + f"\n\nFields of one option: pluralign options {group}/OPTION"
-    lines = [f"{group}={option}: {option_description(group, option, width=400)}"]
+    lines = [f"{group}={option}: {option_description(group, option, width=400)}" if option else groups_help([group])]
     if cls is None:  # Hydra's own configs (launchers, sweepers): the file says it all
         return "\n".join([*lines, "", (CONF_DIR / group / f"{option}.yaml").read_text()])
-    values = _yaml_values(group, option)
+    values = _yaml_values(group, option) if option else {}
     prefix = "" if group == "experiment" else f"{group.split('/')[-1]}."
     lines.append("")
     lines.append(f"Fields ({cls.__module__}.{cls.__name__}); override with {prefix}FIELD=VALUE:")
