@@ -347,10 +347,13 @@ def plot_per_user(groups: list[dict], path: pathlib.Path) -> bool:
             hists = [r["seen"]["per_user_histogram"] for r in groups[i]["runs"] if "per_user_histogram" in r["seen"]]
             counts = np.sum([h["counts"] for h in hists], axis=0)
             edges = np.asarray(hists[0]["edges"])
-            cdf = np.concatenate([[0.0], np.cumsum(counts) / max(counts.sum(), 1)])
+            # A user's accuracy a lies in the bin [edge, edge + 0.05): the curve steps up at the bin's
+            # left edge, exact for the common fractions 0, 1/2, 1 of a few held-out pairs.
+            cdf = np.cumsum(counts) / max(counts.sum(), 1)
             style = _style(n)
-            ax.step(edges, cdf, where="post", color=style["color"], linewidth=1.3)
-            ax.plot(edges[1:][counts > 0], cdf[1:][counts > 0], linestyle="none", markersize=3.5, **style)
+            ax.step(np.concatenate([[0.0], edges[:-1], [1.0]]), np.concatenate([[0.0], cdf, [1.0]]), where="post",
+                    color=style["color"], linewidth=1.3)
+            ax.plot(edges[:-1][counts > 0], cdf[counts > 0], linestyle="none", markersize=3.5, **style)
             ax.plot([], [], linewidth=1.3, markersize=3.5, **style,  # the legend entry: line and marker
                     label=f"{_label(groups[i], with_model=not faceted)} (n={int(counts.sum() / len(hists))})")
         ax.axhline(0.1, color="gray", linestyle=":", linewidth=1)
