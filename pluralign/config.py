@@ -63,6 +63,16 @@ def register_configs() -> None:
 
         # string.Template (Hydra fills $FLAGS_HELP etc.) reads a bare $ as a placeholder.
         OmegaConf.register_new_resolver("pluralign_groups", lambda: groups_help().replace("$", "$$"))
+    if not OmegaConf.has_resolver("pluralign_sqlite"):
+        OmegaConf.register_new_resolver("pluralign_sqlite", sqlite_url)
+
+
+def sqlite_url(path: str) -> str:
+    """`${pluralign_sqlite:DIR/optuna.db}` in conf/hydra/sweeper/tpe.yaml: the SQLAlchemy URL of
+    an SQLite file, its folder created (Optuna creates the file, not the sweep directory)."""
+    path = pathlib.Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
 
 
 def model_config(name: str):

@@ -176,5 +176,6 @@ def reference_table(cls, prefix: str) -> str:
     """A markdown table of a config dataclass's fields (the README's train.* / eval.* tables)."""
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for f in field_docs(cls):
-        rows.append(f"| `{prefix}{f.name}` | `{f.default}` | {f.doc} |")
+        doc = f.doc.replace("|", r"\|")  # a literal | inside a markdown cell
+        rows.append(f"| `{prefix}{f.name}` | `{f.default}` | {doc} |")
     return "\n".join(rows)
