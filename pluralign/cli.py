@@ -54,9 +54,11 @@ def train_app(cfg: DictConfig) -> float:
         else:
             results = run(config, run_dir)
     except ValueError as e:  # bad user data (DatasetError) or a bad config value: a message, not a traceback
+        if HydraConfig.get().mode.name != "RUN":
+            raise  # a sweep keeps the failed job's directory: `pluralign report` lists it as incomplete
         remove_unstarted_run_dir(run_dir)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode.name != "RUN":
-            raise
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or (run_dir / "checkpoints").exists():
+            raise  # failed while training: the whole traceback
         print(f"pluralign: error: {e}\n(HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr)
         sys.exit(1)
     print(f"results: {run_dir / 'results.json'}")
