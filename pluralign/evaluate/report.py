@@ -109,7 +109,8 @@ def print_results(root: str | pathlib.Path, console: Console | None = None) -> l
 # `pluralign report SWEEP_DIR` writes, under SWEEP_DIR/report/ (or --out):
 #   results.md / results.csv   one row per model × dataset (× swept hyper-parameters), mean ± std over seeds
 #   kshot_<mode>.png           unseen-user accuracy against k, random and item_disjoint modes
-#   per_user_accuracy.png      histograms of seen users' per-user accuracy
+#   per_user_accuracy.png      cumulative distribution of seen users' per-user accuracy
+#   training_curves.png        validation / training loss against steps, from each run's metrics.jsonl
 # A group of runs that differ only in their seeds is one row. A group of one run shows that
 # run's own numbers (its mean and std over the seeds it trained); a group of several runs
 # shows the mean and std (ddof 0) of their values. Nothing else is recomputed.
@@ -254,7 +255,7 @@ def _style(i: int) -> dict:
     import matplotlib
 
     colors = matplotlib.colormaps["tab10"].colors
-    # colour and marker cycle with co-prime periods (10, 7 per marker half): 70 distinct pairs
+    # the colour cycles every 10 curves and the marker shifts by one each cycle: 100 distinct pairs
     return {"color": colors[i % 10], "marker": _MARKERS[(i // 10 + i) % len(_MARKERS)]}
 
 
