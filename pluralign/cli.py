@@ -3,6 +3,7 @@
   pluralign [hydra overrides]      train + evaluate one run (or a sweep with -m)
   pluralign report DIR             print the results table of a run or multirun directory
   pluralign embed [overrides]      embed a table of texts into a dataset (conf/embed.yaml)
+  pluralign options GROUP[/OPTION] every field of a config group or option, with its meaning
 
 Hydra stays here and in `pluralign.config`; the library underneath takes dataclasses.
 """
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import pathlib
+import shutil
 import sys
 
 import hydra
@@ -45,12 +48,21 @@ def train_app(cfg: DictConfig) -> float:
     for noisy in ("absl", "jax._src.xla_bridge"):  # orbax logs every checkpoint at INFO; jax its backend probing
         logging.getLogger(noisy).setLevel(logging.WARNING)
     run_dir = pathlib.Path(HydraConfig.get().runtime.output_dir)
-    config = run_config(cfg)
-    results = finished_results(run_dir, config)  # a re-run sweep skips the jobs that finished
-    if results is not None:
-        print(f"skipped, already complete: {run_dir / 'results.json'}")
-    else:
-        results = run(config, run_dir)
+    try:
+        config = run_config(cfg)
+        results = finished_results(run_dir, config)  # a re-run sweep skips the jobs that finished
+        if results is not None:
+            print(f"skipped, already complete: {run_dir / 'results.json'}")
+        else:
+            results = run(config, run_dir)
+    except ValueError as e:  # bad user data (DatasetError) or a bad config value: a message, not a traceback
+        if HydraConfig.get().mode.name != "RUN":
+            raise  # a sweep keeps the failed job's directory: `pluralign report` lists it as incomplete
+        remove_unstarted_run_dir(run_dir)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or (run_dir / "checkpoints").exists():
+            raise  # failed while training: the whole traceback
+        print(f"pluralign: error: {e}\n(HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr)
+        sys.exit(1)
     print(f"results: {run_dir / 'results.json'}")
     if HydraConfig.get().mode.name == "RUN" and distributed.is_primary():  # process 0 wrote the results
         print_results(run_dir)
@@ -58,6 +70,21 @@ def train_app(cfg: DictConfig) -> float:
     val = {k: v for k, v in results["unseen"]["val_accuracy_at_k"].items() if v is not None}  # null: undefined
     # NaN when no unseen-val user reaches any k (tiny data): Optuna records the trial as failed.
     return float(sum(val.values()) / len(val)) if val else float("nan")
+
+
+# What Hydra and pluralign.run write before training starts; a run directory holding nothing
+# else has no checkpoint or result worth keeping when the run fails.
+_BEFORE_TRAINING = {".hydra", "cli.log", "run_config.json", "split.json", "metrics.jsonl", "tensorboard"}
+
+
+def remove_unstarted_run_dir(run_dir: pathlib.Path) -> None:
+    """Removes a run directory that a failed run left without any checkpoint or result."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _BEFORE_TRAINING:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in run_dir.parents[:2]:  # outputs/<date>/ too, when this run was all it held
+            if parent.resolve() == pathlib.Path.cwd().resolve() or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="embed")
@@ -93,6 +120,17 @@ def main() -> None:
             sys.exit(1)
         for kind, path in write_report(args.dir, args.out, latex=args.latex).items():  # markdown + CSV tables, k-shot curves, histograms
             print(f"{kind}: {path}")
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "options":
+        from pluralign.options import GROUPS, options_page
+
+        parser = argparse.ArgumentParser(prog="pluralign options", description="Every field of a config group or option.")
+        parser.add_argument("group", metavar="GROUP[/OPTION]", help=f"one of {', '.join(GROUPS)}, optionally /OPTION")
+        args = parser.parse_args(sys.argv[2:])
+        try:
+            print(options_page(args.group))
+        except ValueError as e:
+            parser.error(str(e))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "embed":
         del sys.argv[1]  # the rest are Hydra overrides of conf/embed.yaml

@@ -33,23 +33,46 @@ class Config:
     cache_dir: Optional[str] = None
 
 
+def schemas() -> dict[tuple[str, str], type]:
+    """(config group, schema name) -> the dataclass that validates it ("" = the root)."""
+    out = {("", "schema"): Config}
+    for name, (_, config_cls) in REGISTRY.items():
+        # One schema per config class: PAL-A and PAL-B share `schema_pal`.
+        out[("model", f"schema_{config_cls.__name__.removesuffix('Config').lower()}")] = config_cls
+    for kind, (config_cls, _) in GENERATORS.items():
+        out[("data", f"schema_{kind}")] = config_cls
+    out[("data", "schema_disk")] = DiskDataConfig
+    out[("train", "schema")] = TrainConfig
+    out[("eval", "schema")] = EvalConfig
+    out[("", "embed_schema")] = EmbedConfig  # `pluralign embed` (conf/embed.yaml)
+    out[("encoder", "schema_wordllama")] = WordLlamaEncoderConfig
+    out[("encoder", "schema_hf")] = TransformersEncoderConfig
+    return out
+
+
+SCHEMAS = schemas()
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
-    cs.store(name="schema", node=Config)
-    schemas = {}
-    for name, (_, config_cls) in REGISTRY.items():
-        schemas.setdefault(config_cls, name)
-    for config_cls in schemas:
-        # One schema per config class: PAL-A and PAL-B share `schema_pal`.
-        cs.store(group="model", name=f"schema_{config_cls.__name__.removesuffix('Config').lower()}", node=config_cls)
-    for kind, (config_cls, _) in GENERATORS.items():
-        cs.store(group="data", name=f"schema_{kind}", node=config_cls)
-    cs.store(group="data", name="schema_disk", node=DiskDataConfig)
-    cs.store(group="train", name="schema", node=TrainConfig)
-    cs.store(group="eval", name="schema", node=EvalConfig)
-    cs.store(name="embed_schema", node=EmbedConfig)  # `pluralign embed` (conf/embed.yaml)
-    cs.store(group="encoder", name="schema_wordllama", node=WordLlamaEncoderConfig)
-    cs.store(group="encoder", name="schema_hf", node=TransformersEncoderConfig)
+    for (group, name), node in SCHEMAS.items():
+        cs.store(group=group or None, name=name, node=node)
+    # `pluralign --help` (conf/hydra/help/pluralign.yaml) lists the groups through this resolver.
+    if not OmegaConf.has_resolver("pluralign_groups"):
+        from pluralign.options import groups_help
+
+        # string.Template (Hydra fills $FLAGS_HELP etc.) reads a bare $ as a placeholder.
+        OmegaConf.register_new_resolver("pluralign_groups", lambda: groups_help().replace("$", "$$"))
+    if not OmegaConf.has_resolver("pluralign_sqlite"):
+        OmegaConf.register_new_resolver("pluralign_sqlite", sqlite_url)
+
+
+def sqlite_url(path: str) -> str:
+    """`${pluralign_sqlite:DIR/optuna.db}` in conf/hydra/sweeper/tpe.yaml: the SQLAlchemy URL of
+    an SQLite file, its folder created (Optuna creates the file, not the sweep directory)."""
+    path = pathlib.Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
 
 
 def model_config(name: str):

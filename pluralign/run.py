@@ -43,6 +43,7 @@ from pluralign.evaluate.fewshot import EvalConfig
 from pluralign import rundir
 from pluralign.config_checks import check_run_config
 from pluralign.models import base, model_class
+from pluralign.provenance import provenance
 from pluralign.train import distributed, host_tables, meta
 from pluralign.train.trainer import TrainConfig, init_params, predict_seen
 
@@ -122,6 +123,24 @@ def _check_same_data(run_dir: pathlib.Path, config: RunConfig, data_dir: pathlib
             )
     if distributed.is_primary():  # with several processes only process 0 writes files
         write_json_atomic(path, {**_fingerprint(config), DATA_FINGERPRINT: fingerprint})
+
+
+def training_warnings(summary: dict, config: TrainConfig, seen_accuracy: float) -> list[str]:
+    """Signs that a run is undertrained, for the log and `results.json` (`train.warnings`)."""
+    warnings = []
+    steps = summary["epochs_run"] * summary["steps_per_epoch"]
+    if steps < 500:
+        warnings.append(f"only {steps} optimiser steps ({summary['epochs_run']} epochs of {summary['steps_per_epoch']}): "
+                        "lower train.batch_size or raise train.max_epochs")
+    first = [s for s, best in enumerate(summary["best_epoch"]) if best < 2 * config.eval_every]
+    if first and summary["epochs_run"] < config.max_epochs:
+        warnings.append(f"seed replica(s) {first} (0-based) stopped with their best validation among the first two: "
+                        "raise train.patience / train.patience_steps or lower train.learning_rate")
+    if seen_accuracy < 0.55:
+        warnings.append(f"seen accuracy {seen_accuracy:.3f} is near chance: the model may have learned nothing")
+    for warning in warnings:
+        log.warning("likely undertrained: %s", warning)
+    return warnings
 
 
 def finished_results(run_dir: str | os.PathLike, config: RunConfig) -> dict | None:
@@ -267,8 +286,11 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
         train = train.replace(row=jnp.arange(len(pairs.train), dtype=jnp.int32))
         tables = tables.replace(context=base.user_context(train, dataset.n_users, seed=ev.split_seed))
     trainer = host_tables.make_trainer(graphdef, config.train, len(pairs.train), tables)
+    log.info("%s on %s: %d users (%d seen), %d training pairs; seeds %s, batch %d, %d steps per epoch", config.model.name,
+             dataset.name, dataset.n_users, len(split.seen), len(pairs.train), seeds, trainer.batch_size, trainer.steps_per_epoch)
     state, train_summary = trainer.fit(
-        trainer.init_state(params, train_keys), tables, train, val, run_dir=run_dir, on_epoch_end=on_epoch_end
+        trainer.init_state(params, train_keys), tables, train, val, run_dir=run_dir, on_epoch_end=on_epoch_end,
+        hparams=_fingerprint(config),
     )
     best = state.best_params
     if isinstance(tables, host_tables.HostTables):  # evaluation: only the rows it reads, on the device
@@ -295,6 +317,7 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
         "n_pairs": seen_runs[0]["n_pairs"],
         "per_seed": seen_runs,
     }
+    train_summary["warnings"] = training_warnings(train_summary, config.train, seen["accuracy"])
     if user_group is not None:
         seen["worst_group_accuracy"] = over_seeds(lambda r: r["worst_group_accuracy"])
     # Distribution of per-user accuracy (each seen user's test pairs, averaged over seeds) as a
@@ -349,10 +372,13 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
         **({"stage1": stage1} if stage1 is not None else {}),
         "wall_seconds": time.perf_counter() - t0,
         "config": dataclasses.asdict(config),
+        "provenance": provenance(),
     }
     if not writer:
         distributed.wait_for_all("pluralign.run: written")  # process 0 writes the model and the results
         return results
+    log.info("seen accuracy %.4f; unseen-test accuracy at k %s; %.0f s", seen["accuracy"],
+             {k: round(v, 4) for k, v in unseen["accuracy_at_k"].items()}, results["wall_seconds"])
     # The trained model as one loadable directory (`pluralign.load(run_dir)`); see pluralign.export.
     # Written before results.json: a complete results.json is the mark of a finished run.
     from pluralign.export.artifact import MODEL_DIR, compute_seen_states, save_model

@@ -312,7 +312,7 @@ def _meta(name: str | None, file: str, user_ids: list, encoder_info: dict | None
 
 def import_comparisons(source: TableLike, *, user: str = "user", a: str = "a", b: str = "b",
                        label: str | None = "label", prompt: str | None = None, weight: str | None = None,
-                       items: Any = None, item_ids: Sequence | None = None,
+                       label_format: str = "auto", items: Any = None, item_ids: Sequence | None = None,
                        prompts: Any = None, prompt_ids: Sequence | None = None,
                        encoder: Any = "wordllama", embed_with_prompt: bool = False,
                        name: str | None = None) -> PreferenceDataset:
@@ -321,6 +321,10 @@ def import_comparisons(source: TableLike, *, user: str = "user", a: str = "a", b
     ``a``/``b`` hold response texts (embedded with ``encoder``), or ids into ``items``
     when a feature matrix is given. ``label`` is P(a ≻ b) in [0, 1] (booleans work);
     ``label=None`` means ``a`` was chosen in every row (a chosen/rejected layout).
+    ``label_format``: ``probability`` (numbers in [0, 1]; 0/1 integers are read this way, 1 =
+    ``a`` preferred), ``winner`` (which one won: the strings "a"/"b" in any case, "tie"/"draw"
+    = 0.5; integers are then the winner's index, 0 = ``a``, 1 = ``b``), or ``auto`` (the
+    default: a string column is ``winner``, a numeric or boolean one ``probability``).
     ``prompt`` (optional) holds prompt texts, or ids into ``prompts``;
     ``embed_with_prompt=True`` embeds each response together with its prompt as one
     conversation (prompt-conditioned items) instead of the response alone.
@@ -349,9 +353,16 @@ def import_comparisons(source: TableLike, *, user: str = "user", a: str = "a", b
         labels = np.ones(table.num_rows, np.float32)
     else:
         col = _column(table, file, label, "label")
-        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
-            raise DatasetError(file, f"label column '{label}' has type {col.type}; expected P(a ≻ b) as a number")
-        labels = _to_numpy(pc.cast(col, pa.float32())).astype(np.float32)
+        if label_format not in ("auto", "probability", "winner"):
+            raise ValueError(f"label_format must be auto, probability or winner, got {label_format!r}")
+        textual = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+        if label_format == "winner" or (label_format == "auto" and textual):
+            labels = winner_labels(col, file, label)
+        elif not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
+            raise DatasetError(file, f"label column '{label}' has type {col.type}; expected P(a ≻ b) as a number "
+                                     "(or label_format=winner for a column naming the winner)")
+        else:
+            labels = _to_numpy(pc.cast(col, pa.float32())).astype(np.float32)
         bad = ~((labels >= 0) & (labels <= 1))
         if bad.any():
             row = int(bad.argmax())
@@ -372,6 +383,24 @@ def import_comparisons(source: TableLike, *, user: str = "user", a: str = "a", b
         extra["item_ids"] = list(item_ids)
     return PreferenceDataset(items=item_table, comparisons=comparisons, prompts=prompt_table,
                              meta=_meta(name, file, user_ids, enc_info, "import_comparisons", extra))
+
+
+def winner_labels(col, file, label: str) -> np.ndarray:
+    """A winner column -> P(a ≻ b): "a"/"b" (any case, spaces ignored) -> 1/0, "tie"/"draw" -> 0.5;
+    integers are the winner's index (0 = a, 1 = b). Anything else is a DatasetError naming the row."""
+    if pa.types.is_integer(col.type):
+        index = _to_numpy(pc.cast(col, pa.int64()))
+        bad = ~np.isin(index, (0, 1))
+        if bad.any():
+            row = int(bad.argmax())
+            raise DatasetError(file, f"winner '{label}' is {index[row]}; expected the winner's index 0 (a) or 1 (b)", row)
+        return (index == 0).astype(np.float32)
+    values = [None if v is None else str(v).strip().lower() for v in col.to_pylist()]
+    mapping = {"a": 1.0, "b": 0.0, "tie": 0.5, "draw": 0.5}
+    for row, v in enumerate(values):
+        if v not in mapping:
+            raise DatasetError(file, f"winner '{label}' is {col[row].as_py()!r}; expected 'a', 'b' (any case) or 'tie'", row)
+    return np.asarray([mapping[v] for v in values], np.float32)
 
 
 # ----------------------------------------------------------------- ratings table
@@ -524,6 +553,9 @@ class ComparisonsTableConfig:
     a: str = "a"
     b: str = "b"
     label: Optional[str] = "label"
+    # auto | probability (P(a ≻ b), 0/1 = b/a won) | winner ("a"/"b"/"tie", or 0 = a, 1 = b);
+    # auto: a string column names the winner, a numeric one is P(a ≻ b)
+    label_format: str = "auto"
     prompt: Optional[str] = None
     weight: Optional[str] = None
     items_path: Optional[str] = None  # .npy feature matrix; a/b are then row numbers
@@ -576,7 +608,7 @@ def source_fingerprint(*paths: str | os.PathLike | None) -> dict:
 
 def make_comparisons_table(config: ComparisonsTableConfig) -> PreferenceDataset:
     return import_comparisons(config.path, user=config.user, a=config.a, b=config.b, label=config.label,
-                              prompt=config.prompt, weight=config.weight, items=config.items_path,
+                              label_format=config.label_format, prompt=config.prompt, weight=config.weight, items=config.items_path,
                               prompts=config.prompts_path, encoder=config.encoder,
                               embed_with_prompt=config.embed_with_prompt, name=config.name)
 

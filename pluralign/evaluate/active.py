@@ -141,10 +141,9 @@ def save_active_report(result: dict, out_dir, reference_questions: int = 8) -> d
     """Writes active.json (numbers) and active.png (the two curves) into out_dir; returns the
     summary: random's accuracy after `reference_questions` questions and how many questions
     active selection needs to reach it."""
-    import matplotlib
+    from pluralign.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from pluralign.jsonio import write_json_atomic
 

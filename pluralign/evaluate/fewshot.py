@@ -43,7 +43,8 @@ from pluralign.models import base
 
 @dataclasses.dataclass
 class EvalConfig:
-    shots: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 5, 10, 20, 50])
+    shots: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 5, 10, 20, 50])  # k: support comparisons per unseen user
+    # support/query split: random (as in the papers) and/or item_disjoint (no item shared; DESIGN §6)
     modes: list[str] = dataclasses.field(default_factory=lambda: ["random", "item_disjoint"])
     draws: int = 2  # support/query draws per seed
     # A k is reported only where at least this fraction of the users have k support pairs:
@@ -52,8 +53,8 @@ class EvalConfig:
     # Gaussian prior precision on the user state for MAP few-shot inference; the value is
     # chosen on unseen-val users (never on unseen-test).
     prior_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0])
-    inference_steps: int = 100
-    inference_learning_rate: float = 0.1
+    inference_steps: int = 100  # optimiser steps of few-shot MAP inference (PAL, DPA, GPM); VPL is amortised
+    inference_learning_rate: float = 0.1  # learning rate of few-shot MAP inference
     # Few-shot inference for models with fitted user states (`PreferenceModel.fits_user_state`):
     # "bayes" = empirical Bayes (a Gaussian prior fitted to the seen users' states, Laplace
     # posterior, posterior-predictive probabilities); "map" = MAP under an isotropic prior whose
@@ -64,10 +65,10 @@ class EvalConfig:
     # users' states are themselves shrunk estimates, so their spread can understate the population's.
     prior_scales: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0])
     split_seed: int = 0  # user split and seen-pair split; fixed across training seeds
-    unseen_val_fraction: float = 0.1
-    unseen_test_fraction: float = 0.2
-    pair_val_fraction: float = 0.1
-    pair_test_fraction: float = 0.1
+    unseen_val_fraction: float = 0.1  # users held out for model selection (the prior strength, sweeps)
+    unseen_test_fraction: float = 0.2  # users held out for the reported unseen-user figures only
+    pair_val_fraction: float = 0.1  # seen users' pairs for early stopping
+    pair_test_fraction: float = 0.1  # seen users' held-out pairs for the seen-user figures
 
     def __post_init__(self):
         # Fail at start-up, not after training.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from pluralign.evaluate.metrics import bootstrap_ratio_interval
 from pluralign.jsonio import flatten
+from pluralign.plotting import pyplot
 
 TABLE_SHOTS = (1, 5, 20)
 
@@ -38,19 +40,49 @@ def _fmt(x, std=None) -> str:
     return f"{x:.3f}" if std is None else f"{x:.3f} ± {std:.3f}"
 
 
+def run_variants(results: list[dict]) -> list[str]:
+    """Per run, the config values in which it differs from the other runs of its model and
+    dataset (swept keys, seeds included), e.g. "train.learning_rate=0.01"; "" where none."""
+    flats = [
+        {k: json.dumps(v, sort_keys=True) for k, v in flatten(r.get("config", {})).items() if k not in _NOT_A_RUN_KEY}
+        for r in results
+    ]
+    labels = []
+    for r, f in zip(results, flats):
+        peers = [g for q, g in zip(results, flats) if (q["model"], q["dataset"]) == (r["model"], r["dataset"])]
+        differing = sorted(k for k in {k for g in peers for k in g} if len({g.get(k) for g in peers}) > 1)
+        labels.append("\n".join(f"{k.removeprefix('model.')}={_short(json.loads(f[k])) if k in f else None}" for k in differing))
+    return labels
+
+
+def _short(value) -> str:
+    """A config value for a table cell: floats rounded to 4 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ",".join(_short(v) for v in value) + "]"
+    return str(value)
+
+
 def results_table(results: list[dict], shots=TABLE_SHOTS) -> Table:
     table = Table(
         title="pluralign results: accuracy, mean ± std (seen: over seeds; unseen: over seed×draw episodes; none for one) (unseen users: random support/query)",
         caption="Bayes-opt: accuracy of the true model; best non-personal: the best predictor that ignores who the user is (synthetic data)",
     )
-    columns = ("model", "dataset", "seeds", "seen acc", *(f"unseen k={k}" for k in shots), "Bayes-opt", "best non-personal", "wall s")
+    variants = run_variants(results)
+    with_variant = any(variants)
+    columns = ("model", "dataset", *(["variant"] if with_variant else []), "seeds", "seen acc",
+               *(f"unseen k={k}" for k in shots), "Bayes-opt", "best non-personal", "wall s")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("model", "dataset") else "right")
-    for r in results:
+        if column == "variant":  # one key=value per line, never cut short
+            table.add_column(column, overflow="fold", min_width=min(40, max(len(p) for v in variants for p in v.split())))
+        else:
+            table.add_column(column, justify="left" if column in ("model", "dataset") else "right")
+    for r, variant in zip(results, variants):
         at_k = r["unseen"]["accuracy_at_k"]
         std_k = r["unseen"].get("accuracy_std_at_k", {})
         table.add_row(
-            r["model"], r["dataset"], str(len(r["seeds"])),
+            r["model"], r["dataset"], *([variant] if with_variant else []), str(len(r["seeds"])),
             _fmt(r["seen"]["accuracy"], r["seen"].get("accuracy_std")),
             *(_fmt(at_k.get(str(k)), std_k.get(str(k))) for k in shots),
             _fmt(r.get("bayes_optimal_accuracy")), _fmt(r.get("population_optimal_accuracy")),
@@ -62,11 +94,16 @@ def results_table(results: list[dict], shots=TABLE_SHOTS) -> Table:
 def print_results(root: str | pathlib.Path, console: Console | None = None) -> list[dict]:
     results = collect_results(root)
     # Wide enough for the table even when stdout is a pipe or a CI log (rich would assume 80).
-    console = console or Console(width=max(Console().width, 160))
+    console = console or Console(width=max(Console().width, 200))
     if not results:
         console.print(f"no complete results.json under {root}")
     else:
         console.print(results_table(results))
+    missing = incomplete_runs(root, results)
+    if missing:
+        console.print(f"[bold red]incomplete jobs[/] (no complete results.json; re-run the sweep to finish them): {len(missing)}")
+        for job in missing:
+            console.print(f"  {job}", markup=False, highlight=False)
     return results
 
 
@@ -75,13 +112,15 @@ def print_results(root: str | pathlib.Path, console: Console | None = None) -> l
 # `pluralign report SWEEP_DIR` writes, under SWEEP_DIR/report/ (or --out):
 #   results.md / results.csv   one row per model × dataset (× swept hyper-parameters), mean ± std over seeds
 #   kshot_<mode>.png           unseen-user accuracy against k, random and item_disjoint modes
-#   per_user_accuracy.png      histograms of seen users' per-user accuracy
+#   per_user_accuracy.png      cumulative distribution of seen users' per-user accuracy
+#   training_curves.png        validation / training loss against steps, from each run's metrics.jsonl
 # A group of runs that differ only in their seeds is one row. A group of one run shows that
 # run's own numbers (its mean and std over the seeds it trained); a group of several runs
 # shows the mean and std (ddof 0) of their values. Nothing else is recomputed.
 
 # Config keys that do not make a run a different experiment.
 _NOT_A_VARIANT = {"seeds", "cache_dir", "train.progress"}
+_NOT_A_RUN_KEY = {"cache_dir", "train.progress"}  # the console table has one row per run: seeds do count
 MODES = ("random", "item_disjoint")
 
 
@@ -338,19 +377,72 @@ def latex_table(rows: list[dict], shots=TABLE_SHOTS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _label(row_or_group: dict) -> str:
-    return row_or_group["model"] + (f" [{row_or_group['variant']}]" if row_or_group["variant"] else "")
+
+def _label(row_or_group: dict, with_model: bool = True) -> str:
+    variant = _round_floats(row_or_group["variant"].replace(",", ", "))
+    if not with_model:
+        return variant or row_or_group["model"]
+    return row_or_group["model"] + (f" [{variant}]" if variant else "")
+
+
+def _round_floats(text: str) -> str:
+    """0.30000000000000004 -> 0.3 in a label (4 significant digits)."""
+    return re.sub(r"\d+\.\d{5,}(?:e-?\d+)?", lambda m: f"{float(m.group()):.4g}", text)
+
+
+# ------------------------------------------------------------------ figures
+#
+# Every figure: a legend outside the axes (never over the curves), labels with rounded
+# numbers, colours and markers cycled together (20 distinguishable styles), and one panel
+# per model ("facets") when a dataset has more curves than one panel holds readably.
+
+MAX_CURVES_PER_PANEL = 6
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
+def _style(i: int) -> dict:
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab10"].colors
+    # the colour cycles every 10 curves and the marker shifts by one each cycle: 100 distinct pairs
+    return {"color": colors[i % 10], "marker": _MARKERS[(i // 10 + i) % len(_MARKERS)]}
+
+
+def _panels(rows: list[dict]) -> list[tuple[str, list[int]]]:
+    """(title, row indices) per panel: one per dataset, or per dataset × model when crowded."""
+    panels = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        ids = [i for i, r in enumerate(rows) if r["dataset"] == dataset]
+        if len(ids) <= MAX_CURVES_PER_PANEL:
+            panels.append((dataset, ids))
+        else:
+            for model in sorted({rows[i]["model"] for i in ids}):
+                panels.append((f"{dataset}: {model}", [i for i in ids if rows[i]["model"] == model]))
+    return panels
+
+
+def _figure(n_panels: int):
+    """Panels in one column: each panel's legend sits to its right, where no other panel is."""
+    plt = pyplot()
+    fig, axes = plt.subplots(n_panels, 1, figsize=(6.0, 3.4 * n_panels), squeeze=False)
+    return plt, fig, list(axes.flat)
+
+
+def _legend_outside(ax, n_entries: int) -> None:
+    if n_entries:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False,
+                  ncols=1 if n_entries <= 14 else 2)
+
+
+def _save(plt, fig, path: pathlib.Path) -> None:
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps the outside legends in the file
+    plt.close(fig)
 
 
 def plot_kshot(rows: list[dict], mode: str, path: pathlib.Path) -> bool:
-    """Unseen-user accuracy against k, one panel per dataset, one line (± std band) per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Unseen-user accuracy against k, one panel per dataset (per model when crowded), one line
+    (± std band) per model and variant."""
     prefix = f"unseen_{mode}_k"
-    datasets = sorted({row["dataset"] for row in rows})
     curves = {
         row_id: sorted((int(c[len(prefix):]), row[c], row.get(f"{c}_std") or 0.0)
                        for c in row if c.startswith(prefix) and c[len(prefix):].isdigit() and row[c] is not None)
@@ -358,58 +450,124 @@ def plot_kshot(rows: list[dict], mode: str, path: pathlib.Path) -> bool:
     }
     if not any(curves.values()):
         return False
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        for row_id, row in enumerate(rows):
-            if row["dataset"] != dataset or not curves[row_id]:
+    panels = _panels(rows)
+    plt, fig, axes = _figure(len(panels))
+    for ax, (title, ids) in zip(axes, panels):
+        faceted = len({rows[i]["model"] for i in ids}) == 1 and len(ids) > 1
+        for n, row_id in enumerate(ids):
+            if not curves[row_id]:
                 continue
             k, mean, std = (np.array(v) for v in zip(*curves[row_id]))
-            (line,) = ax.plot(k, mean, marker="o", label=_label(row))
-            ax.fill_between(k, mean - std, mean + std, color=line.get_color(), alpha=0.15)
-        first = next(r for r in rows if r["dataset"] == dataset)
+            (line,) = ax.plot(k, mean, label=_label(rows[row_id], with_model=not faceted), markersize=4, linewidth=1.3,
+                              **_style(n))
+            ax.fill_between(k, mean - std, mean + std, color=line.get_color(), alpha=0.12)
+        first = rows[ids[0]]
         for value, name, style in ((first.get("bayes_optimal_accuracy"), "Bayes-opt", ":"),
                                    (first.get("population_optimal_accuracy"), "best non-personal", "--")):
             if value is not None:
-                ax.axhline(value, color="gray", linestyle=style, linewidth=1, label=name)
+                ax.axhline(value, color="gray", linestyle=style, linewidth=1, label=f"{name} {value:.3f}")
         ax.set_xscale("log")
-        ks = sorted({k for row_id, row in enumerate(rows) if row["dataset"] == dataset for k, _, _ in curves[row_id]})
+        ks = sorted({k for i in ids for k, _, _ in curves[i]})
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.minorticks_off()
-        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("k (support comparisons)")
         ax.set_ylabel(f"unseen-user accuracy ({mode})")
-        ax.legend(fontsize=7)
+        _legend_outside(ax, len(ids) + 2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
 def plot_per_user(groups: list[dict], path: pathlib.Path) -> bool:
-    """Histograms of seen users' per-user accuracy (results.json `seen.per_user_histogram`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Seen users' per-user accuracy as a cumulative curve (fraction of users at or below each
+    accuracy; results.json `seen.per_user_histogram`). With 4–10 held-out pairs per user the
+    accuracies take a few values only: a histogram is a comb, the cumulative curve stays
+    readable and compares models at a glance (further right = better; the 10th percentile is
+    where the curve crosses 0.1)."""
     groups = [g for g in groups if any("per_user_histogram" in r["seen"] for r in g["runs"])]
     if not groups:
         return False
-    datasets = sorted({g["dataset"] for g in groups})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        for g in (g for g in groups if g["dataset"] == dataset):
-            hists = [r["seen"]["per_user_histogram"] for r in g["runs"] if "per_user_histogram" in r["seen"]]
+    panels = _panels(groups)
+    plt, fig, axes = _figure(len(panels))
+    for ax, (title, ids) in zip(axes, panels):
+        faceted = len({groups[i]["model"] for i in ids}) == 1 and len(ids) > 1
+        for n, i in enumerate(ids):
+            hists = [r["seen"]["per_user_histogram"] for r in groups[i]["runs"] if "per_user_histogram" in r["seen"]]
             counts = np.sum([h["counts"] for h in hists], axis=0)
             edges = np.asarray(hists[0]["edges"])
-            ax.stairs(counts / max(counts.sum(), 1), edges, label=_label(g))
-        ax.set_title(dataset)
+            # A user's accuracy a lies in the bin [edge, edge + 0.05): the curve steps up at the bin's
+            # left edge, exact for the common fractions 0, 1/2, 1 of a few held-out pairs.
+            cdf = np.cumsum(counts) / max(counts.sum(), 1)
+            style = _style(n)
+            ax.step(np.concatenate([[0.0], edges[:-1], [1.0]]), np.concatenate([[0.0], cdf, [1.0]]), where="post",
+                    color=style["color"], linewidth=1.3)
+            ax.plot(edges[:-1][counts > 0], cdf[counts > 0], linestyle="none", markersize=3.5, **style)
+            ax.plot([], [], linewidth=1.3, markersize=3.5, **style,  # the legend entry: line and marker
+                    label=f"{_label(groups[i], with_model=not faceted)} (n={int(counts.sum() / len(hists))})")
+        ax.axhline(0.1, color="gray", linestyle=":", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("per-user accuracy (seen users, held-out pairs)")
-        ax.set_ylabel("fraction of users")
-        ax.legend(fontsize=7)
+        ax.set_ylabel("fraction of users at or below")
+        _legend_outside(ax, len(ids))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
+    return True
+
+
+def read_metrics(run_dir: pathlib.Path) -> list[dict]:
+    """The validation records of a run's metrics.jsonl (one line per validation), [] if none."""
+    path = pathlib.Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_epoch = {r["epoch"]: r for r in records}  # a resumed run re-logs nothing, but be safe
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def plot_training_curves(groups: list[dict], path: pathlib.Path) -> bool:
+    """Training and validation loss against optimiser steps (metrics.jsonl of every run; the
+    mean over a run's seeds and over a group's runs), one panel per dataset (per model when
+    crowded), train dashed, validation solid."""
+    curves = {}
+    for i, g in enumerate(groups):
+        per_run = []
+        for r in g["runs"]:
+            records = read_metrics(pathlib.Path(r["path"]).parent)
+            steps_per_epoch = r.get("train", {}).get("steps_per_epoch", 1)
+            if records:
+                per_run.append({
+                    (rec["epoch"] + 1) * steps_per_epoch: (np.mean(rec["train_loss"]), np.mean(rec["val_loss"]))
+                    for rec in records
+                })
+        if per_run:
+            steps = sorted(set.intersection(*(set(c) for c in per_run)))  # runs of a group may stop at different epochs
+            curves[i] = [(s, np.mean([c[s][0] for c in per_run]), np.mean([c[s][1] for c in per_run])) for s in steps]
+    if not curves:
+        return False
+    panels = [(title, [i for i in ids if i in curves]) for title, ids in _panels(groups)]
+    panels = [(title, ids) for title, ids in panels if ids]
+    plt, fig, axes = _figure(len(panels))
+    for ax, (title, ids) in zip(axes, panels):
+        faceted = len({groups[i]["model"] for i in ids}) == 1 and len(ids) > 1
+        for n, i in enumerate(ids):
+            steps, train, val = (np.array(v) for v in zip(*curves[i]))
+            style = _style(n)
+            ax.plot(steps, val, label=_label(groups[i], with_model=not faceted), markersize=3, linewidth=1.3,
+                    markevery=max(1, len(steps) // 8), **style)
+            ax.plot(steps, train, color=style["color"], linestyle="--", linewidth=0.9, alpha=0.7)
+        ax.plot([], [], color="gray", linestyle="--", label="(dashed: training loss)")
+        ax.grid(alpha=0.3)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("optimiser steps")
+        ax.set_ylabel("validation loss (seen users)")
+        _legend_outside(ax, len(ids) + 1)
+    fig.tight_layout()
+    _save(plt, fig, path)
     return True
 
 
@@ -453,4 +611,6 @@ def write_report(root: str | pathlib.Path, out_dir: str | pathlib.Path | None = 
             paths[f"kshot_{mode}"] = path
     if plot_per_user(groups, out / "per_user_accuracy.png"):
         paths["per_user"] = out / "per_user_accuracy.png"
+    if plot_training_curves(groups, out / "training_curves.png"):
+        paths["training_curves"] = out / "training_curves.png"
     return paths

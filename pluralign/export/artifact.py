@@ -44,6 +44,7 @@ from pluralign.checkpoint_io import restore_pytree, save_pytree
 from pluralign.rundir import fault_point
 from pluralign.jsonio import json_default, write_json_atomic
 from pluralign.models import REGISTRY, base
+from pluralign.provenance import provenance
 
 FORMAT_VERSION = 1
 MODEL_DIR = "model"
@@ -115,6 +116,7 @@ def save_model(
         "meta": None if meta_options is None else _to_json(dataclasses.asdict(meta_options)),
         "dataset": dataset_meta.get("name"),
         "encoder": dataset_meta.get("encoder"),
+        "provenance": provenance(),
     }
     # Users table: every row of the state table, with the split it belongs to.
     split_of = np.full(n_users, "unused", dtype=object)

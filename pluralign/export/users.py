@@ -105,10 +105,9 @@ def export_user_embeddings(trained, out_dir: str | os.PathLike, *, map_space: st
     """Writes `<space>.npy` for every space of the seen users' states, `users.parquet`
     (row i of every .npy ↔ row i here: row, user_id[, group]), `README.md` and `users_pca.png`.
     Returns {space: shape}."""
-    import matplotlib
+    from pluralign.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import pathlib
 import time
 from typing import Any, Callable, Optional
@@ -31,22 +32,33 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from pluralign.checkpoint_io import checkpoint_manager
 from pluralign.models import base
 from pluralign.train import distributed
+from pluralign.train.tracking import Trackers
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class TrainConfig:
     optimizer: str = "adam"  # adam | adamw | sgd
-    learning_rate: float = 3e-3
+    learning_rate: float = 3e-3  # peak learning rate of the schedule
     weight_decay: float = 0.0  # adamw only
-    schedule: str = "cosine"  # constant | cosine | warmup_cosine
+    schedule: str = "cosine"  # constant | cosine (to 5% over the whole run) | warmup_cosine
     warmup_steps: int = 100  # warmup_cosine only
     grad_clip: float = 1.0  # global-norm clip; 0 disables
-    batch_size: int = 512
-    max_epochs: int = 60
+    # Comparisons per optimiser step. null = auto_batch_size(n_train): an epoch of at least
+    # ~50 steps (n_train // 50 rounded down to a power of two, within [16, 512]), so small
+    # data sets are not trained in a handful of steps; a number is used as given.
+    batch_size: Optional[int] = None
+    max_epochs: int = 60  # passes over the seen users' training pairs
     eval_every: int = 1  # epochs between validations (and checkpoints)
-    patience: int = 8  # validations without improvement before a seed stops
-    checkpoint: bool = True
-    progress: bool = True
+    patience: int = 8  # validations without improvement before a seed stops ...
+    # ... and at least this many optimiser steps since its best validation: patience measured
+    # in training done, not in epochs (which may be a few steps each on small data).
+    patience_steps: int = 1000
+    checkpoint: bool = True  # orbax checkpoint at every validation; a restarted run resumes
+    progress: bool = True  # rich progress bar
+    tensorboard: bool = True  # TensorBoard event files in <run>/tensorboard/ (pluralign.train.tracking)
+    wandb: bool = False  # also log to Weights & Biases (pip install "pluralign[wandb]"; WANDB_MODE=offline works)
     # Data parallelism over all local devices (Mesh + NamedSharding): each batch is split
     # along its rows, parameters are replicated, XLA inserts the gradient all-reduce.
     # "auto" = on when more than one device is visible.
@@ -83,7 +95,7 @@ class TrainConfig:
             if getattr(self, field) not in allowed:
                 raise ValueError(f"train.{field} must be one of {list(allowed)}, got {getattr(self, field)!r}")
         for field in ("batch_size", "max_epochs", "eval_every", "host_steps_per_dispatch"):
-            if getattr(self, field) < 1:
+            if getattr(self, field) is not None and getattr(self, field) < 1:
                 raise ValueError(f"train.{field} must be >= 1, got {getattr(self, field)}")
         if self.meta_inner_steps < 1 or self.meta_support_size < 1 or self.meta_inner_learning_rate <= 0:
             raise ValueError("train.meta_inner_steps and train.meta_support_size must be >= 1, train.meta_inner_learning_rate > 0")
@@ -91,8 +103,14 @@ class TrainConfig:
             raise ValueError(f"train.robust_ratio must be in [0, 1) and train.robust_smoothing > 0, got {self.robust_ratio}, {self.robust_smoothing}")
         if self.device_table_budget_mb is not None and self.device_table_budget_mb < 0:
             raise ValueError(f"train.device_table_budget_mb must be >= 0 or null, got {self.device_table_budget_mb}")
-        if self.learning_rate < 0 or self.patience < 0:
-            raise ValueError("train.learning_rate and train.patience must be >= 0")
+        if self.learning_rate < 0 or self.patience < 0 or self.patience_steps < 0:
+            raise ValueError("train.learning_rate, train.patience and train.patience_steps must be >= 0")
+
+
+def auto_batch_size(n_train: int, min_steps: int = 50) -> int:
+    """`train.batch_size=null`: n_train // min_steps rounded down to a power of two, in [16, 512]."""
+    size = min(512, max(16, n_train // min_steps))
+    return 1 << (size.bit_length() - 1)
 
 
 @struct.dataclass
@@ -108,19 +126,23 @@ class TrainState:
     bad_evals: jax.Array
 
 
-def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+def make_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
+    """The learning rate at each optimiser step."""
     total_steps = max(total_steps, 1)
     if config.schedule == "constant":
-        lr = optax.constant_schedule(config.learning_rate)
-    elif config.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(config.learning_rate, total_steps, alpha=0.05)
-    elif config.schedule == "warmup_cosine":
-        lr = optax.warmup_cosine_decay_schedule(
+        return optax.constant_schedule(config.learning_rate)
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(config.learning_rate, total_steps, alpha=0.05)
+    if config.schedule == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(
             0.0, config.learning_rate, min(config.warmup_steps, total_steps - 1), total_steps,
             end_value=0.05 * config.learning_rate,
         )
-    else:
-        raise ValueError(f"unknown schedule {config.schedule!r}; use constant, cosine or warmup_cosine")
+    raise ValueError(f"unknown schedule {config.schedule!r}; use constant, cosine or warmup_cosine")
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    lr = make_schedule(config, total_steps)
     if config.optimizer == "adam":
         opt = optax.adam(lr)
     elif config.optimizer == "adamw":
@@ -167,9 +189,11 @@ class Trainer:
         self.mesh = _data_mesh(config.data_parallel)
         n_shards = self.mesh.size if self.mesh is not None else 1
         # Every shard gets the same number of rows.
-        self.batch_size = max(n_shards, min(config.batch_size, n_train) // n_shards * n_shards)
+        requested = config.batch_size if config.batch_size is not None else auto_batch_size(n_train)
+        self.batch_size = max(n_shards, min(requested, n_train) // n_shards * n_shards)
         self.steps_per_epoch = max(1, n_train // self.batch_size)
         self.tx = make_optimizer(config, config.max_epochs * self.steps_per_epoch)
+        self.schedule = make_schedule(config, config.max_epochs * self.steps_per_epoch)  # logged with the metrics
         self._epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, None, None, None)), donate_argnums=0)
         self._validate = jax.jit(jax.vmap(self._validate_one, in_axes=(0, None, None, None)))
 
@@ -192,6 +216,7 @@ class Trainer:
     def train_step(self, params, opt_state, tables: base.Tables, batch: base.PairBatch, rng: jax.Array):
         """One optimiser step on one batch of one seed: (params, opt_state, metrics)."""
         (_, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, tables, batch, rng)
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}  # before clipping
         updates, opt_state = self.tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
 
@@ -217,7 +242,7 @@ class Trainer:
 
     def _validate_one(self, state: TrainState, tables, data, epoch):
         metrics = evaluate_seen(self.graphdef, state.params, tables, data)
-        stopped = state.bad_evals >= self.config.patience
+        stopped = self.stopped(state, epoch - self.config.eval_every)  # as it stood at the previous validation
         improved = (metrics["loss"] < state.best_val_loss - 1e-6) & ~stopped
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(improved, n, o), new, old)
         state = state.replace(
@@ -228,6 +253,11 @@ class Trainer:
         )
         return state, metrics
 
+    def stopped(self, state: TrainState, epoch) -> jax.Array:
+        """[n_seeds] whether each seed has stopped improving (early stopping) after `epoch`."""
+        steps_since_best = (epoch - state.best_epoch) * self.steps_per_epoch
+        return (state.bad_evals >= self.config.patience) & (steps_since_best >= self.config.patience_steps)
+
     def fit(
         self,
         state: TrainState,
@@ -236,6 +266,7 @@ class Trainer:
         val: base.PairBatch,
         run_dir: pathlib.Path | None = None,
         on_epoch_end: Callable[[int], None] | None = None,
+        hparams: dict | None = None,
     ) -> tuple[TrainState, dict]:
         """Trains until every seed has stopped or max_epochs; resumes from run_dir/checkpoints."""
         cfg = self.config
@@ -253,6 +284,7 @@ class Trainer:
                 state, last_epoch, done = _restore(manager, state, pathlib.Path(run_dir) / "checkpoints")
                 start_epoch = last_epoch + 1
             log = stack.enter_context((run_dir / "metrics.jsonl").open("a")) if run_dir is not None and primary else None
+            trackers = stack.enter_context(Trackers(run_dir if primary else None, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=hparams))
             progress = stack.enter_context(_progress(cfg.progress and primary))
             task = progress.add_task("train", total=cfg.max_epochs, completed=start_epoch)
             t0 = time.perf_counter()
@@ -265,18 +297,27 @@ class Trainer:
                 state, val_metrics = self._validate(state, tables, val, jnp.int32(epoch))
                 # Before the checkpoint: a diverged state must never replace the last good one.
                 check_finite(epoch, train_metrics, val_metrics, manager.latest_step() if manager else None)
-                all_stopped = bool(jnp.all(state.bad_evals >= cfg.patience))
+                all_stopped = bool(jnp.all(self.stopped(state, epoch)))
+                step = (epoch + 1) * self.steps_per_epoch
                 record = {
                     "epoch": epoch,
+                    "step": step,
                     "train_loss": np.asarray(train_metrics["loss"]).tolist(),
                     "val_loss": np.asarray(val_metrics["loss"]).tolist(),
                     "val_accuracy": np.asarray(val_metrics["accuracy"]).tolist(),
+                    "learning_rate": float(self.schedule(step - 1)),  # at the epoch's last step
+                    "grad_norm": np.asarray(train_metrics["grad_norm"]).tolist(),  # epoch mean, before clipping
                     "seconds": round(time.perf_counter() - t0, 3),
                 }
                 progress.update(task, description=f"train val_acc={np.mean(record['val_accuracy']):.3f}")
+                logger.info(
+                    "epoch %d (step %d): train_loss %.4f val_loss %.4f val_accuracy %.4f lr %.3g grad_norm %.3g",
+                    epoch, step, *(np.mean(record[k]) for k in ("train_loss", "val_loss", "val_accuracy", "learning_rate", "grad_norm")),
+                )
                 if log is not None:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
+                trackers.log(record, step)
                 if manager is not None:
                     _save(manager, epoch, state, done=all_stopped or epoch + 1 == cfg.max_epochs)
                 if on_epoch_end is not None:

@@ -82,6 +82,11 @@ def test_run_from_composed_config_writes_results(tmp_path):
     assert set(on_disk["unseen"]["accuracy_at_k"]) == {"1", "5"}
     assert on_disk["unseen"]["accuracy_at_k"]["5"] == pytest.approx(results["unseen"]["accuracy_at_k"][5])
     assert (tmp_path / "run" / "metrics.jsonl").exists()
+    # where it came from, in the results and in the model artifact
+    model_json = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    for record in (on_disk, model_json):
+        assert record["provenance"]["versions"]["jax"] and record["provenance"]["pluralign"]
+    assert isinstance(on_disk["train"]["warnings"], list)
 
 
 def _pluralign(args, cwd, env_extra):
@@ -153,3 +158,39 @@ def test_a_killed_run_restarted_in_its_directory_ends_with_the_same_results(tmp_
     # It resumed rather than started over: epoch 0 was trained (and logged) once.
     epochs = [json.loads(line)["epoch"] for line in metrics_file.read_text().splitlines()]
     assert epochs.count(0) == 1 and max(epochs) == 11
+
+
+@pytest.mark.slow
+def test_help_lists_commands_groups_with_descriptions(tmp_path):
+    out = _pluralign(["--help"], cwd=tmp_path, env_extra={}).stdout
+    for text in ("pluralign report DIR", "pluralign embed", "pluralign options", "pluralign --cfg job",
+                 "hydra/launcher", "hydra/sweeper", "PAL-A: users are convex mixtures"):
+        assert text in out
+    assert "schema" not in out
+
+
+def test_options_page_documents_every_train_and_eval_field():
+    from pluralign.evaluate.fewshot import EvalConfig
+    from pluralign.options import field_docs, options_page
+    from pluralign.train.trainer import TrainConfig
+
+    for cls in (TrainConfig, EvalConfig):
+        undocumented = [f.name for f in field_docs(cls) if not f.doc]
+        assert not undocumented, f"{cls.__name__}: fields without a comment: {undocumented}"
+    page = options_page("train")
+    assert "train.batch_size = null" in page and "n_train // 50" in page
+    assert "model.n_prototypes = 3" in options_page("model/pal_a")
+    with pytest.raises(ValueError, match="unknown config group"):
+        options_page("modle")
+
+
+@pytest.mark.slow
+def test_bad_user_data_is_one_line_and_leaves_no_run_directory(tmp_path):
+    (tmp_path / "prefs.csv").write_text("user,a,b,label\n1,x,y,A\n2,y,z,maybe\n")
+    env = {"PLURALIGN_CACHE": str(tmp_path / "cache"), "HYDRA_FULL_ERROR": "0"}
+    proc = _pluralign(["data=comparisons_table", f"data.path={tmp_path / 'prefs.csv'}", "data.encoder=wordllama",
+                       *TINY[:2]], cwd=tmp_path, env_extra=env)
+    assert proc.returncode == 1
+    assert "pluralign: error: prefs.csv row 1: winner 'label' is 'maybe'" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 2
+    assert not (tmp_path / "outputs").exists()

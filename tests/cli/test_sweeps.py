@@ -80,3 +80,10 @@ def test_optuna_sweeper_maximises_the_unseen_validation_accuracy():
     assert sweeper._target_.endswith("OptunaSweeper")
     assert sweeper.direction == "maximize"
     assert "train.learning_rate" in sweeper.params
+
+
+def test_optuna_study_is_stored_in_the_sweep_directory(tmp_path):
+    sweeper = _compose(["hydra/sweeper=tpe_sqlite", f"hydra.sweep.dir={tmp_path / 'sweep'}"]).hydra.sweeper
+    assert sweeper.direction == "maximize" and "train.learning_rate" in sweeper.params  # tpe's settings
+    assert sweeper.storage == f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}"
+    assert (tmp_path / "sweep").is_dir()  # Optuna creates the file, not its folder

@@ -80,6 +80,34 @@ def test_comparisons_errors_name_file_row_problem(tmp_path, change, message, row
     assert e.value.file == "bad.parquet" and message in e.value.problem and e.value.row == row
 
 
+def test_winner_column_strings_automatic_and_index_on_request(tmp_path):
+    items, ids = np.eye(3, dtype=np.float32), ["x", "y", "z"]
+    path = tmp_path / "prefs.csv"
+    pcsv.write_csv(pa.table({"user": [1, 1, 2, 2], "a": ["x", "y", "z", "x"], "b": ["y", "z", "x", "z"],
+                             "winner": ["A", "b", " a ", "Tie"]}), path)
+    ds = import_comparisons(path, label="winner", items=items, item_ids=ids)  # strings: a winner column
+    np.testing.assert_array_equal(ds.comparisons.label, [1.0, 0.0, 1.0, 0.5])
+    # integers are P(a ≻ b) unless label_format=winner says they are the winner's index (0 = a)
+    pcsv.write_csv(pa.table({"user": [1, 2], "a": ["x", "y"], "b": ["y", "z"], "winner": [0, 1]}), path)
+    np.testing.assert_array_equal(import_comparisons(path, label="winner", items=items, item_ids=ids).comparisons.label, [0, 1])
+    np.testing.assert_array_equal(
+        import_comparisons(path, label="winner", label_format="winner", items=items, item_ids=ids).comparisons.label, [1, 0])
+
+
+@pytest.mark.parametrize("values, label_format, message, row", [
+    (["a", "c"], "auto", "winner 'winner' is 'c'; expected 'a', 'b'", 1),
+    (["a", None], "auto", "column 'winner' is null", 1),
+    ([0, 2], "winner", "winner 'winner' is 2; expected the winner's index", 1),
+])
+def test_bad_winner_names_the_row(tmp_path, values, label_format, message, row):
+    path = tmp_path / "prefs.parquet"
+    pq.write_table(pa.table({"user": [1, 2], "a": ["x", "y"], "b": ["y", "z"], "winner": values}), path)
+    with pytest.raises(DatasetError) as e:
+        import_comparisons(path, label="winner", label_format=label_format, items=np.eye(3, dtype=np.float32),
+                           item_ids=["x", "y", "z"])
+    assert message in e.value.problem and e.value.row == row
+
+
 def test_unknown_item_id_names_row(tmp_path):
     path = tmp_path / "prefs.csv"
     pcsv.write_csv(pa.table({"user": [1, 1, 2], "a": ["x", "y", "zz"], "b": ["y", "x", "x"], "label": [1, 0, 1]}), path)

@@ -110,6 +110,20 @@ def test_figures_are_written(sweep):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_training_curves_from_metrics_jsonl_and_rounded_labels(sweep):
+    from pluralign.evaluate.report import _label, read_metrics
+
+    job = sweep / "bt" / "lr"
+    (job / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "train_loss": [1.0 / (e + 1)], "val_loss": [1.1 / (e + 1)], "val_accuracy": [0.6]}) + "\n"
+        for e in range(4)
+    ))
+    assert [r["epoch"] for r in read_metrics(job)] == [0, 1, 2, 3]
+    paths = write_report(sweep)
+    assert paths["training_curves"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _label({"model": "bt", "variant": "train.learning_rate=0.30000000000000004"}) == "bt [train.learning_rate=0.3]"
+
+
 def test_runs_differing_only_in_seed_and_paths_are_one_row(sweep):
     groups = group_runs([json.loads(p.read_text()) for p in sweep.rglob("results.json")])
     assert sorted((g["model"], len(g["runs"])) for g in groups) == [("bt", 1), ("bt", 1), ("pal_a", 3)]
@@ -120,6 +134,10 @@ def test_report_command_prints_the_table_and_writes_the_files(sweep, monkeypatch
     cli.main()
     out = capsys.readouterr().out
     assert "pal_a" in out and str(sweep / "report" / "results.csv") in out
+    # The console table names what differs between rows: the swept learning rate, and the seed
+    # of each single-seed run; the failed job is flagged.
+    assert "train.learning_rate=0.1" in out and "train.learning_rate=0.003" in out and "seeds=[2]" in out
+    assert "incomplete jobs" in out and "seed=3" in out
     assert (sweep / "report" / "kshot_random.png").exists()
 
 

@@ -13,6 +13,7 @@ from flax import nnx
 from pluralign.models import Dims, PALConfig, model_class, seen_logits
 from pluralign.run import make_tables, to_batch
 from pluralign.train.trainer import (
+    auto_batch_size,
     TrainConfig,
     Trainer,
     evaluate_seen,
@@ -22,7 +23,7 @@ from pluralign.train.trainer import (
 )
 
 MODEL = PALConfig(name="pal_a", n_prototypes=3, latent_dim=4)
-METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds"}
+METRIC_KEYS = {"epoch", "step", "train_loss", "val_loss", "val_accuracy", "learning_rate", "grad_norm", "seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +151,7 @@ def test_epoch_step_compiles_once(finished_run):
 
 
 def test_metrics_jsonl_has_one_line_per_validation(finished_run):
-    _, state, _, run_dir, cfg = finished_run
+    trainer, state, _, run_dir, cfg = finished_run
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # every eval_every epochs, and always after the last one
     assert [r["epoch"] for r in records] == [1, 3, 4]
@@ -159,6 +160,13 @@ def test_metrics_jsonl_has_one_line_per_validation(finished_run):
         for key in ("train_loss", "val_loss", "val_accuracy"):
             assert len(r[key]) == 2 and all(np.isfinite(r[key]))
         assert all(0.0 <= acc <= 1.0 for acc in r["val_accuracy"])
+        assert len(r["grad_norm"]) == 2 and all(g > 0 for g in r["grad_norm"])
+        assert r["step"] == (r["epoch"] + 1) * trainer.steps_per_epoch
+    # the cosine schedule's learning rate at each record's last step, decaying
+    assert [r["learning_rate"] for r in records] == pytest.approx([float(trainer.schedule(r["step"] - 1)) for r in records])
+    assert records[0]["learning_rate"] > records[-1]["learning_rate"]
+    # TensorBoard event files next to metrics.jsonl (tensorboard=True by default)
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     # The best validation loss of each seed is the smallest it logged, at the epoch it logged it.
     val_loss = np.array([r["val_loss"] for r in records])  # [n_evals, n_seeds]
     np.testing.assert_allclose(np.asarray(state.best_val_loss), val_loss.min(axis=0), rtol=1e-6)
@@ -193,7 +201,7 @@ def test_restore_without_checkpoint_raises(data, tmp_path):
 @pytest.mark.slow
 def test_early_stopping_when_validation_stops_improving(data):
     # With a zero learning rate nothing changes after the first validation.
-    cfg = config(learning_rate=0.0, schedule="constant", patience=2, max_epochs=20)
+    cfg = config(learning_rate=0.0, schedule="constant", patience=2, patience_steps=0, max_epochs=20)
     trainer, state = new_state(data, [0, 1], cfg)
     initial = host(state.params)
     epochs = []
@@ -225,3 +233,22 @@ def test_predict_in_chunks_matches_one_pass(data):
     chunked = np.asarray(predict_in_chunks(lambda b: seen_logits(model, tables, b), val, chunk=7))  # 360 % 7 != 0
     assert chunked.shape == direct.shape
     np.testing.assert_allclose(chunked, direct, rtol=1e-5, atol=1e-5)  # float32 sums differ with the chunk shape
+
+
+def test_patience_counts_optimiser_steps_too(data):
+    # Stopping needs `patience` validations without improvement AND patience_steps steps since the best.
+    steps_per_epoch = new_state(data, [0], config())[0].steps_per_epoch
+    cfg = config(learning_rate=0.0, schedule="constant", patience=2, patience_steps=6 * steps_per_epoch, max_epochs=20)
+    trainer, state = new_state(data, [0], cfg)
+    _, summary = fit(data, trainer, state)
+    assert summary["epochs_run"] == 7  # best at epoch 0; stopped once 6 epochs of steps have passed
+
+
+def test_auto_batch_size_gives_an_epoch_of_many_steps():
+    assert auto_batch_size(1344) == 16  # a small data set: 84 steps per epoch, not 2
+    assert auto_batch_size(10_000) == 128
+    assert auto_batch_size(56_000) == 512  # capped
+    for n in (10, 1000, 3000, 10**6):
+        size = auto_batch_size(n)
+        assert 16 <= size <= 512 and size & (size - 1) == 0
+        assert n // size >= 50 or size == 16
