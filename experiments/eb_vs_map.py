@@ -87,11 +87,12 @@ def main():
                         help="finished run directories (e.g. a sweep's jobs) to score instead of training; "
                              "their own seeds, shots and draws are used")
     parser.add_argument("--cache", default=None, help="with --trained: the dataset cache the runs used")
+    parser.add_argument("--modes", nargs="+", default=None, help="with --trained: split modes to score (default: the runs')")
     args = parser.parse_args()
     if args.trained:
         for run_dir in map(pathlib.Path, args.trained):
             results = json.loads((run_dir / "results.json").read_text())
-            ev = EvalConfig(shots=[int(k) for k in results["config"]["eval"]["shots"]], modes=list(results["config"]["eval"]["modes"]),
+            ev = EvalConfig(shots=[int(k) for k in results["config"]["eval"]["shots"]], modes=args.modes or list(results["config"]["eval"]["modes"]),
                             draws=int(results["config"]["eval"]["draws"]))
             r = score(run_dir, args.cache, ev, list(results["config"]["seeds"]), results["seen"]["accuracy"])
             print_comparison(f"{results['model']} on {results['dataset']} ({run_dir})", r, ev.shots)
