@@ -3,7 +3,9 @@
 Command:   python experiments/benchmark.py [--out experiments/out/benchmark] [--models bt,pal_a] [--data ideal_point]
 Runtime:   6-8 minutes on 2 CPU cores (measured 390 s wall on a nearly idle machine, 500 s while shared;
            ~600 s CPU) for 73 runs: 10 models × 8 datasets less 7 refused; each run trains its 3 seeds
-           in one vmapped program.
+           in one vmapped program. That figure predates linear_bt, linear_personal and lore (all in
+           REGISTRY, so in the table) and shared_plus_low_rank; the full table has not been re-run
+           with them (expect roughly 13/10 of it).
 Expected:  one table (printed, and results.md / results.csv / k-shot curves / per-user histograms under
            OUT/report). With these short settings: PAL-A/PAL-B, VPL and GPM-personal beat BT by 8-20
            points of seen accuracy on ideal_point and hidden_types and their unseen-user accuracy rises

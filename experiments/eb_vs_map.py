@@ -14,6 +14,7 @@ Runtime: about 3 minutes per (model, data) on 2 busy CPU cores.
 from __future__ import annotations
 
 import argparse
+import json
 import dataclasses
 import pathlib
 import tempfile
@@ -39,17 +40,21 @@ def compare(model: str, data: str, root: pathlib.Path, seeds: list[int]) -> dict
     config = RunConfig(model=model_config(model), data=DATA[data], train=TrainConfig(progress=False, checkpoint=False),
                        eval=ev, seeds=seeds, cache_dir=str(root / "cache"))
     results = run(config, root / f"{model}-{data}")
-    trained = pluralign.load(root / f"{model}-{data}")
-    dataset = trained.load_dataset(str(root / "cache"))
+    return score(root / f"{model}-{data}", str(root / "cache"), ev, seeds, results["seen"]["accuracy"])
+
+
+def score(run_dir: pathlib.Path, cache_dir: str, ev: EvalConfig, seeds: list[int], seen_accuracy: float) -> dict:
+    """Scores one trained run's parameters on its unseen-test users both ways (prior chosen on unseen-val)."""
+    trained = pluralign.load(run_dir)
+    dataset = trained.load_dataset(cache_dir)
     tables = make_tables(dataset)
-    split = trained.record
     users = trained.users
     val = np.flatnonzero(users["split"] == "unseen_val")
     test = np.flatnonzero(users["split"] == "unseen_test")
-    common = dict(shots=SHOTS, seeds=seeds, draws=ev.draws, min_user_fraction=ev.min_user_fraction,
+    common = dict(shots=ev.shots, seeds=seeds, draws=ev.draws, min_user_fraction=ev.min_user_fraction,
                   seen_users=jnp.asarray(trained.seen_users), user_group=None)
     model_obj = trained.model
-    out = {"map": {}, "bayes": {}, "seen_accuracy": results["seen"]["accuracy"]}
+    out = {"map": {}, "bayes": {}, "seen_accuracy": seen_accuracy}
     for inference in ("map", "bayes"):
         e = dataclasses.replace(ev, inference=inference)
         adapt = fewshot.make_adapt_and_predict(trained.graphdef, e.inference_steps, e.inference_learning_rate, inference)
@@ -58,8 +63,19 @@ def compare(model: str, data: str, root: pathlib.Path, seeds: list[int]) -> dict
             curve = fewshot.evaluate_unseen(adapt, trained.all_params, tables, dataset.comparisons, test, mode=mode,
                                             prior_strength=value, **common)
             out[inference][mode] = {"prior": value, "curve": curve}
-    del split
     return out
+
+
+def print_comparison(name: str, r: dict, shots: list[int]) -> None:
+    print(f"\n{name} (seen accuracy {r['seen_accuracy']:.4f})")
+    for mode in r["map"]:
+        for inference in ("map", "bayes"):
+            m = r[inference][mode]
+            cells = "  ".join(
+                f"k={k}: {m['curve'][k]['accuracy']:.4f}/{m['curve'][k]['log_loss']:.4f}"
+                for k in shots if k in m["curve"] and m["curve"][k]["accuracy"] is not None
+            )
+            print(f"  {mode:13s} {inference:5s} (prior {m['prior']:g})  acc/log-loss  {cells}")
 
 
 def main():
@@ -67,19 +83,24 @@ def main():
     parser.add_argument("--models", nargs="+", default=["pal_a"])
     parser.add_argument("--data", nargs="+", default=["ideal_point", "hidden_types"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--trained", nargs="+", default=None,
+                        help="finished run directories (e.g. a sweep's jobs) to score instead of training; "
+                             "their own seeds, shots and draws are used")
+    parser.add_argument("--cache", default=None, help="with --trained: the dataset cache the runs used")
+    parser.add_argument("--modes", nargs="+", default=None, help="with --trained: split modes to score (default: the runs')")
     args = parser.parse_args()
+    if args.trained:
+        for run_dir in map(pathlib.Path, args.trained):
+            results = json.loads((run_dir / "results.json").read_text())
+            ev = EvalConfig(shots=[int(k) for k in results["config"]["eval"]["shots"]], modes=args.modes or list(results["config"]["eval"]["modes"]),
+                            draws=int(results["config"]["eval"]["draws"]))
+            r = score(run_dir, args.cache, ev, list(results["config"]["seeds"]), results["seen"]["accuracy"])
+            print_comparison(f"{results['model']} on {results['dataset']} ({run_dir})", r, ev.shots)
+        return
     root = pathlib.Path(tempfile.mkdtemp(prefix="eb_vs_map-"))
     for data in args.data:
         for model in args.models:
-            r = compare(model, data, root, args.seeds)
-            print(f"\n{model} on {data} (seen accuracy {r['seen_accuracy']:.4f})")
-            for mode in ("random", "item_disjoint"):
-                for inference in ("map", "bayes"):
-                    m = r[inference][mode]
-                    cells = "  ".join(
-                        f"k={k}: {m['curve'][k]['accuracy']:.4f}/{m['curve'][k]['log_loss']:.4f}" for k in SHOTS if k in m["curve"]
-                    )
-                    print(f"  {mode:13s} {inference:5s} (prior {m['prior']:g})  acc/log-loss  {cells}")
+            print_comparison(f"{model} on {data}", compare(model, data, root, args.seeds), SHOTS)
 
 
 if __name__ == "__main__":

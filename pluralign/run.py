@@ -337,11 +337,15 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
     first_model = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], best))
     if ev.inference == "bayes":
         warn_if_degenerate_seen_states(first_model, jnp.asarray(split.seen))
-    by_mode, strengths, val_curves = {}, {}, {}
+    by_mode, strengths, strengths_by_k, val_curves = {}, {}, {}, {}
     for mode in ev.modes:
-        strengths[mode], val_curves[mode] = select_prior(adapt, best, tables, comparisons, split.unseen_val, first_model, ev, mode, common)
+        curves = prior_curves(adapt, best, tables, comparisons, split.unseen_val, first_model, ev, mode, common)
+        strengths[mode] = choose_prior(curves)
+        val_curves[mode] = curves[strengths[mode]]
+        strengths_by_k[mode] = choose_prior_by_k(curves)
         by_mode[mode] = fewshot.evaluate_unseen(
-            adapt, best, tables, comparisons, split.unseen_test, mode=mode, prior_strength=strengths[mode], **common
+            adapt, best, tables, comparisons, split.unseen_test, mode=mode,
+            prior_strength=strengths_by_k[mode] or strengths[mode], **common
         )
     primary_mode = "random" if "random" in by_mode else next(iter(by_mode))
     primary, strength = by_mode[primary_mode], strengths[primary_mode]
@@ -352,6 +356,7 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
         "inference": ev.inference,
         "prior_strength": strength,
         "prior_strength_by_mode": strengths,
+        "prior_strength_by_k": strengths_by_k,  # the setting used at each k (chosen on unseen-val at that k)
         "val_accuracy_at_k": available_accuracy(val_curves[primary_mode]),
         "by_mode": by_mode,
     }
@@ -407,22 +412,44 @@ def prior_candidates(model: base.PreferenceModel, ev: EvalConfig) -> list[float]
 def select_prior(adapt, params, tables, comparisons, val_users, model, ev: EvalConfig, mode: str, common: dict):
     """Chooses the prior setting on unseen-val users under the split `mode` it will be reported in
     (highest mean accuracy over k, then lowest mean log-loss): (setting, its val curve)."""
-    curves = {
+    curves = prior_curves(adapt, params, tables, comparisons, val_users, model, ev, mode, common)
+    value = choose_prior(curves)
+    return value, curves[value]
+
+
+def prior_curves(adapt, params, tables, comparisons, val_users, model, ev: EvalConfig, mode: str, common: dict) -> dict:
+    """Every candidate prior setting's k-shot curve on unseen-val users under `mode`: {setting: curve}."""
+    return {
         value: fewshot.evaluate_unseen(adapt, params, tables, comparisons, val_users, mode=mode, prior_strength=value, **common)
         for value in prior_candidates(model, ev)
     }
+
+
+def choose_prior(curves: dict) -> float:
+    """The setting with the highest mean val accuracy over the measured ks, then the lowest mean log-loss."""
     if not any(available_accuracy(curve) for curve in curves.values()):
         # no unseen-val user reaches any k (e.g. a tiny dataset): nothing to select on
-        value = next(iter(curves))
-        return value, curves[value]
+        return next(iter(curves))
 
     def score(value):
         accuracy = list(available_accuracy(curves[value]).values())
         log_loss = list(available_accuracy(curves[value], "log_loss").values())
         return (np.mean(accuracy or [-1.0]), -np.mean(log_loss or [np.inf]))
 
-    value = max(curves, key=score)
-    return value, curves[value]
+    return max(curves, key=score)
+
+
+def choose_prior_by_k(curves: dict) -> dict[int, float]:
+    """For each k the val users reach, the setting with the highest val accuracy at that k (then
+    the lowest log-loss). How far to trust k answers depends on k: one answer may not beat the
+    population prediction while twenty do, and the largest candidate scale (which pins a user to
+    the population state) lets the model fall back to the population at the ks where adapting
+    did not pay on val users. {} where no val user reaches any k."""
+    chosen = {}
+    for k in sorted({k for curve in curves.values() for k in available_accuracy(curve)}):
+        measured = {v: c[k] for v, c in curves.items() if c.get(k, {}).get("accuracy") is not None}
+        chosen[k] = max(measured, key=lambda v: (measured[v]["accuracy"], -measured[v]["log_loss"]))
+    return chosen
 
 
 def warn_if_degenerate_seen_states(model: base.PreferenceModel, seen_users: jax.Array, ratio: float = 1e-3) -> None:

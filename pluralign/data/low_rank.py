@@ -68,12 +68,12 @@ class SharedPlusLowRankConfig:
             raise ValueError("data.shared_scale, deviation_scale and sharpness_spread must be >= 0")
 
 
-def _sharpness(rng: np.random.Generator, spread: float, n: int) -> np.ndarray:
+def sample_sharpness(rng: np.random.Generator, spread: float, n: int) -> np.ndarray:
     """β ~ LogNormal(−spread²/2, spread): mean 1, log-std `spread`."""
     return np.exp(spread * rng.standard_normal(n) - 0.5 * spread ** 2)
 
 
-def _user_pairs(rng: np.random.Generator, config: SharedPlusLowRankConfig) -> tuple[np.ndarray, np.ndarray]:
+def user_pairs(rng: np.random.Generator, config: SharedPlusLowRankConfig) -> tuple[np.ndarray, np.ndarray]:
     """Each user's comparisons_per_user random pairs among the items_per_user items they see."""
     U, n_per = config.n_users, config.comparisons_per_user
     if config.items_per_user == 0:
@@ -93,10 +93,10 @@ def make_shared_plus_low_rank(config: SharedPlusLowRankConfig) -> PreferenceData
     z = rng.standard_normal((config.n_items, 1 + r))
     items = embed_hidden(rng, z, config.dim, config.nuisance_scale)  # [n_items, D]
     weights = config.deviation_scale * rng.standard_normal((U, r))  # v_u
-    sharpness = _sharpness(rng, config.sharpness_spread, U)  # β_u
+    sharpness = sample_sharpness(rng, config.sharpness_spread, U)  # β_u
 
     user = np.repeat(np.arange(U), config.comparisons_per_user)
-    a, b = _user_pairs(rng, config)
+    a, b = user_pairs(rng, config)
     dz = z[a] - z[b]  # [n, 1 + r]
     shared, deviation = config.shared_scale * dz[:, 0], dz[:, 1:]  # [n], [n, r]
     p = sigmoid(sharpness[user] * (shared + np.einsum("nr,nr->n", deviation, weights[user])))
@@ -105,7 +105,7 @@ def make_shared_plus_low_rank(config: SharedPlusLowRankConfig) -> PreferenceData
     # P̄(a ≻ b): the same pairs judged by fresh users from the user distribution, averaged.
     M = config.population_samples
     population_weights = config.deviation_scale * rng.standard_normal((M, r))
-    population_sharpness = _sharpness(rng, config.sharpness_spread, M)
+    population_sharpness = sample_sharpness(rng, config.sharpness_spread, M)
     p_bar = np.empty(len(p))
     for start in range(0, len(p), 4096):  # [rows, M] at a time
         rows = slice(start, start + 4096)

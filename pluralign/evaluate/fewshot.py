@@ -63,7 +63,9 @@ class EvalConfig:
     # "bayes" only: candidate multipliers of the fitted prior precision, chosen on unseen-val users
     # (in each split mode separately); 1 = the fitted prior as it is. Values below 1 widen it: seen
     # users' states are themselves shrunk estimates, so their spread can understate the population's.
-    prior_scales: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0])
+    # The largest (1000) pins a new user to the population state: where adapting does not pay on
+    # unseen-val users (in that split mode) the model falls back to its population prediction.
+    prior_scales: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 1000.0])
     split_seed: int = 0  # user split and seen-pair split; fixed across training seeds
     unseen_val_fraction: float = 0.1  # users held out for model selection (the prior strength, sweeps)
     unseen_test_fraction: float = 0.2  # users held out for the reported unseen-user figures only
@@ -211,12 +213,14 @@ def evaluate_unseen(
     mode: str,
     seeds: list[int],
     draws: int,
-    prior_strength: float,
+    prior_strength: float | dict[int, float],
     seen_users: np.ndarray,
     min_user_fraction: float = 0.5,
     user_group: np.ndarray | None = None,
 ) -> dict:
     """k-shot metrics on unseen users for every seed (params carry a leading seed axis) and draw.
+
+    `prior_strength`: one setting for every k, or {k: setting} (`strength_at` picks a k's).
 
     Returns {k: entry} for every requested k, and for the largest k that enough users reach
     when the largest requested one is out of reach (`largest_available: true`). An entry with
@@ -253,14 +257,15 @@ def evaluate_unseen(
         seed_params = jax.tree.map(lambda x: x[seed_index], params)
         support, query = _as_batch(comparisons, ep.support), _as_batch(comparisons, ep.query)
         label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
-        predict = lambda k: np.asarray(adapt_and_predict(  # noqa: E731
-            seed_params, tables, support, jnp.int32(k), query, jnp.float32(prior_strength), seen_users)[1])
+        predict = lambda k, strength: np.asarray(adapt_and_predict(  # noqa: E731
+            seed_params, tables, support, jnp.int32(k), query, jnp.float32(strength), seen_users)[1])
         zero_shot = None
         for k in ks:
             if not reached(ep, k):
                 continue
-            zero_shot = predict(0) if zero_shot is None else zero_shot
-            logits = predict(k)
+            # the 0-shot prediction's sign, hence its accuracy, does not depend on the setting
+            zero_shot = predict(0, strength_at(prior_strength, k)) if zero_shot is None else zero_shot
+            logits = predict(k, strength_at(prior_strength, k))
             w = weight * eligible(ep, k)[:, None]
             runs[k].append(metrics.summary(logits.ravel(), label.ravel(), w.ravel(), user.ravel(), user_group))
             sums[k].append(tuple(metrics.per_user_sums(z.ravel(), label.ravel(), w.ravel(), user.ravel(), ids)
@@ -273,6 +278,15 @@ def evaluate_unseen(
                          "reason": unreached_reason(k, [ep for _, ep in episodes], eligible, min_user_fraction)}
         for k in ks
     }
+
+
+def strength_at(prior_strength: float | dict[int, float], k: int) -> float:
+    """The prior setting for k shots: the one setting, or the {k: setting} entry at the largest
+    k' ≤ k (the smallest k' where k is below all of them)."""
+    if not isinstance(prior_strength, dict):
+        return float(prior_strength)
+    below = [kk for kk in prior_strength if int(kk) <= k]
+    return float(prior_strength[max(below, key=int)] if below else prior_strength[min(prior_strength, key=int)])
 
 
 def largest_reachable_k(episodes: list, max_shots: int, min_user_fraction: float) -> int:

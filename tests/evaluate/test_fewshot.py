@@ -278,6 +278,30 @@ def test_prior_strength_is_selected_on_unseen_val_users_only(tmp_path, monkeypat
     assert sorted(on_val) == sorted((mode, s) for mode in ("random", "item_disjoint") for s in strengths)
     assert results["unseen"]["prior_strength"] == 3.0
     assert results["unseen"]["prior_strength_by_mode"] == {"random": 3.0, "item_disjoint": 1.0}
-    assert sorted(on_test) == [("item_disjoint", 1.0), ("random", 3.0)]
+    # test users are scored with the setting chosen on val users at each k (the same here at every k)
+    assert sorted(on_test, key=lambda c: c[0]) == [("item_disjoint", {1: 1.0, 5: 1.0}), ("random", {1: 3.0, 5: 3.0})]
+    assert results["unseen"]["prior_strength_by_k"] == {"random": {1: 3.0, 5: 3.0}, "item_disjoint": {1: 1.0, 5: 1.0}}
     seen = set(np.asarray(split["seen"]).tolist())
     assert all(not seen.intersection(users.tolist()) for users, _, _ in calls)
+
+
+def test_prior_chosen_per_k_on_val_curves():
+    """Each k gets the setting best on val users at that k (accuracy, then log-loss); a test k the
+    val users did not reach uses the nearest val k below it."""
+    from pluralign.run import choose_prior, choose_prior_by_k
+
+    def curve(accs, losses):
+        return {k: {"accuracy": a, "log_loss": l} for k, a, l in zip((1, 5, 20), accs, losses)}
+
+    curves = {
+        1.0: curve([0.70, 0.80, 0.85], [0.60, 0.45, 0.35]),
+        1000.0: curve([0.75, 0.75, 0.75], [0.50, 0.50, 0.50]),  # the population prediction
+        3.0: curve([0.75, 0.77, 0.80], [0.55, 0.47, 0.37]),  # ties 1000 at k=1 on accuracy, worse log-loss
+    }
+    assert choose_prior(curves) == 1.0
+    by_k = choose_prior_by_k(curves)
+    assert by_k == {1: 1000.0, 5: 1.0, 20: 1.0}
+    assert [fewshot.strength_at(by_k, k) for k in (1, 2, 5, 14, 20, 30)] == [1000.0, 1000.0, 1.0, 1.0, 1.0, 1.0]
+    assert fewshot.strength_at({"5": 2.0, "20": 3.0}, 1) == 2.0  # below every k: the smallest k's
+    assert fewshot.strength_at(0.5, 7) == 0.5
+    assert choose_prior_by_k({1.0: {1: {"accuracy": None, "reason": "unreached"}}}) == {}
