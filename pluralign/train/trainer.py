@@ -69,11 +69,11 @@ class TrainConfig:
     # users' adapted losses above the (1 − robust_ratio) batch quantile weigh up to 2×, over a
     # sigmoid of width robust_smoothing (robust_ratio = 0: plain MAML). Few-shot inference starts there.
     meta: bool = False
-    meta_inner_steps: int = 3
-    meta_inner_learning_rate: float = 0.5
-    meta_support_size: int = 8
-    robust_ratio: float = 0.2
-    robust_smoothing: float = 0.1
+    meta_inner_steps: int = 3  # MRM: gradient steps on the user state from the meta-learned init, per support set
+    meta_inner_learning_rate: float = 0.5  # MRM: step size of those inner steps
+    meta_support_size: int = 8  # MRM: the user's other training pairs drawn as the inner loop's support
+    robust_ratio: float = 0.2  # MRM: the hardest fraction of each batch's users, weighted up to 2x (0 = plain MAML)
+    robust_smoothing: float = 0.1  # MRM: width of the sigmoid that weighs users around that quantile
     # Join a multi-process / multi-host job (pluralign.train.distributed): "auto" = when the
     # environment describes one (JAX_COORDINATOR_ADDRESS, or a Slurm step with several tasks).
     distributed: str = "auto"  # auto | on | off
