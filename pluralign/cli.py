@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from pluralign import rundir
 from pluralign.config import register_configs
 from pluralign.evaluate.report import print_results, write_report
 from pluralign.run import RunConfig, finished_results, run
@@ -74,7 +75,7 @@ def train_app(cfg: DictConfig) -> float:
 
 # What Hydra and pluralign.run write before training starts; a run directory holding nothing
 # else has no checkpoint or result worth keeping when the run fails.
-_BEFORE_TRAINING = {".hydra", "cli.log", "run_config.json", "split.json", "metrics.jsonl", "tensorboard"}
+_BEFORE_TRAINING = {".hydra", "cli.log", rundir.LOCK_FILE, "run_config.json", "split.json", "metrics.jsonl", "tensorboard"}
 
 
 def remove_unstarted_run_dir(run_dir: pathlib.Path) -> None:
