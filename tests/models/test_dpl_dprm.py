@@ -173,7 +173,7 @@ def test_dprm_predicts_the_planted_population_vote_share():
 @pytest.fixture(scope="module")
 def population_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("population")
-    data = IdealPointConfig(n_users=80, n_items=300, comparisons_per_user=50, dim=16, latent_dim=4, n_groups=3, seed=0)
+    data = IdealPointConfig(n_users=80, n_items=300, comparisons_per_user=100, dim=16, latent_dim=4, n_groups=3, seed=0)
     out = {}
     for config in (BTConfig(), DPLConfig(name="dpl_mv"), DPLConfig(name="dpl_cat"), DPRMConfig()):
         out[config.name] = run(
@@ -192,7 +192,8 @@ def population_runs(tmp_path_factory):
 @pytest.mark.parametrize("name", ["dpl_mv", "dpl_cat", "dprm"])
 def test_population_models_reach_bt_accuracy_and_are_flat_in_k(population_runs, name):
     r, bt = population_runs[name], population_runs["bt"]
-    # Seen test pairs: ≈ 560, so one accuracy has a std of ≈ 0.02.
+    # Seen test pairs: ≈ 1,120, so one accuracy has a std of ≈ 0.014 (with 560 pairs, std ≈ 0.02, the
+    # 0.04 margin was 1.4 std of a difference: DPRM 0.559 vs BT 0.605 after an unrelated change of batch order).
     assert r["seen"]["accuracy"] >= bt["seen"]["accuracy"] - 0.04
     assert r["seen"]["accuracy"] <= r["population_optimal_accuracy"] + 0.04
     at_k = r["unseen"]["accuracy_at_k"]
