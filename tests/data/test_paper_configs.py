@@ -21,6 +21,7 @@ PAPER = {  # experiment -> (data kind, the models its sweep runs)
     "paper_vpl_ultrafeedback_p2": ("ultrafeedback_p", ["bt", "vpl"]),
     "paper_vpl_ultrafeedback_p4": ("ultrafeedback_p", ["bt", "vpl"]),
     "paper_dpa_helpsteer2": ("helpsteer2", ["dpa"]),
+    "paper_mrm_tldr": ("tldr", ["lore"]),
     "gpm_cyclic": ("cyclic_triplets", ["bt", "gpm"]),
 }
 TINY = ["train=fast", "train.checkpoint=false", "eval=fast", "eval.shots=[1,2]", "seeds=[0]",
@@ -156,8 +157,12 @@ def test_a_tiny_run_of_each_paper_config(experiment, tmp_path):
     from pluralign.run import run
 
     model = PAPER[experiment][1][-1]  # the paper's own model (the last of the sweep)
-    overrides = [f"experiment={experiment}", f"model={model}", *TINY, *_offline_data(experiment, tmp_path),
+    swept = _compose([f"experiment={experiment}"], hydra_config=True).hydra.sweeper.params or {}
+    # the last value of any other swept option too (paper_mrm_tldr: train.meta=true)
+    others = [f"{key}={str(values).split(',')[-1]}" for key, values in swept.items() if key != "model"]
+    overrides = [f"experiment={experiment}", f"model={model}", *others, *TINY, *_offline_data(experiment, tmp_path),
                  f"cache_dir={tmp_path / 'cache'}"]
     results = run(cli.run_config(_compose(overrides)), tmp_path / "run")
     assert results["status"] == "complete" and results["model"] == model
+    assert results["config"]["train"]["meta"] == (experiment == "paper_mrm_tldr")
     assert 0.0 <= results["seen"]["accuracy"] <= 1.0
