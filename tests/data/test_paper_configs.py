@@ -22,6 +22,7 @@ PAPER = {  # experiment -> (data kind, the models its sweep runs)
     "paper_vpl_ultrafeedback_p4": ("ultrafeedback_p", ["bt", "vpl"]),
     "paper_dpa_helpsteer2": ("helpsteer2", ["dpa"]),
     "paper_mrm_tldr": ("tldr", ["lore"]),
+    "paper_mrm_prism": ("prism", ["lore"]),
     "gpm_cyclic": ("cyclic_triplets", ["bt", "gpm"]),
 }
 TINY = ["train=fast", "train.checkpoint=false", "eval=fast", "eval.shots=[1,2]", "seeds=[0]",
@@ -85,6 +86,28 @@ def _helpsteer2_records(n=80):
              **{a: int(v) for a, v in zip(names, rng.integers(0, 5, size=5))}} for i in range(n)]
 
 
+def _prism_records(n_users=12, conversations=3, turns=2, replies=3):
+    """Conversations in the ``conversations`` schema: each turn, one user message and a few model
+    replies scored 1-100 by the user; the user's taste is a hidden preference for long replies
+    (or short ones), so users differ."""
+    rng = np.random.default_rng(4)
+    records = []
+    for u in range(n_users):
+        likes_long = u % 2 == 0
+        for c in range(conversations):
+            cid, history = f"c{u}.{c}", []
+            for t in range(turns):
+                history.append({"turn": t, "role": "user", "content": f"question {c}.{t} on topic {(u + c) % 5}",
+                                "model_name": None, "score": None, "if_chosen": None, "within_turn_id": None})
+                lengths = rng.permutation(replies) + 1
+                for k, n in enumerate(lengths):
+                    score = int(np.clip(50 + (20 if likes_long else -20) * (n - 2) + rng.normal(0, 5), 1, 100))
+                    history.append({"turn": t, "role": "model", "content": f"{cid} t{t} reply {k} " + "detail " * n,
+                                    "model_name": f"m{k}", "score": score, "if_chosen": None, "within_turn_id": k})
+            records.append({"conversation_id": cid, "user_id": f"user{u}", "conversation_history": history})
+    return records
+
+
 def _pickapic(tmp_path, n_users=12, per_user=12, n_images=60, dim=16):
     rng = np.random.default_rng(3)
     rows = []
@@ -107,7 +130,7 @@ def _offline_data(experiment, tmp_path) -> list[str]:
     if kind == "cyclic_triplets":
         return ["data.n_users=30", "data.triplets_per_user=6"]
     records = {"tldr": _tldr_records, "ultrafeedback_p": _ultrafeedback_records,
-               "helpsteer2": _helpsteer2_records}[kind]()
+               "helpsteer2": _helpsteer2_records, "prism": _prism_records}[kind]()
     extra = {"helpsteer2": ["data.n_users=24", "data.comparisons_per_user=12"],
              "ultrafeedback_p": ["data.comparisons_per_user=6"]}.get(kind, [])
     return [f"data.path={_jsonl(tmp_path / f'{kind}.jsonl', records)}", "data.encoder=wordllama", *extra]
@@ -164,5 +187,5 @@ def test_a_tiny_run_of_each_paper_config(experiment, tmp_path):
                  f"cache_dir={tmp_path / 'cache'}"]
     results = run(cli.run_config(_compose(overrides)), tmp_path / "run")
     assert results["status"] == "complete" and results["model"] == model
-    assert results["config"]["train"]["meta"] == (experiment == "paper_mrm_tldr")
+    assert results["config"]["train"]["meta"] == experiment.startswith("paper_mrm")
     assert 0.0 <= results["seen"]["accuracy"] <= 1.0
