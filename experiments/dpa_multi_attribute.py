@@ -41,7 +41,8 @@ from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import base
 from pluralign.models import multi_objective as mo
 from pluralign.models.dpa import DPA, DPAConfig
-from pluralign.run import RunConfig, make_tables, run
+from pluralign.run import RunConfig, run
+from pluralign.train.batches import make_tables, padded_batch
 from pluralign.train.trainer import Trainer, TrainConfig, init_params, restore_checkpoint
 
 DATA = MultiAttributeConfig()
@@ -117,7 +118,7 @@ def direction_recovery(config: RunConfig, results: dict, run_dir: pathlib.Path, 
         seed_params = jax.tree.map(lambda x: x[i], state.best_params)
         transform = np.asarray(seed_params["reward_transform"][...])
         episodes = fewshot.make_episodes(comparisons, users, max_shots=max(shots), mode="random", seed=1000 + seed)
-        support, query = fewshot._as_batch(comparisons, episodes.support), fewshot._as_batch(comparisons, episodes.query)
+        support, query = padded_batch(comparisons, episodes.support), padded_batch(comparisons, episodes.query)
         rows = np.where(episodes.query >= 0, episodes.query, 0)
         dz = z[comparisons.a[rows]] - z[comparisons.b[rows]]  # [U, Q, m]
         p_true = 1.0 / (1.0 + np.exp(-sharpness * np.einsum("uqm,um->uq", dz, directions[users])))

@@ -45,6 +45,7 @@ from pluralign.config_checks import check_run_config
 from pluralign.models import base, model_class
 from pluralign.provenance import provenance
 from pluralign.train import distributed, host_tables, meta
+from pluralign.train.batches import make_tables, to_batch
 from pluralign.train.trainer import TrainConfig, init_params, predict_seen
 
 RESULTS_FILE = "results.json"
@@ -59,24 +60,6 @@ class RunConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
     cache_dir: str | None = None  # synthetic-data cache; None = $PLURALIGN_CACHE or ~/.cache/pluralign
-
-
-def to_batch(comparisons: Comparisons) -> base.PairBatch:
-    return base.PairBatch(
-        user=jnp.asarray(comparisons.user), prompt=jnp.asarray(comparisons.prompt),
-        a=jnp.asarray(comparisons.a), b=jnp.asarray(comparisons.b),
-        label=jnp.asarray(comparisons.label), weight=jnp.asarray(comparisons.weight),
-    )
-
-
-def make_tables(dataset, device_budget_mb: float | None = None):
-    """The embedding tables on the device, or left on the host (`HostTables`, gathered per step)
-    when they exceed `device_budget_mb`."""
-    if device_budget_mb is not None and host_tables.table_bytes(dataset) > device_budget_mb * 2**20:
-        return host_tables.host_tables(dataset)
-    items = jnp.asarray(dataset.items)
-    prompts = jnp.asarray(dataset.prompts) if dataset.prompts is not None else jnp.zeros((1, dataset.dim), items.dtype)
-    return base.Tables(items=items, prompts=prompts)
 
 
 def _fingerprint(config: RunConfig) -> dict:

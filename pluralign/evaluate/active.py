@@ -112,7 +112,8 @@ def evaluate_active(
     `n_questions` are left out. Accuracy is pooled over every query pair of the users
     (as the few-shot curves are). `params`: one seed's parameters.
     """
-    from pluralign.evaluate.fewshot import _as_batch, make_episodes
+    from pluralign.evaluate.fewshot import make_episodes
+    from pluralign.train.batches import padded_batch
 
     if pool_size < n_questions:
         raise ValueError(f"active elicitation: pool_size ({pool_size}) must be >= n_questions ({n_questions})")
@@ -120,7 +121,7 @@ def evaluate_active(
     keep = episodes.pool_size >= n_questions
     if not keep.any():
         raise ValueError(f"active elicitation: no user has {n_questions} pool pairs; lower n_questions")
-    pool, query = _as_batch(comparisons, episodes.support[keep]), _as_batch(comparisons, episodes.query[keep])
+    pool, query = padded_batch(comparisons, episodes.support[keep]), padded_batch(comparisons, episodes.query[keep])
     curve = make_elicitation_curve(graphdef, n_questions, n_samples)
     out = {"questions": list(range(n_questions + 1)), "n_users": int(keep.sum()), "mode": mode}
     for name, active in (("active", True), ("random", False)):

@@ -39,6 +39,7 @@ from pluralign.data.format import Comparisons
 from pluralign.data.splits import rows_by_user
 from pluralign.evaluate import metrics
 from pluralign.models import base
+from pluralign.train.batches import padded_batch
 
 
 @dataclasses.dataclass
@@ -141,20 +142,6 @@ def _pad(rows: list[np.ndarray], width: int) -> np.ndarray:
     return out
 
 
-def _as_batch(comparisons: Comparisons, rows: np.ndarray) -> base.PairBatch:
-    """[U, n] rows (−1 = padding) -> a PairBatch of [U, n] arrays with weight 0 on padding."""
-    valid = rows >= 0
-    safe = np.where(valid, rows, 0)
-    return base.PairBatch(
-        user=jnp.asarray(comparisons.user[safe]),
-        prompt=jnp.asarray(comparisons.prompt[safe]),
-        a=jnp.asarray(comparisons.a[safe]),
-        b=jnp.asarray(comparisons.b[safe]),
-        label=jnp.asarray(comparisons.label[safe]),
-        weight=jnp.asarray(np.where(valid, comparisons.weight[safe], 0.0).astype(np.float32)),
-    )
-
-
 def _features(model, tables, batch):
     """Pair features for a [U, n] batch, computed as one flat [U·n] batch."""
     flat = jax.tree.map(lambda x: x.reshape(-1), batch)
@@ -255,7 +242,7 @@ def evaluate_unseen(
     fingerprint = {k: hashlib.sha1() for k in ks}
     for seed_index, ep in episodes:
         seed_params = jax.tree.map(lambda x: x[seed_index], params)
-        support, query = _as_batch(comparisons, ep.support), _as_batch(comparisons, ep.query)
+        support, query = padded_batch(comparisons, ep.support), padded_batch(comparisons, ep.query)
         label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
         predict = lambda k, strength: np.asarray(adapt_and_predict(  # noqa: E731
             seed_params, tables, support, jnp.int32(k), query, jnp.float32(strength), seen_users)[1])

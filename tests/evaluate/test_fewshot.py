@@ -16,7 +16,8 @@ from pluralign.evaluate import fewshot
 from pluralign.evaluate.fewshot import EvalConfig, make_episodes
 from pluralign.models import BT, PALA, BTConfig, Dims, PairEmbeddings, PALConfig
 from pluralign.models.base import fit_user_states
-from pluralign.run import RunConfig, make_tables, run
+from pluralign.run import RunConfig, run
+from pluralign.train.batches import make_tables, padded_batch
 from pluralign.train.trainer import TrainConfig
 
 D = 16
@@ -220,7 +221,7 @@ def test_adapt_and_predict_uses_only_the_first_k_shots(tiny_dataset):
     tables = make_tables(tiny_dataset)
     c = tiny_dataset.comparisons
     ep = make_episodes(c, np.arange(6), max_shots=10, mode="random", seed=0)
-    support, query = fewshot._as_batch(c, ep.support), fewshot._as_batch(c, ep.query)
+    support, query = padded_batch(c, ep.support), padded_batch(c, ep.query)
     adapt = fewshot.make_adapt_and_predict(graphdef, steps=50, learning_rate=0.1)
 
     seen_users = jnp.arange(10, 60)  # the prior mean averages these users' states only

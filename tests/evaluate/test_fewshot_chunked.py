@@ -9,7 +9,7 @@ import numpy as np
 from pluralign.evaluate import fewshot
 from pluralign.evaluate.fewshot_chunked import adapt_and_predict_chunked
 from pluralign.models import Dims, PairBatch, PALConfig, model_class
-from pluralign.run import make_tables
+from pluralign.train.batches import make_tables
 from pluralign.train.trainer import init_params
 
 

@@ -23,7 +23,7 @@ from pluralign.export import OnlineUser, Support, UserState, export_user_embeddi
 from pluralign.export.artifact import compute_seen_states
 from pluralign.config import model_config
 from pluralign.models import REGISTRY, base
-from pluralign.run import make_tables, to_batch
+from pluralign.train.batches import make_tables, padded_batch, to_batch
 from pluralign.train.trainer import predict_seen
 
 SEEDS = [3, 7]
@@ -94,7 +94,7 @@ def test_fewshot_inference_is_the_evaluation_protocol(setup):
     users = split.unseen_test[:4]
     episodes = fewshot.make_episodes(data.comparisons, users, max_shots=6, mode="random", seed=1)
     adapt = fewshot.make_adapt_and_predict(trained.graphdef, STEPS, 0.1)
-    support, query = fewshot._as_batch(data.comparisons, episodes.support), fewshot._as_batch(data.comparisons, episodes.query)
+    support, query = padded_batch(data.comparisons, episodes.support), padded_batch(data.comparisons, episodes.query)
     k = 5
     states, _ = adapt(trained.params, setup["tables"], support, jnp.int32(k), query, jnp.float32(3.0), jnp.asarray(split.seen))
     items = np.asarray(data.items, np.float32)

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     from pluralign.data import split_seen_pairs, split_users
     from pluralign.models import PALA, PALConfig
     from pluralign.models.base import Dims
-    from pluralign.run import make_tables, to_batch
+    from pluralign.train.batches import make_tables, to_batch
     from pluralign.train.trainer import Trainer, TrainConfig, init_params
 
     assert jax.device_count() == 2

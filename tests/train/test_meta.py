@@ -14,7 +14,8 @@ from pluralign.data.synthetic import IdealPointConfig
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import BT, BTConfig, Dims, PairEmbeddings, base
 from pluralign.models.lore import LoRe, LoReConfig
-from pluralign.run import RunConfig, make_tables, run, to_batch
+from pluralign.run import RunConfig, run
+from pluralign.train.batches import make_tables, to_batch
 from pluralign.train import meta
 from pluralign.train.trainer import TrainConfig
 

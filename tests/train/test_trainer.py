@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from pluralign.models import Dims, PALConfig, model_class, seen_logits
-from pluralign.run import make_tables, to_batch
+from pluralign.train.batches import make_tables, to_batch
 from pluralign.train.trainer import (
     auto_batch_size,
     TrainConfig,

@@ -9,7 +9,7 @@ import numpy as np
 from pluralign.data import split_seen_pairs, split_users
 from pluralign.models import BT, BTConfig, Dims
 from pluralign.models.base import mean_preference_loss
-from pluralign.run import make_tables, to_batch
+from pluralign.train.batches import make_tables, to_batch
 from pluralign.train.trainer import Trainer, TrainConfig, init_params
 
 
