@@ -298,7 +298,7 @@ def unreached_reason(k: int, episodes: list, eligible, min_user_fraction: float)
 def shot_entry(runs: list[dict], sums: list[tuple[dict, dict]], ids: np.ndarray, fingerprint: str, *,
                largest_available: bool) -> dict:
     """One k's figures from its episodes' metric summaries and per-user sums (see evaluate_unseen)."""
-    acc = np.array([r["accuracy"] for r in runs])
+    over = metrics.mean_over_runs(runs)
     pooled = {name: sum(s[0][name] for s in sums) for name in sums[0][0]}
     pooled_zero = {name: sum(s[1][name] for s in sums) for name in sums[0][1]}
     scored = (pooled["n"] > 0) | (pooled["weight"] > 0)
@@ -306,13 +306,10 @@ def shot_entry(runs: list[dict], sums: list[tuple[dict, dict]], ids: np.ndarray,
     gain_low, gain_high = metrics.bootstrap_ratio_interval(pooled["correct"] - pooled_zero["correct"], pooled["n"])
     n = max(pooled["n"].sum(), 1e-12)
     entry = {
-        "accuracy": float(acc.mean()),
-        "accuracy_std": float(acc.std()) if len(runs) > 1 else None,
+        "accuracy": over["accuracy"],
+        "accuracy_std": over["accuracy_std"] if len(runs) > 1 else None,
         "n_episodes": len(runs),
-        "log_loss": float(np.mean([r["log_loss"] for r in runs])),
-        "ece": float(np.mean([r["ece"] for r in runs])),
-        "per_user_mean": float(np.mean([r["per_user"]["mean"] for r in runs])),
-        "per_user_p10": float(np.mean([r["per_user"]["p10"] for r in runs])),
+        **{name: over[name] for name in ("log_loss", "ece", "per_user_mean", "per_user_p10")},
         "n_users": int(round(np.mean([r["per_user"]["n_users"] for r in runs]))),
         "n_query_pairs": int(round(np.mean([r["n_pairs"] for r in runs]))),
         "n_users_total": len(ids),
@@ -325,6 +322,6 @@ def shot_entry(runs: list[dict], sums: list[tuple[dict, dict]], ids: np.ndarray,
     }
     if largest_available:
         entry["largest_available"] = True
-    if "worst_group_accuracy" in runs[0]:
-        entry["worst_group_accuracy"] = float(np.mean([r["worst_group_accuracy"] for r in runs]))
+    if "worst_group_accuracy" in over:
+        entry["worst_group_accuracy"] = over["worst_group_accuracy"]
     return entry
