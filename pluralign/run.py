@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -225,10 +224,9 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
     _check_resumable(run_dir, config)
     data = load_and_split(config, run_dir)
     models = build_models(config, data)
-    data = attach_context(models.cls, config, data)
     trained = train_models(config, data, models, run_dir, on_epoch_end)
     data = evaluation_data(data)
-    seen = evaluate_seen_users(models.graphdef, trained.best_params, data, len(config.seeds))
+    seen = evaluate_seen_users(models, trained.best_params, data, len(config.seeds))
     trained.summary["warnings"] = training_warnings(trained.summary, config.train, seen["accuracy"])
     unseen = evaluate_unseen_users(models.graphdef, trained.best_params, data, config)
     results = assemble_results(config, data, seen, unseen, trained.summary, models.stage1, t0)
@@ -312,11 +310,13 @@ class Models:
     params: Any  # [n_seeds, ...] leaves
     train_keys: jax.Array  # raw [n_seeds, 2]: each seed's training key
     stage1: dict | None  # the summary of a stage before comparison training (DPA), for results.json
+    context: Any  # the family's `training_context` of the training pairs (VPL, MRM), else None
 
 
 def build_models(config: RunConfig, data: RunData) -> Models:
     """One model per seed: each seed's key splits into (init, train); parameters initialised,
-    then the family's stage before comparison training, if it has one (`prepare_stage`)."""
+    then the family's stage before comparison training, if it has one (`prepare_stage`), and
+    what it reads besides the batch (`training_context`)."""
     root_keys = jnp.stack([jax.random.PRNGKey(s) for s in config.seeds])  # raw [n_seeds, 2]
     init_keys, train_keys = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 2))(root_keys), 1, 0)
     cls = model_class(config.model.name)
@@ -324,7 +324,8 @@ def build_models(config: RunConfig, data: RunData) -> Models:
         cls = meta.meta_class(cls, meta.MetaOptions.of(config.train))
     graphdef, params = init_params(cls, config.model, data.dims, init_keys)
     params, stage1 = prepare_stage(cls, config, data, params)
-    return Models(cls=cls, graphdef=graphdef, params=params, train_keys=train_keys, stage1=stage1)
+    context = training_context(cls, config, data)
+    return Models(cls=cls, graphdef=graphdef, params=params, train_keys=train_keys, stage1=stage1, context=context)
 
 
 def prepare_stage(cls: type, config: RunConfig, data: RunData, params):
@@ -339,23 +340,22 @@ def prepare_stage(cls: type, config: RunConfig, data: RunData, params):
     return params, stage1
 
 
-# --- train every seed in one program ------------------------------------------------------
-
-
-def attach_context(cls: type, config: RunConfig, data: RunData) -> RunData:
-    """For a model that reads its users' other training comparisons inside the step (VPL, MRM):
-    the training rows on the batch and the comparisons grouped by user on the tables."""
-    if not cls.needs_context:
-        return data
-    if isinstance(data.tables, host_tables.HostTables):
+def training_context(cls: type, config: RunConfig, data: RunData) -> Any:
+    """The family's `training_context` of the training pairs (VPL, MRM: the comparisons grouped
+    by user, read inside the step), which needs the embedding tables on the device; None for most."""
+    # Each user's comparisons are put in an order drawn with the seed of the data split
+    # (eval.split_seed), so it is fixed across training seeds, as the split is.
+    context = cls.training_context(data.train, data.dataset.n_users, seed=config.eval.split_seed)
+    if context is not None and isinstance(data.tables, host_tables.HostTables):
         raise ValueError(
             f"model {config.model.name} reads users' other comparisons inside the step and needs the embedding "
             f"tables on the device ({host_tables.table_bytes(data.dataset) / 2**20:.0f} MB > "
             f"train.device_table_budget_mb={config.train.device_table_budget_mb}): raise the budget"
         )
-    train = data.train.replace(row=jnp.arange(len(data.pairs.train), dtype=jnp.int32))
-    tables = data.tables.replace(context=base.user_context(train, data.dataset.n_users, seed=config.eval.split_seed))
-    return dataclasses.replace(data, train=train, tables=tables)
+    return context
+
+
+# --- train every seed in one program ------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -374,7 +374,7 @@ def train_models(config: RunConfig, data: RunData, models: Models, run_dir: path
              trainer.batch_size, trainer.steps_per_epoch)
     state, summary = trainer.fit(
         trainer.init_state(models.params, models.train_keys), data.tables, data.train, data.val, run_dir=run_dir,
-        on_epoch_end=on_epoch_end, hparams=_fingerprint(config),
+        on_epoch_end=on_epoch_end, hparams=_fingerprint(config), context=models.context,
     )
     return Trained(best_params=state.best_params, best_val_loss=state.best_val_loss, summary=summary)
 
@@ -393,12 +393,13 @@ def evaluation_data(data: RunData) -> RunData:
 # --- evaluate seen users: held-out pairs ----------------------------------------------------
 
 
-def evaluate_seen_users(graphdef, params, data: RunData, n_seeds: int) -> dict:
+def evaluate_seen_users(models: Models, params, data: RunData, n_seeds: int) -> dict:
     """results.json `seen`: seen users' held-out test pairs under each seed (`per_seed`), the
     figures averaged over seeds, and the histogram of each user's accuracy (averaged over seeds)."""
-    seen_logits = jax.jit(functools.partial(predict_seen, graphdef))
+    seen_logits = jax.jit(lambda p, tables, batch, context: predict_seen(models.graphdef, p, tables, batch, context=context))
     test = data.comparisons.take(data.pairs.test)
-    logits = [np.asarray(seen_logits(jax.tree.map(lambda x: x[i], params), data.tables, data.test)) for i in range(n_seeds)]
+    logits = [np.asarray(seen_logits(jax.tree.map(lambda x: x[i], params), data.tables, data.test, models.context))
+              for i in range(n_seeds)]
     runs = [metrics.summary(z, test.label, test.weight, test.user, data.user_group) for z in logits]
     over = metrics.mean_over_runs(runs)
     worst_group = over.pop("worst_group_accuracy", None)
@@ -497,7 +498,8 @@ def write_artifacts(run_dir: pathlib.Path, config: RunConfig, data: RunData, mod
     ev = config.eval
     save_model(
         run_dir / MODEL_DIR, model_config=config.model, dims=data.dims, params=trained.best_params,
-        seen_states=compute_seen_states(models.graphdef, trained.best_params, data.tables, data.dataset.n_users),
+        seen_states=compute_seen_states(models.graphdef, trained.best_params, data.tables, data.dataset.n_users,
+                                        context=models.context),
         seeds=list(config.seeds), dataset_meta=data.dataset.meta, seen_users=data.split.seen, split=data.split.to_dict(),
         best_val_loss=trained.best_val_loss, prior_strength=prior_strength, inference=ev.inference,
         inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,

@@ -52,12 +52,11 @@ def bundle(name: str, root: str):
     if hasattr(cls, "prepare_params"):
         train_items = np.unique(np.concatenate([data.comparisons.a[pairs.train], data.comparisons.b[pairs.train]]))
         params, _ = cls.prepare_params(config, data, train_items, params)
-    if cls.needs_context:
-        tables = tables.replace(context=base.user_context(train.replace(row=None), data.n_users, seed=0))
+    context = cls.training_context(train, data.n_users, seed=0)
     path = pathlib.Path(root) / name / "model"
     save_model(
         path, model_config=config, dims=base.Dims(dim=data.dim, n_users=data.n_users), params=params,
-        seen_states=compute_seen_states(graphdef, params, tables, data.n_users), seeds=SEEDS, dataset_meta=data.meta,
+        seen_states=compute_seen_states(graphdef, params, tables, data.n_users, context=context), seeds=SEEDS, dataset_meta=data.meta,
         seen_users=split.seen, split=split.to_dict(), best_val_loss=np.array([0.7, 0.6]), prior_strength=3.0,
         inference_steps=STEPS, inference_learning_rate=0.1,
     )

@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent(
         trainer = Trainer(graphdef, TrainConfig(max_epochs=3, batch_size=64, progress=False, data_parallel=mode), len(pairs.train))
         state = trainer.init_state(params, jax.random.split(jax.random.PRNGKey(1), 2))
         if mode == "on":
-            hlo = trainer._epoch.lower(state, tables, train, jnp.int32(0)).compile().as_text()
+            hlo = trainer.train_epoch.lower(state, tables, train, jnp.int32(0), None).compile().as_text()
             assert "all-reduce" in hlo, "no cross-device reduction: the batch was not sharded"
         state, _ = trainer.fit(state, tables, train, val)
         out[mode] = jax.tree.leaves(state.best_params)

@@ -33,7 +33,7 @@ def _draws(dataset, seeds):
     state = trainer.init_state(params, keys)
     means, variances = [], []
     for epoch in range(2):
-        state, metrics = trainer._epoch(state, tables, train, np.int32(epoch))
+        state, metrics = trainer.train_epoch(state, tables, train, np.int32(epoch), None)
         mean = np.asarray(metrics["draw"], np.float64)  # [n_seeds]: the epoch means of the draws
         means.append(mean)
         variances.append(np.asarray(metrics["draw_squared"], np.float64) - mean**2)
