@@ -61,7 +61,7 @@ def main():
 
     users = split.unseen_test[: args.users]
     episodes = fewshot.make_episodes(ds.comparisons, users, max_shots=args.shots, mode="random", seed=0)
-    support = padded_batch(ds.comparisons, episodes.support)
+    support = padded_batch(ds.comparisons, episodes.pool)
     query = padded_batch(ds.comparisons, episodes.query)
     adapt = fewshot.make_adapt_and_predict(graphdef, steps=100, learning_rate=0.1)
     seen = jnp.asarray(split.seen)

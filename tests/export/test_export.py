@@ -93,12 +93,12 @@ def test_fewshot_inference_is_the_evaluation_protocol(setup):
     users = split.unseen_test[:4]
     episodes = fewshot.make_episodes(data.comparisons, users, max_shots=6, mode="random", seed=1)
     adapt = fewshot.make_adapt_and_predict(trained.graphdef, STEPS, 0.1)
-    support, query = padded_batch(data.comparisons, episodes.support), padded_batch(data.comparisons, episodes.query)
+    support, query = padded_batch(data.comparisons, episodes.pool), padded_batch(data.comparisons, episodes.query)
     k = 5
     states, _ = adapt(trained.params, setup["tables"], support, jnp.int32(k), query, jnp.float32(3.0), jnp.asarray(split.seen))
     items = np.asarray(data.items, np.float32)
     for u in range(len(users)):
-        rows = episodes.support[u, :k]
+        rows = episodes.pool[u, :k]
         rows = rows[rows >= 0]
         c = data.comparisons.take(rows)
         mine = reward.infer(Support(e_a=items[c.a], e_b=items[c.b], label=c.label))
