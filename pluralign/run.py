@@ -360,6 +360,8 @@ def training_context(cls: type, config: RunConfig, data: RunData) -> Any:
 
 @dataclasses.dataclass
 class Trained:
+    """What training leaves for evaluation and the artifact."""
+
     best_params: Any  # [n_seeds, ...] each seed's parameters at its best validation loss
     best_val_loss: Any  # [n_seeds]
     summary: dict  # the trainer's summary (epochs, best epochs, ...) for results.json
