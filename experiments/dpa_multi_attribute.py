@@ -41,7 +41,8 @@ from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import base
 from pluralign.models import multi_objective as mo
 from pluralign.models.dpa import DPA, DPAConfig
-from pluralign.run import RunConfig, make_tables, run
+from pluralign.run import RunConfig, run
+from pluralign.train.batches import make_tables, padded_batch
 from pluralign.train.trainer import Trainer, TrainConfig, init_params, restore_checkpoint
 
 DATA = MultiAttributeConfig()
@@ -117,14 +118,14 @@ def direction_recovery(config: RunConfig, results: dict, run_dir: pathlib.Path, 
         seed_params = jax.tree.map(lambda x: x[i], state.best_params)
         transform = np.asarray(seed_params["reward_transform"][...])
         episodes = fewshot.make_episodes(comparisons, users, max_shots=max(shots), mode="random", seed=1000 + seed)
-        support, query = fewshot._as_batch(comparisons, episodes.support), fewshot._as_batch(comparisons, episodes.query)
+        support, query = padded_batch(comparisons, episodes.pool), padded_batch(comparisons, episodes.query)
         rows = np.where(episodes.query >= 0, episodes.query, 0)
         dz = z[comparisons.a[rows]] - z[comparisons.b[rows]]  # [U, Q, m]
         p_true = 1.0 / (1.0 + np.exp(-sharpness * np.einsum("uqm,um->uq", dz, directions[users])))
         # Population defaults (no shots): the gate w(x) and the seen users' mean direction, against the
         # best non-personalized answer p̄ > 1/2 (p̄ = mean over every user's true p) on the same pairs.
         model = nnx.merge(graphdef, seed_params)
-        diff, gate_logit = fewshot._features(model, tables, query)
+        diff, gate_logit = fewshot.user_pair_features(model, tables, query)
         mean_logit = np.asarray(diff) @ np.asarray(model.population_user_state(jnp.asarray(split.seen)))
         p_bar = (1.0 / (1.0 + np.exp(-sharpness * np.einsum("uqm,vm->uqv", dz, directions)))).mean(axis=2)
         valid = np.asarray(query.weight)
@@ -143,7 +144,7 @@ def direction_recovery(config: RunConfig, results: dict, run_dir: pathlib.Path, 
             says_a = np.asarray(logits) > 0
             out[k]["cos"].append(float(cos.mean()))
             out[k]["frac_cos_ge_0.95"].append(float(np.mean(cos >= 0.95)))
-            support_rows = np.where(episodes.support >= 0, episodes.support, 0)
+            support_rows = np.where(episodes.pool >= 0, episodes.pool, 0)
             support_dz = z[comparisons.a[support_rows]] - z[comparisons.b[support_rows]]  # [U, P, m]
             shot_weight = np.asarray(support.weight) * (np.arange(support_rows.shape[1])[None, :] < k)
             oracle = oracle_directions(support_dz, np.asarray(support.label), shot_weight, sharpness, mean_direction, kappa)

@@ -28,7 +28,8 @@ from pluralign.data.hidden_types import HiddenTypesConfig
 from pluralign.data.synthetic import IdealPointConfig
 from pluralign.evaluate import fewshot
 from pluralign.evaluate.fewshot import EvalConfig
-from pluralign.run import RunConfig, make_tables, run, select_prior
+from pluralign.run import RunConfig, run, select_prior
+from pluralign.train.batches import make_tables
 from pluralign.train.trainer import TrainConfig
 
 DATA = {"ideal_point": IdealPointConfig(), "hidden_types": HiddenTypesConfig()}

@@ -42,7 +42,8 @@ from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import BTConfig, base, model_class
 from pluralign.models.dpl import DPLConfig
 from pluralign.models.vpl import VPLConfig
-from pluralign.run import RunConfig, make_tables, run
+from pluralign.run import RunConfig, run
+from pluralign.train.batches import make_tables, padded_batch
 from pluralign.train.trainer import Trainer, TrainConfig, init_params, restore_checkpoint
 
 SHOTS = [1, 2, 4, 8, 16]
@@ -63,7 +64,7 @@ def time_batched_fewshot(graphdef, params, tables, comparisons, users, truth, k:
     """Wall time of ONE jitted call that infers k-shot states for every user and scores their
     query pairs (the protocol's `make_adapt_and_predict`), after compilation."""
     episodes = fewshot.make_episodes(comparisons, users, max_shots=k, mode="random", seed=0)
-    support, query = fewshot._as_batch(comparisons, episodes.support), fewshot._as_batch(comparisons, episodes.query)
+    support, query = padded_batch(comparisons, episodes.pool), padded_batch(comparisons, episodes.query)
     adapt = fewshot.make_adapt_and_predict(graphdef, steps=100, learning_rate=0.1)
     call = lambda: adapt(params, tables, support, jnp.int32(k), query, jnp.float32(1.0), jnp.arange(4))
     jax.block_until_ready(call())  # compile
@@ -76,7 +77,7 @@ def time_batched_fewshot(graphdef, params, tables, comparisons, users, truth, k:
     acc = float((((np.asarray(logits) > 0) == (np.asarray(query.label) > 0.5)) * w).sum() / w.sum())
     # The same episodes scored by the Bayes predictor that knows the types' rewards but must
     # infer the user's type from the k answers: the best any model can do with k shots.
-    ceiling = type_posterior_accuracy(truth, comparisons, episodes.support[:, :k], episodes.query)
+    ceiling = type_posterior_accuracy(truth, comparisons, episodes.pool[:, :k], episodes.query)
     return {"n_users": int(len(users)), "k": k, "seconds_median": float(np.median(times)),
             "seconds_min": float(np.min(times)), "states_shape": list(states.shape), "accuracy": acc,
             "k_shot_bayes_accuracy": ceiling}

@@ -1,16 +1,19 @@
 """One training-and-evaluation run, from typed configs to `results.json`.
 
-This is the library's "train.py": read linearly, it is the whole protocol. Hydra
-stays in `pluralign.cli`; everything here takes dataclasses.
+This is the library's "train.py": `_run` reads top to bottom as its stages, each a function
+that can be called on its own. Hydra stays in `pluralign.cli`; everything here takes dataclasses.
 
-  1. load the dataset (generating and caching synthetic data), split users into
-     seen / unseen-val / unseen-test and seen users' pairs into train / val / test;
-  2. build one model per seed and train them all in one vmapped program, early
-     stopping on seen-user validation loss, with checkpoints and resume;
-  3. evaluate: seen users on held-out pairs; unseen users k-shot with θ frozen, the
-     prior strength for few-shot inference chosen on unseen-val users only;
-  4. write the model (`model/`), then `results.json` (atomically) into the run directory: a run
-     is finished when both are there (`finished_results`).
+  1. `load_and_split`: load the dataset (generating and caching synthetic data), split users
+     into seen / unseen-val / unseen-test and seen users' pairs into train / val / test;
+  2. `build_models`: one model per seed (keys, initialisation, `prepare_stage`: a family's
+     stage before comparison training, e.g. DPA's attribute regression);
+  3. `train_models`: all seeds in one vmapped program, early stopping on seen-user validation
+     loss, with checkpoints and resume;
+  4. `evaluate_seen_users` on held-out pairs; `evaluate_unseen_users` k-shot with θ frozen, the
+     prior setting for few-shot inference chosen on unseen-val users only;
+  5. `assemble_results`, then `write_artifacts`: the model (`model/`), then `results.json`
+     (atomically) into the run directory: a run is finished when both are there
+     (`finished_results`).
 
 One process at a time works in a run directory (`pluralign.rundir`), and a resume continues
 only the same config on the same data.
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -33,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pluralign.data import Comparisons, split_seen_pairs, split_users
+from pluralign.data import Comparisons, PairSplit, PreferenceDataset, UserSplit, split_seen_pairs, split_users
 from pluralign.data import duplicates
 from pluralign.data.format import content_fingerprint
 from pluralign.data.sources import dataset_path, load_dataset
@@ -45,6 +47,7 @@ from pluralign.config_checks import check_run_config
 from pluralign.models import base, model_class
 from pluralign.provenance import provenance
 from pluralign.train import distributed, host_tables, meta
+from pluralign.train.batches import make_tables, to_batch
 from pluralign.train.trainer import TrainConfig, init_params, predict_seen
 
 RESULTS_FILE = "results.json"
@@ -59,24 +62,6 @@ class RunConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
     cache_dir: str | None = None  # synthetic-data cache; None = $PLURALIGN_CACHE or ~/.cache/pluralign
-
-
-def to_batch(comparisons: Comparisons) -> base.PairBatch:
-    return base.PairBatch(
-        user=jnp.asarray(comparisons.user), prompt=jnp.asarray(comparisons.prompt),
-        a=jnp.asarray(comparisons.a), b=jnp.asarray(comparisons.b),
-        label=jnp.asarray(comparisons.label), weight=jnp.asarray(comparisons.weight),
-    )
-
-
-def make_tables(dataset, device_budget_mb: float | None = None):
-    """The embedding tables on the device, or left on the host (`HostTables`, gathered per step)
-    when they exceed `device_budget_mb`."""
-    if device_budget_mb is not None and host_tables.table_bytes(dataset) > device_budget_mb * 2**20:
-        return host_tables.host_tables(dataset)
-    items = jnp.asarray(dataset.items)
-    prompts = jnp.asarray(dataset.prompts) if dataset.prompts is not None else jnp.zeros((1, dataset.dim), items.dtype)
-    return base.Tables(items=items, prompts=prompts)
 
 
 def _fingerprint(config: RunConfig) -> dict:
@@ -235,18 +220,65 @@ def run(config: RunConfig, run_dir: str | os.PathLike, on_epoch_end=None) -> dic
 
 def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
     t0 = time.perf_counter()
-    writer = distributed.is_primary()  # with several processes only process 0 writes files
     run_dir.mkdir(parents=True, exist_ok=True)
-    ev = config.eval
-    seeds = list(config.seeds)
-
     _check_resumable(run_dir, config)
+    data = load_and_split(config, run_dir)
+    models = build_models(config, data)
+    trained = train_models(config, data, models, run_dir, on_epoch_end)
+    data = evaluation_data(data)
+    seen = evaluate_seen_users(models, trained.best_params, data, len(config.seeds))
+    trained.summary["warnings"] = training_warnings(trained.summary, config.train, seen["accuracy"])
+    unseen = evaluate_unseen_users(models.graphdef, trained.best_params, data, config)
+    results = assemble_results(config, data, seen, unseen, trained.summary, models.stage1, t0)
+    if not distributed.is_primary():  # with several processes process 0 writes the model and the results
+        distributed.wait_for_all("pluralign.run: written")
+        return results
+    log.info("seen accuracy %.4f; unseen-test accuracy at k %s; %.0f s", seen["accuracy"],
+             {k: round(v, 4) for k, v in unseen["accuracy_at_k"].items()}, results["wall_seconds"])
+    write_artifacts(run_dir, config, data, models, trained, unseen["prior_strength"], results)
+    distributed.wait_for_all("pluralign.run: written")
+    return results
 
+
+# --- prepare data -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunData:
+    """A run's dataset, split (`load_and_split`): users into seen / unseen-val / unseen-test,
+    seen users' comparisons into train / val / test rows, and those rows as batches."""
+
+    dataset: PreferenceDataset
+    comparisons: Comparisons  # the rows `pairs` and the few-shot episodes index
+    split: UserSplit
+    pairs: PairSplit
+    duplicates: dict  # counts of repeated comparisons and dropped training copies, for results.json
+    tables: base.Tables | host_tables.HostTables
+    train: base.PairBatch
+    val: base.PairBatch
+    test: base.PairBatch
+
+    @property
+    def truth(self) -> dict:
+        """What the data's generator knows (synthetic data): groups, ceilings; {} otherwise."""
+        return self.dataset.meta.get("truth", {})
+
+    @property
+    def user_group(self) -> np.ndarray | None:
+        return np.asarray(self.truth["user_group"]) if "user_group" in self.truth else None
+
+    @property
+    def dims(self) -> base.Dims:
+        return base.Dims(dim=self.dataset.dim, n_users=self.dataset.n_users)
+
+
+def load_and_split(config: RunConfig, run_dir: pathlib.Path) -> RunData:
+    """Loads the dataset (checking a resumed run's data is the same) and splits it; the user
+    split goes to split.json."""
+    ev = config.eval
     dataset = load_dataset(config.data, config.cache_dir)
     _check_same_data(run_dir, config, dataset.path)
     comparisons = dataset.comparisons
-    truth = dataset.meta.get("truth", {})
-    user_group = np.asarray(truth["user_group"]) if "user_group" in truth else None
     split = split_users(
         dataset.n_users, seed=ev.split_seed,
         unseen_val_fraction=ev.unseen_val_fraction, unseen_test_fraction=ev.unseen_test_fraction,
@@ -256,149 +288,227 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
         val_fraction=ev.pair_val_fraction, test_fraction=ev.pair_test_fraction,
     )
     pairs, repeats = drop_held_out_copies(comparisons, pairs)
-    if writer:
+    if distributed.is_primary():  # with several processes only process 0 writes files
         write_json_atomic(run_dir / "split.json", split.to_dict())
     if len(pairs.val) == 0:
         raise ValueError(no_validation_pairs(dataset, split.seen, ev.pair_val_fraction))
     tables = make_tables(dataset, config.train.device_table_budget_mb)
     train, val, test = (to_batch(comparisons.take(rows)) for rows in (pairs.train, pairs.val, pairs.test))
+    return RunData(dataset=dataset, comparisons=comparisons, split=split, pairs=pairs, duplicates=repeats,
+                   tables=tables, train=train, val=val, test=test)
 
-    # --- train every seed in one program
-    root_keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])  # raw [n_seeds, 2]
+
+# --- build one model per seed ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Models:
+    """The run's model family and its untrained, seed-stacked parameters."""
+
+    cls: type  # the PreferenceModel subclass (MRM-wrapped with train.meta)
+    graphdef: nnx.GraphDef
+    params: Any  # [n_seeds, ...] leaves
+    train_keys: jax.Array  # raw [n_seeds, 2]: each seed's training key
+    stage1: dict | None  # the summary of a stage before comparison training (DPA), for results.json
+    context: Any  # the family's `training_context` of the training pairs (VPL, MRM), else None
+
+
+def build_models(config: RunConfig, data: RunData) -> Models:
+    """One model per seed: each seed's key splits into (init, train); parameters initialised,
+    then the family's stage before comparison training, if it has one (`prepare_stage`), and
+    what it reads besides the batch (`training_context`)."""
+    root_keys = jnp.stack([jax.random.PRNGKey(s) for s in config.seeds])  # raw [n_seeds, 2]
     init_keys, train_keys = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 2))(root_keys), 1, 0)
     cls = model_class(config.model.name)
     if config.train.meta:  # MRM: the same model with a meta-learned initial user state
         cls = meta.meta_class(cls, meta.MetaOptions.of(config.train))
-    graphdef, params = init_params(cls, config.model, base.Dims(dim=dataset.dim, n_users=dataset.n_users), init_keys)
-    # A family with a stage before comparison training (DPA: attribute regression) fits it here,
-    # from the items of seen users' training pairs only, and sets those parameters in every seed.
+    graphdef, params = init_params(cls, config.model, data.dims, init_keys)
+    params, stage1 = prepare_stage(cls, config, data, params)
+    context = training_context(cls, config, data)
+    return Models(cls=cls, graphdef=graphdef, params=params, train_keys=train_keys, stage1=stage1, context=context)
+
+
+def prepare_stage(cls: type, config: RunConfig, data: RunData, params):
+    """A family with a stage before comparison training (DPA: attribute regression) fits it
+    here, from the items of seen users' training pairs only, and sets those parameters in every
+    seed: (params, its summary or None)."""
     prepare, stage1 = getattr(cls, "prepare_params", None), None
     if prepare is not None:
-        train_items = np.unique(np.concatenate([comparisons.a[pairs.train], comparisons.b[pairs.train]]))
-        params, stage1 = prepare(config.model, dataset, train_items, params)
-    if cls.needs_context and isinstance(tables, host_tables.HostTables):
+        c, rows = data.comparisons, data.pairs.train
+        train_items = np.unique(np.concatenate([c.a[rows], c.b[rows]]))
+        params, stage1 = prepare(config.model, data.dataset, train_items, params)
+    return params, stage1
+
+
+def training_context(cls: type, config: RunConfig, data: RunData) -> Any:
+    """The family's `training_context` of the training pairs (VPL, MRM: the comparisons grouped
+    by user, read inside the step), which needs the embedding tables on the device; None for most."""
+    # Each user's comparisons are put in an order drawn with the seed of the data split
+    # (eval.split_seed), so it is fixed across training seeds, as the split is.
+    context = cls.training_context(data.train, data.dataset.n_users, seed=config.eval.split_seed)
+    if context is not None and isinstance(data.tables, host_tables.HostTables):
         raise ValueError(
             f"model {config.model.name} reads users' other comparisons inside the step and needs the embedding "
-            f"tables on the device ({host_tables.table_bytes(dataset) / 2**20:.0f} MB > "
+            f"tables on the device ({host_tables.table_bytes(data.dataset) / 2**20:.0f} MB > "
             f"train.device_table_budget_mb={config.train.device_table_budget_mb}): raise the budget"
         )
-    if cls.needs_context:  # e.g. VPL: each comparison's context comes from its user's other training pairs
-        train = train.replace(row=jnp.arange(len(pairs.train), dtype=jnp.int32))
-        tables = tables.replace(context=base.user_context(train, dataset.n_users, seed=ev.split_seed))
-    trainer = host_tables.make_trainer(graphdef, config.train, len(pairs.train), tables)
+    return context
+
+
+# --- train every seed in one program ------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Trained:
+    """What training leaves for evaluation and the artifact."""
+
+    best_params: Any  # [n_seeds, ...] each seed's parameters at its best validation loss
+    best_val_loss: Any  # [n_seeds]
+    summary: dict  # the trainer's summary (epochs, best epochs, ...) for results.json
+
+
+def train_models(config: RunConfig, data: RunData, models: Models, run_dir: pathlib.Path, on_epoch_end=None) -> Trained:
+    """Trains every seed in one vmapped program, early stopping on seen-user validation loss,
+    with checkpoints and resume in run_dir."""
+    trainer = host_tables.make_trainer(models.graphdef, config.train, len(data.pairs.train), data.tables)
     log.info("%s on %s: %d users (%d seen), %d training pairs; seeds %s, batch %d, %d steps per epoch", config.model.name,
-             dataset.name, dataset.n_users, len(split.seen), len(pairs.train), seeds, trainer.batch_size, trainer.steps_per_epoch)
-    state, train_summary = trainer.fit(
-        trainer.init_state(params, train_keys), tables, train, val, run_dir=run_dir, on_epoch_end=on_epoch_end,
-        hparams=_fingerprint(config),
+             data.dataset.name, data.dataset.n_users, len(data.split.seen), len(data.pairs.train), list(config.seeds),
+             trainer.batch_size, trainer.steps_per_epoch)
+    state, summary = trainer.fit(
+        trainer.init_state(models.params, models.train_keys), data.tables, data.train, data.val, run_dir=run_dir,
+        on_epoch_end=on_epoch_end, hparams=_fingerprint(config), context=models.context,
     )
-    best = state.best_params
-    if isinstance(tables, host_tables.HostTables):  # evaluation: only the rows it reads, on the device
-        unseen = np.concatenate([split.unseen_val, split.unseen_test])
-        eval_rows = np.concatenate([pairs.test, np.flatnonzero(np.isin(comparisons.user, unseen))])
-        tables, comparisons = host_tables.restrict(tables, comparisons, eval_rows)
-        test = to_batch(comparisons.take(pairs.test))
+    return Trained(best_params=state.best_params, best_val_loss=state.best_val_loss, summary=summary)
 
-    # --- seen users: held-out pairs
-    seen_logits = jax.jit(functools.partial(predict_seen, graphdef))
-    test_np = comparisons.take(pairs.test)
-    test_logits = [np.asarray(seen_logits(jax.tree.map(lambda x: x[i], best), tables, test)) for i in range(len(seeds))]
-    seen_runs = [
-        metrics.summary(logits, test_np.label, test_np.weight, test_np.user, user_group) for logits in test_logits
-    ]
-    over_seeds = lambda get: float(np.mean([get(r) for r in seen_runs]))
-    seen = {
-        "accuracy": over_seeds(lambda r: r["accuracy"]),
-        "accuracy_std": float(np.std([r["accuracy"] for r in seen_runs])),
-        "log_loss": over_seeds(lambda r: r["log_loss"]),
-        "ece": over_seeds(lambda r: r["ece"]),
-        "per_user_mean": over_seeds(lambda r: r["per_user"]["mean"]),
-        "per_user_p10": over_seeds(lambda r: r["per_user"]["p10"]),
-        "n_pairs": seen_runs[0]["n_pairs"],
-        "per_seed": seen_runs,
-    }
-    train_summary["warnings"] = training_warnings(train_summary, config.train, seen["accuracy"])
-    if user_group is not None:
-        seen["worst_group_accuracy"] = over_seeds(lambda r: r["worst_group_accuracy"])
-    # Distribution of per-user accuracy (each seen user's test pairs, averaged over seeds) as a
-    # 20-bin histogram on [0, 1]: compact at any number of users; `pluralign report` plots it.
-    per_user = np.mean([
-        metrics.per_user_accuracy(logits, test_np.label, test_np.weight, test_np.user) for logits in test_logits
-    ], axis=0)
+
+def evaluation_data(data: RunData) -> RunData:
+    """With tables on the host (`HostTables`), evaluation reads only the rows it needs, placed
+    on the device (comparisons renumbered into them); device tables are used as they are."""
+    if not isinstance(data.tables, host_tables.HostTables):
+        return data
+    unseen = np.concatenate([data.split.unseen_val, data.split.unseen_test])
+    eval_rows = np.concatenate([data.pairs.test, np.flatnonzero(np.isin(data.comparisons.user, unseen))])
+    tables, comparisons = host_tables.restrict(data.tables, data.comparisons, eval_rows)
+    return dataclasses.replace(data, tables=tables, comparisons=comparisons, test=to_batch(comparisons.take(data.pairs.test)))
+
+
+# --- evaluate seen users: held-out pairs ----------------------------------------------------
+
+
+def evaluate_seen_users(models: Models, params, data: RunData, n_seeds: int) -> dict:
+    """results.json `seen`: seen users' held-out test pairs under each seed (`per_seed`), the
+    figures averaged over seeds, and the histogram of each user's accuracy (averaged over seeds)."""
+    seen_logits = jax.jit(lambda p, tables, batch, context: predict_seen(models.graphdef, p, tables, batch, context=context))
+    test = data.comparisons.take(data.pairs.test)
+    logits = [np.asarray(seen_logits(jax.tree.map(lambda x: x[i], params), data.tables, data.test, models.context))
+              for i in range(n_seeds)]
+    runs = [metrics.summary(z, test.label, test.weight, test.user, data.user_group) for z in logits]
+    over = metrics.mean_over_runs(runs)
+    worst_group = over.pop("worst_group_accuracy", None)
+    seen = {**over, "n_pairs": runs[0]["n_pairs"], "per_seed": runs}
+    if worst_group is not None:
+        seen["worst_group_accuracy"] = worst_group
+    per_user = np.mean([metrics.per_user_accuracy(z, test.label, test.weight, test.user) for z in logits], axis=0)
+    seen["per_user_histogram"] = per_user_histogram(per_user)
+    return seen
+
+
+def per_user_histogram(per_user: np.ndarray) -> dict:
+    """Distribution of per-user accuracy as a 20-bin histogram on [0, 1]: compact at any number
+    of users; `pluralign report` plots it."""
     counts, edges = np.histogram(per_user, bins=20, range=(0.0, 1.0))
-    seen["per_user_histogram"] = {"edges": edges.tolist(), "counts": counts.tolist()}
+    return {"edges": edges.tolist(), "counts": counts.tolist()}
 
-    # --- unseen users: prior chosen on unseen-val users in each split mode, reported on unseen-test
+
+# --- evaluate unseen users: k-shot, prior chosen on unseen-val, reported on unseen-test ------
+
+
+def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) -> dict:
+    """results.json `unseen`: in each split mode the few-shot prior setting is chosen on
+    unseen-val users (over all k, and for each k), and unseen-test users are scored with the
+    per-k choice; the primary mode (random where measured) gives the headline figures."""
+    ev, split = config.eval, data.split
     adapt = fewshot.make_adapt_and_predict(graphdef, ev.inference_steps, ev.inference_learning_rate, ev.inference)
     common = dict(
-        shots=list(ev.shots), seeds=seeds, draws=ev.draws, min_user_fraction=ev.min_user_fraction,
-        seen_users=jnp.asarray(split.seen), user_group=user_group,
+        shots=list(ev.shots), seeds=list(config.seeds), draws=ev.draws, min_user_fraction=ev.min_user_fraction,
+        seen_users=jnp.asarray(split.seen), user_group=data.user_group,
     )
-    first_model = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], best))
+    first_model = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], params))
     if ev.inference == "bayes":
         warn_if_degenerate_seen_states(first_model, jnp.asarray(split.seen))
     by_mode, strengths, strengths_by_k, val_curves = {}, {}, {}, {}
     for mode in ev.modes:
-        curves = prior_curves(adapt, best, tables, comparisons, split.unseen_val, first_model, ev, mode, common)
+        curves = prior_curves(adapt, params, data.tables, data.comparisons, split.unseen_val, first_model, ev, mode, common)
         strengths[mode] = choose_prior(curves)
         val_curves[mode] = curves[strengths[mode]]
         strengths_by_k[mode] = choose_prior_by_k(curves)
         by_mode[mode] = fewshot.evaluate_unseen(
-            adapt, best, tables, comparisons, split.unseen_test, mode=mode,
+            adapt, params, data.tables, data.comparisons, split.unseen_test, mode=mode,
             prior_strength=strengths_by_k[mode] or strengths[mode], **common
         )
     primary_mode = "random" if "random" in by_mode else next(iter(by_mode))
-    primary, strength = by_mode[primary_mode], strengths[primary_mode]
-    unseen = {
+    primary = by_mode[primary_mode]
+    return {
         "mode": primary_mode,
         "accuracy_at_k": available_accuracy(primary),
         "accuracy_std_at_k": available_accuracy(primary, "accuracy_std"),
         "inference": ev.inference,
-        "prior_strength": strength,
+        "prior_strength": strengths[primary_mode],
         "prior_strength_by_mode": strengths,
         "prior_strength_by_k": strengths_by_k,  # the setting used at each k (chosen on unseen-val at that k)
         "val_accuracy_at_k": available_accuracy(val_curves[primary_mode]),
         "by_mode": by_mode,
     }
 
-    results = {
+
+# --- record ---------------------------------------------------------------------------------
+
+
+def assemble_results(config: RunConfig, data: RunData, seen: dict, unseen: dict, train_summary: dict,
+                     stage1: dict | None, t0: float) -> dict:
+    """The results.json dict."""
+    truth, split, pairs = data.truth, data.split, data.pairs
+    return {
         "status": "complete",
         "model": config.model.name,
-        "dataset": dataset.name,
-        "seeds": seeds,
+        "dataset": data.dataset.name,
+        "seeds": list(config.seeds),
         "seen": seen,
         "unseen": unseen,
         "bayes_optimal_accuracy": truth.get("bayes_optimal_accuracy"),
         "population_optimal_accuracy": truth.get("population_optimal_accuracy"),
         "n_users": {"seen": len(split.seen), "unseen_val": len(split.unseen_val), "unseen_test": len(split.unseen_test)},
         "n_pairs": {"train": len(pairs.train), "val": len(pairs.val), "test": len(pairs.test)},
-        "duplicates": repeats,
+        "duplicates": data.duplicates,
         "train": train_summary,
         **({"stage1": stage1} if stage1 is not None else {}),
         "wall_seconds": time.perf_counter() - t0,
         "config": dataclasses.asdict(config),
         "provenance": provenance(),
     }
-    if not writer:
-        distributed.wait_for_all("pluralign.run: written")  # process 0 writes the model and the results
-        return results
-    log.info("seen accuracy %.4f; unseen-test accuracy at k %s; %.0f s", seen["accuracy"],
-             {k: round(v, 4) for k, v in unseen["accuracy_at_k"].items()}, results["wall_seconds"])
-    # The trained model as one loadable directory (`pluralign.load(run_dir)`); see pluralign.export.
-    # Written before results.json: a complete results.json is the mark of a finished run.
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+def write_artifacts(run_dir: pathlib.Path, config: RunConfig, data: RunData, models: Models, trained: Trained,
+                    prior_strength: float, results: dict) -> None:
+    """The trained model as one loadable directory (`pluralign.load(run_dir)`; see
+    pluralign.export), then results.json: a complete results.json is the mark of a finished run."""
     from pluralign.export.artifact import MODEL_DIR, compute_seen_states, save_model
 
+    ev = config.eval
     save_model(
-        run_dir / MODEL_DIR, model_config=config.model, dims=base.Dims(dim=dataset.dim, n_users=dataset.n_users),
-        params=best, seen_states=compute_seen_states(graphdef, best, tables, dataset.n_users), seeds=seeds,
-        dataset_meta=dataset.meta, seen_users=split.seen, split=split.to_dict(), best_val_loss=state.best_val_loss,
-        prior_strength=strength, inference=ev.inference, inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,
+        run_dir / MODEL_DIR, model_config=config.model, dims=data.dims, params=trained.best_params,
+        seen_states=compute_seen_states(models.graphdef, trained.best_params, data.tables, data.dataset.n_users,
+                                        context=models.context),
+        seeds=list(config.seeds), dataset_meta=data.dataset.meta, seen_users=data.split.seen, split=data.split.to_dict(),
+        best_val_loss=trained.best_val_loss, prior_strength=prior_strength, inference=ev.inference,
+        inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,
         data_config=config.data, meta_options=meta.MetaOptions.of(config.train) if config.train.meta else None,
     )
     rundir.fault_point("after_model")
     write_results(run_dir, results)
-    distributed.wait_for_all("pluralign.run: written")
-    return results
 
 
 def prior_candidates(model: base.PreferenceModel, ev: EvalConfig) -> list[float]:

@@ -31,7 +31,7 @@ from pluralign.evaluate import fewshot
 from pluralign.evaluate.fewshot_chunked import adapt_and_predict_chunked
 from pluralign.models import PALConfig, model_class
 from pluralign.models.base import Dims
-from pluralign.run import make_tables, to_batch
+from pluralign.train.batches import make_tables, padded_batch, to_batch
 from pluralign.train.trainer import Trainer, TrainConfig, init_params
 
 
@@ -61,8 +61,8 @@ def main():
 
     users = split.unseen_test[: args.users]
     episodes = fewshot.make_episodes(ds.comparisons, users, max_shots=args.shots, mode="random", seed=0)
-    support = fewshot._as_batch(ds.comparisons, episodes.support)
-    query = fewshot._as_batch(ds.comparisons, episodes.query)
+    support = padded_batch(ds.comparisons, episodes.pool)
+    query = padded_batch(ds.comparisons, episodes.query)
     adapt = fewshot.make_adapt_and_predict(graphdef, steps=100, learning_rate=0.1)
     seen = jnp.asarray(split.seen)
     call = lambda s, q: adapt(params, tables, s, jnp.int32(args.shots), q, jnp.float32(1.0), seen)

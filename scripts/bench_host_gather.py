@@ -58,11 +58,11 @@ def main():
         rates, finals = {}, {}
         for name, (trainer, tables) in paths.items():
             state = trainer.init_state(jax.tree.map(jnp.copy, params), jax.random.PRNGKey(1)[None])
-            state, _ = trainer._epoch(state, tables, data, jnp.int32(0))  # compile
+            state, _ = trainer.train_epoch(state, tables, data, jnp.int32(0), None)  # compile
             jax.block_until_ready(state)
             t = time.perf_counter()
             for epoch in range(1, args.epochs + 1):
-                state, _ = trainer._epoch(state, tables, data, jnp.int32(epoch))
+                state, _ = trainer.train_epoch(state, tables, data, jnp.int32(epoch), None)
             jax.block_until_ready(state)
             rates[name] = args.epochs * trainer.steps_per_epoch * trainer.batch_size / (time.perf_counter() - t)
             finals[name] = jax.tree.leaves(state.params)

@@ -63,7 +63,7 @@ def main():
         from pluralign.data import read_dataset, split_seen_pairs, split_users
         from pluralign.models import PALA, PALConfig
         from pluralign.models.base import Dims
-        from pluralign.run import make_tables, to_batch
+        from pluralign.train.batches import make_tables, to_batch
         from pluralign.train.trainer import Trainer, TrainConfig, init_params
 
         t = time.perf_counter()

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pluralign.models import BT, BTConfig, PairBatch, PALConfig, Tables
-from pluralign.models.base import Dims
+from pluralign.models.base import Dims, TrainStep
 from pluralign.train.trainer import Trainer, TrainConfig, init_params
 
 
@@ -45,11 +45,11 @@ def _data(n_items: int, dim: int, n_pairs: int, n_users: int = 100, seed: int = 
 
 
 def _timed_epochs(trainer, state, tables, data, epochs):
-    state, _ = trainer._epoch(state, tables, data, jnp.int32(0))  # compile
+    state, _ = trainer.train_epoch(state, tables, data, jnp.int32(0), None)  # compile
     jax.block_until_ready(state)
     t = time.perf_counter()
     for e in range(1, epochs + 1):
-        state, _ = trainer._epoch(state, tables, data, jnp.int32(e))
+        state, _ = trainer.train_epoch(state, tables, data, jnp.int32(e), None)
     jax.block_until_ready(state)
     return time.perf_counter() - t, state
 
@@ -133,7 +133,8 @@ def bench_large(dim=4096, hidden=512, batch_size=1024, epochs=1):
     # XLA's FLOP count of one train step (a scan's body would be counted once, not per step).
     one = jax.tree.map(lambda x: x[0], state)
     batch = jax.tree.map(lambda col: col[:batch_size], data)
-    cost = jax.jit(trainer.train_step).lower(one.params, one.opt_state, tables, batch, one.key).compile().cost_analysis()
+    step = TrainStep(rng=one.key, step=jnp.int32(0), rows=jnp.arange(batch_size, dtype=jnp.int32))
+    cost = jax.jit(trainer.train_step).lower(one.params, one.opt_state, tables, batch, step).compile().cost_analysis()
     flops = (cost[0] if isinstance(cost, list) else cost)["flops"] * trainer.steps_per_epoch
     seconds, _ = _timed_epochs(trainer, state, tables, data, epochs)
     rate = epochs * flops / seconds

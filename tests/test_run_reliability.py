@@ -303,11 +303,11 @@ def test_divergence_after_good_epochs_keeps_their_checkpoint(tmp_path, monkeypat
     config = tiny_config(tmp_path)
     original = trainer_module.Trainer._train_epoch
 
-    def poisoned(self, state, tables, data, epoch):  # the loss becomes NaN from epoch 2 on
-        state, metrics = original(self, state, tables, data, epoch)
+    def poisoned(self, state, tables, data, epoch, context=None):  # the loss becomes NaN from epoch 2 on
+        state, metrics = original(self, state, tables, data, epoch, context)
         nan_if_late = jax.numpy.where(epoch >= 2, jax.numpy.nan, 0.0)
         params = jax.tree.map(lambda x: x + nan_if_late.astype(x.dtype) if x.dtype.kind == "f" else x, state.params)
-        return state.replace(params=params), {**metrics, "loss": metrics["loss"] + nan_if_late}
+        return state.replace(params=params), {**metrics, "objective": metrics["objective"] + nan_if_late}
 
     monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", poisoned)
     with pytest.raises(TrainingDiverged, match="epoch 2.*checkpoint of epoch 1"):

@@ -59,7 +59,7 @@ def make_elicitation_curve(graphdef: nnx.GraphDef, n_questions: int, n_samples: 
     (`active=True`; z sampled from the posterior) or a uniformly random unasked one.
     The pool's labels play the user's answers. pool, query: PairBatch of [U, P] / [U, Q].
     """
-    from pluralign.evaluate.fewshot import _features
+    from pluralign.evaluate.fewshot import user_pair_features
 
     def one_user(model, pool_feats, pool_labels, pool_weights, query_feats, query_labels, query_weights, key, active):
         P, Q = pool_labels.shape[0], query_labels.shape[0]
@@ -91,7 +91,7 @@ def make_elicitation_curve(graphdef: nnx.GraphDef, n_questions: int, n_samples: 
     @functools.partial(jax.jit, static_argnames="active")
     def curve(params, tables, pool, query, rng, active: bool):
         model = nnx.merge(graphdef, params)
-        pool_feats, query_feats = _features(model, tables, pool), _features(model, tables, query)
+        pool_feats, query_feats = user_pair_features(model, tables, pool), user_pair_features(model, tables, query)
         keys = jax.random.split(rng, pool.label.shape[0])
         accs = jax.vmap(lambda *a: one_user(model, *a, active))(
             pool_feats, pool.label, pool.weight, query_feats, query.label, query.weight, keys
@@ -112,7 +112,8 @@ def evaluate_active(
     `n_questions` are left out. Accuracy is pooled over every query pair of the users
     (as the few-shot curves are). `params`: one seed's parameters.
     """
-    from pluralign.evaluate.fewshot import _as_batch, make_episodes
+    from pluralign.evaluate.fewshot import make_episodes
+    from pluralign.train.batches import padded_batch
 
     if pool_size < n_questions:
         raise ValueError(f"active elicitation: pool_size ({pool_size}) must be >= n_questions ({n_questions})")
@@ -120,7 +121,7 @@ def evaluate_active(
     keep = episodes.pool_size >= n_questions
     if not keep.any():
         raise ValueError(f"active elicitation: no user has {n_questions} pool pairs; lower n_questions")
-    pool, query = _as_batch(comparisons, episodes.support[keep]), _as_batch(comparisons, episodes.query[keep])
+    pool, query = padded_batch(comparisons, episodes.pool[keep]), padded_batch(comparisons, episodes.query[keep])
     curve = make_elicitation_curve(graphdef, n_questions, n_samples)
     out = {"questions": list(range(n_questions + 1)), "n_users": int(keep.sum()), "mode": mode}
     for name, active in (("active", True), ("random", False)):

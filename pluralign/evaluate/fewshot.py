@@ -39,6 +39,7 @@ from pluralign.data.format import Comparisons
 from pluralign.data.splits import rows_by_user
 from pluralign.evaluate import metrics
 from pluralign.models import base
+from pluralign.train.batches import padded_batch
 
 
 @dataclasses.dataclass
@@ -91,8 +92,10 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Episodes:
+    """Each user's support pool and query set, as comparison rows."""
+
     users: np.ndarray  # [U]
-    support: np.ndarray  # [U, P] comparison rows, -1 = none; the first k are the k-shot support
+    pool: np.ndarray  # [U, P] the support pool (up to max_shots), -1 = none; its first k rows are the k-shot support
     query: np.ndarray  # [U, Q] comparison rows, -1 = none
     pool_size: np.ndarray  # [U]
 
@@ -121,16 +124,16 @@ def make_episodes(comparisons: Comparisons, users: np.ndarray, *, max_shots: int
     split = random_split if mode == "random" else item_split
     rng = np.random.default_rng(seed)
     order, offsets = rows_by_user(comparisons, users)
-    supports, queries = [], []
+    pools, queries = [], []
     for i in range(len(users)):
         pool, query = split(comparisons, order[offsets[i] : offsets[i + 1]], rng)
-        supports.append(pool[:max_shots])
+        pools.append(pool[:max_shots])
         queries.append(query)
     return Episodes(
         users=np.asarray(users),
-        support=_pad(supports, max_shots),
+        pool=_pad(pools, max_shots),
         query=_pad(queries, max((len(q) for q in queries), default=1)),
-        pool_size=np.array([len(s) for s in supports]),
+        pool_size=np.array([len(p) for p in pools]),
     )
 
 
@@ -141,29 +144,15 @@ def _pad(rows: list[np.ndarray], width: int) -> np.ndarray:
     return out
 
 
-def _as_batch(comparisons: Comparisons, rows: np.ndarray) -> base.PairBatch:
-    """[U, n] rows (−1 = padding) -> a PairBatch of [U, n] arrays with weight 0 on padding."""
-    valid = rows >= 0
-    safe = np.where(valid, rows, 0)
-    return base.PairBatch(
-        user=jnp.asarray(comparisons.user[safe]),
-        prompt=jnp.asarray(comparisons.prompt[safe]),
-        a=jnp.asarray(comparisons.a[safe]),
-        b=jnp.asarray(comparisons.b[safe]),
-        label=jnp.asarray(comparisons.label[safe]),
-        weight=jnp.asarray(np.where(valid, comparisons.weight[safe], 0.0).astype(np.float32)),
-    )
-
-
-def _features(model, tables, batch):
-    """Pair features for a [U, n] batch, computed as one flat [U·n] batch."""
+def user_pair_features(model, tables, batch):
+    """Pair features for a [U, n] batch (n comparisons of each of U users), computed as one flat [U·n] batch."""
     flat = jax.tree.map(lambda x: x.reshape(-1), batch)
     feats = model.pair_features(base.gather(tables, flat))
     return jax.tree.map(lambda f: f.reshape(*batch.label.shape, *f.shape[1:]), feats)
 
 
 def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: float, inference: str = "map"):
-    """Returns a jitted fn: (params, tables, support, n_shots, query, strength, seen_users)
+    """Returns a jitted fn: (params, tables, pool, n_shots, query, strength, seen_users)
     -> (states [U, S], query logits [U, Q]).
 
     `inference="map"`: MAP states under an isotropic prior of precision `strength` around the
@@ -177,23 +166,23 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
         raise ValueError(f"unknown few-shot inference {inference!r}; use 'bayes' or 'map'")
 
     @jax.jit
-    def adapt_and_predict(params, tables, support: base.PairBatch, n_shots, query: base.PairBatch, strength, seen_users):
+    def adapt_and_predict(params, tables, pool: base.PairBatch, n_shots, query: base.PairBatch, strength, seen_users):
         model = nnx.merge(graphdef, params)
-        support_feats = _features(model, tables, support)
+        support_feats = user_pair_features(model, tables, pool)
         # The first n_shots pool pairs are the support; the rest of the pool is masked out.
-        shot_mask = jnp.arange(support.label.shape[1])[None, :] < n_shots
-        query_feats = _features(model, tables, query)
+        shot_mask = jnp.arange(pool.label.shape[1])[None, :] < n_shots
+        query_feats = user_pair_features(model, tables, query)
         q = query.label.shape[1]
         if inference == "bayes" and model.fits_user_state:
             prior = base.empirical_prior(model, seen_users)
             means, covs = base.laplace_posterior(
-                model, support_feats, support.label, support.weight * shot_mask, prior,
+                model, support_feats, pool.label, pool.weight * shot_mask, prior,
                 precision_scale=strength, steps=steps, learning_rate=learning_rate,
             )  # [U, S], [U, S, S]
             logits = jax.vmap(lambda m, c, f: base.predictive_logits(model, m, c, f))(means, covs, query_feats)
             return model.canonical_user_state(means), logits
         states = model.infer_user(
-            support_feats, support.label, support.weight * shot_mask,
+            support_feats, pool.label, pool.weight * shot_mask,
             prior_mean=model.population_user_state(seen_users), prior_strength=strength, steps=steps, learning_rate=learning_rate,
         )  # [U, S]
         logits = jax.vmap(lambda s, f: model.pair_logits(jnp.broadcast_to(s, (q, s.shape[0])), f))(states, query_feats)
@@ -255,10 +244,10 @@ def evaluate_unseen(
     fingerprint = {k: hashlib.sha1() for k in ks}
     for seed_index, ep in episodes:
         seed_params = jax.tree.map(lambda x: x[seed_index], params)
-        support, query = _as_batch(comparisons, ep.support), _as_batch(comparisons, ep.query)
+        pool, query = padded_batch(comparisons, ep.pool), padded_batch(comparisons, ep.query)
         label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
         predict = lambda k, strength: np.asarray(adapt_and_predict(  # noqa: E731
-            seed_params, tables, support, jnp.int32(k), query, jnp.float32(strength), seen_users)[1])
+            seed_params, tables, pool, jnp.int32(k), query, jnp.float32(strength), seen_users)[1])
         zero_shot = None
         for k in ks:
             if not reached(ep, k):
@@ -270,7 +259,7 @@ def evaluate_unseen(
             runs[k].append(metrics.summary(logits.ravel(), label.ravel(), w.ravel(), user.ravel(), user_group))
             sums[k].append(tuple(metrics.per_user_sums(z.ravel(), label.ravel(), w.ravel(), user.ravel(), ids)
                                  for z in (logits, zero_shot)))
-            for rows in (ep.users[eligible(ep, k)], ep.query[eligible(ep, k)], ep.support[eligible(ep, k), :k]):
+            for rows in (ep.users[eligible(ep, k)], ep.query[eligible(ep, k)], ep.pool[eligible(ep, k), :k]):
                 fingerprint[k].update(np.ascontiguousarray(rows, np.int64).tobytes())
     return {
         k: shot_entry(runs[k], sums[k], ids, fingerprint[k].hexdigest(), largest_available=k not in shots)
@@ -311,7 +300,7 @@ def unreached_reason(k: int, episodes: list, eligible, min_user_fraction: float)
 def shot_entry(runs: list[dict], sums: list[tuple[dict, dict]], ids: np.ndarray, fingerprint: str, *,
                largest_available: bool) -> dict:
     """One k's figures from its episodes' metric summaries and per-user sums (see evaluate_unseen)."""
-    acc = np.array([r["accuracy"] for r in runs])
+    over = metrics.mean_over_runs(runs)
     pooled = {name: sum(s[0][name] for s in sums) for name in sums[0][0]}
     pooled_zero = {name: sum(s[1][name] for s in sums) for name in sums[0][1]}
     scored = (pooled["n"] > 0) | (pooled["weight"] > 0)
@@ -319,13 +308,10 @@ def shot_entry(runs: list[dict], sums: list[tuple[dict, dict]], ids: np.ndarray,
     gain_low, gain_high = metrics.bootstrap_ratio_interval(pooled["correct"] - pooled_zero["correct"], pooled["n"])
     n = max(pooled["n"].sum(), 1e-12)
     entry = {
-        "accuracy": float(acc.mean()),
-        "accuracy_std": float(acc.std()) if len(runs) > 1 else None,
+        "accuracy": over["accuracy"],
+        "accuracy_std": over["accuracy_std"] if len(runs) > 1 else None,
         "n_episodes": len(runs),
-        "log_loss": float(np.mean([r["log_loss"] for r in runs])),
-        "ece": float(np.mean([r["ece"] for r in runs])),
-        "per_user_mean": float(np.mean([r["per_user"]["mean"] for r in runs])),
-        "per_user_p10": float(np.mean([r["per_user"]["p10"] for r in runs])),
+        **{name: over[name] for name in ("log_loss", "ece", "per_user_mean", "per_user_p10")},
         "n_users": int(round(np.mean([r["per_user"]["n_users"] for r in runs]))),
         "n_query_pairs": int(round(np.mean([r["n_pairs"] for r in runs]))),
         "n_users_total": len(ids),
@@ -338,6 +324,6 @@ def shot_entry(runs: list[dict], sums: list[tuple[dict, dict]], ids: np.ndarray,
     }
     if largest_available:
         entry["largest_available"] = True
-    if "worst_group_accuracy" in runs[0]:
-        entry["worst_group_accuracy"] = float(np.mean([r["worst_group_accuracy"] for r in runs]))
+    if "worst_group_accuracy" in over:
+        entry["worst_group_accuracy"] = over["worst_group_accuracy"]
     return entry

@@ -126,3 +126,21 @@ def bootstrap_ratio_interval(numerator, denominator, *, n_resamples: int = 1000,
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(ratios, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def mean_over_runs(runs: list[dict]) -> dict:
+    """`summary` results of several runs (training seeds, or seed × draw episodes) in one:
+    the mean of accuracy, log_loss, ece, per_user_mean, per_user_p10 and, with known groups,
+    worst_group_accuracy, and accuracy_std, the spread of accuracy over the runs."""
+    mean = lambda get: float(np.mean([get(r) for r in runs]))  # noqa: E731
+    out = {
+        "accuracy": mean(lambda r: r["accuracy"]),
+        "accuracy_std": float(np.std([r["accuracy"] for r in runs])),
+        "log_loss": mean(lambda r: r["log_loss"]),
+        "ece": mean(lambda r: r["ece"]),
+        "per_user_mean": mean(lambda r: r["per_user"]["mean"]),
+        "per_user_p10": mean(lambda r: r["per_user"]["p10"]),
+    }
+    if "worst_group_accuracy" in runs[0]:
+        out["worst_group_accuracy"] = mean(lambda r: r["worst_group_accuracy"])
+    return out

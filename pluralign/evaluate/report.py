@@ -541,7 +541,7 @@ def plot_training_curves(groups: list[dict], path: pathlib.Path) -> bool:
             steps_per_epoch = r.get("train", {}).get("steps_per_epoch", 1)
             if records:
                 per_run.append({
-                    (rec["epoch"] + 1) * steps_per_epoch: (np.mean(rec["train_loss"]), np.mean(rec["val_loss"]))
+                    (rec["epoch"] + 1) * steps_per_epoch: (np.mean(rec.get("train_bce", rec.get("train_loss"))), np.mean(rec["val_loss"]))
                     for rec in records
                 })
         if per_run:

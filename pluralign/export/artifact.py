@@ -285,11 +285,12 @@ class TrainedModel:
         return PersonalizedReward(self, **options)
 
 
-def compute_seen_states(graphdef: nnx.GraphDef, params: Any, tables: base.Tables, n_users: int) -> np.ndarray:
+def compute_seen_states(graphdef: nnx.GraphDef, params: Any, tables: base.Tables, n_users: int,
+                        context: Any = None) -> np.ndarray:
     """[n_seeds, n_users, S]: every user row's state as the run scores seen users
-    (`model.seen_states`, which reads `tables.context` for VPL), one seed at a time."""
+    (`model.seen_states`; `context` the model's `training_context`, read by VPL), one seed at a time."""
     users = jnp.arange(n_users, dtype=jnp.int32)
-    one = jax.jit(lambda p: nnx.merge(graphdef, p).seen_states(tables, users))
+    one = jax.jit(lambda p: nnx.merge(graphdef, p).seen_states(tables, users, context))
     n_seeds = jax.tree.leaves(params)[0].shape[0]
     return np.stack([np.asarray(one(jax.tree.map(lambda x: x[i], params))) for i in range(n_seeds)])
 

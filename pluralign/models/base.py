@@ -31,12 +31,6 @@ class Tables:
 
     items: jax.Array  # [n_items, D] float16 | float32
     prompts: jax.Array  # [max(n_prompts, 1), D]; a dummy row when the data has no prompts
-    # Only for models with `needs_context` (VPL): the training comparisons grouped by user
-    # (`UserContext`), attached by `pluralign.run`; None for every other model.
-    context: Any = None
-    # The global optimiser step, set by the trainer inside its jitted step (for schedules
-    # inside a model's loss, e.g. VPL's β warm-up); None outside training.
-    step: Any = None
 
 
 @struct.dataclass
@@ -49,9 +43,16 @@ class PairBatch:
     b: jax.Array  # int32 [B]
     label: jax.Array  # float32 [B], P(a ≻ b)
     weight: jax.Array  # float32 [B]; 0 marks padding
-    # int32 [B] row of each comparison in the training set, only where a model needs it
-    # (VPL keeps a query out of its own context); None otherwise.
-    row: Any = None
+
+
+@struct.dataclass
+class TrainStep:
+    """What the trainer knows of one optimiser step besides the batch (`training_loss`)."""
+
+    rng: jax.Array  # this step's key: fold_in(fold_in(seed_key, epoch), step)
+    step: jax.Array  # int32, the global optimiser step (for schedules inside a loss, e.g. VPL's β warm-up)
+    rows: jax.Array  # int32 [B], each comparison's row in the training set
+    context: Any = None  # the model's `training_context`, built once before training; None for most models
 
 
 @struct.dataclass
@@ -67,23 +68,24 @@ class PairEmbeddings:
 @struct.dataclass
 class UserContext:
     """The training comparisons sorted by user (CSR), for models that read a user's other
-    comparisons inside the jitted step (VPL's context sets)."""
+    comparisons inside the jitted step (VPL's context sets, MRM's support sets): such a model's
+    `training_context`."""
 
     pairs: PairBatch  # [N] training comparisons, grouped by user
     offsets: jax.Array  # int32 [n_users + 1]: user u's comparisons are pairs[offsets[u]:offsets[u + 1]]
     position: jax.Array  # int32 [N]: training row i sits at pairs[position[i]]
 
 
-def user_context(train: PairBatch, n_users: int, seed: int = 0) -> UserContext:
+def user_context(train: PairBatch, n_users: int, *, seed: int) -> UserContext:
     """Groups training comparisons by user; within a user the order is a fixed random
-    permutation (seeded), so "a user's first c comparisons" is an unbiased subset."""
+    permutation drawn with `seed`, so "a user's first c comparisons" is an unbiased subset."""
     n = train.label.shape[0]
     shuffled = jax.random.permutation(jax.random.PRNGKey(seed), n)
     order = shuffled[jnp.argsort(train.user[shuffled], stable=True)]  # [N]
     counts = jnp.bincount(train.user, length=n_users)
     offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(counts).astype(jnp.int32)])
     position = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
-    return UserContext(pairs=jax.tree.map(lambda col: col[order], train.replace(row=None)), offsets=offsets, position=position)
+    return UserContext(pairs=jax.tree.map(lambda col: col[order], train), offsets=offsets, position=position)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +116,6 @@ class PreferenceModel(nnx.Module):
     """
 
     user_state_dim: int = 0
-    # True: the model reads users' other training comparisons (`Tables.context`), and
-    # `pluralign.run` attaches them and the training rows (`PairBatch.row`).
-    needs_context: bool = False
     # False: `infer_user` ignores the prior strength (amortised inference, e.g. VPL), so the
     # evaluation does not select one on unseen-val users.
     uses_prior_strength: bool = True
@@ -160,10 +159,11 @@ class PreferenceModel(nnx.Module):
         """[B] user ids -> [B, S] learned states of seen users."""
         return jnp.zeros((users.shape[0], self.user_state_dim), jnp.float32)
 
-    def seen_states(self, tables: Tables, users: jax.Array) -> jax.Array:
-        """[B] seen user ids -> [B, S] states used to score their comparisons. Default: the
-        learned table (`seen_user_state`); VPL encodes each user's training comparisons."""
-        del tables
+    def seen_states(self, tables: Tables, users: jax.Array, context: Any = None) -> jax.Array:
+        """[B] seen user ids -> [B, S] states used to score their comparisons; `context` is the
+        model's `training_context` (None where it has none). Default: the learned table
+        (`seen_user_state`); VPL encodes each user's training comparisons."""
+        del tables, context
         return self.seen_user_state(users)
 
     def population_user_state(self, users: jax.Array | None = None) -> jax.Array:
@@ -194,10 +194,28 @@ class PreferenceModel(nnx.Module):
         state is a direction, normalises it."""
         return user_state
 
+    @classmethod
+    def training_context(cls, train: PairBatch, n_users: int, *, seed: int) -> Any:
+        """What the model reads besides the batch, in its training step (`TrainStep.context`) and
+        when scoring seen users (`seen_states`): built once from the training comparisons `train`
+        (row i = training row i, `TrainStep.rows`); `seed` draws any order it needs. A pytree of
+        device arrays, or None (the default: nothing). VPL and MRM return the comparisons grouped
+        by user (`user_context`), to draw a comparison's context or support set from its user's
+        other training comparisons; such a model needs the embedding tables on the device."""
+        del train, n_users, seed
+        return None
+
     def loss(self, tables: Tables, batch: PairBatch, rng: jax.Array | None) -> tuple[jax.Array, dict]:
-        """Training objective (scalar, metrics). Default: mean preference loss + regularization."""
+        """Training objective on a batch: (scalar, metrics), metrics["loss"] the weighted mean
+        preference cross-entropy (`weighted_metrics`). Default: that loss + regularization."""
         del rng  # deterministic by default
         return mean_preference_loss(self, tables, batch)
+
+    def training_loss(self, tables: Tables, batch: PairBatch, step: TrainStep) -> tuple[jax.Array, dict]:
+        """The objective the trainer minimises in one optimiser step, as `loss`. Default:
+        `loss(tables, batch, step.rng)`; a model that reads its `training_context`, the step
+        counter or the batch's training rows (VPL, MRM) overrides this instead."""
+        return self.loss(tables, batch, step.rng)
 
     def regularization(self) -> jax.Array:
         """Extra training penalty on θ (added to the mean loss)."""
@@ -248,9 +266,10 @@ def logits(model: PreferenceModel, user_state: jax.Array, pair: PairEmbeddings) 
     return model.pair_logits(user_state, model.pair_features(pair))
 
 
-def seen_logits(model: PreferenceModel, tables: Tables, batch: PairBatch) -> jax.Array:
-    """[B] logits for comparisons of seen users, using their learned states."""
-    return logits(model, model.seen_states(tables, batch.user), gather(tables, batch))
+def seen_logits(model: PreferenceModel, tables: Tables, batch: PairBatch, context: Any = None) -> jax.Array:
+    """[B] logits for comparisons of seen users, using their learned states (`seen_states`;
+    `context`: the model's `training_context`)."""
+    return logits(model, model.seen_states(tables, batch.user, context), gather(tables, batch))
 
 
 def loss(model: PreferenceModel, tables: Tables, batch: PairBatch, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:

@@ -31,7 +31,7 @@ Decisions (deviations from the reference code, on purpose):
   N(0, I) itself rather than the heads' bias.
 - User state (S = 2L): [μ; log σ²] packed; scoring uses the posterior mean n(μ).
   Seen users are scored with the posterior from their first `c_max` training
-  comparisons (in a fixed random order, `base.user_context`).
+  comparisons (in a fixed random order, `base.user_context`): the model's `training_context`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ from pluralign.models.base import (
     PairEmbeddings,
     PreferenceModel,
     Tables,
+    TrainStep,
+    UserContext,
     gather,
+    user_context,
     weighted_metrics,
 )
 
@@ -126,7 +129,6 @@ def beta_at(config: VPLConfig | _Settings, step) -> jax.Array:
 
 class VPL(PreferenceModel):
     logit_is_reward_difference = True
-    needs_context = True
     uses_prior_strength = False  # amortised inference: the encoder is the posterior
 
     def __init__(self, config: VPLConfig, dims: Dims, *, rngs: nnx.Rngs):
@@ -224,9 +226,15 @@ class VPL(PreferenceModel):
         # goes through `seen_states`, which encodes the user's training comparisons.
         return jnp.zeros((users.shape[0], self.user_state_dim), jnp.float32)
 
-    def seen_states(self, tables: Tables, users: jax.Array) -> jax.Array:
-        """Posterior of each seen user from their first c_max training comparisons: [B, 2L]."""
-        ctx = tables.context
+    @classmethod
+    def training_context(cls, train, n_users, *, seed):
+        """Each user's training comparisons, in a fixed random order drawn with `seed`."""
+        return user_context(train, n_users, seed=seed)
+
+    def seen_states(self, tables: Tables, users: jax.Array, context: UserContext | None = None) -> jax.Array:
+        """Posterior of each seen user from their first c_max training comparisons (`context`,
+        the `training_context`; without it, the prior): [B, 2L]."""
+        ctx = context
         if ctx is None:
             return self.seen_user_state(users)
         c = self.config.c_max
@@ -234,28 +242,29 @@ class VPL(PreferenceModel):
         slot = jnp.arange(c)[None, :]  # [1, c]
         rows = jnp.minimum(start[:, None] + slot, ctx.pairs.label.shape[0] - 1)  # [B, c]
         mask = slot < count[:, None]
-        return self._context_state(tables, rows, mask)
+        return self._context_state(tables, ctx, rows, mask)
 
-    def _context_state(self, tables: Tables, rows: jax.Array, mask: jax.Array) -> jax.Array:
-        """Rows [B, c] of tables.context.pairs (mask [B, c]) -> posterior [B, 2L]."""
-        context = jax.tree.map(lambda col: col[rows.reshape(-1)], tables.context.pairs)
+    def _context_state(self, tables: Tables, ctx: UserContext, rows: jax.Array, mask: jax.Array) -> jax.Array:
+        """Rows [B, c] of ctx.pairs (mask [B, c]) -> posterior [B, 2L]."""
+        context = jax.tree.map(lambda col: col[rows.reshape(-1)], ctx.pairs)
         feats = jax.tree.map(lambda f: f.reshape(*rows.shape, *f.shape[1:]), self.pair_features(gather(tables, context)))
         weights = jnp.where(mask, context.weight.reshape(rows.shape), 0.0)
         return jnp.concatenate(self.posterior(feats, context.label.reshape(rows.shape), weights), axis=-1)
 
     # --- training
-    def sample_context(self, tables: Tables, batch, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """For each query, rows [B, c_max] of tables.context.pairs and a mask [B, c_max]: a random
-        number in [c_min, c_max] of the same user's OTHER training comparisons, without
-        replacement (from a random window of `context_pool` of them), never the query itself."""
-        ctx, cfg = tables.context, self.config
+    def sample_context(self, ctx: UserContext, batch, rows: jax.Array | None, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """For each query, rows [B, c_max] of ctx.pairs and a mask [B, c_max]: a random number in
+        [c_min, c_max] of the same user's OTHER training comparisons, without replacement (from a
+        random window of `context_pool` of them), never the query itself (`rows`: the queries'
+        training rows; None = not training comparisons, any of the user's may be context)."""
+        cfg = self.config
         size_key, start_key, pick_key = jax.random.split(rng, 3)
         B = batch.label.shape[0]
         start, count = ctx.offsets[batch.user], ctx.offsets[batch.user + 1] - ctx.offsets[batch.user]  # [B]
-        if batch.row is None:  # not a training row: any of the user's comparisons may be context
+        if rows is None:
             own, n_other = jnp.full((B,), -1, jnp.int32), count
         else:
-            own, n_other = ctx.position[batch.row] - start, count - 1
+            own, n_other = ctx.position[rows] - start, count - 1
         size = jnp.minimum(jax.random.randint(size_key, (B,), cfg.c_min, cfg.c_max + 1), n_other)  # [B]
         W = cfg.context_pool
         offset = jax.random.randint(start_key, (B,), 0, jnp.iinfo(jnp.int32).max) % jnp.maximum(n_other, 1)
@@ -270,19 +279,23 @@ class VPL(PreferenceModel):
         return rows, mask
 
     def loss(self, tables: Tables, batch, rng):
-        if tables.context is None:
-            raise ValueError("VPL trains on per-user context sets: pass Tables.context (pluralign.run attaches it)")
-        if rng is None:
-            rng = jax.random.PRNGKey(0)
-        context_key, z_key = jax.random.split(rng)
-        rows, mask = self.sample_context(tables, batch, context_key)
-        mu, logvar = self.split_state(self._context_state(tables, rows, mask))  # [B, L] each
+        raise ValueError("VPL's objective draws each comparison's context set from its user's other training "
+                         "comparisons: call training_loss with a TrainStep carrying VPL.training_context")
+
+    def training_loss(self, tables: Tables, batch, step: TrainStep):
+        """−log σ(Δr) + β(step)·KL, z sampled from the posterior of a context set drawn from the
+        query's user's other training comparisons (`step.context`, `step.rows`)."""
+        if step.context is None:
+            raise ValueError("VPL trains on per-user context sets: pass TrainStep.context = VPL.training_context(...)")
+        context_key, z_key = jax.random.split(step.rng)
+        rows, mask = self.sample_context(step.context, batch, step.rows, context_key)
+        mu, logvar = self.split_state(self._context_state(tables, step.context, rows, mask))  # [B, L] each
         z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(z_key, mu.shape)  # reparameterised
         logits = self.latent_logits(z, self.pair_features(gather(tables, batch)))  # [B]
         metrics = weighted_metrics(logits, batch.label, batch.weight)
         kl = (kl_to_standard_normal(mu, logvar) * batch.weight).sum() / jnp.maximum(batch.weight.sum(), 1e-9)
-        objective = metrics["loss"] + beta_at(self.config, tables.step) * kl
-        return objective, {"loss": objective, "nll": metrics["loss"], "kl": kl, "accuracy": metrics["accuracy"]}
+        objective = metrics["loss"] + beta_at(self.config, step.step) * kl
+        return objective, {"loss": metrics["loss"], "kl": kl, "accuracy": metrics["accuracy"]}
 
     # --- rewards and uncertainty
     def reward(self, user_state, e_x, has_prompt, e_y, reference_y: jax.Array | None = None):

@@ -105,8 +105,8 @@ class HostGatherTrainer(Trainer):
     """`Trainer` whose epochs gather embedding rows on the host (`HostTables`), with prefetch.
 
     Same epoch order, step keys and optimiser as `Trainer`; `fit`, checkpoints, early stopping
-    and logging are inherited. Models that read other comparisons inside the step
-    (`needs_context`, VPL) need the whole table on the device and are refused by `pluralign.run`.
+    and logging are inherited. Models with a `training_context` (VPL, MRM: they read other
+    comparisons inside the step) need the whole table on the device and are refused.
     """
 
     def __init__(self, graphdef, config: TrainConfig, n_train: int, steps_per_dispatch: int = 8):
@@ -115,9 +115,9 @@ class HostGatherTrainer(Trainer):
         self._orders = jax.jit(
             lambda keys, epoch, n: jax.vmap(lambda key: self._epoch_order(key, epoch, n))(keys), static_argnums=2
         )
-        self._chunk = jax.jit(jax.vmap(self._train_chunk, in_axes=(0, 0, 0, 0, None, None)), donate_argnums=0)
-        self._validate_on_device = self._validate
-        self._epoch, self._validate = self._host_epoch, self._host_validate
+        self._chunk = jax.jit(jax.vmap(self._train_chunk, in_axes=(0, 0, 0, 0, 0, None, None)), donate_argnums=0)
+        self._validate_on_device = self.validate
+        self.train_epoch, self.validate = self._host_epoch, self._host_validate
         self._val_cache: tuple | None = None
 
     def _epoch_order(self, key, epoch, n: int):
@@ -126,21 +126,23 @@ class HostGatherTrainer(Trainer):
         order = jax.random.permutation(order_key, n)
         return order[: self.steps_per_epoch * self.batch_size].reshape(self.steps_per_epoch, self.batch_size)
 
-    def _train_chunk(self, state, items, prompts, batch: base.PairBatch, epoch, first_step):
-        """Steps first_step.. of one seed on host-gathered tables (mirrors `Trainer._train_epoch`)."""
+    def _train_chunk(self, state, items, prompts, batch: base.PairBatch, rows, epoch, first_step):
+        """Steps first_step.. of one seed on host-gathered tables (mirrors `Trainer._train_epoch`);
+        rows: [K, B] the steps' training rows."""
         _, step_key = jax.random.split(jax.random.fold_in(state.key, epoch))
 
         def step(carry, xs):
-            step_items, step_prompts, step_batch, step_index = xs
+            step_items, step_prompts, step_batch, step_rows, step_index = xs
             if self.mesh is not None:
                 step_batch = jax.lax.with_sharding_constraint(step_batch, NamedSharding(self.mesh, PartitionSpec("data")))
-            rng = jax.random.fold_in(step_key, step_index)
-            tables = base.Tables(items=step_items, prompts=step_prompts, step=epoch * self.steps_per_epoch + step_index)
-            params, opt_state, metrics = self.train_step(*carry, tables, step_batch, rng)
+            tables = base.Tables(items=step_items, prompts=step_prompts)
+            this_step = base.TrainStep(rng=jax.random.fold_in(step_key, step_index),
+                                       step=epoch * self.steps_per_epoch + step_index, rows=step_rows)
+            params, opt_state, metrics = self.train_step(*carry, tables, step_batch, this_step)
             return (params, opt_state), metrics
 
         steps = first_step + jnp.arange(items.shape[0])
-        (params, opt_state), metrics = jax.lax.scan(step, (state.params, state.opt_state), (items, prompts, batch, steps))
+        (params, opt_state), metrics = jax.lax.scan(step, (state.params, state.opt_state), (items, prompts, batch, rows, steps))
         return state.replace(params=params, opt_state=opt_state), metrics
 
     def _gather_chunk(self, tables: HostTables, cols: dict, orders: np.ndarray, steps: range):
@@ -148,14 +150,15 @@ class HostGatherTrainer(Trainer):
         idx = orders[:, steps.start:steps.stop]  # [S, K, B]
         batch = {name: col[idx] for name, col in cols.items()}
         items, prompts, batch = step_rows(tables, batch)
-        xs = (items, prompts, base.PairBatch(**batch))
+        xs = (items, prompts, base.PairBatch(**batch), idx.astype(np.int32))
         return distributed.replicate(xs, self.mesh) if self.mesh is not None else jax.device_put(xs)
 
-    def _host_epoch(self, state, tables: HostTables, data: base.PairBatch, epoch):
+    def _host_epoch(self, state, tables: HostTables, data: base.PairBatch, epoch, context=None):
         if not isinstance(tables, HostTables):
             raise TypeError("HostGatherTrainer trains on HostTables; use Trainer for tables on the device")
-        if data.row is not None:
-            raise ValueError("host-gathered tables do not support models that read training rows (needs_context)")
+        if context is not None:
+            raise ValueError("host-gathered tables do not support models with a training_context (VPL, MRM): "
+                             "they read other comparisons' embeddings inside the step")
         cols = {f: np.asarray(getattr(data, f)) for f in ("user", "prompt", "a", "b", "label", "weight")}
         orders = np.asarray(self._orders(state.key, epoch, len(cols["label"])))  # [S, steps, B]
         K = self.steps_per_dispatch
@@ -172,11 +175,11 @@ class HostGatherTrainer(Trainer):
         per_step = jax.tree.map(lambda *m: jnp.concatenate(m, axis=1), *metrics)  # [S, steps]
         return state, jax.tree.map(lambda m: m.mean(axis=1), per_step)
 
-    def _host_validate(self, state, tables: HostTables, data: base.PairBatch, epoch):
+    def _host_validate(self, state, tables: HostTables, data: base.PairBatch, epoch, context=None):
         if self._val_cache is None or self._val_cache[0] is not data:  # restricted once per fit
             self._val_cache = (data, *distributed.replicate(restrict_batch(tables, data), self.mesh))
         _, val_tables, val_data = self._val_cache
-        return self._validate_on_device(state, val_tables, val_data, epoch)
+        return self._validate_on_device(state, val_tables, val_data, epoch, context)
 
 
 def make_trainer(graphdef, config: TrainConfig, n_train: int, tables) -> Trainer:

@@ -13,8 +13,8 @@ model that is the same model plus φ₀, trained on
     ω_u = 1 + σ((L_u − q_{1−ρ}) / s)   (stop-gradient)
 
 where C_i are `meta_support_size` other training comparisons of query i's user (drawn with
-replacement, never the query itself; the VPL context machinery: `Tables.context`,
-`PairBatch.row`), L_u the mean adapted query loss of user u in the batch, q_{1−ρ} its
+replacement, never the query itself; VPL's machinery: the `training_context`
+`base.user_context` and the batch's training rows `TrainStep.rows`), L_u the mean adapted query loss of user u in the batch, q_{1−ρ} its
 (1 − `robust_ratio`) quantile over the batch's users and s = `robust_smoothing`: users above
 the quantile (the hardest ρ) get up to twice the weight, smoothly; ρ = 0 switches RPO off.
 The gradient flows through the inner loop (second order, S is small). Few-shot inference
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pluralign.models.base import Dims, PreferenceModel, Tables, gather, preference_loss
+from pluralign.models.base import Dims, PreferenceModel, Tables, TrainStep, UserContext, gather, preference_loss, user_context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +64,11 @@ def robust_weights(user_loss: jax.Array, present: jax.Array, ratio: float, smoot
     return jax.lax.stop_gradient(1.0 + jax.nn.sigmoid((user_loss - threshold) / smoothing))
 
 
-def support_rows(tables: Tables, batch, size: int, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """For each query, `size` rows of `tables.context.pairs` drawn with replacement from the same
-    user's other training comparisons, and a mask [B, size] (False where the user has none)."""
-    ctx = tables.context
+def support_rows(ctx: UserContext, batch, rows: jax.Array, size: int, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """For each query (training rows `rows` [B]), `size` rows of `ctx.pairs` drawn with replacement
+    from the same user's other training comparisons, and a mask [B, size] (False where the user has none)."""
     start, count = ctx.offsets[batch.user], ctx.offsets[batch.user + 1] - ctx.offsets[batch.user]  # [B]
-    own = ctx.position[batch.row] - start  # [B] the query's own slot
+    own = ctx.position[rows] - start  # [B] the query's own slot
     n_other = count - 1
     draw = jax.random.randint(rng, (batch.user.shape[0], size), 0, jnp.iinfo(jnp.int32).max) % jnp.maximum(n_other, 1)[:, None]
     within = draw + (draw >= own[:, None])  # skip the query's own slot
@@ -82,7 +81,6 @@ class MetaLearned(PreferenceModel):
 
     inner_class: type = PreferenceModel
     options: MetaOptions = MetaOptions()
-    needs_context = True  # the inner loop reads each user's other training comparisons
 
     def __init__(self, config, dims: Dims, *, rngs: nnx.Rngs):
         self.inner = self.inner_class(config, dims, rngs=rngs)
@@ -112,8 +110,8 @@ class MetaLearned(PreferenceModel):
     def seen_user_state(self, users):
         return self.inner.seen_user_state(users)
 
-    def seen_states(self, tables, users):
-        return self.inner.seen_states(tables, users)
+    def seen_states(self, tables, users, context=None):
+        return self.inner.seen_states(tables, users)  # `context` is MRM's own (support sets), not the inner model's
 
     def canonical_user_state(self, user_state):
         return self.inner.canonical_user_state(user_state)
@@ -147,13 +145,21 @@ class MetaLearned(PreferenceModel):
             phi = phi - self.options.inner_learning_rate * jax.grad(support_loss)(phi)
         return phi
 
+    @classmethod
+    def training_context(cls, train, n_users, *, seed):
+        """Each user's training comparisons, to draw the inner loop's support sets from."""
+        return user_context(train, n_users, seed=seed)
+
     def loss(self, tables: Tables, batch, rng):
-        if tables.context is None or batch.row is None:
-            raise ValueError("train.meta draws support sets from users' training comparisons: pluralign.run attaches them")
-        base_loss, metrics = self.inner.loss(tables, batch, rng)
-        rng = jax.random.PRNGKey(0) if rng is None else rng
-        rows, mask = support_rows(tables, batch, self.options.support_size, jax.random.fold_in(rng, 17))
-        support = jax.tree.map(lambda col: col[rows.reshape(-1)], tables.context.pairs)
+        return self.inner.loss(tables, batch, rng)  # the meta term needs the training step: `training_loss`
+
+    def training_loss(self, tables: Tables, batch, step: TrainStep):
+        if step.context is None:
+            raise ValueError("train.meta draws support sets from users' training comparisons: pass "
+                             "TrainStep.context = training_context(...)")
+        base_loss, metrics = self.inner.loss(tables, batch, step.rng)
+        rows, mask = support_rows(step.context, batch, step.rows, self.options.support_size, jax.random.fold_in(step.rng, 17))
+        support = jax.tree.map(lambda col: col[rows.reshape(-1)], step.context.pairs)
         feats = self.inner.pair_features(gather(tables, support))
         feats = jax.tree.map(lambda f: f.reshape(*rows.shape, *f.shape[1:]), feats)  # [B, C, ...]
         weights = jnp.where(mask, support.weight.reshape(rows.shape), 0.0)

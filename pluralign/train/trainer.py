@@ -169,15 +169,18 @@ def predict_in_chunks(fn: Callable, data: base.PairBatch, chunk: int) -> Any:
     return jax.tree.map(lambda x: x.reshape(n_chunks * chunk, *x.shape[2:])[:n], out)
 
 
-def predict_seen(graphdef, params, tables: base.Tables, data: base.PairBatch, chunk: int = 8192) -> jax.Array:
-    """[N] logits of seen-user comparisons under one seed's parameters, in bounded memory."""
+def predict_seen(graphdef, params, tables: base.Tables, data: base.PairBatch, chunk: int = 8192, *,
+                 context: Any = None) -> jax.Array:
+    """[N] logits of seen-user comparisons under one seed's parameters, in bounded memory
+    (`context`: the model's `training_context`)."""
     model = nnx.merge(graphdef, params)
-    return predict_in_chunks(lambda batch: base.seen_logits(model, tables, batch), data, chunk)
+    return predict_in_chunks(lambda batch: base.seen_logits(model, tables, batch, context), data, chunk)
 
 
-def evaluate_seen(graphdef, params, tables: base.Tables, data: base.PairBatch, chunk: int = 8192) -> dict:
+def evaluate_seen(graphdef, params, tables: base.Tables, data: base.PairBatch, chunk: int = 8192, *,
+                  context: Any = None) -> dict:
     """Weighted log-loss and accuracy of seen-user comparisons under one seed's parameters."""
-    return base.weighted_metrics(predict_seen(graphdef, params, tables, data, chunk), data.label, data.weight)
+    return base.weighted_metrics(predict_seen(graphdef, params, tables, data, chunk, context=context), data.label, data.weight)
 
 
 class Trainer:
@@ -194,8 +197,10 @@ class Trainer:
         self.steps_per_epoch = max(1, n_train // self.batch_size)
         self.tx = make_optimizer(config, config.max_epochs * self.steps_per_epoch)
         self.schedule = make_schedule(config, config.max_epochs * self.steps_per_epoch)  # logged with the metrics
-        self._epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, None, None, None)), donate_argnums=0)
-        self._validate = jax.jit(jax.vmap(self._validate_one, in_axes=(0, None, None, None)))
+        # (state, tables, data, epoch, context) -> (state, metrics [n_seeds]): one dispatch each;
+        # `context` is the model's `training_context` (None for most models).
+        self.train_epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, None, None, None, None)), donate_argnums=0)
+        self.validate = jax.jit(jax.vmap(self._validate_one, in_axes=(0, None, None, None, None)))
 
     def init_state(self, params, keys: jax.Array) -> TrainState:
         """params: seed-stacked model state; keys: raw [n_seeds, 2] keys."""
@@ -210,17 +215,19 @@ class Trainer:
             bad_evals=jnp.zeros((n_seeds,), jnp.int32),
         )
 
-    def _loss(self, params, tables, batch, rng):
-        return base.loss(nnx.merge(self.graphdef, params), tables, batch, rng)
+    def _loss(self, params, tables, batch, step: base.TrainStep):
+        return nnx.merge(self.graphdef, params).training_loss(tables, batch, step)
 
-    def train_step(self, params, opt_state, tables: base.Tables, batch: base.PairBatch, rng: jax.Array):
-        """One optimiser step on one batch of one seed: (params, opt_state, metrics)."""
-        (_, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, tables, batch, rng)
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}  # before clipping
+    def train_step(self, params, opt_state, tables: base.Tables, batch: base.PairBatch, step: base.TrainStep):
+        """One optimiser step on one batch of one seed: (params, opt_state, metrics), metrics
+        "objective" (what the optimiser minimised), "loss" (its preference cross-entropy part,
+        as the model reports it), "grad_norm" and the model's own."""
+        (objective, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, tables, batch, step)
+        metrics = {**metrics, "objective": objective, "grad_norm": optax.global_norm(grads)}  # norm before clipping
         updates, opt_state = self.tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
 
-    def _train_epoch(self, state: TrainState, tables: base.Tables, data: base.PairBatch, epoch):
+    def _train_epoch(self, state: TrainState, tables: base.Tables, data: base.PairBatch, epoch, context=None):
         n = data.label.shape[0]
         order_key, step_key = jax.random.split(jax.random.fold_in(state.key, epoch))
         order = jax.random.permutation(order_key, n)
@@ -231,17 +238,19 @@ class Trainer:
             batch = jax.tree.map(lambda col: col[idx], data)
             if self.mesh is not None:
                 batch = jax.lax.with_sharding_constraint(batch, NamedSharding(self.mesh, PartitionSpec("data")))
-            rng = jax.random.fold_in(step_key, step_index)  # this step's key, for models that sample
-            step_tables = tables.replace(step=epoch * self.steps_per_epoch + step_index)  # for in-loss schedules
-            params, opt_state, metrics = self.train_step(*carry, step_tables, batch, rng)
+            this_step = base.TrainStep(
+                rng=jax.random.fold_in(step_key, step_index),  # this step's key, for models that sample
+                step=epoch * self.steps_per_epoch + step_index, rows=idx, context=context,
+            )
+            params, opt_state, metrics = self.train_step(*carry, tables, batch, this_step)
             return (params, opt_state), metrics
 
         steps = jnp.arange(self.steps_per_epoch)
         (params, opt_state), metrics = jax.lax.scan(step, (state.params, state.opt_state), (order, steps))
         return state.replace(params=params, opt_state=opt_state), jax.tree.map(jnp.mean, metrics)
 
-    def _validate_one(self, state: TrainState, tables, data, epoch):
-        metrics = evaluate_seen(self.graphdef, state.params, tables, data)
+    def _validate_one(self, state: TrainState, tables, data, epoch, context=None):
+        metrics = evaluate_seen(self.graphdef, state.params, tables, data, context=context)
         stopped = self.stopped(state, epoch - self.config.eval_every)  # as it stood at the previous validation
         improved = (metrics["loss"] < state.best_val_loss - 1e-6) & ~stopped
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(improved, n, o), new, old)
@@ -267,11 +276,13 @@ class Trainer:
         run_dir: pathlib.Path | None = None,
         on_epoch_end: Callable[[int], None] | None = None,
         hparams: dict | None = None,
+        context: Any = None,
     ) -> tuple[TrainState, dict]:
-        """Trains until every seed has stopped or max_epochs; resumes from run_dir/checkpoints."""
+        """Trains until every seed has stopped or max_epochs; resumes from run_dir/checkpoints.
+        `context`: the model's `training_context` of `train` (None for most models)."""
         cfg = self.config
         # With several processes the jitted programs take only global arrays over the mesh.
-        state, tables, train, val = distributed.replicate((state, tables, train, val), self.mesh)
+        state, tables, train, val, context = distributed.replicate((state, tables, train, val, context), self.mesh)
         primary = distributed.is_primary()  # only process 0 writes the metrics log
         with contextlib.ExitStack() as stack:
             if cfg.matmul_precision != "default":  # traced into the compiled steps
@@ -290,11 +301,11 @@ class Trainer:
             t0 = time.perf_counter()
             epoch = start_epoch - 1
             for epoch in range(start_epoch, start_epoch if done else cfg.max_epochs):
-                state, train_metrics = self._epoch(state, tables, train, jnp.int32(epoch))
+                state, train_metrics = self.train_epoch(state, tables, train, jnp.int32(epoch), context)
                 progress.advance(task)
                 if (epoch + 1) % cfg.eval_every and epoch + 1 < cfg.max_epochs:
                     continue
-                state, val_metrics = self._validate(state, tables, val, jnp.int32(epoch))
+                state, val_metrics = self.validate(state, tables, val, jnp.int32(epoch), context)
                 # Before the checkpoint: a diverged state must never replace the last good one.
                 check_finite(epoch, train_metrics, val_metrics, manager.latest_step() if manager else None)
                 all_stopped = bool(jnp.all(self.stopped(state, epoch)))
@@ -302,7 +313,10 @@ class Trainer:
                 record = {
                     "epoch": epoch,
                     "step": step,
-                    "train_loss": np.asarray(train_metrics["loss"]).tolist(),
+                    # the objective minimised, and its preference cross-entropy (the quantity of val_loss);
+                    # they differ where a model's objective has more terms (VPL's KL, DPA's, MRM's)
+                    "train_objective": np.asarray(train_metrics["objective"]).tolist(),
+                    "train_bce": np.asarray(train_metrics["loss"]).tolist(),
                     "val_loss": np.asarray(val_metrics["loss"]).tolist(),
                     "val_accuracy": np.asarray(val_metrics["accuracy"]).tolist(),
                     "learning_rate": float(self.schedule(step - 1)),  # at the epoch's last step
@@ -311,8 +325,9 @@ class Trainer:
                 }
                 progress.update(task, description=f"train val_acc={np.mean(record['val_accuracy']):.3f}")
                 logger.info(
-                    "epoch %d (step %d): train_loss %.4f val_loss %.4f val_accuracy %.4f lr %.3g grad_norm %.3g",
-                    epoch, step, *(np.mean(record[k]) for k in ("train_loss", "val_loss", "val_accuracy", "learning_rate", "grad_norm")),
+                    "epoch %d (step %d): train_objective %.4f train_bce %.4f val_loss %.4f val_accuracy %.4f lr %.3g grad_norm %.3g",
+                    epoch, step, *(np.mean(record[k]) for k in
+                                   ("train_objective", "train_bce", "val_loss", "val_accuracy", "learning_rate", "grad_norm")),
                 )
                 if log is not None:
                     log.write(json.dumps(record) + "\n")
@@ -343,7 +358,7 @@ class TrainingDiverged(FloatingPointError):
 
 def check_finite(epoch: int, train_metrics: dict, val_metrics: dict, last_good_epoch: int | None) -> None:
     """Stops a run whose loss is no longer finite, naming the seeds, the epoch and what was kept."""
-    train_loss, val_loss = np.asarray(train_metrics["loss"]), np.asarray(val_metrics["loss"])
+    train_loss, val_loss = np.asarray(train_metrics["objective"]), np.asarray(val_metrics["loss"])
     bad = ~(np.isfinite(train_loss) & np.isfinite(val_loss))
     if bad.any():
         kept = (f"the checkpoint of epoch {last_good_epoch}, the last good one, is kept" if last_good_epoch is not None

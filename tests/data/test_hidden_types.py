@@ -59,7 +59,7 @@ def test_the_k_shot_ceiling_rises_to_the_known_type_accuracy():
 
     ds = make_hidden_types(HiddenTypesConfig(n_types=4, **SMALL))
     episodes = make_episodes(ds.comparisons, np.arange(ds.n_users), max_shots=15, mode="random", seed=0)
-    ceiling = {k: type_posterior_accuracy(ds.meta["truth"], ds.comparisons, episodes.support[:, :k], episodes.query)
+    ceiling = {k: type_posterior_accuracy(ds.meta["truth"], ds.comparisons, episodes.pool[:, :k], episodes.query)
                for k in (0, 2, 15)}
     truth = ds.meta["truth"]
     assert abs(ceiling[0] - truth["population_optimal_accuracy"]) < 0.05  # no answers: the best single reward

@@ -51,7 +51,7 @@ def test_active_elicitation_beats_random_on_hidden_types(vpl_two_types, tmp_path
     from pluralign.evaluate.active import evaluate_active, save_active_report
     from pluralign.models import base
     from pluralign.models.vpl import VPL
-    from pluralign.run import make_tables
+    from pluralign.train.batches import make_tables
     from pluralign.train.trainer import Trainer, init_params, restore_checkpoint
 
     config, results = vpl_two_types["config"], vpl_two_types["results"]

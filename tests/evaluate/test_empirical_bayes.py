@@ -15,7 +15,8 @@ from pluralign.evaluate import fewshot
 from pluralign.evaluate.fewshot import make_episodes
 from pluralign.models import PALA, Dims, PairEmbeddings, PALConfig, base
 from pluralign.models.lore import LoRe, LoReConfig
-from pluralign.run import make_tables, warn_if_degenerate_seen_states
+from pluralign.run import warn_if_degenerate_seen_states
+from pluralign.train.batches import make_tables, padded_batch
 
 D, RANK = 8, 3
 
@@ -128,7 +129,7 @@ def test_bayes_adaptation_at_zero_shots_is_the_population_model(tiny_dataset):
     tables = make_tables(tiny_dataset)
     c = tiny_dataset.comparisons
     ep = make_episodes(c, np.arange(6), max_shots=10, mode="random", seed=0)
-    support_batch, query = fewshot._as_batch(c, ep.support), fewshot._as_batch(c, ep.query)
+    support_batch, query = padded_batch(c, ep.pool), padded_batch(c, ep.query)
     adapt = fewshot.make_adapt_and_predict(graphdef, steps=30, learning_rate=0.1, inference="bayes")
     seen = jnp.arange(10, 60)
     states, logits = adapt(params, tables, support_batch, jnp.int32(0), query, jnp.float32(1.0), seen)
@@ -177,11 +178,11 @@ def test_exported_reward_infers_new_users_as_the_bayes_evaluation(tmp_path, tiny
     c = data.comparisons
     ep = make_episodes(c, users, max_shots=6, mode="random", seed=1)
     adapt = fewshot.make_adapt_and_predict(graphdef, 20, 0.1, inference="bayes")
-    states, _ = adapt(params, tables, fewshot._as_batch(c, ep.support), jnp.int32(6), fewshot._as_batch(c, ep.query),
+    states, _ = adapt(params, tables, padded_batch(c, ep.pool), jnp.int32(6), padded_batch(c, ep.query),
                       jnp.float32(0.5), jnp.asarray(split.seen))
     items = np.asarray(data.items, np.float32)
     for u in range(len(users)):
-        rows = ep.support[u, :6]
+        rows = ep.pool[u, :6]
         sub = c.take(rows[rows >= 0])
         support_u = Support(e_a=items[sub.a], e_b=items[sub.b], label=sub.label)
         # Same computation on differently padded buffers (capacity 8 vs 6 pool slots): float32 noise only.

@@ -16,7 +16,8 @@ from pluralign.evaluate import fewshot
 from pluralign.evaluate.fewshot import EvalConfig, make_episodes
 from pluralign.models import BT, PALA, BTConfig, Dims, PairEmbeddings, PALConfig
 from pluralign.models.base import fit_user_states
-from pluralign.run import RunConfig, make_tables, run
+from pluralign.run import RunConfig, run
+from pluralign.train.batches import make_tables, padded_batch
 from pluralign.train.trainer import TrainConfig
 
 D = 16
@@ -36,7 +37,7 @@ def test_support_and_query_are_disjoint_rows_of_that_user(tiny_dataset, users, m
     c = tiny_dataset.comparisons
     ep = make_episodes(c, users, max_shots=50, mode=mode, seed=0)
     np.testing.assert_array_equal(ep.users, users)
-    for u, support, query in zip(users, rows_of(ep.support), rows_of(ep.query)):
+    for u, support, query in zip(users, rows_of(ep.pool), rows_of(ep.query)):
         assert len(query) > 0
         assert np.intersect1d(support, query).size == 0
         assert len(np.unique(support)) == len(support) and len(np.unique(query)) == len(query)
@@ -49,7 +50,7 @@ def test_query_is_the_same_for_every_k_and_supports_are_nested(tiny_dataset, use
     small = make_episodes(c, users, max_shots=5, mode=mode, seed=3)
     large = make_episodes(c, users, max_shots=20, mode=mode, seed=3)
     np.testing.assert_array_equal(small.query, large.query)
-    np.testing.assert_array_equal(small.support, large.support[:, :5])
+    np.testing.assert_array_equal(small.pool, large.pool[:, :5])
     other = make_episodes(c, users, max_shots=20, mode=mode, seed=4)
     assert not np.array_equal(other.query, large.query)
 
@@ -57,7 +58,7 @@ def test_query_is_the_same_for_every_k_and_supports_are_nested(tiny_dataset, use
 def shared_items(c, ep):
     return [
         np.intersect1d(np.union1d(c.a[s], c.b[s]), np.union1d(c.a[q], c.b[q])).size
-        for s, q in zip(rows_of(ep.support), rows_of(ep.query))
+        for s, q in zip(rows_of(ep.pool), rows_of(ep.query))
     ]
 
 
@@ -100,7 +101,7 @@ def test_item_split_on_dense_ratings_and_on_choice_data(data):
             np.testing.assert_array_equal(n_query, 15)
         else:  # 16 pairs of 32 items: about a quarter land in each half
             assert ep.pool_size.mean() > 2 and n_query.mean() > 2
-        for u, s, q in zip(users, rows_of(ep.support), rows_of(ep.query)):
+        for u, s, q in zip(users, rows_of(ep.pool), rows_of(ep.query)):
             assert np.all(c.user[s] == u) and np.all(c.user[q] == u)
     if data == "dense":  # the random mode on the same data shares nearly every item
         assert min(shared_items(c, make_episodes(c, users, max_shots=50, mode="random", seed=0))) > 0
@@ -116,7 +117,7 @@ def test_no_copy_of_a_query_comparison_is_in_the_pool():
     c = Comparisons.from_arrays(user, a, b, np.ones(40))
     for seed in range(5):
         ep = make_episodes(c, np.array([0]), max_shots=40, mode="random", seed=seed)
-        s, q = rows_of(ep.support)[0], rows_of(ep.query)[0]
+        s, q = rows_of(ep.pool)[0], rows_of(ep.query)[0]
         pair = lambda r: {frozenset((int(x), int(y))) for x, y in zip(c.a[r], c.b[r])}  # noqa: E731
         assert not pair(s) & pair(q) and len(q) == 20 and len(s) < 20
 
@@ -131,9 +132,9 @@ def test_pool_sizes():
     expected_query = [max(1, (n + 1) // 2) for n in counts]
     expected_pool = [min(10, n - q) for n, q in zip(counts, expected_query)]
     np.testing.assert_array_equal(ep.pool_size, expected_pool)
-    np.testing.assert_array_equal((ep.support >= 0).sum(axis=1), expected_pool)
+    np.testing.assert_array_equal((ep.pool >= 0).sum(axis=1), expected_pool)
     np.testing.assert_array_equal((ep.query >= 0).sum(axis=1), expected_query)
-    assert ep.support.shape == (4, 10)
+    assert ep.pool.shape == (4, 10)
     with pytest.raises(ValueError):
         make_episodes(c, np.arange(4), max_shots=10, mode="bogus", seed=0)
 
@@ -220,7 +221,7 @@ def test_adapt_and_predict_uses_only_the_first_k_shots(tiny_dataset):
     tables = make_tables(tiny_dataset)
     c = tiny_dataset.comparisons
     ep = make_episodes(c, np.arange(6), max_shots=10, mode="random", seed=0)
-    support, query = fewshot._as_batch(c, ep.support), fewshot._as_batch(c, ep.query)
+    support, query = padded_batch(c, ep.pool), padded_batch(c, ep.query)
     adapt = fewshot.make_adapt_and_predict(graphdef, steps=50, learning_rate=0.1)
 
     seen_users = jnp.arange(10, 60)  # the prior mean averages these users' states only

@@ -9,7 +9,7 @@ import numpy as np
 from pluralign.evaluate import fewshot
 from pluralign.evaluate.fewshot_chunked import adapt_and_predict_chunked
 from pluralign.models import Dims, PairBatch, PALConfig, model_class
-from pluralign.run import make_tables
+from pluralign.train.batches import make_tables
 from pluralign.train.trainer import init_params
 
 
@@ -25,7 +25,7 @@ def test_chunked_inference_matches_one_call(tiny_dataset):
         cols = {f: jnp.asarray(getattr(c, f)[safe]) for f in ("user", "prompt", "a", "b", "label")}
         return PairBatch(**cols, weight=jnp.asarray(np.where(r >= 0, c.weight[safe], 0.0), jnp.float32))
 
-    support, query = rows(episodes.support), rows(episodes.query)
+    support, query = rows(episodes.pool), rows(episodes.query)
     adapt = fewshot.make_adapt_and_predict(graphdef, steps=20, learning_rate=0.1)
     tables, seen = make_tables(ds), jnp.arange(20, ds.n_users)
     states, logits = adapt(params, tables, support, jnp.int32(5), query, jnp.float32(1.0), seen)

@@ -23,7 +23,7 @@ from pluralign.export import OnlineUser, Support, UserState, export_user_embeddi
 from pluralign.export.artifact import compute_seen_states
 from pluralign.config import model_config
 from pluralign.models import REGISTRY, base
-from pluralign.run import make_tables, to_batch
+from pluralign.train.batches import make_tables, padded_batch, to_batch
 from pluralign.train.trainer import predict_seen
 
 SEEDS = [3, 7]
@@ -52,12 +52,11 @@ def bundle(name: str, root: str):
     if hasattr(cls, "prepare_params"):
         train_items = np.unique(np.concatenate([data.comparisons.a[pairs.train], data.comparisons.b[pairs.train]]))
         params, _ = cls.prepare_params(config, data, train_items, params)
-    if cls.needs_context:
-        tables = tables.replace(context=base.user_context(train.replace(row=None), data.n_users, seed=0))
+    context = cls.training_context(train, data.n_users, seed=0)
     path = pathlib.Path(root) / name / "model"
     save_model(
         path, model_config=config, dims=base.Dims(dim=data.dim, n_users=data.n_users), params=params,
-        seen_states=compute_seen_states(graphdef, params, tables, data.n_users), seeds=SEEDS, dataset_meta=data.meta,
+        seen_states=compute_seen_states(graphdef, params, tables, data.n_users, context=context), seeds=SEEDS, dataset_meta=data.meta,
         seen_users=split.seen, split=split.to_dict(), best_val_loss=np.array([0.7, 0.6]), prior_strength=3.0,
         inference_steps=STEPS, inference_learning_rate=0.1,
     )
@@ -94,12 +93,12 @@ def test_fewshot_inference_is_the_evaluation_protocol(setup):
     users = split.unseen_test[:4]
     episodes = fewshot.make_episodes(data.comparisons, users, max_shots=6, mode="random", seed=1)
     adapt = fewshot.make_adapt_and_predict(trained.graphdef, STEPS, 0.1)
-    support, query = fewshot._as_batch(data.comparisons, episodes.support), fewshot._as_batch(data.comparisons, episodes.query)
+    support, query = padded_batch(data.comparisons, episodes.pool), padded_batch(data.comparisons, episodes.query)
     k = 5
     states, _ = adapt(trained.params, setup["tables"], support, jnp.int32(k), query, jnp.float32(3.0), jnp.asarray(split.seen))
     items = np.asarray(data.items, np.float32)
     for u in range(len(users)):
-        rows = episodes.support[u, :k]
+        rows = episodes.pool[u, :k]
         rows = rows[rows >= 0]
         c = data.comparisons.take(rows)
         mine = reward.infer(Support(e_a=items[c.a], e_b=items[c.b], label=c.label))

@@ -21,7 +21,8 @@ from pluralign.data.synthetic import IdealPointConfig
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import REGISTRY, BTConfig, DPLConfig, DPRMConfig, base
 from pluralign.models.dprm import aggregate_votes, beta_bins, ot_distance
-from pluralign.run import RunConfig, run, to_batch
+from pluralign.run import RunConfig, run
+from pluralign.train.batches import to_batch
 from pluralign.train.trainer import Trainer, TrainConfig, init_params
 from flax import nnx
 

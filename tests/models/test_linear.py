@@ -15,7 +15,7 @@ from pluralign.data.splits import split_seen_pairs, split_users
 from pluralign.evaluate import fewshot
 from pluralign.models import base
 from pluralign.models.linear import LinearBT, LinearConfig, LinearPersonal
-from pluralign.run import make_tables, to_batch
+from pluralign.train.batches import make_tables, to_batch
 from pluralign.train.trainer import TrainConfig, Trainer, init_params
 
 D = 6

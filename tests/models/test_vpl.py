@@ -43,7 +43,7 @@ def _training_set(counts) -> base.PairBatch:
     return base.PairBatch(
         user=jnp.asarray(user, jnp.int32), prompt=jnp.full((n,), -1, jnp.int32),
         a=jnp.arange(n, dtype=jnp.int32) % 7, b=(jnp.arange(n, dtype=jnp.int32) + 1) % 7,
-        label=jnp.ones((n,), jnp.float32), weight=jnp.ones((n,), jnp.float32), row=jnp.arange(n, dtype=jnp.int32),
+        label=jnp.ones((n,), jnp.float32), weight=jnp.ones((n,), jnp.float32),
     )
 
 
@@ -92,11 +92,12 @@ def test_beta_schedules():
 
 def test_loss_is_the_nll_plus_beta_kl():
     train = _training_set([5, 4, 6])
-    tables = base.Tables(items=jnp.asarray(np.random.default_rng(0).normal(size=(7, D)), jnp.float32),
-                         prompts=jnp.zeros((1, D)), context=base.user_context(train, 3), step=jnp.int32(10))
+    tables = base.Tables(items=jnp.asarray(np.random.default_rng(0).normal(size=(7, D)), jnp.float32), prompts=jnp.zeros((1, D)))
     model = _model(beta=0.3, beta_schedule="constant")
-    objective, metrics = nnx.jit(lambda m, t, b: m.loss(t, b, jax.random.PRNGKey(0)))(model, tables, train)
-    np.testing.assert_allclose(objective, metrics["nll"] + 0.3 * metrics["kl"], rtol=1e-6)
+    step = base.TrainStep(rng=jax.random.PRNGKey(0), step=jnp.int32(10), rows=jnp.arange(15, dtype=jnp.int32),
+                          context=model.training_context(train, 3, seed=0))
+    objective, metrics = nnx.jit(lambda m, t, b, s: m.training_loss(t, b, s))(model, tables, train, step)
+    np.testing.assert_allclose(objective, metrics["loss"] + 0.3 * metrics["kl"], rtol=1e-6)  # "loss": the NLL (BCE)
     assert float(metrics["kl"]) > 0  # the encoder's posterior is not the prior at init
 
 
@@ -105,13 +106,13 @@ def test_loss_is_the_nll_plus_beta_kl():
 def test_the_context_is_the_users_other_comparisons_never_the_query(c_min, c_max):
     counts = [1, 2, 5, 12, 80]  # 80 > context_pool: drawn from a window
     train = _training_set(counts)
-    context = base.user_context(train, len(counts))
-    tables = base.Tables(items=jnp.zeros((7, D)), prompts=jnp.zeros((1, D)), context=context)
+    context = base.user_context(train, len(counts), seed=0)
+    train_rows = jnp.arange(len(train.label), dtype=jnp.int32)
     model = _model(c_min=c_min, c_max=c_max, context_pool=16)
     sample = jax.jit(model.sample_context)
     for seed in range(5):
-        rows, mask = map(np.asarray, sample(tables, train, jax.random.PRNGKey(seed)))
-        own = np.asarray(context.position)[np.asarray(train.row)]
+        rows, mask = map(np.asarray, sample(context, train, train_rows, jax.random.PRNGKey(seed)))
+        own = np.asarray(context.position)[np.asarray(train_rows)]
         n_other = np.asarray(counts)[np.asarray(train.user)] - 1
         sizes = mask.sum(axis=1)
         assert (sizes <= np.minimum(c_max, n_other)).all() and (sizes >= np.minimum(c_min, n_other)).all()

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     from pluralign.data import split_seen_pairs, split_users
     from pluralign.models import PALA, PALConfig
     from pluralign.models.base import Dims
-    from pluralign.run import make_tables, to_batch
+    from pluralign.train.batches import make_tables, to_batch
     from pluralign.train.trainer import Trainer, TrainConfig, init_params
 
     assert jax.device_count() == 2
@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent(
         trainer = Trainer(graphdef, TrainConfig(max_epochs=3, batch_size=64, progress=False, data_parallel=mode), len(pairs.train))
         state = trainer.init_state(params, jax.random.split(jax.random.PRNGKey(1), 2))
         if mode == "on":
-            hlo = trainer._epoch.lower(state, tables, train, jnp.int32(0)).compile().as_text()
+            hlo = trainer.train_epoch.lower(state, tables, train, jnp.int32(0), None).compile().as_text()
             assert "all-reduce" in hlo, "no cross-device reduction: the batch was not sharded"
         state, _ = trainer.fit(state, tables, train, val)
         out[mode] = jax.tree.leaves(state.best_params)

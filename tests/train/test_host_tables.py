@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pluralign.models import Dims, PALConfig, model_class
-from pluralign.run import make_tables, to_batch
+from pluralign.train.batches import make_tables, to_batch
 from pluralign.train import host_tables
 from pluralign.train.trainer import TrainConfig, Trainer, init_params, predict_seen
 

@@ -14,7 +14,8 @@ from pluralign.data.synthetic import IdealPointConfig
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import BT, BTConfig, Dims, PairEmbeddings, base
 from pluralign.models.lore import LoRe, LoReConfig
-from pluralign.run import RunConfig, make_tables, run, to_batch
+from pluralign.run import RunConfig, run
+from pluralign.train.batches import make_tables, to_batch
 from pluralign.train import meta
 from pluralign.train.trainer import TrainConfig
 
@@ -33,14 +34,14 @@ def test_robust_weights_up_weight_the_hardest_users():
 
 def test_support_sets_are_the_same_users_other_training_pairs(tiny_dataset):
     c = tiny_dataset.comparisons
-    train = to_batch(c).replace(row=jnp.arange(len(c.label), dtype=jnp.int32))
-    tables = make_tables(tiny_dataset).replace(context=base.user_context(train, tiny_dataset.n_users, seed=0))
-    batch = jax.tree.map(lambda col: col[:50], train)
-    rows, mask = meta.support_rows(tables, batch, size=16, rng=jax.random.PRNGKey(0))
-    ctx = tables.context.pairs
+    train = to_batch(c)
+    context = base.user_context(train, tiny_dataset.n_users, seed=0)
+    batch, batch_rows = jax.tree.map(lambda col: col[:50], train), jnp.arange(50, dtype=jnp.int32)
+    rows, mask = meta.support_rows(context, batch, batch_rows, size=16, rng=jax.random.PRNGKey(0))
+    ctx = context.pairs
     assert rows.shape == (50, 16) and bool(mask.all())
     np.testing.assert_array_equal(np.asarray(ctx.user)[np.asarray(rows)], np.broadcast_to(np.asarray(batch.user)[:, None], (50, 16)))
-    own = np.asarray(tables.context.position)[np.asarray(batch.row)]
+    own = np.asarray(context.position)[np.asarray(batch_rows)]
     assert not np.any(np.asarray(rows) == own[:, None])
 
 

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from pluralign.models import Dims, PALConfig, model_class, seen_logits
-from pluralign.run import make_tables, to_batch
+from pluralign.train.batches import make_tables, to_batch
 from pluralign.train.trainer import (
     auto_batch_size,
     TrainConfig,
@@ -23,7 +23,7 @@ from pluralign.train.trainer import (
 )
 
 MODEL = PALConfig(name="pal_a", n_prototypes=3, latent_dim=4)
-METRIC_KEYS = {"epoch", "step", "train_loss", "val_loss", "val_accuracy", "learning_rate", "grad_norm", "seconds"}
+METRIC_KEYS = {"epoch", "step", "train_objective", "train_bce", "val_loss", "val_accuracy", "learning_rate", "grad_norm", "seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +146,8 @@ def finished_run(data, tmp_path_factory):
 def test_epoch_step_compiles_once(finished_run):
     trainer, _, summary, _, _ = finished_run
     assert summary["epochs_run"] == 5
-    assert trainer._epoch._cache_size() == 1
-    assert trainer._validate._cache_size() == 1
+    assert trainer.train_epoch._cache_size() == 1
+    assert trainer.validate._cache_size() == 1
 
 
 def test_metrics_jsonl_has_one_line_per_validation(finished_run):
@@ -157,7 +157,7 @@ def test_metrics_jsonl_has_one_line_per_validation(finished_run):
     assert [r["epoch"] for r in records] == [1, 3, 4]
     for r in records:
         assert set(r) == METRIC_KEYS
-        for key in ("train_loss", "val_loss", "val_accuracy"):
+        for key in ("train_objective", "train_bce", "val_loss", "val_accuracy"):
             assert len(r[key]) == 2 and all(np.isfinite(r[key]))
         assert all(0.0 <= acc <= 1.0 for acc in r["val_accuracy"])
         assert len(r["grad_norm"]) == 2 and all(g > 0 for g in r["grad_norm"])

@@ -9,7 +9,7 @@ import numpy as np
 from pluralign.data import split_seen_pairs, split_users
 from pluralign.models import BT, BTConfig, Dims
 from pluralign.models.base import mean_preference_loss
-from pluralign.run import make_tables, to_batch
+from pluralign.train.batches import make_tables, to_batch
 from pluralign.train.trainer import Trainer, TrainConfig, init_params
 
 
@@ -33,7 +33,7 @@ def _draws(dataset, seeds):
     state = trainer.init_state(params, keys)
     means, variances = [], []
     for epoch in range(2):
-        state, metrics = trainer._epoch(state, tables, train, np.int32(epoch))
+        state, metrics = trainer.train_epoch(state, tables, train, np.int32(epoch), None)
         mean = np.asarray(metrics["draw"], np.float64)  # [n_seeds]: the epoch means of the draws
         means.append(mean)
         variances.append(np.asarray(metrics["draw_squared"], np.float64) - mean**2)
