@@ -59,6 +59,13 @@ class UserState:
     vector: Any
 
 
+class StreamingUser:
+    """A user whose state is kept up to date elsewhere as their comparisons arrive
+    (`pluralign.export.OnlineUser`); a `PersonalizedReward` scores them with their current `state`."""
+
+    state: jax.Array  # [S]
+
+
 def _pad_rows(x: np.ndarray, capacity: int) -> np.ndarray:
     out = np.zeros((capacity, *x.shape[1:]), x.dtype)
     out[: len(x)] = x
@@ -85,7 +92,7 @@ class PersonalizedReward:
         self._infer = jax.jit(self._infer_impl)
         self._rewards = jax.jit(self._rewards_impl)
         self._matrix = jax.jit(self._matrix_impl)
-        self.has_scalar_reward = _has_scalar_reward(self.model, self.state_dim, self.dim)
+        self.has_scalar_reward = self.model.has_scalar_reward
         self._seen_states_host = np.asarray(trained.seen_states)  # [n_users, S]; a lookup costs no dispatch
 
     # ------------------------------------------------------------------ jitted kernels
@@ -161,7 +168,7 @@ class PersonalizedReward:
         return self._infer(self.params, *(jnp.asarray(x)[None] for x in arrays))[0]
 
     def user_state(self, user: Any) -> jax.Array:
-        """[S] the state of `user`: a known id, a `Support`, or a `UserState`."""
+        """[S] the state of `user`: a known id, a `Support`, a `UserState` or a `StreamingUser` (`OnlineUser`)."""
         if isinstance(user, Support):
             return self.infer(user)
         if isinstance(user, UserState):
@@ -169,7 +176,7 @@ class PersonalizedReward:
             if vector.shape != (self.state_dim,):
                 raise ValueError(f"UserState has shape {vector.shape}; {self.trained.name} states have shape ({self.state_dim},)")
             return vector
-        if hasattr(user, "state") and hasattr(user, "add"):  # an OnlineUser
+        if isinstance(user, StreamingUser):
             return user.state
         return self._seen_states_host[self.trained.user_row(user)]
 
@@ -274,16 +281,6 @@ class PersonalizedReward:
         if self._encoder is None:
             self._encoder = encoder_from_meta(self.trained.record.get("encoder"))
         return self._encoder.encode(list(texts))
-
-
-def _has_scalar_reward(model, state_dim: int, dim: int) -> bool:
-    """False for models whose `reward` raises NotImplementedError (GPM); checked by tracing only."""
-    z = jax.ShapeDtypeStruct
-    try:
-        jax.eval_shape(model.reward, z((1, state_dim), jnp.float32), z((1, dim), jnp.float32), z((1,), bool), z((1, dim), jnp.float32))
-    except NotImplementedError:
-        return False
-    return True
 
 
 def encoder_from_meta(entry: dict | None):

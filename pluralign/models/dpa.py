@@ -74,9 +74,14 @@ def _unit(v: jax.Array) -> jax.Array:
 
 class DPA(PreferenceModel):
     logit_is_reward_difference = True
+
+    @classmethod
+    def state_dim(cls, config: DPAConfig, dims: Dims) -> int:
+        return config.n_attributes  # m
+
     def __init__(self, config: DPAConfig, dims: Dims, *, rngs: nnx.Rngs):
         m = config.n_attributes
-        self.user_state_dim = m
+        self.user_state_dim = self.state_dim(config, dims)
         self.freeze_attributes = config.freeze_attributes
         self.gate_temperature = config.gate_temperature
         self.gate_loss_weight = config.gate_loss_weight
@@ -148,6 +153,10 @@ class DPA(PreferenceModel):
         """[U, m] unit directions; MAP of v = w/‖w‖ by Adam from the prior mean (base.fit_user_states)."""
         return _unit(super().infer_user(support_features, labels, weights, prior_mean=prior_mean, **options))
 
+    def describe_user_states(self, states):
+        return {"directions": (states, "v_u ∈ S^{m−1}: user u's unit direction over the m attribute rewards; "
+                                       "R_u(y) = v_uᵀ r(y).")}
+
     def loss(self, tables, batch, rng):
         del rng
         features = self.pair_features(gather(tables, batch))
@@ -157,8 +166,8 @@ class DPA(PreferenceModel):
         return metrics["loss"] + self.gate_loss_weight * gate["loss"], metrics
 
     # --- stage 1
-    @staticmethod
-    def prepare_params(config: DPAConfig, dataset, train_items: np.ndarray, params):
+    @classmethod
+    def prepare_params(cls, config: DPAConfig, dataset, train_items: np.ndarray, params):
         """Stage 1 on the attributes of `train_items` (items of seen users' training pairs):
         fits r and T and writes them into the seed-stacked `params`. Returns (params, summary)."""
         if dataset.attributes is None:

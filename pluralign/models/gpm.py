@@ -83,6 +83,12 @@ def skew_score(lam: jax.Array, v_a: jax.Array, v_b: jax.Array) -> jax.Array:
 class GPM(PreferenceModel):
     """General preference model; `config.gate` picks a constant, prompt or user gate."""
 
+    has_scalar_reward = False  # preferences may be cyclic
+
+    @classmethod
+    def state_dim(cls, config: GPMConfig, dims: Dims) -> int:
+        return config.n_prototypes if config.gate == "user" else 0  # K user weights' logits, or none
+
     def __init__(self, config: GPMConfig, dims: Dims, *, rngs: nnx.Rngs):
         k, D = config.n_blocks, dims.dim
         self.n_blocks = k
@@ -100,8 +106,8 @@ class GPM(PreferenceModel):
         self.gate_bias = nnx.Param(  # [J, k]; random for prototypes so they start apart
             jax.random.normal(rngs.params(), (n_gates, k)) if self.personal else jnp.zeros((1, k))
         )
+        self.user_state_dim = self.state_dim(config, dims)
         if self.personal:
-            self.user_state_dim = config.n_prototypes
             self.user_logits = nnx.Param(  # W ∈ R^{n_users × K}
                 config.user_init_scale * jax.random.normal(rngs.params(), (dims.n_users, config.n_prototypes))
             )
@@ -175,3 +181,16 @@ class GPM(PreferenceModel):
         # As PAL: the average seen user's weights as logits log w̄ (softmax is shift-invariant).
         logits = self.user_logits[...] if users is None else self.user_logits[...][users]
         return jnp.log(jax.nn.softmax(logits, axis=-1).mean(axis=0))  # [K]
+
+    def describe_user_states(self, states):
+        if not self.personal:
+            return super().describe_user_states(states)
+        D = self.null_prompt.vector.shape[0]
+        gates = self.prototype_gates(jnp.zeros((1, D)), jnp.zeros((1,), bool))  # [1, J, k] with the null prompt
+        lam = self.gate(states, jnp.broadcast_to(gates, (states.shape[0], *gates.shape[1:])))  # [U, k]
+        return {
+            "gate_weights": (jax.nn.softmax(states, axis=-1), "w_u = softmax(W_u) ∈ Δ^{K−1}: user u's mixture over the "
+                                                                "K prototype gates."),
+            "gates": (lam, "λ_u = Σ_j w_uj Λ_j(null prompt) ∈ R^k_{≥0}: user u's weight on each of the k skew-symmetric "
+                           "preference blocks, for a prompt-free comparison (prompts move Λ_j)."),
+        }

@@ -55,9 +55,13 @@ class LoRe(BT):
 
     logit_is_reward_difference = True
 
+    @classmethod
+    def state_dim(cls, config: LoReConfig, dims: Dims) -> int:
+        return config.rank
+
     def __init__(self, config: LoReConfig, dims: Dims, *, rngs: nnx.Rngs):
         super().__init__(config, dims, rngs=rngs)
-        self.user_state_dim = config.rank
+        self.user_state_dim = self.state_dim(config, dims)
         self.residual = config.formulation == "residual"
         self.weight_prior_strength = config.weight_prior_strength
         self.basis_net = MLP(2 * dims.dim, tuple(config.basis_hidden), config.rank, rngs=rngs)  # B_θ

@@ -43,8 +43,13 @@ class PALConfig:
 
 class _PALBase(PreferenceModel):
     logit_is_reward_difference = True
+
+    @classmethod
+    def state_dim(cls, config: PALConfig, dims: Dims) -> int:
+        return config.n_prototypes  # K
+
     def __init__(self, config: PALConfig, dims: Dims, *, rngs: nnx.Rngs):
-        self.user_state_dim = config.n_prototypes
+        self.user_state_dim = self.state_dim(config, dims)
         self.item_map = MLP(dims.dim, tuple(config.hidden), config.latent_dim, rngs=rngs)  # f_θ
         self.user_logits = nnx.Param(  # W ∈ R^{n_users × K}
             config.user_init_scale * jax.random.normal(rngs.params(), (dims.n_users, config.n_prototypes))
@@ -63,6 +68,13 @@ class _PALBase(PreferenceModel):
         logits = self.user_logits[...] if users is None else self.user_logits[...][users]
         return jnp.log(jax.nn.softmax(logits, axis=-1).mean(axis=0))  # [K]
 
+    def describe_user_states(self, states):
+        weights = jax.nn.softmax(states, axis=-1)
+        return {
+            "mixture_weights": (weights, "w_u = softmax(W_u) ∈ Δ^{K−1}: how much user u follows each of the K prototypes."),
+            "mixture_logits": (states, "W_u ∈ R^K, the fitted user state (mixture weights' logits; shift-invariant)."),
+        }
+
 
 class PALA(_PALBase):
     """PAL-A: a user's ideal point is a convex combination of K prototype points."""
@@ -71,6 +83,16 @@ class PALA(_PALBase):
         super().__init__(config, dims, rngs=rngs)
         self.prototypes = nnx.Param(jax.random.normal(rngs.params(), (config.n_prototypes, config.latent_dim)))
         self.log_temperature = nnx.Param(jnp.zeros(()))  # log τ
+
+    def describe_user_states(self, states):
+        spaces = super().describe_user_states(states)
+        # A single, prompt-independent ideal point per user.
+        spaces["ideal_points"] = (
+            jax.nn.softmax(states, axis=-1) @ self.prototypes[...],
+            "a_u = Σ_k w_uk P_k ∈ R^d: user u's ideal point in the learned item space f_θ(e_y); "
+            "a response scores −τ‖f(e_y) − a_u‖².",
+        )
+        return spaces
 
     def _ideal_point(self, user_state):
         return jax.nn.softmax(user_state, axis=-1) @ self.prototypes[...]  # [B, K] @ [K, d] -> [B, d]

@@ -128,11 +128,16 @@ class VPL(PreferenceModel):
     logit_is_reward_difference = True
     needs_context = True
     uses_prior_strength = False  # amortised inference: the encoder is the posterior
+    has_latent_posterior = True  # the state [μ; log σ²] is q(z | C)
+
+    @classmethod
+    def state_dim(cls, config: VPLConfig, dims: Dims) -> int:
+        return 2 * config.latent_dim  # [μ; log σ²]
 
     def __init__(self, config: VPLConfig, dims: Dims, *, rngs: nnx.Rngs):
         self.config = _Settings.of(config)
         L, H = config.latent_dim, config.pair_dim
-        self.user_state_dim = 2 * L
+        self.user_state_dim = self.state_dim(config, dims)
         self.null_prompt = NullPrompt(dims.dim, rngs=rngs)
         self.pair_encoder = MLP(3 * dims.dim, tuple(config.encoder_hidden), H, rngs=rngs)
         self.query = nnx.Linear(H, H, rngs=rngs)
@@ -308,6 +313,15 @@ class VPL(PreferenceModel):
         dec_x = self.null_prompt(e_x, has_prompt) @ dk[:D] + self.decoder.layers[0].bias[...][None]  # [B, H]
         mu = user_state[..., : self.config.latent_dim]
         return self._decode(mu[:, None, :], dec_x[:, None, :] + e_y @ dk[D : 2 * D])  # [B, N]
+
+    def describe_user_states(self, states):
+        mean, log_variance = self.split_state(states)
+        return {
+            "posterior_mean": (mean, "μ_u ∈ R^L: mean of q(z | C_u), VPL's posterior over user u's latent given their "
+                                     "training comparisons; the decoder scores responses with n(μ_u)."),
+            "posterior_variance": (jnp.exp(log_variance), "σ²_u ∈ R^L: variance of q(z | C_u) per latent dimension "
+                                                           "(small = the context pins the user down)."),
+        }
 
     def posterior_variance(self, user_state: jax.Array) -> jax.Array:
         """σ² [..., L] of q(z | C)."""

@@ -84,6 +84,16 @@ class MetaLearned(PreferenceModel):
     options: MetaOptions = MetaOptions()
     needs_context = True  # the inner loop reads each user's other training comparisons
 
+    @classmethod
+    def state_dim(cls, config, dims: Dims) -> int:
+        return cls.inner_class.state_dim(config, dims)
+
+    @classmethod
+    def prepare_params(cls, config, dataset, train_items, params):
+        """The inner family's stage before comparison training (DPA's), on the inner model's parameters."""
+        params["inner"], summary = cls.inner_class.prepare_params(config, dataset, train_items, params["inner"])
+        return params, summary
+
     def __init__(self, config, dims: Dims, *, rngs: nnx.Rngs):
         self.inner = self.inner_class(config, dims, rngs=rngs)
         if not self.inner.fits_user_state:
@@ -92,7 +102,6 @@ class MetaLearned(PreferenceModel):
                 f"user_state_dim={self.inner.user_state_dim} and {'amortised' if self.inner.user_state_dim else 'no'} inference"
             )
         self.user_state_dim = self.inner.user_state_dim
-        self.uses_prior_strength = self.inner.uses_prior_strength
         self.n_users = dims.n_users
         self.meta_init = nnx.Param(jnp.asarray(self.inner.population_user_state(), jnp.float32))  # φ₀ [S]
 
@@ -172,15 +181,10 @@ class MetaLearned(PreferenceModel):
 
 def meta_class(inner_class: type, options: MetaOptions) -> type:
     """`inner_class` with MRM training and a meta-learned initial user state."""
-    attrs = {"inner_class": inner_class, "options": options, "logit_is_reward_difference": inner_class.logit_is_reward_difference}
-    # A family with a stage before comparison training (DPA; found by `pluralign.run` the same way)
-    # fits it on the inner model's parameters.
-    inner_prepare = getattr(inner_class, "prepare_params", None)
-    if inner_prepare is not None:
-
-        def prepare_params(config, dataset, train_items, params):
-            params["inner"], summary = inner_prepare(config, dataset, train_items, params["inner"])
-            return params, summary
-
-        attrs["prepare_params"] = staticmethod(prepare_params)
+    attrs = {
+        "inner_class": inner_class, "options": options,
+        "logit_is_reward_difference": inner_class.logit_is_reward_difference,
+        "uses_prior_strength": inner_class.uses_prior_strength,
+        "has_scalar_reward": inner_class.has_scalar_reward,
+    }
     return type(f"Meta{inner_class.__name__}", (MetaLearned,), attrs)
