@@ -43,7 +43,7 @@ def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt,
     """(state [S], samples [n, ·]) for one user's padded support [C]: latents z ~ q(z | support)
     for a model with its own posterior, else Laplace samples of the state around φ̂."""
     model = nnx.merge(reward.graphdef, params)
-    feats = reward._features(model, e_x[None], has_prompt[None], e_a[None], e_b[None])
+    feats = reward.support_features(model, e_x[None], has_prompt[None], e_a[None], e_b[None])
     if reward.inference == "bayes" and model.fits_user_state:  # the evaluation's empirical-Bayes Laplace posterior
         mean, cov = base.laplace_posterior(
             model, feats, label[None], weight[None], base.empirical_prior(model, reward.seen_users),
@@ -105,7 +105,7 @@ class OnlineUser(StreamingUser):
         return self._e_x, self._has_prompt, self._e_a, self._e_b, self._label, self._weight
 
     def _infer(self) -> jax.Array:
-        return self.reward._infer(self.reward.params, *(jnp.asarray(x)[None] for x in self._arrays()))[0]
+        return self.reward.infer_padded(self.reward.params, *(jnp.asarray(x)[None] for x in self._arrays()))[0]
 
     def add(self, e_a, e_b, label: float = 1.0, e_x=None, weight: float = 1.0) -> jax.Array:
         """Records one comparison (a ≻ b with probability `label`) and returns the updated state [S]."""

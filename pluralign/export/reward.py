@@ -89,14 +89,15 @@ class PersonalizedReward:
         self.inference_learning_rate = float(fewshot["learning_rate"])
         self.seen_users = jnp.asarray(trained.seen_users)
         self._encoder = encoder
-        self._infer = jax.jit(self._infer_impl)
+        # [U, C] padded support arrays -> [U, S] states (one compiled program per shape; OnlineUser's too).
+        self.infer_padded = jax.jit(self._infer_impl)
         self._rewards = jax.jit(self._rewards_impl)
         self._matrix = jax.jit(self._matrix_impl)
         self.has_scalar_reward = self.model.has_scalar_reward
         self._seen_states_host = np.asarray(trained.seen_states)  # [n_users, S]; a lookup costs no dispatch
 
     # ------------------------------------------------------------------ jitted kernels
-    def _features(self, model, e_x, has_prompt, e_a, e_b):
+    def support_features(self, model, e_x, has_prompt, e_a, e_b):
         """Pair features of [U, C] pairs, computed as one flat [U·C] batch (as the eval protocol)."""
         shape = has_prompt.shape
         flat = base.PairEmbeddings(
@@ -109,7 +110,7 @@ class PersonalizedReward:
     def _infer_impl(self, params, e_x, has_prompt, e_a, e_b, label, weight):
         """[U, C] padded support -> [U, S] user states, by the model's few-shot inference."""
         model = nnx.merge(self.graphdef, params)
-        feats = self._features(model, e_x, has_prompt, e_a, e_b)
+        feats = self.support_features(model, e_x, has_prompt, e_a, e_b)
         if self.inference == "bayes" and model.fits_user_state:  # the posterior mean, as the evaluation's
             prior = base.empirical_prior(model, self.seen_users)
             means, _ = base.laplace_posterior(
@@ -165,7 +166,7 @@ class PersonalizedReward:
     def infer(self, support: Support) -> jax.Array:
         """[S] the state of a new user from their comparisons (the evaluation protocol's inference)."""
         arrays = self._padded_support(support)
-        return self._infer(self.params, *(jnp.asarray(x)[None] for x in arrays))[0]
+        return self.infer_padded(self.params, *(jnp.asarray(x)[None] for x in arrays))[0]
 
     def user_state(self, user: Any) -> jax.Array:
         """[S] the state of `user`: a known id, a `Support`, a `UserState` or a `StreamingUser` (`OnlineUser`)."""
@@ -245,9 +246,7 @@ class PersonalizedReward:
         scalar one, else (GPM) the average preference mean_{j≠i} P(y_i ≻ y_j) (the GPM paper's score)."""
         if self.has_scalar_reward:
             return np.asarray(self(prompt, responses, user))
-        probs = np.asarray(self.preference_matrix(prompt, responses, user))
-        N = probs.shape[0]
-        return (probs.sum(axis=1) - np.diag(probs)) / max(N - 1, 1)
+        return np.asarray(ranking.average_preference(self.preference_matrix(prompt, responses, user)))
 
     def best_of_n(self, prompt, candidates, user) -> tuple[int, np.ndarray]:
         """(index of the best candidate, scores [N]) for one prompt and user (`scores`)."""

@@ -40,6 +40,7 @@ from flax import nnx
 
 from pluralign.models import multi_objective as mo
 from pluralign.models.base import MLP, Dims, NullPrompt, PairEmbeddings, PreferenceModel, gather, weighted_metrics
+from pluralign.numerics import unit
 
 
 @dataclasses.dataclass
@@ -69,7 +70,7 @@ class DPAConfig:
 
 
 def _unit(v: jax.Array) -> jax.Array:
-    return v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-9)
+    return unit(v, 1e-9)
 
 
 class DPA(PreferenceModel):

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pluralign.models.base import MLP, Dims, NullPrompt, PairEmbeddings, PreferenceModel
+from pluralign.models.pal import average_mixture_logits, centred_logits, mixture_logit_table
 
 GATES = ("constant", "prompt", "user")
 
@@ -108,9 +109,7 @@ class GPM(PreferenceModel):
         )
         self.user_state_dim = self.state_dim(config, dims)
         if self.personal:
-            self.user_logits = nnx.Param(  # W ∈ R^{n_users × K}
-                config.user_init_scale * jax.random.normal(rngs.params(), (dims.n_users, config.n_prototypes))
-            )
+            self.user_mixture_logits = mixture_logit_table(dims.n_users, config.n_prototypes, config.user_init_scale, rngs)  # W
 
     # --- pieces -----------------------------------------------------------------------
 
@@ -169,18 +168,15 @@ class GPM(PreferenceModel):
     def seen_user_state(self, users):
         if not self.personal:
             return super().seen_user_state(users)
-        return self.user_logits[...][users]  # [B, K]
+        return self.user_mixture_logits[...][users]  # [B, K]
 
     def canonical_user_state(self, user_state):
-        # As PAL: softmax(W + c) = softmax(W), so centred logits are the identifiable part.
-        return user_state - user_state.mean(axis=-1, keepdims=True) if self.personal else user_state
+        return centred_logits(user_state) if self.personal else user_state  # as PAL
 
     def population_user_state(self, users=None):
         if not self.personal:
             return super().population_user_state(users)
-        # As PAL: the average seen user's weights as logits log w̄ (softmax is shift-invariant).
-        logits = self.user_logits[...] if users is None else self.user_logits[...][users]
-        return jnp.log(jax.nn.softmax(logits, axis=-1).mean(axis=0))  # [K]
+        return average_mixture_logits(self.user_mixture_logits[...], users)  # [K], as PAL
 
     def describe_user_states(self, states):
         if not self.personal:

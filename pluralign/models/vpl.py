@@ -43,7 +43,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pluralign.evaluate.active import binary_entropy
 from pluralign.models.base import (
     MLP,
     Dims,
@@ -54,6 +53,7 @@ from pluralign.models.base import (
     gather,
     weighted_metrics,
 )
+from pluralign.numerics import binary_entropy
 
 
 @dataclasses.dataclass

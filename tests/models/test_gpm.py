@@ -158,7 +158,7 @@ def test_loss_known_value():
         e_x=np.zeros((5, D), np.float32), has_prompt=np.zeros(5, bool),
         e_a=items[np.asarray(batch.a)], e_b=items[np.asarray(batch.b)],
     )
-    z = np_gpm_logits(model, np.asarray(model.user_logits[...])[np.asarray(batch.user)], pair)
+    z = np_gpm_logits(model, np.asarray(model.user_mixture_logits[...])[np.asarray(batch.user)], pair)
     y, w = np.asarray(batch.label, np.float64), np.asarray(batch.weight, np.float64)
     value, metrics = jax.jit(loss)(model, tables, batch)
     np.testing.assert_allclose(float(value), np.sum(w * np_bce(z, y)) / w.sum(), rtol=1e-5)
@@ -219,7 +219,7 @@ def test_ranking_by_average_preference():
 @pytest.mark.slow
 def test_save_load_gives_the_same_predictions(tmp_path):
     model = make_gpm("user")
-    model.user_logits[...] = jnp.asarray(np.random.default_rng(0).standard_normal((N_USERS, K_PROTOS)), jnp.float32)
+    model.user_mixture_logits[...] = jnp.asarray(np.random.default_rng(0).standard_normal((N_USERS, K_PROTOS)), jnp.float32)
     pair = make_pair(9, n=6)
     states = model.seen_user_state(jnp.arange(6))
     expected = np.asarray(logits(model, states, pair))
