@@ -236,11 +236,9 @@ class TrainedModel:
         """A known user's row in the state table, from its id (as in meta user_ids) or its row number."""
         ids = self.users["user_id"]
         row = self._row_by_id.get(str(user))
-        if row is not None:
-            pass
-        elif isinstance(user, (int, np.integer)) and 0 <= int(user) < len(ids):
+        if row is None and isinstance(user, (int, np.integer)) and 0 <= int(user) < len(ids):
             row = int(user)
-        else:
+        elif row is None:
             raise KeyError(f"unknown user {user!r}: not a user id of dataset {self.record['dataset']!r}")
         if self.users["split"][row] != "seen":
             raise KeyError(

@@ -256,13 +256,9 @@ class PreferenceModel(nnx.Module):
                                        f"({name}); see the model's docstring for its role.")}
 
     def loss(self, tables: Tables, batch: PairBatch, rng: jax.Array | None) -> tuple[jax.Array, dict]:
-        """Training objective (scalar, metrics). Default: mean preference loss + regularization."""
+        """Training objective (scalar, metrics). Default: the mean preference loss (`mean_preference_loss`)."""
         del rng  # deterministic by default
         return mean_preference_loss(self, tables, batch)
-
-    def regularization(self) -> jax.Array:
-        """Extra training penalty on θ (added to the mean loss)."""
-        return jnp.zeros((), jnp.float32)
 
 
 class NullPrompt(nnx.Module):
@@ -337,7 +333,7 @@ def weighted_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array) -
 def mean_preference_loss(model: PreferenceModel, tables: Tables, batch: PairBatch) -> tuple[jax.Array, dict]:
     """Weighted mean preference loss over a batch of seen-user comparisons, plus metrics."""
     metrics = weighted_metrics(seen_logits(model, tables, batch), batch.label, batch.weight)
-    return metrics["loss"] + model.regularization(), metrics
+    return metrics["loss"], metrics
 
 
 def reward(model: PreferenceModel, user_state: jax.Array, e_x, has_prompt, e_y) -> jax.Array:

@@ -25,7 +25,7 @@ control means what it says. r depends on the response embedding only (attributes
 in the dataset format); the prompt enters through the gate. One learned logit scale exp(t) is
 shared by all users (a direction has no length to carry confidence). The population user state
 (the few-shot prior mean) is the seen users' mean direction, a vector; the gate, which depends
-on the prompt, is the default reward (`population_reward`, `gate_direction`).
+on the prompt, is trained alongside (its weights: `gate_weights`) but no prediction uses it.
 """
 
 from __future__ import annotations
@@ -109,15 +109,6 @@ class DPA(PreferenceModel):
     def gate_weights(self, e_x: jax.Array, has_prompt: jax.Array) -> jax.Array:
         """[B, D], [B] -> [B, m] non-negative weights w(x) summing to 1."""
         return jax.nn.softmax(self.gate(self.null_prompt(e_x, has_prompt)) / self.gate_temperature, axis=-1)
-
-    def gate_direction(self, e_x: jax.Array, has_prompt: jax.Array) -> jax.Array:
-        """[B, m] the gate's weights as a unit direction (the population default user)."""
-        return _unit(self.gate_weights(e_x, has_prompt))
-
-    def population_reward(self, e_x, has_prompt, e_y) -> jax.Array:
-        """[B] R_pop(x, y) = exp(g) w(x)ᵀ r'(y)."""
-        w = self.gate_weights(e_x, has_prompt)
-        return jnp.exp(self.gate_logit_scale[...]) * jnp.sum(w * self.attribute_rewards(e_y), axis=-1)
 
     # --- the shared surface
     def pair_features(self, pair: PairEmbeddings):

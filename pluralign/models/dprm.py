@@ -78,11 +78,6 @@ def ot_distance(p: jax.Array, q: jax.Array) -> jax.Array:
     return jnp.sum(jnp.abs(jnp.cumsum(p, axis=-1) - jnp.cumsum(q, axis=-1)), axis=-1) / p.shape[-1]
 
 
-def beta_mean_std(alpha, beta):
-    total = alpha + beta
-    return alpha / total, jnp.sqrt(alpha * beta / (jnp.square(total) * (total + 1.0)))
-
-
 class DPRM(PerResponseModel):
     logit_is_reward_difference = True
 

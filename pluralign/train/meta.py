@@ -130,9 +130,6 @@ class MetaLearned(PreferenceModel):
     def user_state_log_prior(self, user_state, prior_mean, strength):
         return self.inner.user_state_log_prior(user_state, prior_mean, strength)
 
-    def regularization(self):
-        return self.inner.regularization()
-
     # --- what MRM changes
     def population_user_state(self, users=None):
         del users  # the meta-learned start replaces the seen users' average
