@@ -185,15 +185,19 @@ class PreferenceModel(nnx.Module):
         rep = lambda x: jnp.repeat(x, N, axis=0)  # noqa: E731
         return self.reward(rep(user_state), rep(e_x), rep(has_prompt), e_y.reshape(B * N, D)).reshape(B, N)
 
-    def seen_user_state(self, users: jax.Array) -> jax.Array:
-        """[B] user ids -> [B, S] learned states of seen users."""
+    def user_table_state(self, users: jax.Array) -> jax.Array:
+        """[B] user ids -> [B, S] the states the model holds for seen users: rows of its learned
+        user-state table (a parameter), the samples of the empirical-Bayes prior. A model that keeps
+        no table (VPL) returns its prior. Compare `seen_states`, which computes the states seen
+        users are scored with."""
         return jnp.zeros((users.shape[0], self.user_state_dim), jnp.float32)
 
     def seen_states(self, tables: Tables, users: jax.Array) -> jax.Array:
-        """[B] seen user ids -> [B, S] states used to score their comparisons. Default: the
-        learned table (`seen_user_state`); VPL encodes each user's training comparisons."""
+        """[B] seen user ids -> [B, S] states used to score their comparisons, computed from the
+        tables. Default: the learned table rows (`user_table_state`); VPL encodes each user's
+        training comparisons (`Tables.context`)."""
         del tables
-        return self.seen_user_state(users)
+        return self.user_table_state(users)
 
     def population_user_state(self, users: jax.Array | None = None) -> jax.Array:
         """[S] the state of an average user among `users` (seen users; None = every row of the
@@ -443,7 +447,7 @@ def empirical_prior(model: PreferenceModel, seen_users: jax.Array, variance_floo
     seen users do not vary (PAL's softmax shift, collapsed prototypes) keep a small, finite prior.
     """
     mean = model.canonical_user_state(model.population_user_state(seen_users))  # [S]
-    states = model.canonical_user_state(model.seen_user_state(seen_users))  # [N, S]
+    states = model.canonical_user_state(model.user_table_state(seen_users))  # [N, S]
     deviations = states - mean[None]
     S = mean.shape[0]
     cov = ledoit_wolf(deviations)

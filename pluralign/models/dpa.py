@@ -127,7 +127,7 @@ class DPA(PreferenceModel):
         del e_x, has_prompt  # a user's direction does not depend on the prompt
         return jnp.exp(self.logit_scale[...]) * jnp.sum(_unit(user_state) * self.attribute_rewards(e_y), axis=-1)
 
-    def seen_user_state(self, users):
+    def user_table_state(self, users):
         return _unit(self.user_directions[...][users])  # [B, m]
 
     def population_user_state(self, users=None):
@@ -152,7 +152,7 @@ class DPA(PreferenceModel):
     def loss(self, tables, batch, rng):
         del rng
         features = self.pair_features(gather(tables, batch))
-        metrics = weighted_metrics(self.pair_logits(self.seen_user_state(batch.user), features), batch.label, batch.weight)
+        metrics = weighted_metrics(self.pair_logits(self.user_table_state(batch.user), features), batch.label, batch.weight)
         gate = weighted_metrics(features[1], batch.label, batch.weight)
         metrics["gate_loss"], metrics["gate_accuracy"] = gate["loss"], gate["accuracy"]
         return metrics["loss"] + self.gate_loss_weight * gate["loss"], metrics
@@ -216,7 +216,7 @@ def rank_responses(model: DPA, direction, e_y: jax.Array) -> jax.Array:
     return jnp.argsort(-(model.attribute_rewards(e_y) @ _unit(jnp.asarray(direction, jnp.float32))))
 
 
-def best_of_n(model: DPA, direction, candidates: jax.Array) -> jax.Array:
+def best_of_n_by_direction(model: DPA, direction, candidates: jax.Array) -> jax.Array:
     """[P] index of the best of n candidates [P, n, D] per prompt under a direction [m]."""
     P, n, D = candidates.shape
     r = model.attribute_rewards(candidates.reshape(P * n, D)).reshape(P, n, -1)

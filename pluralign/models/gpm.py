@@ -165,9 +165,9 @@ class GPM(PreferenceModel):
             "pluralign.models.ranking.rank_by_average_preference for a ranking"
         )
 
-    def seen_user_state(self, users):
+    def user_table_state(self, users):
         if not self.personal:
-            return super().seen_user_state(users)
+            return super().user_table_state(users)
         return self.user_mixture_logits[...][users]  # [B, K]
 
     def canonical_user_state(self, user_state):

@@ -120,7 +120,7 @@ class LinearPersonal(PreferenceModel):
         del e_x, has_prompt
         return e_y @ self.weights[...] + jnp.sum(user_state * self.project(e_y), axis=-1)  # [B]
 
-    def seen_user_state(self, users):
+    def user_table_state(self, users):
         return self.user_deviations[...][users]  # [B, d]
 
     def population_user_state(self, users=None):

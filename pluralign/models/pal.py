@@ -73,7 +73,7 @@ class _PALBase(PreferenceModel):
         self.item_map = MLP(dims.dim, tuple(config.hidden), config.latent_dim, rngs=rngs)  # f_θ
         self.user_mixture_logits = mixture_logit_table(dims.n_users, config.n_prototypes, config.user_init_scale, rngs)  # W
 
-    def seen_user_state(self, users):
+    def user_table_state(self, users):
         return self.user_mixture_logits[...][users]  # [B, K]
 
     def canonical_user_state(self, user_state):

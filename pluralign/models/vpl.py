@@ -87,7 +87,7 @@ class VPLConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Settings:
+class VPLSettings:
     """The options the forward pass reads, hashable (VPLConfig holds lists), so the model's
     graphdef can be a static jit argument."""
 
@@ -105,7 +105,7 @@ class _Settings:
     normalize_z: bool
 
     @classmethod
-    def of(cls, config: VPLConfig) -> _Settings:
+    def of(cls, config: VPLConfig) -> VPLSettings:
         return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
 
@@ -114,7 +114,7 @@ def kl_to_standard_normal(mu: jax.Array, logvar: jax.Array) -> jax.Array:
     return 0.5 * jnp.sum(jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
 
 
-def beta_at(config: VPLConfig | _Settings, step) -> jax.Array:
+def beta_at(config: VPLConfig | VPLSettings, step) -> jax.Array:
     """β of the KL term at a training step (None = after training: the final β)."""
     if step is None or config.beta_schedule == "constant":
         return jnp.float32(config.beta)
@@ -135,7 +135,7 @@ class VPL(PreferenceModel):
         return 2 * config.latent_dim  # [μ; log σ²]
 
     def __init__(self, config: VPLConfig, dims: Dims, *, rngs: nnx.Rngs):
-        self.config = _Settings.of(config)
+        self.settings = VPLSettings.of(config)
         L, H = config.latent_dim, config.pair_dim
         self.user_state_dim = self.state_dim(config, dims)
         self.null_prompt = NullPrompt(dims.dim, rngs=rngs)
@@ -173,7 +173,7 @@ class VPL(PreferenceModel):
         y = labels[..., None]
         h = y * enc(features["enc_ab"]) + (1.0 - y) * enc(features["enc_ba"])  # [..., C, H]
         in_context = weights > 0  # [..., C]
-        if self.config.attention:
+        if self.settings.attention:
             q, k, v = self.query(h), self.key(h), self.value(h)
             scores = jnp.einsum("...ih,...jh->...ij", q, k) / math.sqrt(h.shape[-1])  # [..., C, C]
             scores = jnp.where(in_context[..., None, :], scores, -1e30)
@@ -181,7 +181,7 @@ class VPL(PreferenceModel):
         w = jnp.where(in_context, weights, 0.0)  # [..., C]
         total = w.sum(axis=-1)
         pooled = jnp.einsum("...c,...ch->...h", w, h) / jnp.maximum(total, 1e-9)[..., None]  # [..., H]
-        cfg = self.config
+        cfg = self.settings
         mu = jnp.clip(self.mu_head(pooled), -cfg.mu_clamp, cfg.mu_clamp)
         logvar = jnp.clip(self.logvar_head(pooled), cfg.logvar_min, cfg.logvar_max)
         empty = (total <= 0)[..., None]
@@ -189,7 +189,7 @@ class VPL(PreferenceModel):
 
     def normalize(self, z: jax.Array) -> jax.Array:
         """n(z), the same in training and evaluation (see the module docstring)."""
-        if not self.config.normalize_z:
+        if not self.settings.normalize_z:
             return z
         return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-6) * math.sqrt(z.shape[-1])
 
@@ -208,11 +208,11 @@ class VPL(PreferenceModel):
         return self._decode(z, features["dec_a"]) - self._decode(z, features["dec_b"])
 
     def pair_logits(self, user_state, features):
-        return self.latent_logits(user_state[..., : self.config.latent_dim], features)  # posterior mean
+        return self.latent_logits(user_state[..., : self.settings.latent_dim], features)  # posterior mean
 
     def split_state(self, user_state: jax.Array) -> tuple[jax.Array, jax.Array]:
         """[..., 2L] -> (μ, log σ²) [..., L] each."""
-        return user_state[..., : self.config.latent_dim], user_state[..., self.config.latent_dim :]
+        return user_state[..., : self.settings.latent_dim], user_state[..., self.settings.latent_dim :]
 
     # --- users
     def infer_user(self, support_features, labels, weights, *, prior_mean=None, **options):
@@ -224,7 +224,7 @@ class VPL(PreferenceModel):
     def population_user_state(self, users=None):
         return jnp.zeros((self.user_state_dim,), jnp.float32)  # the prior N(0, I): μ = 0, log σ² = 0
 
-    def seen_user_state(self, users):
+    def user_table_state(self, users):
         # Without the training comparisons VPL knows nothing of a user: the prior. Scoring
         # goes through `seen_states`, which encodes the user's training comparisons.
         return jnp.zeros((users.shape[0], self.user_state_dim), jnp.float32)
@@ -233,8 +233,8 @@ class VPL(PreferenceModel):
         """Posterior of each seen user from their first c_max training comparisons: [B, 2L]."""
         ctx = tables.context
         if ctx is None:
-            return self.seen_user_state(users)
-        c = self.config.c_max
+            return self.user_table_state(users)
+        c = self.settings.c_max
         start, count = ctx.offsets[users], ctx.offsets[users + 1] - ctx.offsets[users]  # [B]
         slot = jnp.arange(c)[None, :]  # [1, c]
         rows = jnp.minimum(start[:, None] + slot, ctx.pairs.label.shape[0] - 1)  # [B, c]
@@ -253,7 +253,7 @@ class VPL(PreferenceModel):
         """For each query, rows [B, c_max] of tables.context.pairs and a mask [B, c_max]: a random
         number in [c_min, c_max] of the same user's OTHER training comparisons, without
         replacement (from a random window of `context_pool` of them), never the query itself."""
-        ctx, cfg = tables.context, self.config
+        ctx, cfg = tables.context, self.settings
         size_key, start_key, pick_key = jax.random.split(rng, 3)
         B = batch.label.shape[0]
         start, count = ctx.offsets[batch.user], ctx.offsets[batch.user + 1] - ctx.offsets[batch.user]  # [B]
@@ -286,7 +286,7 @@ class VPL(PreferenceModel):
         logits = self.latent_logits(z, self.pair_features(gather(tables, batch)))  # [B]
         metrics = weighted_metrics(logits, batch.label, batch.weight)
         kl = (kl_to_standard_normal(mu, logvar) * batch.weight).sum() / jnp.maximum(batch.weight.sum(), 1e-9)
-        objective = metrics["loss"] + beta_at(self.config, tables.step) * kl
+        objective = metrics["loss"] + beta_at(self.settings, tables.step) * kl
         return objective, {"loss": objective, "nll": metrics["loss"], "kl": kl, "accuracy": metrics["accuracy"]}
 
     # --- rewards and uncertainty
@@ -297,7 +297,7 @@ class VPL(PreferenceModel):
         D = e_y.shape[-1]
         dk = self.decoder.layers[0].kernel[...]
         dec_x = self.null_prompt(e_x, has_prompt) @ dk[:D] + self.decoder.layers[0].bias[...][None]  # [B, H]
-        mu = user_state[..., : self.config.latent_dim]
+        mu = user_state[..., : self.settings.latent_dim]
         r_y = self._decode(mu, dec_x + e_y @ dk[D : 2 * D])  # [B]
         if reference_y is None:
             return r_y
@@ -311,7 +311,7 @@ class VPL(PreferenceModel):
         D = e_y.shape[-1]
         dk = self.decoder.layers[0].kernel[...]
         dec_x = self.null_prompt(e_x, has_prompt) @ dk[:D] + self.decoder.layers[0].bias[...][None]  # [B, H]
-        mu = user_state[..., : self.config.latent_dim]
+        mu = user_state[..., : self.settings.latent_dim]
         return self._decode(mu[:, None, :], dec_x[:, None, :] + e_y @ dk[D : 2 * D])  # [B, N]
 
     def describe_user_states(self, states):

@@ -118,8 +118,8 @@ class MetaLearned(PreferenceModel):
     def rewards(self, user_state, e_x, has_prompt, e_y):
         return self.inner.rewards(user_state, e_x, has_prompt, e_y)
 
-    def seen_user_state(self, users):
-        return self.inner.seen_user_state(users)
+    def user_table_state(self, users):
+        return self.inner.user_table_state(users)
 
     def seen_states(self, tables, users):
         return self.inner.seen_states(tables, users)

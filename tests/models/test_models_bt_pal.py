@@ -129,7 +129,7 @@ def test_shapes(name):
     B = 5
     pair = make_pair(0, n=B)
     users = jnp.array([0, 3, 6, 1, 1])
-    states = model.seen_user_state(users)
+    states = model.user_table_state(users)
     assert states.shape == (B, expected_S) and states.dtype == jnp.float32
     features = model.pair_features(pair)
     for leaf in jax.tree.leaves(features):
@@ -146,7 +146,7 @@ def test_shapes(name):
 def test_seen_user_state_is_that_users_row(name):
     model = make_model(name)
     users = jnp.array([4, 0, 4])
-    states = np.asarray(model.seen_user_state(users))
+    states = np.asarray(model.user_table_state(users))
     table = np.asarray(model.user_mixture_logits[...])
     np.testing.assert_array_equal(states, table[[4, 0, 4]])
 

@@ -60,7 +60,7 @@ def test_a_subclass_with_no_overrides_gets_working_defaults_for_every_hook():
     same, summary = Minimal.prepare_params(None, None, np.arange(3), params)
     assert same is params and summary is None
     users = jnp.arange(3)
-    assert model.seen_user_state(users).shape == (3, 0) and model.population_user_state().shape == (0,)
+    assert model.user_table_state(users).shape == (3, 0) and model.population_user_state().shape == (0,)
     feats = model.pair_features(_pair())
     states = model.infer_user(jax.tree.map(lambda f: f[None], feats), jnp.ones((1, 4)), jnp.ones((1, 4)), prior_strength=1.0)
     assert states.shape == (1, 0)
@@ -107,7 +107,7 @@ def test_every_model_answers_every_hook(name, cls, no_attributes):
     model = nnx.merge(graphdef, params)
     # S is known from the class and config alone, and agrees with the built model.
     S = cls.state_dim(config, DIMS)
-    assert S == model.user_state_dim and model.seen_user_state(jnp.arange(3)).shape == (3, S)
+    assert S == model.user_state_dim and model.user_table_state(jnp.arange(3)).shape == (3, S)
     # `pluralign.run` calls prepare_params unconditionally: a no-op for every family without a
     # stage before comparison training (DPA's needs rated attributes and refuses data without).
     if name == "dpa":
@@ -117,7 +117,7 @@ def test_every_model_answers_every_hook(name, cls, no_attributes):
         same, summary = cls.prepare_params(config, no_attributes, np.arange(4), params)
         assert same is params and summary is None
     # User-embedding export: named spaces of U rows each, with a description.
-    states = model.seen_user_state(jnp.arange(N_USERS))
+    states = model.user_table_state(jnp.arange(N_USERS))
     spaces = describe_user_states(model, states)
     assert spaces and all(np.shape(a)[0] == N_USERS and len(text) > 20 for a, text in spaces.values())
     # The preference matrix is the model's own pairwise logit, for every model.
