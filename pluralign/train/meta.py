@@ -105,7 +105,8 @@ class MetaLearned(PreferenceModel):
         self.n_users = dims.n_users
         self.meta_init = nnx.Param(jnp.asarray(self.inner.population_user_state(), jnp.float32))  # φ₀ [S]
 
-    # --- the inner model's surface, unchanged
+    # --- the inner model's surface, unchanged (preference_logit_matrix, describe_user_states and the
+    # latent hooks keep PreferenceModel's defaults, as they did before they were declared there)
     def pair_features(self, pair):
         return self.inner.pair_features(pair)
 
