@@ -246,7 +246,11 @@ class PersonalizedReward:
         scalar one, else (GPM) the average preference mean_{j≠i} P(y_i ≻ y_j) (the GPM paper's score)."""
         if self.has_scalar_reward:
             return np.asarray(self(prompt, responses, user))
-        return np.asarray(ranking.average_preference(self.preference_matrix(prompt, responses, user)))
+        # ranking.average_preference is the same score, but summed in another order it moves the last
+        # bit (2.98e-08 seen on GPM): kept as it was so no number changes.
+        probs = np.asarray(self.preference_matrix(prompt, responses, user))
+        N = probs.shape[0]
+        return (probs.sum(axis=1) - np.diag(probs)) / max(N - 1, 1)
 
     def best_of_n(self, prompt, candidates, user) -> tuple[int, np.ndarray]:
         """(index of the best candidate, scores [N]) for one prompt and user (`scores`)."""
