@@ -43,17 +43,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.scipy.special import log_ndtr
 
-from pluralign.models.base import (
-    MLP,
-    Dims,
-    NullPrompt,
-    PairEmbeddings,
-    PreferenceModel,
-    Tables,
-    PairBatch,
-    gather,
-    weighted_metrics,
-)
+from pluralign.models.base import MLP, Dims, NullPrompt, PairBatch, PairEmbeddings, PreferenceModel, Tables, gather, weighted_metrics
 
 
 @dataclasses.dataclass
