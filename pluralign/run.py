@@ -329,15 +329,12 @@ def build_models(config: RunConfig, data: RunData) -> Models:
 
 
 def prepare_stage(cls: type, config: RunConfig, data: RunData, params):
-    """A family with a stage before comparison training (DPA: attribute regression) fits it
-    here, from the items of seen users' training pairs only, and sets those parameters in every
-    seed: (params, its summary or None)."""
-    prepare, stage1 = getattr(cls, "prepare_params", None), None
-    if prepare is not None:
-        c, rows = data.comparisons, data.pairs.train
-        train_items = np.unique(np.concatenate([c.a[rows], c.b[rows]]))
-        params, stage1 = prepare(config.model, data.dataset, train_items, params)
-    return params, stage1
+    """A family with a stage before comparison training (DPA: attribute regression,
+    `PreferenceModel.prepare_params`) fits it here, from the items of seen users' training pairs
+    only, and sets those parameters in every seed: (params, its summary or None)."""
+    c, rows = data.comparisons, data.pairs.train
+    train_items = np.unique(np.concatenate([c.a[rows], c.b[rows]]))
+    return cls.prepare_params(config.model, data.dataset, train_items, params)  # (params, None) by default
 
 
 def training_context(cls: type, config: RunConfig, data: RunData) -> Any:

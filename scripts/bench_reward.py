@@ -38,7 +38,7 @@ def build(name: str, dim: int, root: str, n_users: int = 100):
     dims = base.Dims(dim=dim, n_users=n_users)
     graphdef, params = init_params(cls, config, dims, jax.random.PRNGKey(0)[None])  # one seed
     model = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], params))
-    states = model.seen_user_state(jnp.arange(n_users))[None]
+    states = model.user_table_state(jnp.arange(n_users))[None]
     path = os.path.join(root, f"{name}-{dim}")
     save_model(path, model_config=config, dims=dims, params=params, seen_states=states, seeds=[0],
                dataset_meta={"name": "bench", "n_users": n_users}, seen_users=np.arange(n_users))

@@ -236,11 +236,9 @@ class TrainedModel:
         """A known user's row in the state table, from its id (as in meta user_ids) or its row number."""
         ids = self.users["user_id"]
         row = self._row_by_id.get(str(user))
-        if row is not None:
-            pass
-        elif isinstance(user, (int, np.integer)) and 0 <= int(user) < len(ids):
+        if row is None and isinstance(user, (int, np.integer)) and 0 <= int(user) < len(ids):
             row = int(user)
-        else:
+        elif row is None:
             raise KeyError(f"unknown user {user!r}: not a user id of dataset {self.record['dataset']!r}")
         if self.users["split"][row] != "seen":
             raise KeyError(
@@ -315,9 +313,8 @@ def load(path: str | os.PathLike, *, seed: int | None = None) -> TrainedModel:
         cls = meta.meta_class(cls, meta.MetaOptions(**record["meta"]))
     config = _build_dataclass(config_cls, record["model_config"])
     dims = base.Dims(**record["dims"])
-    abstract_model = nnx.eval_shape(lambda: cls(config, dims, rngs=nnx.Rngs(0)))
-    S = int(abstract_model.user_state_dim)
-    graphdef, abstract = nnx.split(abstract_model)
+    S = cls.state_dim(config, dims)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: cls(config, dims, rngs=nnx.Rngs(0))))
     leaves, treedef = jax.tree.flatten(abstract)
     n_seeds = len(record["seeds"])
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -12,9 +12,9 @@ Next question. For a set of candidate pairs, the expected information gain about
 state of asking each pair is the BALD mutual information
 (`pluralign.evaluate.active.label_information_gain`) over S samples of the user's
 posterior. Samples come from
-  - the model's own posterior when it has one: VPL's state is q(z | support) = N(μ, σ²), and
-    a model with `sample_latents(state, rng, n)` and `latent_logits(z, features)` is sampled
-    in its latent space; otherwise
+  - the model's own posterior when it has one (`has_latent_posterior`): VPL's state is
+    q(z | support) = N(μ, σ²), sampled in its latent space by `sample_latents(state, rng, n)` and
+    scored by `latent_logits(z, features)`; otherwise
   - a Laplace approximation around the fitted state φ̂ (MAP for PAL, DPA, GPM):
         H = ∇²_φ [ Σ_i w_i ℓ(head(φ, f_i), y_i) − log p(φ) ] at φ̂,   φ_s = φ̂ + H^{-1/2} ε_s,
     restricted to the directions where H's eigenvalues exceed `min_precision`: directions the
@@ -35,12 +35,7 @@ from flax import nnx
 
 from pluralign.evaluate.active import label_information_gain
 from pluralign.models import base
-from pluralign.export.reward import PersonalizedReward, Support
-
-
-def _has_latent_posterior(model) -> bool:
-    """VPL-style models: the state parametrises q(z | support); samples are latents z."""
-    return hasattr(model, "sample_latents") and hasattr(model, "latent_logits")
+from pluralign.export.reward import PersonalizedReward, StreamingUser, Support
 
 
 def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt, e_a, e_b, label, weight, key,
@@ -48,7 +43,7 @@ def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt,
     """(state [S], samples [n, ·]) for one user's padded support [C]: latents z ~ q(z | support)
     for a model with its own posterior, else Laplace samples of the state around φ̂."""
     model = nnx.merge(reward.graphdef, params)
-    feats = reward._features(model, e_x[None], has_prompt[None], e_a[None], e_b[None])
+    feats = reward.support_features(model, e_x[None], has_prompt[None], e_a[None], e_b[None])
     if reward.inference == "bayes" and model.fits_user_state:  # the evaluation's empirical-Bayes Laplace posterior
         mean, cov = base.laplace_posterior(
             model, feats, label[None], weight[None], base.empirical_prior(model, reward.seen_users),
@@ -61,7 +56,7 @@ def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt,
     prior_mean = model.population_user_state(reward.seen_users)
     state = model.infer_user(feats, label[None], weight[None], prior_mean=prior_mean, prior_strength=reward.prior_strength,
                              steps=reward.inference_steps, learning_rate=reward.inference_learning_rate)[0]
-    if _has_latent_posterior(model):
+    if model.has_latent_posterior:
         return state, model.sample_latents(state, key, n_samples)  # [n, L]
     one_feats = jax.tree.map(lambda f: f[0], feats)
     C, S = label.shape[0], reward.state_dim
@@ -80,7 +75,7 @@ def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt,
     return state, state[None, :] + jax.random.normal(key, (n_samples, S)) @ scale.T
 
 
-class OnlineUser:
+class OnlineUser(StreamingUser):
     """One user's streaming comparisons -> current state and the most informative next question."""
 
     def __init__(self, reward: PersonalizedReward, *, capacity: int | None = None, n_samples: int = 64,
@@ -110,7 +105,7 @@ class OnlineUser:
         return self._e_x, self._has_prompt, self._e_a, self._e_b, self._label, self._weight
 
     def _infer(self) -> jax.Array:
-        return self.reward._infer(self.reward.params, *(jnp.asarray(x)[None] for x in self._arrays()))[0]
+        return self.reward.infer_padded(self.reward.params, *(jnp.asarray(x)[None] for x in self._arrays()))[0]
 
     def add(self, e_a, e_b, label: float = 1.0, e_x=None, weight: float = 1.0) -> jax.Array:
         """Records one comparison (a ≻ b with probability `label`) and returns the updated state [S]."""
@@ -142,8 +137,8 @@ class OnlineUser:
         model = nnx.merge(self.reward.graphdef, params)
         feats = model.pair_features(base.PairEmbeddings(e_x=e_x, has_prompt=has_prompt, e_a=e_a, e_b=e_b))  # [P, ...]
         P = e_a.shape[0]
-        head = model.latent_logits if _has_latent_posterior(model) else model.pair_logits
-        logits = jax.vmap(lambda s: head(jnp.broadcast_to(s, (P, s.shape[0])), feats))(samples)  # [n, P]
+        # Samples are latents z (VPL's posterior) or user states, which `latent_logits` scores by default.
+        logits = jax.vmap(lambda s: model.latent_logits(jnp.broadcast_to(s, (P, s.shape[0])), feats))(samples)  # [n, P]
         return label_information_gain(logits)
 
     def information_gain(self, e_a, e_b, e_x=None) -> jax.Array:

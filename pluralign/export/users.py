@@ -1,10 +1,10 @@
 """User-embedding export: every seen user's state as `.npy` + a parquet of ids, a README of
 what each space means, and a 2-D PCA map of users (PNG), coloured by true group if known.
 
-What the spaces are comes from the model: a model may define
-`describe_user_states(states [U, S]) -> {name: (array [U, ...], description)}`; otherwise
-the describers below cover the families that do not (PAL), and any other model exports its
-raw user state φ_u (`user_state.npy`) with a generic description.
+What the spaces are comes from the model's `describe_user_states(states [U, S]) ->
+{name: (array [U, ...], description)}` hook (PAL: mixture weights and ideal points, VPL:
+posterior means and variances, DPA: directions, personalized GPM: gate weights and gates); by
+default a model exports its raw user state φ_u (`user_state.npy`) with a generic description.
 """
 
 from __future__ import annotations
@@ -21,68 +21,10 @@ import pyarrow.parquet as pq
 from pluralign.models import base
 
 
-def _describe_pal(model, states):
-    weights = jax.nn.softmax(states, axis=-1)
-    spaces = {
-        "mixture_weights": (weights, "w_u = softmax(W_u) ∈ Δ^{K−1}: how much user u follows each of the K prototypes."),
-        "mixture_logits": (states, "W_u ∈ R^K, the fitted user state (mixture weights' logits; shift-invariant)."),
-    }
-    if hasattr(model, "prototypes"):  # PAL-A: a single, prompt-independent ideal point per user
-        spaces["ideal_points"] = (
-            weights @ model.prototypes[...],
-            "a_u = Σ_k w_uk P_k ∈ R^d: user u's ideal point in the learned item space f_θ(e_y); "
-            "a response scores −τ‖f(e_y) − a_u‖².",
-        )
-    return spaces
-
-
-def _describe_vpl(model, states):
-    mean, log_variance = model.split_state(states)
-    return {
-        "posterior_mean": (mean, "μ_u ∈ R^L: mean of q(z | C_u), VPL's posterior over user u's latent given their "
-                                 "training comparisons; the decoder scores responses with n(μ_u)."),
-        "posterior_variance": (jnp.exp(log_variance), "σ²_u ∈ R^L: variance of q(z | C_u) per latent dimension "
-                                                       "(small = the context pins the user down)."),
-    }
-
-
-def _describe_gpm(model, states):
-    if not getattr(model, "personal", False):
-        return {}
-    D = model.null_prompt.vector.shape[0]
-    gates = model.prototype_gates(jnp.zeros((1, D)), jnp.zeros((1,), bool))  # [1, J, k] with the null prompt
-    lam = model.gate(states, jnp.broadcast_to(gates, (states.shape[0], *gates.shape[1:])))  # [U, k]
-    return {
-        "gate_weights": (jax.nn.softmax(states, axis=-1), "w_u = softmax(W_u) ∈ Δ^{K−1}: user u's mixture over the "
-                                                            "K prototype gates."),
-        "gates": (lam, "λ_u = Σ_j w_uj Λ_j(null prompt) ∈ R^k_{≥0}: user u's weight on each of the k skew-symmetric "
-                       "preference blocks, for a prompt-free comparison (prompts move Λ_j)."),
-    }
-
-
-def _describe_dpa(model, states):
-    return {"directions": (states, "v_u ∈ S^{m−1}: user u's unit direction over the m attribute rewards; "
-                                   "R_u(y) = v_uᵀ r(y).")}
-
-
 def describe_user_states(model: base.PreferenceModel, states: jax.Array) -> dict:
-    """{name: (array [U, ...], description)} for [U, S] user states of `model`."""
-    if hasattr(model, "describe_user_states"):
-        return model.describe_user_states(states)
-    from pluralign.models.pal import _PALBase
-
-    if isinstance(model, _PALBase):
-        return _describe_pal(model, states)
-    name = type(model).__name__
-    special = {"VPL": _describe_vpl, "GPM": _describe_gpm, "DPA": _describe_dpa}.get(name)
-    spaces = special(model, states) if special is not None else {}
-    if spaces:
-        return spaces
-    if model.user_state_dim == 0:
-        return {"user_state": (states, f"{name} has no user state (S = 0): every user gets the population's "
-                                       "preferences, so there is nothing per user to export.")}
-    return {"user_state": (states, f"φ_u ∈ R^{model.user_state_dim}, the model's learned per-user state "
-                                   f"({type(model).__name__}); see the model's docstring for its role.")}
+    """{name: (array [U, ...], description)} for [U, S] user states of `model`
+    (`PreferenceModel.describe_user_states`)."""
+    return model.describe_user_states(states)
 
 
 def _pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

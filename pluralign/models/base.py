@@ -17,7 +17,7 @@ state is fitted rather than amortised; `pluralign.evaluate.fewshot` calls it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -110,18 +110,47 @@ def gather(tables: Tables, batch: PairBatch) -> PairEmbeddings:
 
 
 class PreferenceModel(nnx.Module):
-    """Base class. Subclasses set `user_state_dim` and implement the abstract methods.
+    """Base class: every hook the framework calls on a model is declared here, with a default.
 
-    Shapes: B pairs, D embedding size, S = `user_state_dim` (0 for BT).
+    A new family subclasses this in one file, implements `pair_features`, `pair_logits` and
+    `reward`, sets the class flags below that differ from the defaults, and overrides
+    `state_dim` if it has a user state. Shapes: B pairs, D embedding size, S = `user_state_dim`.
     """
 
+    # S, the size of φ_u. A class-level 0 for models without a user state (BT); a model whose S
+    # depends on its config overrides `state_dim` and sets `self.user_state_dim =
+    # self.state_dim(config, dims)` in `__init__`, so tools can read S from the class and config
+    # (`state_dim`) or from an instance (this attribute), and the two agree.
     user_state_dim: int = 0
     # False: `infer_user` ignores the prior strength (amortised inference, e.g. VPL), so the
     # evaluation does not select one on unseen-val users.
-    uses_prior_strength: bool = True
+    uses_prior_strength: ClassVar[bool] = True
     # True: pair_logits(u, a, b) = reward(u, a) − reward(u, b), so a preference matrix over n
-    # responses needs n rewards (`pluralign.models.ranking`); False: its pair logits on n² pairs.
-    logit_is_reward_difference: bool = False
+    # responses needs n rewards (`preference_logit_matrix`); False: its pair logits on n² pairs.
+    logit_is_reward_difference: ClassVar[bool] = False
+    # False: the model has no scalar reward (GPM: preferences may be cyclic); `reward` raises and
+    # users rank responses by average preference (`pluralign.models.ranking`).
+    has_scalar_reward: ClassVar[bool] = True
+    # True: the user state parametrises a posterior over a latent z that `sample_latents` draws
+    # from and `latent_logits` decodes (VPL); online elicitation samples it instead of a Laplace
+    # approximation around the fitted state.
+    has_latent_posterior: ClassVar[bool] = False
+
+    @classmethod
+    def state_dim(cls, config: Any, dims: Dims) -> int:
+        """S for a model built from `config` and `dims`, without building it. Default: the
+        class-level `user_state_dim` (0: no user state)."""
+        del config, dims
+        return cls.user_state_dim
+
+    @classmethod
+    def prepare_params(cls, config: Any, dataset: Any, train_items: Any, params: Any) -> tuple[Any, dict | None]:
+        """A stage before comparison training (DPA's attribute regression), run by
+        `pluralign.run` once on the seed-stacked initial `params`, with `train_items` the items
+        of seen users' training pairs. Returns (params, a summary for results.json or None).
+        Default: no stage, `(params, None)` unchanged."""
+        del config, dataset, train_items
+        return params, None
 
     @property
     def fits_user_state(self) -> bool:
@@ -155,16 +184,19 @@ class PreferenceModel(nnx.Module):
         rep = lambda x: jnp.repeat(x, N, axis=0)  # noqa: E731
         return self.reward(rep(user_state), rep(e_x), rep(has_prompt), e_y.reshape(B * N, D)).reshape(B, N)
 
-    def seen_user_state(self, users: jax.Array) -> jax.Array:
-        """[B] user ids -> [B, S] learned states of seen users."""
+    def user_table_state(self, users: jax.Array) -> jax.Array:
+        """[B] user ids -> [B, S] the states the model holds for seen users: rows of its learned
+        user-state table (a parameter), the samples of the empirical-Bayes prior. A model that keeps
+        no table (VPL) returns its prior. Compare `seen_states`, which computes the states seen
+        users are scored with."""
         return jnp.zeros((users.shape[0], self.user_state_dim), jnp.float32)
 
     def seen_states(self, tables: Tables, users: jax.Array, context: Any = None) -> jax.Array:
         """[B] seen user ids -> [B, S] states used to score their comparisons; `context` is the
-        model's `training_context` (None where it has none). Default: the learned table
-        (`seen_user_state`); VPL encodes each user's training comparisons."""
+        model's `training_context` (None where it has none). Default: the learned table rows
+        (`user_table_state`); VPL encodes each user's training comparisons."""
         del tables, context
-        return self.seen_user_state(users)
+        return self.user_table_state(users)
 
     def population_user_state(self, users: jax.Array | None = None) -> jax.Array:
         """[S] the state of an average user among `users` (seen users; None = every row of the
@@ -194,6 +226,38 @@ class PreferenceModel(nnx.Module):
         state is a direction, normalises it."""
         return user_state
 
+    def preference_logit_matrix(self, user_state: jax.Array, e_x: jax.Array, has_prompt: jax.Array, e_items: jax.Array) -> jax.Array:
+        """[S], [D] (zeros if no prompt), [] bool, [n, D] -> [n, n] logits of P(i ≻ j | x, u).
+
+        Default: r_i − r_j from one `rewards` call where `logit_is_reward_difference`, else the
+        model's own pair logits on all n² ordered pairs (exact for every model). GPM overrides it
+        with one matrix product."""
+        if self.logit_is_reward_difference:
+            return reward_logit_matrix(self, user_state, e_x, has_prompt, e_items)
+        return pair_logit_matrix(self, user_state, e_x, has_prompt, e_items)
+
+    def sample_latents(self, user_state: jax.Array, rng: jax.Array, n_samples: int) -> jax.Array:
+        """[..., S] -> [n_samples, ..., L] draws of the latent the state describes, for models with
+        `has_latent_posterior` (VPL: z ~ q(z | C)). Default: the state is the latent, known
+        exactly (n copies of it)."""
+        del rng
+        return jnp.broadcast_to(user_state[None], (n_samples, *user_state.shape))
+
+    def latent_logits(self, z: jax.Array, features: Any) -> jax.Array:
+        """Logits of P(a ≻ b | z) for latents z [..., L] (from `sample_latents`) against pair
+        features [..., ·]. Default: the latent is the user state, so `pair_logits`."""
+        return self.pair_logits(z, features)
+
+    def describe_user_states(self, states: jax.Array) -> dict[str, tuple[jax.Array, str]]:
+        """{space name: (array [U, ...], what it means)} for [U, S] user states: the spaces
+        `pluralign.export.users` writes (one `.npy` each). Default: the raw state φ_u."""
+        name = type(self).__name__
+        if self.user_state_dim == 0:
+            return {"user_state": (states, f"{name} has no user state (S = 0): every user gets the population's "
+                                           "preferences, so there is nothing per user to export.")}
+        return {"user_state": (states, f"φ_u ∈ R^{self.user_state_dim}, the model's learned per-user state "
+                                       f"({name}); see the model's docstring for its role.")}
+
     @classmethod
     def training_context(cls, train: PairBatch, n_users: int, *, seed: int) -> Any:
         """What the model reads besides the batch, in its training step (`TrainStep.context`) and
@@ -207,7 +271,7 @@ class PreferenceModel(nnx.Module):
 
     def loss(self, tables: Tables, batch: PairBatch, rng: jax.Array | None) -> tuple[jax.Array, dict]:
         """Training objective on a batch: (scalar, metrics), metrics["loss"] the weighted mean
-        preference cross-entropy (`weighted_metrics`). Default: that loss + regularization."""
+        preference cross-entropy (`weighted_metrics`). Default: that loss (`mean_preference_loss`)."""
         del rng  # deterministic by default
         return mean_preference_loss(self, tables, batch)
 
@@ -216,10 +280,6 @@ class PreferenceModel(nnx.Module):
         `loss(tables, batch, step.rng)`; a model that reads its `training_context`, the step
         counter or the batch's training rows (VPL, MRM) overrides this instead."""
         return self.loss(tables, batch, step.rng)
-
-    def regularization(self) -> jax.Array:
-        """Extra training penalty on θ (added to the mean loss)."""
-        return jnp.zeros((), jnp.float32)
 
 
 class NullPrompt(nnx.Module):
@@ -295,12 +355,30 @@ def weighted_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array) -
 def mean_preference_loss(model: PreferenceModel, tables: Tables, batch: PairBatch) -> tuple[jax.Array, dict]:
     """Weighted mean preference loss over a batch of seen-user comparisons, plus metrics."""
     metrics = weighted_metrics(seen_logits(model, tables, batch), batch.label, batch.weight)
-    return metrics["loss"] + model.regularization(), metrics
+    return metrics["loss"], metrics
 
 
 def reward(model: PreferenceModel, user_state: jax.Array, e_x, has_prompt, e_y) -> jax.Array:
     """[B] rewards of responses e_y for users in states user_state."""
     return model.reward(user_state, e_x, has_prompt, e_y)
+
+
+def reward_logit_matrix(model: PreferenceModel, user_state, e_x, has_prompt, e_items) -> jax.Array:
+    """[S], [D], [] bool, [n, D] -> [n, n] logits r_i − r_j from one `rewards` call: the n responses
+    form one (user, prompt) row, so models that can compute the prompt part once per row do."""
+    r = model.rewards(user_state[None], e_x[None], jnp.asarray(has_prompt)[None], e_items[None])[0]  # [n]
+    return r[:, None] - r[None, :]
+
+
+def pair_logit_matrix(model: PreferenceModel, user_state, e_x, has_prompt, e_items) -> jax.Array:
+    """[n, n] the model's own pair logits on all n² ordered pairs (exact for every model)."""
+    n, dim = e_items.shape
+    i, j = jnp.divmod(jnp.arange(n * n), n)
+    pair = PairEmbeddings(
+        e_x=jnp.broadcast_to(e_x, (n * n, dim)), has_prompt=jnp.broadcast_to(has_prompt, (n * n,)), e_a=e_items[i], e_b=e_items[j]
+    )
+    logits = model.pair_logits(jnp.broadcast_to(user_state, (n * n, user_state.shape[-1])), model.pair_features(pair))
+    return logits.reshape(n, n)
 
 
 def init(model_cls, config, dims: Dims, rng: jax.Array) -> tuple[nnx.GraphDef, nnx.State]:
@@ -387,7 +465,7 @@ def empirical_prior(model: PreferenceModel, seen_users: jax.Array, variance_floo
     seen users do not vary (PAL's softmax shift, collapsed prototypes) keep a small, finite prior.
     """
     mean = model.canonical_user_state(model.population_user_state(seen_users))  # [S]
-    states = model.canonical_user_state(model.seen_user_state(seen_users))  # [N, S]
+    states = model.canonical_user_state(model.user_table_state(seen_users))  # [N, S]
     deviations = states - mean[None]
     S = mean.shape[0]
     cov = ledoit_wolf(deviations)

@@ -25,7 +25,7 @@ control means what it says. r depends on the response embedding only (attributes
 in the dataset format); the prompt enters through the gate. One learned logit scale exp(t) is
 shared by all users (a direction has no length to carry confidence). The population user state
 (the few-shot prior mean) is the seen users' mean direction, a vector; the gate, which depends
-on the prompt, is the default reward (`population_reward`, `gate_direction`).
+on the prompt, is trained alongside (its weights: `gate_weights`) but no prediction uses it.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from flax import nnx
 
 from pluralign.models import multi_objective as mo
 from pluralign.models.base import MLP, Dims, NullPrompt, PairEmbeddings, PreferenceModel, gather, weighted_metrics
+from pluralign.numerics import unit
 
 
 @dataclasses.dataclass
@@ -69,14 +70,19 @@ class DPAConfig:
 
 
 def _unit(v: jax.Array) -> jax.Array:
-    return v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-9)
+    return unit(v, 1e-9)
 
 
 class DPA(PreferenceModel):
     logit_is_reward_difference = True
+
+    @classmethod
+    def state_dim(cls, config: DPAConfig, dims: Dims) -> int:
+        return config.n_attributes  # m
+
     def __init__(self, config: DPAConfig, dims: Dims, *, rngs: nnx.Rngs):
         m = config.n_attributes
-        self.user_state_dim = m
+        self.user_state_dim = self.state_dim(config, dims)
         self.freeze_attributes = config.freeze_attributes
         self.gate_temperature = config.gate_temperature
         self.gate_loss_weight = config.gate_loss_weight
@@ -104,15 +110,6 @@ class DPA(PreferenceModel):
         """[B, D], [B] -> [B, m] non-negative weights w(x) summing to 1."""
         return jax.nn.softmax(self.gate(self.null_prompt(e_x, has_prompt)) / self.gate_temperature, axis=-1)
 
-    def gate_direction(self, e_x: jax.Array, has_prompt: jax.Array) -> jax.Array:
-        """[B, m] the gate's weights as a unit direction (the population default user)."""
-        return _unit(self.gate_weights(e_x, has_prompt))
-
-    def population_reward(self, e_x, has_prompt, e_y) -> jax.Array:
-        """[B] R_pop(x, y) = exp(g) w(x)ᵀ r'(y)."""
-        w = self.gate_weights(e_x, has_prompt)
-        return jnp.exp(self.gate_logit_scale[...]) * jnp.sum(w * self.attribute_rewards(e_y), axis=-1)
-
     # --- the shared surface
     def pair_features(self, pair: PairEmbeddings):
         r = self.attribute_rewards(jnp.concatenate([pair.e_a, pair.e_b], axis=0))  # [2B, m]
@@ -130,7 +127,7 @@ class DPA(PreferenceModel):
         del e_x, has_prompt  # a user's direction does not depend on the prompt
         return jnp.exp(self.logit_scale[...]) * jnp.sum(_unit(user_state) * self.attribute_rewards(e_y), axis=-1)
 
-    def seen_user_state(self, users):
+    def user_table_state(self, users):
         return _unit(self.user_directions[...][users])  # [B, m]
 
     def population_user_state(self, users=None):
@@ -148,17 +145,21 @@ class DPA(PreferenceModel):
         """[U, m] unit directions; MAP of v = w/‖w‖ by Adam from the prior mean (base.fit_user_states)."""
         return _unit(super().infer_user(support_features, labels, weights, prior_mean=prior_mean, **options))
 
+    def describe_user_states(self, states):
+        return {"directions": (states, "v_u ∈ S^{m−1}: user u's unit direction over the m attribute rewards; "
+                                       "R_u(y) = v_uᵀ r(y).")}
+
     def loss(self, tables, batch, rng):
         del rng
         features = self.pair_features(gather(tables, batch))
-        metrics = weighted_metrics(self.pair_logits(self.seen_user_state(batch.user), features), batch.label, batch.weight)
+        metrics = weighted_metrics(self.pair_logits(self.user_table_state(batch.user), features), batch.label, batch.weight)
         gate = weighted_metrics(features[1], batch.label, batch.weight)
         metrics["gate_loss"], metrics["gate_accuracy"] = gate["loss"], gate["accuracy"]
         return metrics["loss"] + self.gate_loss_weight * gate["loss"], metrics
 
     # --- stage 1
-    @staticmethod
-    def prepare_params(config: DPAConfig, dataset, train_items: np.ndarray, params):
+    @classmethod
+    def prepare_params(cls, config: DPAConfig, dataset, train_items: np.ndarray, params):
         """Stage 1 on the attributes of `train_items` (items of seen users' training pairs):
         fits r and T and writes them into the seed-stacked `params`. Returns (params, summary)."""
         if dataset.attributes is None:
@@ -215,7 +216,7 @@ def rank_responses(model: DPA, direction, e_y: jax.Array) -> jax.Array:
     return jnp.argsort(-(model.attribute_rewards(e_y) @ _unit(jnp.asarray(direction, jnp.float32))))
 
 
-def best_of_n(model: DPA, direction, candidates: jax.Array) -> jax.Array:
+def best_of_n_by_direction(model: DPA, direction, candidates: jax.Array) -> jax.Array:
     """[P] index of the best of n candidates [P, n, D] per prompt under a direction [m]."""
     P, n, D = candidates.shape
     r = model.attribute_rewards(candidates.reshape(P * n, D)).reshape(P, n, -1)

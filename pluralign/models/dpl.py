@@ -43,17 +43,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.scipy.special import log_ndtr
 
-from pluralign.models.base import (
-    MLP,
-    Dims,
-    NullPrompt,
-    PairEmbeddings,
-    PreferenceModel,
-    Tables,
-    PairBatch,
-    gather,
-    weighted_metrics,
-)
+from pluralign.models.base import MLP, Dims, NullPrompt, PairBatch, PairEmbeddings, PreferenceModel, Tables, gather, weighted_metrics
 
 
 @dataclasses.dataclass
@@ -73,41 +63,48 @@ class DPLConfig:
             raise ValueError(f"model.n_atoms must be >= 2, got {self.n_atoms}")
 
 
-class _DPLBase(PreferenceModel):
-    """A per-response network [e_x; e_y] -> `n_out` numbers; no user state."""
+class PerResponseModel(PreferenceModel):
+    """A population model on one per-response network [ẽ_x; e_y] -> `n_out` numbers (DPL, DPRM):
+    no user state, and the pair's features are its whole logit."""
 
     user_state_dim = 0
 
-    def __init__(self, config: DPLConfig, dims: Dims, n_out: int, *, rngs: nnx.Rngs):
-        # Plain scalars, not the config object: NNX keeps them as static, hashable graph data.
-        self.variance_penalty, self.link, self.min_std = config.variance_penalty, config.link, config.min_std
-        self.n_atoms, self.entropy_coeff = config.n_atoms, config.entropy_coeff
+    def __init__(self, dims: Dims, hidden, n_out: int, *, rngs: nnx.Rngs):
         self.null_prompt = NullPrompt(dims.dim, rngs=rngs)
-        self.head = MLP(2 * dims.dim, tuple(config.hidden), n_out, rngs=rngs)
+        self.head = MLP(2 * dims.dim, tuple(hidden), n_out, rngs=rngs)
 
-    def _outputs(self, e_x, has_prompt, e_y) -> jax.Array:
-        return self.head(jnp.concatenate([self.null_prompt(e_x, has_prompt), e_y], axis=-1))  # [B, n_out]
+    def outputs(self, e_x, has_prompt, e_y) -> jax.Array:
+        """[B, D], [B], [B, D] -> [B, n_out], the network on [ẽ_x; e_y]."""
+        return self.head(jnp.concatenate([self.null_prompt(e_x, has_prompt), e_y], axis=-1))
 
-    def _pair_outputs(self, pair: PairEmbeddings) -> tuple[jax.Array, jax.Array]:
-        # Both responses through the head as one [2B] batch.
+    def pair_outputs(self, pair: PairEmbeddings) -> tuple[jax.Array, jax.Array]:
+        """[B, n_out] outputs for a and for b, both responses through the head as one [2B] batch."""
         e_x = jnp.concatenate([pair.e_x, pair.e_x], axis=0)
         has_prompt = jnp.concatenate([pair.has_prompt, pair.has_prompt], axis=0)
-        out = self._outputs(e_x, has_prompt, jnp.concatenate([pair.e_a, pair.e_b], axis=0))
-        return jnp.split(out, 2)  # [B, n_out] each
+        out = self.outputs(e_x, has_prompt, jnp.concatenate([pair.e_a, pair.e_b], axis=0))
+        return jnp.split(out, 2)
 
     def pair_logits(self, user_state: jax.Array, features: jax.Array) -> jax.Array:
         del user_state  # a population model: the logit is the same for every user
         return features
 
+
+class _DPLBase(PerResponseModel):
+    def __init__(self, config: DPLConfig, dims: Dims, n_out: int, *, rngs: nnx.Rngs):
+        # Plain scalars, not the config object: NNX keeps them as static, hashable graph data.
+        self.variance_penalty, self.link, self.min_std = config.variance_penalty, config.link, config.min_std
+        self.n_atoms, self.entropy_coeff = config.n_atoms, config.entropy_coeff
+        super().__init__(dims, config.hidden, n_out, rngs=rngs)
+
     def loss(self, tables: Tables, batch: PairBatch, rng: jax.Array | None) -> tuple[jax.Array, dict]:
         del rng
-        out_a, out_b = self._pair_outputs(gather(tables, batch))
+        out_a, out_b = self.pair_outputs(gather(tables, batch))
         metrics = weighted_metrics(self._logit(out_a, out_b), batch.label, batch.weight)
         penalty = self._penalty(out_a, out_b, batch.weight)
         return metrics["loss"] + penalty, {**metrics, "penalty": penalty}
 
     def pair_features(self, pair: PairEmbeddings) -> jax.Array:
-        return self._logit(*self._pair_outputs(pair))  # [B]
+        return self._logit(*self.pair_outputs(pair))  # [B]
 
 
 class DPLMeanVariance(_DPLBase):
@@ -131,7 +128,7 @@ class DPLMeanVariance(_DPLBase):
 
     def reward_distribution(self, e_x, has_prompt, e_y) -> tuple[jax.Array, jax.Array]:
         """[B] mean and standard deviation of the population's reward for response y."""
-        return self._mean_std(self._outputs(e_x, has_prompt, e_y))
+        return self._mean_std(self.outputs(e_x, has_prompt, e_y))
 
     def reward(self, user_state, e_x, has_prompt, e_y):
         del user_state
@@ -161,7 +158,7 @@ class DPLCategorical(_DPLBase):
 
     def reward_distribution(self, e_x, has_prompt, e_y) -> tuple[jax.Array, jax.Array]:
         """[B] mean and standard deviation of the population's reward for response y."""
-        p = jax.nn.softmax(self._outputs(e_x, has_prompt, e_y), axis=-1)  # [B, n]
+        p = jax.nn.softmax(self.outputs(e_x, has_prompt, e_y), axis=-1)  # [B, n]
         v = self._atoms()
         mean = p @ v
         return mean, jnp.sqrt(jnp.maximum(p @ jnp.square(v) - jnp.square(mean), 0.0))

@@ -45,17 +45,8 @@ import numpy as np
 from flax import nnx
 
 from pluralign.data.format import Comparisons
-from pluralign.models.base import (
-    MLP,
-    Dims,
-    NullPrompt,
-    PairBatch,
-    PairEmbeddings,
-    PreferenceModel,
-    Tables,
-    gather,
-    weighted_metrics,
-)
+from pluralign.models.base import Dims, PairBatch, PairEmbeddings, Tables, gather, weighted_metrics
+from pluralign.models.dpl import PerResponseModel
 
 
 @dataclasses.dataclass
@@ -87,43 +78,24 @@ def ot_distance(p: jax.Array, q: jax.Array) -> jax.Array:
     return jnp.sum(jnp.abs(jnp.cumsum(p, axis=-1) - jnp.cumsum(q, axis=-1)), axis=-1) / p.shape[-1]
 
 
-def beta_mean_std(alpha, beta):
-    total = alpha + beta
-    return alpha / total, jnp.sqrt(alpha * beta / (jnp.square(total) * (total + 1.0)))
-
-
-class DPRM(PreferenceModel):
+class DPRM(PerResponseModel):
     logit_is_reward_difference = True
-    user_state_dim = 0
 
     def __init__(self, config: DPRMConfig, dims: Dims, *, rngs: nnx.Rngs):
         self.n_bins, self.prior = config.n_bins, (config.prior_alpha, config.prior_beta)
         self.min_concentration, self.max_log_concentration = config.min_concentration, config.max_log_concentration
-        self.null_prompt = NullPrompt(dims.dim, rngs=rngs)
-        self.head = MLP(2 * dims.dim, tuple(config.hidden), 2, rngs=rngs)  # [r, ℓ]
-
-    def _outputs(self, e_x, has_prompt, e_y) -> jax.Array:
-        return self.head(jnp.concatenate([self.null_prompt(e_x, has_prompt), e_y], axis=-1))  # [B, 2]
-
-    def _pair_outputs(self, pair: PairEmbeddings):
-        e_x = jnp.concatenate([pair.e_x, pair.e_x], axis=0)
-        has_prompt = jnp.concatenate([pair.has_prompt, pair.has_prompt], axis=0)
-        return jnp.split(self._outputs(e_x, has_prompt, jnp.concatenate([pair.e_a, pair.e_b], axis=0)), 2)
+        super().__init__(dims, config.hidden, 2, rngs=rngs)  # outputs [r, ℓ] per response
 
     def share_distribution(self, pair: PairEmbeddings) -> tuple[jax.Array, jax.Array]:
         """[B] Beta parameters (α, β) of the predicted vote share for a over b."""
-        out_a, out_b = self._pair_outputs(pair)
+        out_a, out_b = self.pair_outputs(pair)
         m = jax.nn.sigmoid(out_a[:, 0] - out_b[:, 0])
         kappa = self.min_concentration + jnp.exp(jnp.minimum(out_a[:, 1] + out_b[:, 1], self.max_log_concentration))
         return kappa * m, kappa * (1.0 - m)
 
     def pair_features(self, pair: PairEmbeddings) -> jax.Array:
-        out_a, out_b = self._pair_outputs(pair)
+        out_a, out_b = self.pair_outputs(pair)
         return out_a[:, 0] - out_b[:, 0]  # logit of E[s] = m
-
-    def pair_logits(self, user_state: jax.Array, features: jax.Array) -> jax.Array:
-        del user_state  # a population model
-        return features
 
     def loss(self, tables: Tables, batch: PairBatch, rng: jax.Array | None) -> tuple[jax.Array, dict]:
         del rng
@@ -140,7 +112,7 @@ class DPRM(PreferenceModel):
 
     def reward(self, user_state, e_x, has_prompt, e_y):
         del user_state
-        return self._outputs(e_x, has_prompt, e_y)[:, 0]
+        return self.outputs(e_x, has_prompt, e_y)[:, 0]
 
 
 def aggregate_votes(comparisons: Comparisons) -> Comparisons:

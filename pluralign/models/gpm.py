@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pluralign.models.base import MLP, Dims, NullPrompt, PairEmbeddings, PreferenceModel
+from pluralign.models.pal import average_mixture_logits, centred_logits, mixture_logit_table
 
 GATES = ("constant", "prompt", "user")
 
@@ -83,6 +84,12 @@ def skew_score(lam: jax.Array, v_a: jax.Array, v_b: jax.Array) -> jax.Array:
 class GPM(PreferenceModel):
     """General preference model; `config.gate` picks a constant, prompt or user gate."""
 
+    has_scalar_reward = False  # preferences may be cyclic
+
+    @classmethod
+    def state_dim(cls, config: GPMConfig, dims: Dims) -> int:
+        return config.n_prototypes if config.gate == "user" else 0  # K user weights' logits, or none
+
     def __init__(self, config: GPMConfig, dims: Dims, *, rngs: nnx.Rngs):
         k, D = config.n_blocks, dims.dim
         self.n_blocks = k
@@ -100,11 +107,9 @@ class GPM(PreferenceModel):
         self.gate_bias = nnx.Param(  # [J, k]; random for prototypes so they start apart
             jax.random.normal(rngs.params(), (n_gates, k)) if self.personal else jnp.zeros((1, k))
         )
+        self.user_state_dim = self.state_dim(config, dims)
         if self.personal:
-            self.user_state_dim = config.n_prototypes
-            self.user_logits = nnx.Param(  # W ∈ R^{n_users × K}
-                config.user_init_scale * jax.random.normal(rngs.params(), (dims.n_users, config.n_prototypes))
-            )
+            self.user_mixture_logits = mixture_logit_table(dims.n_users, config.n_prototypes, config.user_init_scale, rngs)  # W
 
     # --- pieces -----------------------------------------------------------------------
 
@@ -160,18 +165,28 @@ class GPM(PreferenceModel):
             "pluralign.models.ranking.rank_by_average_preference for a ranking"
         )
 
-    def seen_user_state(self, users):
+    def user_table_state(self, users):
         if not self.personal:
-            return super().seen_user_state(users)
-        return self.user_logits[...][users]  # [B, K]
+            return super().user_table_state(users)
+        return self.user_mixture_logits[...][users]  # [B, K]
 
     def canonical_user_state(self, user_state):
-        # As PAL: softmax(W + c) = softmax(W), so centred logits are the identifiable part.
-        return user_state - user_state.mean(axis=-1, keepdims=True) if self.personal else user_state
+        return centred_logits(user_state) if self.personal else user_state  # as PAL
 
     def population_user_state(self, users=None):
         if not self.personal:
             return super().population_user_state(users)
-        # As PAL: the average seen user's weights as logits log w̄ (softmax is shift-invariant).
-        logits = self.user_logits[...] if users is None else self.user_logits[...][users]
-        return jnp.log(jax.nn.softmax(logits, axis=-1).mean(axis=0))  # [K]
+        return average_mixture_logits(self.user_mixture_logits[...], users)  # [K], as PAL
+
+    def describe_user_states(self, states):
+        if not self.personal:
+            return super().describe_user_states(states)
+        D = self.null_prompt.vector.shape[0]
+        gates = self.prototype_gates(jnp.zeros((1, D)), jnp.zeros((1,), bool))  # [1, J, k] with the null prompt
+        lam = self.gate(states, jnp.broadcast_to(gates, (states.shape[0], *gates.shape[1:])))  # [U, k]
+        return {
+            "gate_weights": (jax.nn.softmax(states, axis=-1), "w_u = softmax(W_u) ∈ Δ^{K−1}: user u's mixture over the "
+                                                                "K prototype gates."),
+            "gates": (lam, "λ_u = Σ_j w_uj Λ_j(null prompt) ∈ R^k_{≥0}: user u's weight on each of the k skew-symmetric "
+                           "preference blocks, for a prompt-free comparison (prompts move Λ_j)."),
+        }

@@ -85,10 +85,14 @@ class LinearPersonal(PreferenceModel):
 
     logit_is_reward_difference = True
 
+    @classmethod
+    def state_dim(cls, config: LinearConfig, dims: Dims) -> int:
+        return min(dims.dim, config.projection_dim)  # d
+
     def __init__(self, config: LinearConfig, dims: Dims, *, rngs: nnx.Rngs):
         # w = 0 and δ ≈ 0: training starts at the population model, the prior mean.
         self.dim = dims.dim
-        self.user_state_dim = min(dims.dim, config.projection_dim)  # d
+        self.user_state_dim = self.state_dim(config, dims)
         self.projection_seed = config.projection_seed
         self.user_l2 = config.user_l2
         self.weights = nnx.Param(jnp.zeros((dims.dim,), jnp.float32))  # w [D]
@@ -116,7 +120,7 @@ class LinearPersonal(PreferenceModel):
         del e_x, has_prompt
         return e_y @ self.weights[...] + jnp.sum(user_state * self.project(e_y), axis=-1)  # [B]
 
-    def seen_user_state(self, users):
+    def user_table_state(self, users):
         return self.user_deviations[...][users]  # [B, d]
 
     def population_user_state(self, users=None):

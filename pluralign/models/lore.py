@@ -55,9 +55,13 @@ class LoRe(BT):
 
     logit_is_reward_difference = True
 
+    @classmethod
+    def state_dim(cls, config: LoReConfig, dims: Dims) -> int:
+        return config.rank
+
     def __init__(self, config: LoReConfig, dims: Dims, *, rngs: nnx.Rngs):
         super().__init__(config, dims, rngs=rngs)
-        self.user_state_dim = config.rank
+        self.user_state_dim = self.state_dim(config, dims)
         self.residual = config.formulation == "residual"
         self.weight_prior_strength = config.weight_prior_strength
         self.basis_net = MLP(2 * dims.dim, tuple(config.basis_hidden), config.rank, rngs=rngs)  # B_θ
@@ -88,7 +92,7 @@ class LoRe(BT):
         personal = personal.reshape(B, N)
         return super().rewards(user_state, e_x, has_prompt, e_y) + personal if self.residual else personal
 
-    def seen_user_state(self, users):
+    def user_table_state(self, users):
         return self.user_weights[...][users]  # [B, rank]
 
     def population_user_state(self, users=None):
@@ -100,7 +104,7 @@ class LoRe(BT):
     def loss(self, tables, batch, rng):
         del rng
         features = self.pair_features(gather(tables, batch))
-        w = self.seen_user_state(batch.user)  # [B, rank]
+        w = self.user_table_state(batch.user)  # [B, rank]
         metrics = weighted_metrics(self.pair_logits(w, features), batch.label, batch.weight)
         # Gaussian prior on each comparison's user weights and on its basis difference.
         total_weight = jnp.maximum(batch.weight.sum(), 1e-9)

@@ -190,7 +190,7 @@ def direction_from_angle(angle_degrees: float, n_attributes: int, first: int, se
     return v
 
 
-def best_of_n(rewards: np.ndarray, direction: np.ndarray) -> np.ndarray:
+def best_of_n_from_rewards(rewards: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """[P, n, m] attribute rewards of n candidates for P prompts, a direction [m] -> [P] index of
     the candidate with the highest vᵀ r'."""
     return np.argmax(np.einsum("pnm,m->pn", rewards, direction), axis=1)
@@ -202,6 +202,6 @@ def angle_sweep(rewards: np.ndarray, true_attributes: np.ndarray, angles, first:
     m = rewards.shape[-1]
     out = []
     for angle in angles:
-        chosen = best_of_n(rewards, direction_from_angle(angle, m, first, second))  # [P]
+        chosen = best_of_n_from_rewards(rewards, direction_from_angle(angle, m, first, second))  # [P]
         out.append(true_attributes[np.arange(len(chosen)), chosen].mean(axis=0))
     return np.stack(out)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pluralign.models.base import MLP, Dims, NullPrompt, PairEmbeddings, PreferenceModel
+from pluralign.numerics import unit
 
 
 @dataclasses.dataclass
@@ -41,27 +42,52 @@ class PALConfig:
     max_logit_scale: float = 100.0  # PAL-B: cap on exp(t), as in CLIP
 
 
+def mixture_logit_table(n_users: int, n_prototypes: int, init_scale: float, rngs: nnx.Rngs) -> nnx.Param:
+    """W ∈ R^{n_users × K}, user u's mixture weights' logits (w_u = softmax(W_u)); a small random
+    init breaks the symmetry between prototypes. Shared with personalized GPM."""
+    return nnx.Param(init_scale * jax.random.normal(rngs.params(), (n_users, n_prototypes)))
+
+
+def average_mixture_logits(table: jax.Array, users: jax.Array | None = None) -> jax.Array:
+    """[K] the average user's weights w̄ = mean_u softmax(W_u) among `users` (None = every row), as
+    logits log w̄ (softmax is shift-invariant). Rows of users never trained on keep their random
+    init: callers pass the seen users."""
+    logits = table if users is None else table[users]
+    return jnp.log(jax.nn.softmax(logits, axis=-1).mean(axis=0))
+
+
+def centred_logits(user_state: jax.Array) -> jax.Array:
+    """softmax(W + c) = softmax(W): centred logits are a mixture state's identifiable part."""
+    return user_state - user_state.mean(axis=-1, keepdims=True)
+
+
 class _PALBase(PreferenceModel):
     logit_is_reward_difference = True
-    def __init__(self, config: PALConfig, dims: Dims, *, rngs: nnx.Rngs):
-        self.user_state_dim = config.n_prototypes
-        self.item_map = MLP(dims.dim, tuple(config.hidden), config.latent_dim, rngs=rngs)  # f_θ
-        self.user_logits = nnx.Param(  # W ∈ R^{n_users × K}
-            config.user_init_scale * jax.random.normal(rngs.params(), (dims.n_users, config.n_prototypes))
-        )
 
-    def seen_user_state(self, users):
-        return self.user_logits[...][users]  # [B, K]
+    @classmethod
+    def state_dim(cls, config: PALConfig, dims: Dims) -> int:
+        return config.n_prototypes  # K
+
+    def __init__(self, config: PALConfig, dims: Dims, *, rngs: nnx.Rngs):
+        self.user_state_dim = self.state_dim(config, dims)
+        self.item_map = MLP(dims.dim, tuple(config.hidden), config.latent_dim, rngs=rngs)  # f_θ
+        self.user_mixture_logits = mixture_logit_table(dims.n_users, config.n_prototypes, config.user_init_scale, rngs)  # W
+
+    def user_table_state(self, users):
+        return self.user_mixture_logits[...][users]  # [B, K]
 
     def canonical_user_state(self, user_state):
-        # softmax(W + c) = softmax(W): centred logits are the state's identifiable part.
-        return user_state - user_state.mean(axis=-1, keepdims=True)
+        return centred_logits(user_state)
 
     def population_user_state(self, users=None):
-        # The average seen user's weights w̄ = mean_u softmax(W_u), as logits log w̄ (softmax is
-        # shift-invariant). Rows of users never trained on keep their random init: leave them out.
-        logits = self.user_logits[...] if users is None else self.user_logits[...][users]
-        return jnp.log(jax.nn.softmax(logits, axis=-1).mean(axis=0))  # [K]
+        return average_mixture_logits(self.user_mixture_logits[...], users)  # [K]
+
+    def describe_user_states(self, states):
+        weights = jax.nn.softmax(states, axis=-1)
+        return {
+            "mixture_weights": (weights, "w_u = softmax(W_u) ∈ Δ^{K−1}: how much user u follows each of the K prototypes."),
+            "mixture_logits": (states, "W_u ∈ R^K, the fitted user state (mixture weights' logits; shift-invariant)."),
+        }
 
 
 class PALA(_PALBase):
@@ -71,6 +97,16 @@ class PALA(_PALBase):
         super().__init__(config, dims, rngs=rngs)
         self.prototypes = nnx.Param(jax.random.normal(rngs.params(), (config.n_prototypes, config.latent_dim)))
         self.log_temperature = nnx.Param(jnp.zeros(()))  # log τ
+
+    def describe_user_states(self, states):
+        spaces = super().describe_user_states(states)
+        # A single, prompt-independent ideal point per user.
+        spaces["ideal_points"] = (
+            jax.nn.softmax(states, axis=-1) @ self.prototypes[...],
+            "a_u = Σ_k w_uk P_k ∈ R^d: user u's ideal point in the learned item space f_θ(e_y); "
+            "a response scores −τ‖f(e_y) − a_u‖².",
+        )
+        return spaces
 
     def _ideal_point(self, user_state):
         return jax.nn.softmax(user_state, axis=-1) @ self.prototypes[...]  # [B, K] @ [K, d] -> [B, d]
@@ -114,15 +150,11 @@ class PALB(_PALBase):
     @staticmethod
     def _user_direction(user_state, directions):
         u = jnp.einsum("bk,bkd->bd", jax.nn.softmax(user_state, axis=-1), directions)  # [B, d]
-        return u / (jnp.linalg.norm(u, axis=-1, keepdims=True) + 1e-6)
-
-    @staticmethod
-    def _unit(v):
-        return v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-6)
+        return unit(u, 1e-6)
 
     def pair_features(self, pair: PairEmbeddings):
         directions = self._prompt_directions(pair.e_x, pair.has_prompt)
-        return self._unit(self.item_map(pair.e_a)), self._unit(self.item_map(pair.e_b)), directions
+        return unit(self.item_map(pair.e_a), 1e-6), unit(self.item_map(pair.e_b), 1e-6), directions
 
     def pair_logits(self, user_state, features):
         f_a, f_b, directions = features
@@ -131,4 +163,4 @@ class PALB(_PALBase):
 
     def reward(self, user_state, e_x, has_prompt, e_y):
         u = self._user_direction(user_state, self._prompt_directions(e_x, has_prompt))
-        return self._scale() * jnp.sum(self._unit(self.item_map(e_y)) * u, axis=-1)
+        return self._scale() * jnp.sum(unit(self.item_map(e_y), 1e-6) * u, axis=-1)

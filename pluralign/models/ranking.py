@@ -1,11 +1,11 @@
 """Preference matrices and rankings with linear query complexity (GPM paper, §"Efficiency").
 
 Embedding n responses once and taking one matrix product gives all n² pairwise
-preferences: `preference_matrix(model, ...)[i, j] = P(i ≻ j | x, u)`. A model with a
-`preference_logit_matrix(user_state, e_x, has_prompt, e_items)` method (GPM) uses its own; a
-model whose logit is a reward difference (`logit_is_reward_difference`: BT, PAL, VPL, DPA, DPRM)
-gets r_i − r_j from one `rewards` call; any other (DPL, whose P(a ≻ b) compares two reward
-distributions) is scored exactly, by its own pair logits on all n² ordered pairs.
+preferences: `preference_matrix(model, ...)[i, j] = P(i ≻ j | x, u)`, from the model's
+`preference_logit_matrix` hook: GPM's own one-matrix-product form; by default r_i − r_j from
+one `rewards` call for a model whose logit is a reward difference (`logit_is_reward_difference`:
+BT, PAL, VPL, DPA, DPRM), else (DPL, whose P(a ≻ b) compares two reward distributions) exactly,
+by its own pair logits on all n² ordered pairs.
 
 A ranking of responses that may prefer each other cyclically is by average preference,
 the GPM paper's score of a response against a reference set:
@@ -17,35 +17,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pluralign.models.base import PairEmbeddings, PreferenceModel
-
-
-def reward_logit_matrix(model: PreferenceModel, user_state, e_x, has_prompt, e_items) -> jax.Array:
-    """[S], [D], [] bool, [n, D] -> [n, n] logits r_i − r_j from one `rewards` call: the n responses
-    form one (user, prompt) row, so models that can compute the prompt part once per row do."""
-    r = model.rewards(user_state[None], e_x[None], jnp.asarray(has_prompt)[None], e_items[None])[0]  # [n]
-    return r[:, None] - r[None, :]
-
-
-def pair_logit_matrix(model: PreferenceModel, user_state, e_x, has_prompt, e_items) -> jax.Array:
-    """[n, n] the model's own pair logits on all n² ordered pairs (exact for every model)."""
-    n, dim = e_items.shape
-    i, j = jnp.divmod(jnp.arange(n * n), n)
-    pair = PairEmbeddings(
-        e_x=jnp.broadcast_to(e_x, (n * n, dim)), has_prompt=jnp.broadcast_to(has_prompt, (n * n,)), e_a=e_items[i], e_b=e_items[j]
-    )
-    logits = model.pair_logits(jnp.broadcast_to(user_state, (n * n, user_state.shape[-1])), model.pair_features(pair))
-    return logits.reshape(n, n)
+from pluralign.models.base import PreferenceModel
 
 
 def preference_logit_matrix(model: PreferenceModel, user_state, e_x, has_prompt, e_items) -> jax.Array:
-    """[n, n] logits of P(i ≻ j | x, u); user_state [S], e_x [D] (zeros if none), has_prompt [] bool."""
-    own = getattr(model, "preference_logit_matrix", None)
-    if own is not None:
-        return own(user_state, e_x, has_prompt, e_items)
-    if model.logit_is_reward_difference:
-        return reward_logit_matrix(model, user_state, e_x, has_prompt, e_items)
-    return pair_logit_matrix(model, user_state, e_x, has_prompt, e_items)
+    """[n, n] logits of P(i ≻ j | x, u); user_state [S], e_x [D] (zeros if none), has_prompt [] bool
+    (`PreferenceModel.preference_logit_matrix`)."""
+    return model.preference_logit_matrix(user_state, e_x, has_prompt, e_items)
 
 
 def preference_matrix(model: PreferenceModel, user_state, e_x, has_prompt, e_items) -> jax.Array:

@@ -43,7 +43,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pluralign.evaluate.active import binary_entropy
 from pluralign.models.base import (
     MLP,
     Dims,
@@ -57,6 +56,7 @@ from pluralign.models.base import (
     user_context,
     weighted_metrics,
 )
+from pluralign.numerics import binary_entropy
 
 
 @dataclasses.dataclass
@@ -90,7 +90,7 @@ class VPLConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Settings:
+class VPLSettings:
     """The options the forward pass reads, hashable (VPLConfig holds lists), so the model's
     graphdef can be a static jit argument."""
 
@@ -108,7 +108,7 @@ class _Settings:
     normalize_z: bool
 
     @classmethod
-    def of(cls, config: VPLConfig) -> _Settings:
+    def of(cls, config: VPLConfig) -> VPLSettings:
         return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
 
@@ -117,7 +117,7 @@ def kl_to_standard_normal(mu: jax.Array, logvar: jax.Array) -> jax.Array:
     return 0.5 * jnp.sum(jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
 
 
-def beta_at(config: VPLConfig | _Settings, step) -> jax.Array:
+def beta_at(config: VPLConfig | VPLSettings, step) -> jax.Array:
     """β of the KL term at a training step (None = after training: the final β)."""
     if step is None or config.beta_schedule == "constant":
         return jnp.float32(config.beta)
@@ -130,11 +130,16 @@ def beta_at(config: VPLConfig | _Settings, step) -> jax.Array:
 class VPL(PreferenceModel):
     logit_is_reward_difference = True
     uses_prior_strength = False  # amortised inference: the encoder is the posterior
+    has_latent_posterior = True  # the state [μ; log σ²] is q(z | C)
+
+    @classmethod
+    def state_dim(cls, config: VPLConfig, dims: Dims) -> int:
+        return 2 * config.latent_dim  # [μ; log σ²]
 
     def __init__(self, config: VPLConfig, dims: Dims, *, rngs: nnx.Rngs):
-        self.config = _Settings.of(config)
+        self.settings = VPLSettings.of(config)
         L, H = config.latent_dim, config.pair_dim
-        self.user_state_dim = 2 * L
+        self.user_state_dim = self.state_dim(config, dims)
         self.null_prompt = NullPrompt(dims.dim, rngs=rngs)
         self.pair_encoder = MLP(3 * dims.dim, tuple(config.encoder_hidden), H, rngs=rngs)
         self.query = nnx.Linear(H, H, rngs=rngs)
@@ -170,7 +175,7 @@ class VPL(PreferenceModel):
         y = labels[..., None]
         h = y * enc(features["enc_ab"]) + (1.0 - y) * enc(features["enc_ba"])  # [..., C, H]
         in_context = weights > 0  # [..., C]
-        if self.config.attention:
+        if self.settings.attention:
             q, k, v = self.query(h), self.key(h), self.value(h)
             scores = jnp.einsum("...ih,...jh->...ij", q, k) / math.sqrt(h.shape[-1])  # [..., C, C]
             scores = jnp.where(in_context[..., None, :], scores, -1e30)
@@ -178,7 +183,7 @@ class VPL(PreferenceModel):
         w = jnp.where(in_context, weights, 0.0)  # [..., C]
         total = w.sum(axis=-1)
         pooled = jnp.einsum("...c,...ch->...h", w, h) / jnp.maximum(total, 1e-9)[..., None]  # [..., H]
-        cfg = self.config
+        cfg = self.settings
         mu = jnp.clip(self.mu_head(pooled), -cfg.mu_clamp, cfg.mu_clamp)
         logvar = jnp.clip(self.logvar_head(pooled), cfg.logvar_min, cfg.logvar_max)
         empty = (total <= 0)[..., None]
@@ -186,7 +191,7 @@ class VPL(PreferenceModel):
 
     def normalize(self, z: jax.Array) -> jax.Array:
         """n(z), the same in training and evaluation (see the module docstring)."""
-        if not self.config.normalize_z:
+        if not self.settings.normalize_z:
             return z
         return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-6) * math.sqrt(z.shape[-1])
 
@@ -205,11 +210,11 @@ class VPL(PreferenceModel):
         return self._decode(z, features["dec_a"]) - self._decode(z, features["dec_b"])
 
     def pair_logits(self, user_state, features):
-        return self.latent_logits(user_state[..., : self.config.latent_dim], features)  # posterior mean
+        return self.latent_logits(user_state[..., : self.settings.latent_dim], features)  # posterior mean
 
     def split_state(self, user_state: jax.Array) -> tuple[jax.Array, jax.Array]:
         """[..., 2L] -> (μ, log σ²) [..., L] each."""
-        return user_state[..., : self.config.latent_dim], user_state[..., self.config.latent_dim :]
+        return user_state[..., : self.settings.latent_dim], user_state[..., self.settings.latent_dim :]
 
     # --- users
     def infer_user(self, support_features, labels, weights, *, prior_mean=None, **options):
@@ -221,7 +226,7 @@ class VPL(PreferenceModel):
     def population_user_state(self, users=None):
         return jnp.zeros((self.user_state_dim,), jnp.float32)  # the prior N(0, I): μ = 0, log σ² = 0
 
-    def seen_user_state(self, users):
+    def user_table_state(self, users):
         # Without the training comparisons VPL knows nothing of a user: the prior. Scoring
         # goes through `seen_states`, which encodes the user's training comparisons.
         return jnp.zeros((users.shape[0], self.user_state_dim), jnp.float32)
@@ -236,8 +241,8 @@ class VPL(PreferenceModel):
         the `training_context`; without it, the prior): [B, 2L]."""
         ctx = context
         if ctx is None:
-            return self.seen_user_state(users)
-        c = self.config.c_max
+            return self.user_table_state(users)
+        c = self.settings.c_max
         start, count = ctx.offsets[users], ctx.offsets[users + 1] - ctx.offsets[users]  # [B]
         slot = jnp.arange(c)[None, :]  # [1, c]
         rows = jnp.minimum(start[:, None] + slot, ctx.pairs.label.shape[0] - 1)  # [B, c]
@@ -257,7 +262,7 @@ class VPL(PreferenceModel):
         [c_min, c_max] of the same user's OTHER training comparisons, without replacement (from a
         random window of `context_pool` of them), never the query itself (`rows`: the queries'
         training rows; None = not training comparisons, any of the user's may be context)."""
-        cfg = self.config
+        cfg = self.settings
         size_key, start_key, pick_key = jax.random.split(rng, 3)
         B = batch.label.shape[0]
         start, count = ctx.offsets[batch.user], ctx.offsets[batch.user + 1] - ctx.offsets[batch.user]  # [B]
@@ -294,7 +299,7 @@ class VPL(PreferenceModel):
         logits = self.latent_logits(z, self.pair_features(gather(tables, batch)))  # [B]
         metrics = weighted_metrics(logits, batch.label, batch.weight)
         kl = (kl_to_standard_normal(mu, logvar) * batch.weight).sum() / jnp.maximum(batch.weight.sum(), 1e-9)
-        objective = metrics["loss"] + beta_at(self.config, step.step) * kl
+        objective = metrics["loss"] + beta_at(self.settings, step.step) * kl
         return objective, {"loss": metrics["loss"], "kl": kl, "accuracy": metrics["accuracy"]}
 
     # --- rewards and uncertainty
@@ -305,7 +310,7 @@ class VPL(PreferenceModel):
         D = e_y.shape[-1]
         dk = self.decoder.layers[0].kernel[...]
         dec_x = self.null_prompt(e_x, has_prompt) @ dk[:D] + self.decoder.layers[0].bias[...][None]  # [B, H]
-        mu = user_state[..., : self.config.latent_dim]
+        mu = user_state[..., : self.settings.latent_dim]
         r_y = self._decode(mu, dec_x + e_y @ dk[D : 2 * D])  # [B]
         if reference_y is None:
             return r_y
@@ -319,8 +324,17 @@ class VPL(PreferenceModel):
         D = e_y.shape[-1]
         dk = self.decoder.layers[0].kernel[...]
         dec_x = self.null_prompt(e_x, has_prompt) @ dk[:D] + self.decoder.layers[0].bias[...][None]  # [B, H]
-        mu = user_state[..., : self.config.latent_dim]
+        mu = user_state[..., : self.settings.latent_dim]
         return self._decode(mu[:, None, :], dec_x[:, None, :] + e_y @ dk[D : 2 * D])  # [B, N]
+
+    def describe_user_states(self, states):
+        mean, log_variance = self.split_state(states)
+        return {
+            "posterior_mean": (mean, "μ_u ∈ R^L: mean of q(z | C_u), VPL's posterior over user u's latent given their "
+                                     "training comparisons; the decoder scores responses with n(μ_u)."),
+            "posterior_variance": (jnp.exp(log_variance), "σ²_u ∈ R^L: variance of q(z | C_u) per latent dimension "
+                                                           "(small = the context pins the user down)."),
+        }
 
     def posterior_variance(self, user_state: jax.Array) -> jax.Array:
         """σ² [..., L] of q(z | C)."""

@@ -82,6 +82,16 @@ class MetaLearned(PreferenceModel):
     inner_class: type = PreferenceModel
     options: MetaOptions = MetaOptions()
 
+    @classmethod
+    def state_dim(cls, config, dims: Dims) -> int:
+        return cls.inner_class.state_dim(config, dims)
+
+    @classmethod
+    def prepare_params(cls, config, dataset, train_items, params):
+        """The inner family's stage before comparison training (DPA's), on the inner model's parameters."""
+        params["inner"], summary = cls.inner_class.prepare_params(config, dataset, train_items, params["inner"])
+        return params, summary
+
     def __init__(self, config, dims: Dims, *, rngs: nnx.Rngs):
         self.inner = self.inner_class(config, dims, rngs=rngs)
         if not self.inner.fits_user_state:
@@ -90,11 +100,11 @@ class MetaLearned(PreferenceModel):
                 f"user_state_dim={self.inner.user_state_dim} and {'amortised' if self.inner.user_state_dim else 'no'} inference"
             )
         self.user_state_dim = self.inner.user_state_dim
-        self.uses_prior_strength = self.inner.uses_prior_strength
         self.n_users = dims.n_users
         self.meta_init = nnx.Param(jnp.asarray(self.inner.population_user_state(), jnp.float32))  # φ₀ [S]
 
-    # --- the inner model's surface, unchanged
+    # --- the inner model's surface, unchanged (preference_logit_matrix, describe_user_states and the
+    # latent hooks keep PreferenceModel's defaults, as they did before they were declared there)
     def pair_features(self, pair):
         return self.inner.pair_features(pair)
 
@@ -107,8 +117,8 @@ class MetaLearned(PreferenceModel):
     def rewards(self, user_state, e_x, has_prompt, e_y):
         return self.inner.rewards(user_state, e_x, has_prompt, e_y)
 
-    def seen_user_state(self, users):
-        return self.inner.seen_user_state(users)
+    def user_table_state(self, users):
+        return self.inner.user_table_state(users)
 
     def seen_states(self, tables, users, context=None):
         return self.inner.seen_states(tables, users)  # `context` is MRM's own (support sets), not the inner model's
@@ -118,9 +128,6 @@ class MetaLearned(PreferenceModel):
 
     def user_state_log_prior(self, user_state, prior_mean, strength):
         return self.inner.user_state_log_prior(user_state, prior_mean, strength)
-
-    def regularization(self):
-        return self.inner.regularization()
 
     # --- what MRM changes
     def population_user_state(self, users=None):
@@ -178,15 +185,10 @@ class MetaLearned(PreferenceModel):
 
 def meta_class(inner_class: type, options: MetaOptions) -> type:
     """`inner_class` with MRM training and a meta-learned initial user state."""
-    attrs = {"inner_class": inner_class, "options": options, "logit_is_reward_difference": inner_class.logit_is_reward_difference}
-    # A family with a stage before comparison training (DPA; found by `pluralign.run` the same way)
-    # fits it on the inner model's parameters.
-    inner_prepare = getattr(inner_class, "prepare_params", None)
-    if inner_prepare is not None:
-
-        def prepare_params(config, dataset, train_items, params):
-            params["inner"], summary = inner_prepare(config, dataset, train_items, params["inner"])
-            return params, summary
-
-        attrs["prepare_params"] = staticmethod(prepare_params)
+    attrs = {
+        "inner_class": inner_class, "options": options,
+        "logit_is_reward_difference": inner_class.logit_is_reward_difference,
+        "uses_prior_strength": inner_class.uses_prior_strength,
+        "has_scalar_reward": inner_class.has_scalar_reward,
+    }
     return type(f"Meta{inner_class.__name__}", (MetaLearned,), attrs)

@@ -147,7 +147,7 @@ def test_collapsed_seen_states_are_reported(caplog):
     with caplog.at_level(logging.WARNING, logger="pluralign.run"):
         warn_if_degenerate_seen_states(model, jnp.arange(30))
     assert not caplog.records  # random initial states vary in every centred direction
-    model.user_logits[...] = jnp.broadcast_to(jnp.array([2.0, 0.0, 0.0, 0.0]), (30, 4)) + 1e-5 * model.user_logits[...]
+    model.user_mixture_logits[...] = jnp.broadcast_to(jnp.array([2.0, 0.0, 0.0, 0.0]), (30, 4)) + 1e-5 * model.user_mixture_logits[...]
     with caplog.at_level(logging.WARNING, logger="pluralign.run"):
         warn_if_degenerate_seen_states(model, jnp.arange(30))
     assert any("degenerate" in r.message for r in caplog.records)

@@ -36,7 +36,7 @@ def bundle(name: str, root: str):
     artifact, and the pieces the run would have (tables with context, test pairs)."""
     cls, _ = REGISTRY[name]
     config = model_config(name)
-    if hasattr(cls, "prepare_params"):  # DPA: needs rated attributes
+    if name == "dpa":  # needs rated attributes
         data = make_multi_attribute(MultiAttributeConfig(n_users=24, n_items=60, comparisons_per_user=16, dim=8, seed=0))
     else:
         data = make_ideal_point(IdealPointConfig(n_users=24, n_items=60, comparisons_per_user=16, dim=8, n_groups=3, seed=0))
@@ -49,9 +49,8 @@ def bundle(name: str, root: str):
     # Two "seeds": one eager init and a shrunk copy (cheaper than compiling a vmapped init per model).
     graphdef, one = base.init(cls, config, dims, keys[0])
     params = jax.tree.map(lambda x: jnp.stack([x, 0.9 * x if jnp.issubdtype(x.dtype, jnp.floating) else x]), one)
-    if hasattr(cls, "prepare_params"):
-        train_items = np.unique(np.concatenate([data.comparisons.a[pairs.train], data.comparisons.b[pairs.train]]))
-        params, _ = cls.prepare_params(config, data, train_items, params)
+    train_items = np.unique(np.concatenate([data.comparisons.a[pairs.train], data.comparisons.b[pairs.train]]))
+    params, _ = cls.prepare_params(config, data, train_items, params)  # DPA's stage 1; a no-op for the others
     context = cls.training_context(train, data.n_users, seed=0)
     path = pathlib.Path(root) / name / "model"
     save_model(

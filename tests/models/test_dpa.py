@@ -18,7 +18,7 @@ from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attr
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import DPAConfig, Dims, PairEmbeddings, base
 from pluralign.models import multi_objective as mo
-from pluralign.models.dpa import DPA, best_of_n, rank_responses
+from pluralign.models.dpa import DPA, best_of_n_by_direction, rank_responses
 from pluralign.run import RunConfig, run
 from pluralign.train.trainer import TrainConfig
 
@@ -164,7 +164,7 @@ def test_shapes_and_equations():
     diff, gate_logit = model.pair_features(pair)
     assert diff.shape == (6, M) and gate_logit.shape == (6,)
     users = jnp.array([0, 1, 2, 3, 4, 0])
-    logit = model.pair_logits(model.seen_user_state(users), (diff, gate_logit))
+    logit = model.pair_logits(model.user_table_state(users), (diff, gate_logit))
     # numpy: r' = (e W + b) T, v = W_u/‖W_u‖, logit = exp(t) vᵀ(r'_a − r'_b)
     layer = model.head.layers[0]
     kernel, bias, transform = (np.asarray(p[...]) for p in (layer.kernel, layer.bias, model.reward_transform))
@@ -175,7 +175,7 @@ def test_shapes_and_equations():
     weights = np.asarray(model.gate_weights(pair.e_x, pair.has_prompt))
     assert np.all(weights >= 0) and np.allclose(weights.sum(axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(gate_logit, np.exp(-0.2) * np.sum(weights * (r(pair.e_a) - r(pair.e_b)), axis=1), rtol=1e-5, atol=1e-6)
-    states = model.seen_user_state(users)
+    states = model.user_table_state(users)
     np.testing.assert_allclose(logit, model.reward(states, pair.e_x, pair.has_prompt, pair.e_a) - model.reward(states, pair.e_x, pair.has_prompt, pair.e_b), rtol=1e-5, atol=1e-5)
     assert model.population_user_state().shape == (M,)
 
@@ -189,7 +189,7 @@ def test_loss_known_value():
     )
     total, metrics = base.loss(model, tables, batch)
     features = model.pair_features(base.gather(tables, batch))
-    user_logit = np.asarray(model.pair_logits(model.seen_user_state(batch.user), features))
+    user_logit = np.asarray(model.pair_logits(model.user_table_state(batch.user), features))
     bce = lambda z, y: -(y * np.log(1 / (1 + np.exp(-z))) + (1 - y) * np.log(1 / (1 + np.exp(z))))
     y, w = np.array([1.0, 0.0, 0.7]), np.array([1.0, 2.0, 0.0])
     expected = (w * bce(user_logit, y)).sum() / 3 + 0.5 * (w * bce(np.asarray(features[1]), y)).sum() / 3
@@ -214,7 +214,7 @@ def test_frozen_attribute_head_gets_no_gradient():
 
 def test_save_load_gives_the_same_predictions(tmp_path):
     model, pair = make_model(), make_pair(3)
-    states = model.seen_user_state(jnp.array([0, 1, 2, 3, 4, 0]))
+    states = model.user_table_state(jnp.array([0, 1, 2, 3, 4, 0]))
     expected = np.asarray(base.logits(model, states, pair))
     _, state = nnx.split(model)
     with ocp.StandardCheckpointer() as checkpointer:
@@ -222,7 +222,7 @@ def test_save_load_gives_the_same_predictions(tmp_path):
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make_model(seed=9)))
     with ocp.StandardCheckpointer() as checkpointer:
         loaded = nnx.merge(graphdef, checkpointer.restore(tmp_path / "ckpt", abstract))
-    np.testing.assert_array_equal(np.asarray(base.logits(loaded, loaded.seen_user_state(jnp.array([0, 1, 2, 3, 4, 0])), pair)), expected)
+    np.testing.assert_array_equal(np.asarray(base.logits(loaded, loaded.user_table_state(jnp.array([0, 1, 2, 3, 4, 0])), pair)), expected)
 
 
 # --- directions ---------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def test_arithmetic_control_follows_the_direction(small_data, fitted):
     direction = mo.direction_from_angle(30.0, M, 0, v)
     np.testing.assert_allclose(direction, [np.cos(np.pi / 6), 0, np.sin(np.pi / 6)], atol=1e-12)
     pools = items.reshape(4, 10, D)
-    np.testing.assert_array_equal(np.asarray(best_of_n(model, 3.0 * direction, pools)), mo.best_of_n(r.reshape(4, 10, M), direction))
+    np.testing.assert_array_equal(np.asarray(best_of_n_by_direction(model, 3.0 * direction, pools)), mo.best_of_n_from_rewards(r.reshape(4, 10, M), direction))
 
 
 @pytest.mark.slow

@@ -78,7 +78,7 @@ def test_shapes(gate):
     S = K_PROTOS if gate == "user" else 0
     assert model.user_state_dim == S
     pair = make_pair(0, n=5)
-    states = model.seen_user_state(jnp.array([0, 3, 6, 1, 1]))
+    states = model.user_table_state(jnp.array([0, 3, 6, 1, 1]))
     assert states.shape == (5, S) and model.population_user_state().shape == (S,)
     v_a, v_b, gates = model.pair_features(pair)
     assert v_a.shape == v_b.shape == (5, 2 * K_BLOCKS)
@@ -158,7 +158,7 @@ def test_loss_known_value():
         e_x=np.zeros((5, D), np.float32), has_prompt=np.zeros(5, bool),
         e_a=items[np.asarray(batch.a)], e_b=items[np.asarray(batch.b)],
     )
-    z = np_gpm_logits(model, np.asarray(model.user_logits[...])[np.asarray(batch.user)], pair)
+    z = np_gpm_logits(model, np.asarray(model.user_mixture_logits[...])[np.asarray(batch.user)], pair)
     y, w = np.asarray(batch.label, np.float64), np.asarray(batch.weight, np.float64)
     value, metrics = jax.jit(loss)(model, tables, batch)
     np.testing.assert_allclose(float(value), np.sum(w * np_bce(z, y)) / w.sum(), rtol=1e-5)
@@ -219,9 +219,9 @@ def test_ranking_by_average_preference():
 @pytest.mark.slow
 def test_save_load_gives_the_same_predictions(tmp_path):
     model = make_gpm("user")
-    model.user_logits[...] = jnp.asarray(np.random.default_rng(0).standard_normal((N_USERS, K_PROTOS)), jnp.float32)
+    model.user_mixture_logits[...] = jnp.asarray(np.random.default_rng(0).standard_normal((N_USERS, K_PROTOS)), jnp.float32)
     pair = make_pair(9, n=6)
-    states = model.seen_user_state(jnp.arange(6))
+    states = model.user_table_state(jnp.arange(6))
     expected = np.asarray(logits(model, states, pair))
     graphdef, state = nnx.split(model)
     with ocp.StandardCheckpointer() as checkpointer:
@@ -230,7 +230,7 @@ def test_save_load_gives_the_same_predictions(tmp_path):
     with ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(tmp_path / "ckpt", abstract)
     loaded = nnx.merge(fresh_graphdef, restored)
-    np.testing.assert_array_equal(np.asarray(logits(loaded, loaded.seen_user_state(jnp.arange(6)), pair)), expected)
+    np.testing.assert_array_equal(np.asarray(logits(loaded, loaded.user_table_state(jnp.arange(6)), pair)), expected)
 
 
 def test_bad_options_fail_clearly():

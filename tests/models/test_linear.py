@@ -35,7 +35,7 @@ def test_shapes(projection_dim):
     state = jnp.ones((4, model.user_state_dim))
     assert base.logits(model, state, pair).shape == (4,)
     assert model.reward(state, pair.e_x, pair.has_prompt, pair.e_a).shape == (4,)
-    assert model.seen_user_state(jnp.array([0, 4])).shape == (2, model.user_state_dim)
+    assert model.user_table_state(jnp.array([0, 4])).shape == (2, model.user_state_dim)
     assert base.logits(LinearBT(LinearConfig(), base.Dims(D, 5), rngs=nnx.Rngs(0)), jnp.zeros((4, 0)), pair).shape == (4,)
 
 

@@ -42,7 +42,7 @@ def test_shapes():
     shared, basis_diff = model.pair_features(pair)
     assert shared.shape == (6,) and basis_diff.shape == (6, RANK) and model.user_state_dim == RANK
     assert base.logits(model, jnp.ones((6, RANK)), pair).shape == (6,)
-    assert model.seen_user_state(jnp.arange(4)).shape == (4, RANK)
+    assert model.user_table_state(jnp.arange(4)).shape == (4, RANK)
     assert model.population_user_state().shape == (RANK,)
     assert model.rewards(jnp.ones((2, RANK)), pair.e_x[:2], pair.has_prompt[:2], jnp.ones((2, 4, D))).shape == (2, 4)
 

@@ -129,7 +129,7 @@ def test_shapes(name):
     B = 5
     pair = make_pair(0, n=B)
     users = jnp.array([0, 3, 6, 1, 1])
-    states = model.seen_user_state(users)
+    states = model.user_table_state(users)
     assert states.shape == (B, expected_S) and states.dtype == jnp.float32
     features = model.pair_features(pair)
     for leaf in jax.tree.leaves(features):
@@ -146,16 +146,16 @@ def test_shapes(name):
 def test_seen_user_state_is_that_users_row(name):
     model = make_model(name)
     users = jnp.array([4, 0, 4])
-    states = np.asarray(model.seen_user_state(users))
-    table = np.asarray(model.user_logits[...])
+    states = np.asarray(model.user_table_state(users))
+    table = np.asarray(model.user_mixture_logits[...])
     np.testing.assert_array_equal(states, table[[4, 0, 4]])
 
 
 @pytest.mark.parametrize("name", ["pal_a", "pal_b"])
 def test_population_user_state_is_the_average_users_weights(name):
     model = make_model(name)
-    model.user_logits[...] = jnp.asarray(np.random.default_rng(0).standard_normal((N_USERS, K)), jnp.float32)
-    weights = np_softmax(np.asarray(model.user_logits[...], np.float64))
+    model.user_mixture_logits[...] = jnp.asarray(np.random.default_rng(0).standard_normal((N_USERS, K)), jnp.float32)
+    weights = np_softmax(np.asarray(model.user_mixture_logits[...], np.float64))
     average = np_softmax(np.asarray(model.population_user_state(), np.float64))
     np.testing.assert_allclose(average, weights.mean(axis=0), rtol=1e-5)
     # Restricted to some users (the seen ones), only their rows count.
@@ -324,12 +324,12 @@ def test_pal_a_loss_known_value():
     """base.loss on hand-set prototypes, user weights and τ, against numpy."""
     model = make_model("pal_a")
     model.prototypes[...] = jnp.array([[2.0, 0, 0, 0], [0, -2.0, 0, 0], [0, 0, 1.0, 1.0]])
-    model.user_logits[...] = jnp.asarray(np.random.default_rng(4).standard_normal((N_USERS, K)) * 2, jnp.float32)
+    model.user_mixture_logits[...] = jnp.asarray(np.random.default_rng(4).standard_normal((N_USERS, K)) * 2, jnp.float32)
     model.log_temperature[...] = jnp.asarray(-0.3)
     tables, batch = _tiny_tables_and_batch()
     items = np.asarray(tables.items, np.float64)
     pair = PairEmbeddings(e_x=None, has_prompt=None, e_a=items[np.asarray(batch.a)], e_b=items[np.asarray(batch.b)])
-    W_u = np.asarray(model.user_logits[...])[np.asarray(batch.user)]
+    W_u = np.asarray(model.user_mixture_logits[...])[np.asarray(batch.user)]
     z = np_pal_a_logits(model, W_u, pair)
     y, w = np.asarray(batch.label, np.float64), np.asarray(batch.weight, np.float64)
     expected_loss = np.sum(w * np_bce(z, y)) / w.sum()
