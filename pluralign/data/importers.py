@@ -222,7 +222,7 @@ def _parse_row_numbers(col: pa.ChunkedArray, file: str, name: str) -> pa.Chunked
     return pc.cast(pc.utf8_trim_whitespace(col), pa.int64())
 
 
-def _embed_distinct(cols: Sequence[pa.ChunkedArray], encoder: Any) -> tuple[np.ndarray, list[np.ndarray], dict]:
+def embed_distinct(cols: Sequence[pa.ChunkedArray], encoder: Any) -> tuple[np.ndarray, list[np.ndarray], dict]:
     """Embeds each distinct text of ``cols`` once; returns table, row index per column, encoder info."""
     from pluralign.embed import load_encoder
 
@@ -234,7 +234,7 @@ def _embed_distinct(cols: Sequence[pa.ChunkedArray], encoder: Any) -> tuple[np.n
     return table.astype(np.float32, copy=False), indices, enc.describe()
 
 
-def _embed_pairs(prompt: pa.ChunkedArray, cols: Sequence[pa.ChunkedArray], encoder: Any
+def embed_pairs(prompt: pa.ChunkedArray, cols: Sequence[pa.ChunkedArray], encoder: Any
                  ) -> tuple[np.ndarray, list[np.ndarray], dict]:
     """Items as (prompt, response) conversations, each distinct pair embedded once.
 
@@ -272,8 +272,8 @@ def _resolve(table: pa.Table, file: str, cols: Sequence[tuple[str, str]], *, mat
         m = _load_matrix(matrix, f"{what}s")
         return m, _lookup_ids(arrays, ids, m.shape[0], file, what), None
     if with_prompt is not None:
-        return _embed_pairs(with_prompt, [c for _, c in arrays], encoder)
-    return _embed_distinct([c for _, c in arrays], encoder)
+        return embed_pairs(with_prompt, [c for _, c in arrays], encoder)
+    return embed_distinct([c for _, c in arrays], encoder)
 
 
 def _resolve_prompts(table: pa.Table, file: str, prompt: str | None, *, items, prompts, prompt_ids, encoder,

@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from pluralign.embed.encoders import Encoder, Text, _check_text, load_encoder
+from pluralign.embed.encoders import Encoder, Text, check_text, load_encoder
 
 KEY_BYTES = 16
 _CHUNK_GLOB = "chunk-*.npz"
@@ -187,7 +187,7 @@ def embed_texts(texts: Sequence[Text], encoder: Encoder, work_dir: str | os.Path
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    texts = [_check_text(t, i) for i, t in enumerate(texts)]
+    texts = [check_text(t, i) for i, t in enumerate(texts)]
     keys = [text_key(t) for t in texts]
     first: dict[bytes, int] = {}  # key -> distinct row, in order of first appearance
     index = np.fromiter((first.setdefault(k, len(first)) for k in keys), np.int64, len(keys))

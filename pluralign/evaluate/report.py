@@ -314,7 +314,7 @@ def markdown_table(rows: list[dict], shots=TABLE_SHOTS) -> str:
             _fmt(row.get("bayes_optimal_accuracy")), _fmt(row.get("population_optimal_accuracy")),
         ]) + " |")
     shown = [f"unseen_random_k{k}" for k in shots] + ([f"unseen_item_disjoint_k{disjoint}"] if disjoint else [])
-    missing = [f"- {_label(row)}, {name.removeprefix('unseen_').replace('_k', ' k=')}: {row[f'{name}_reason']}"
+    missing = [f"- {run_label(row)}, {name.removeprefix('unseen_').replace('_k', ' k=')}: {row[f'{name}_reason']}"
                for row in rows for name in shown if row.get(name) is None and row.get(f"{name}_reason")]
     return "\n".join(lines + (["", "Missing figures (—):", *missing] if missing else []))
 
@@ -378,7 +378,8 @@ def latex_table(rows: list[dict], shots=TABLE_SHOTS) -> str:
 
 
 
-def _label(row_or_group: dict, with_model: bool = True) -> str:
+def run_label(row_or_group: dict, with_model: bool = True) -> str:
+    """A run's legend label: ``model [variant]`` (the variant alone with ``with_model=False``), floats rounded."""
     variant = _round_floats(row_or_group["variant"].replace(",", ", "))
     if not with_model:
         return variant or row_or_group["model"]
@@ -458,7 +459,7 @@ def plot_kshot(rows: list[dict], mode: str, path: pathlib.Path) -> bool:
             if not curves[row_id]:
                 continue
             k, mean, std = (np.array(v) for v in zip(*curves[row_id]))
-            (line,) = ax.plot(k, mean, label=_label(rows[row_id], with_model=not faceted), markersize=4, linewidth=1.3,
+            (line,) = ax.plot(k, mean, label=run_label(rows[row_id], with_model=not faceted), markersize=4, linewidth=1.3,
                               **_style(n))
             ax.fill_between(k, mean - std, mean + std, color=line.get_color(), alpha=0.12)
         first = rows[ids[0]]
@@ -505,7 +506,7 @@ def plot_per_user(groups: list[dict], path: pathlib.Path) -> bool:
                     color=style["color"], linewidth=1.3)
             ax.plot(edges[:-1][counts > 0], cdf[counts > 0], linestyle="none", markersize=3.5, **style)
             ax.plot([], [], linewidth=1.3, markersize=3.5, **style,  # the legend entry: line and marker
-                    label=f"{_label(groups[i], with_model=not faceted)} (n={int(counts.sum() / len(hists))})")
+                    label=f"{run_label(groups[i], with_model=not faceted)} (n={int(counts.sum() / len(hists))})")
         ax.axhline(0.1, color="gray", linestyle=":", linewidth=1)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
@@ -557,7 +558,7 @@ def plot_training_curves(groups: list[dict], path: pathlib.Path) -> bool:
         for n, i in enumerate(ids):
             steps, train, val = (np.array(v) for v in zip(*curves[i]))
             style = _style(n)
-            ax.plot(steps, val, label=_label(groups[i], with_model=not faceted), markersize=3, linewidth=1.3,
+            ax.plot(steps, val, label=run_label(groups[i], with_model=not faceted), markersize=3, linewidth=1.3,
                     markevery=max(1, len(steps) // 8), **style)
             ax.plot(steps, train, color=style["color"], linestyle="--", linewidth=0.9, alpha=0.7)
         ax.plot([], [], color="gray", linestyle="--", label="(dashed: training loss)")
