@@ -39,6 +39,7 @@ import pyarrow.json as pj
 
 from pluralign.data.format import Comparisons, DatasetError, PreferenceDataset
 from pluralign.data.importers import embed_distinct, embed_pairs, source_fingerprint
+from pluralign.embed import load_encoder
 
 OBJECTIVES = ("helpful", "harmless")
 SOURCE_URL = "https://github.com/cassidylaidlaw/hidden-context (relabelled HH-RLHF; VPL: github.com/WEIRDLabUW/vpl_llm)"
@@ -128,8 +129,6 @@ def deal_users(group: np.ndarray, per_user: int, reuse: int, rng: np.random.Gene
 
 
 def make_hh_rlhf(config: HHRLHFConfig) -> PreferenceDataset:
-    from pluralign.embed import load_encoder
-
     c = config
     if c.comparisons_per_user < 1 or c.reuse < 1:
         raise ValueError("hh_rlhf: comparisons_per_user and reuse must be >= 1")

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pluralign.data.format import Comparisons, DatasetError, PreferenceDataset
+from pluralign.embed import load_encoder
 
 TableLike = str | os.PathLike | pa.Table
 
@@ -224,8 +225,6 @@ def _parse_row_numbers(col: pa.ChunkedArray, file: str, name: str) -> pa.Chunked
 
 def embed_distinct(cols: Sequence[pa.ChunkedArray], encoder: Any) -> tuple[np.ndarray, list[np.ndarray], dict]:
     """Embeds each distinct text of ``cols`` once; returns table, row index per column, encoder info."""
-    from pluralign.embed import load_encoder
-
     joined = pa.chunked_array([c for col in cols for c in _to_str(col).chunks], type=pa.string())
     values = pc.unique(joined)
     enc = load_encoder(encoder)
@@ -240,8 +239,6 @@ def embed_pairs(prompt: pa.ChunkedArray, cols: Sequence[pa.ChunkedArray], encode
 
     A pair is keyed by the indices of its prompt and its response among the distinct texts,
     not by joining the texts with a separator: any character, NUL included, may be in a text."""
-    from pluralign.embed import load_encoder
-
     prompt_values, prompt_index = _distinct([prompt])
     response_values, response_index = _distinct(cols)
     keys = [prompt_index[0] * len(response_values) + r for r in response_index]  # int64 [n] per column
@@ -295,7 +292,6 @@ def _build_encoder(encoder: Any, needed: bool) -> Any:
     """Builds the encoder once (a transformers model is slow to load) when texts need it."""
     if not needed:
         return encoder
-    from pluralign.embed import load_encoder
     return load_encoder(encoder)
 
 

@@ -50,6 +50,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from pluralign.data.format import Comparisons, DatasetError, PreferenceDataset
+from pluralign.data.importers import source_fingerprint
+from pluralign.embed import load_encoder
 
 SOURCE_URL = "https://github.com/anthropics/evals/tree/main/persona"
 
@@ -72,7 +74,6 @@ class PersonaConfig:
     seed: int = 0
 
     def source_fingerprint(self) -> dict:
-        from pluralign.data.importers import source_fingerprint
         return source_fingerprint(self.path)
 
 
@@ -142,8 +143,6 @@ def _pick(rng: np.random.Generator, pools: list[np.ndarray], which: np.ndarray) 
 
 
 def make_persona(config: PersonaConfig) -> PreferenceDataset:
-    from pluralign.embed import load_encoder
-
     c = config
     K, T = c.n_types, c.traits_per_type
     if K < 2 or T < 1 or c.n_users < K or c.comparisons_per_user < 1 or c.statements_per_trait < 1:

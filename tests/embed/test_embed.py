@@ -13,7 +13,8 @@ import pytest
 
 from pluralign.data import read_dataset
 from pluralign.embed import load_encoder
-from pluralign.embed.extract import (ChunkStore, EmbedConfig, EmbedStats, embed_table, embed_texts, text_key)
+from pluralign.data.embed_table import EmbedConfig, embed_table
+from pluralign.embed.extract import ChunkStore, EmbedStats, embed_texts, text_key
 
 WORDS = "the a cat dog sat on mat runs fast slow red blue green good bad".split()
 
