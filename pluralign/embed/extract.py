@@ -29,12 +29,12 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from pluralign.atomic import write_file_atomic
 from pluralign.embed.encoders import Encoder, Text, check_text
 
 KEY_BYTES = 16
@@ -77,7 +77,7 @@ class ChunkStore:
                                  f"encoder ({old}); not mixing them with {encoder_description}. "
                                  "Delete it or pick another work_dir.")
         else:
-            self._atomic_write(manifest, lambda f: f.write(
+            write_file_atomic(manifest, lambda f: f.write(
                 json.dumps(encoder_description, indent=2, default=str).encode()))
         self._rows: dict[bytes, tuple[int, int]] = {}  # key -> (chunk, row)
         self._chunks: list[np.ndarray] = []
@@ -103,18 +103,6 @@ class ChunkStore:
         for r in range(len(keys)):
             self._rows.setdefault(flat[r * KEY_BYTES:(r + 1) * KEY_BYTES], (c, r))
 
-    def _atomic_write(self, path: pathlib.Path, write: Callable[[Any], None]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.work_dir, prefix=".tmp-", suffix=path.suffix)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
-
     def commit(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
         """Writes one chunk atomically, then makes it visible to lookups."""
         keys = np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), KEY_BYTES)
@@ -126,7 +114,7 @@ class ChunkStore:
         # Numbered after the files already there, so concurrent work never overwrites a chunk.
         existing = [int(p.stem.split("-")[1]) for p in self.work_dir.glob(_CHUNK_GLOB)]
         path = self.work_dir / f"chunk-{max(existing, default=-1) + 1:06d}.npz"
-        self._atomic_write(path, lambda f: np.savez(f, keys=keys, vectors=vectors))
+        write_file_atomic(path, lambda f: np.savez(f, keys=keys, vectors=vectors))
         self._add(keys, vectors)
 
     def lookup(self, keys: Sequence[bytes]) -> np.ndarray:
