@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pluralign.checkpoint_io import checkpoint_manager
+from pluralign.checkpoint_io import abstract, checkpoint_manager, restore_latest, save_step
 from pluralign.models import base
 from pluralign.train import distributed
 from pluralign.train.tracking import Trackers
@@ -367,7 +367,7 @@ def _save(manager: ocp.CheckpointManager, epoch: int, state: TrainState, done: b
     # Leaves as a flat list: orbax then needs no knowledge of NNX/optax pytree node types,
     # and the restore target's treedef puts them back.
     payload = {"leaves": jax.tree.leaves(state), "epoch": np.asarray(epoch, np.int32), "done": np.asarray(done, np.int32)}
-    manager.save(epoch, args=ocp.args.StandardSave(payload))
+    save_step(manager, epoch, payload)
 
 
 def restore_checkpoint(run_dir: pathlib.Path, like: TrainState) -> tuple[TrainState, int, bool]:
@@ -382,12 +382,12 @@ def restore_checkpoint(run_dir: pathlib.Path, like: TrainState) -> tuple[TrainSt
 def _restore(manager: ocp.CheckpointManager, like: TrainState, directory: pathlib.Path) -> tuple[TrainState, int, bool]:
     leaves, treedef = jax.tree.flatten(like)
     target = {
-        "leaves": [ocp.utils.to_shape_dtype_struct(x) for x in leaves],
+        "leaves": abstract(leaves),
         "epoch": np.zeros((), np.int32),
         "done": np.zeros((), np.int32),
     }
     try:
-        restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
+        restored = restore_latest(manager, target)
     except (ValueError, KeyError, TypeError) as e:
         raise RuntimeError(
             f"{directory}: the checkpoint there does not match this run's model or seeds ({e}). "

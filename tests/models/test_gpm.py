@@ -9,10 +9,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from pluralign.checkpoint_io import restore_pytree, save_pytree
 from pluralign.data.cyclic import CyclicTripletsConfig, CyclicUsersConfig
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import BT, GPM, BTConfig, Dims, GPMConfig, PairEmbeddings, PALConfig, loss, logits, model_class
@@ -219,11 +219,9 @@ def test_save_load_gives_the_same_predictions(tmp_path):
     states = model.seen_user_state(jnp.arange(6))
     expected = np.asarray(logits(model, states, pair))
     graphdef, state = nnx.split(model)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(tmp_path / "ckpt", state)
+    save_pytree(tmp_path / "ckpt", state)
     fresh_graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make_gpm("user", seed=5)))
-    with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(tmp_path / "ckpt", abstract)
+    restored = restore_pytree(tmp_path / "ckpt", abstract)
     loaded = nnx.merge(fresh_graphdef, restored)
     np.testing.assert_array_equal(np.asarray(logits(loaded, loaded.seen_user_state(jnp.arange(6)), pair)), expected)
 
