@@ -422,11 +422,14 @@ def _panels(rows: list[dict]) -> list[tuple[str, list[int]]]:
     return panels
 
 
-def _figure(n_panels: int):
-    """Panels in one column: each panel's legend sits to its right, where no other panel is."""
+def _figure(items: list[dict], panels: list[tuple[str, list[int]]]):
+    """Panels in one column: each panel's legend sits to its right, where no other panel is.
+    Returns plt, fig and per panel (axes, title, item indices, faceted); a faceted panel holds
+    variants of one model only, so its labels name the variant alone."""
     plt = pyplot()
-    fig, axes = plt.subplots(n_panels, 1, figsize=(6.0, 3.4 * n_panels), squeeze=False)
-    return plt, fig, list(axes.flat)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6.0, 3.4 * len(panels)), squeeze=False)
+    return plt, fig, [(ax, title, ids, len({items[i]["model"] for i in ids}) == 1 and len(ids) > 1)
+                      for ax, (title, ids) in zip(axes.flat, panels)]
 
 
 def _legend_outside(ax, n_entries: int) -> None:
@@ -451,10 +454,8 @@ def plot_kshot(rows: list[dict], mode: str, path: pathlib.Path) -> bool:
     }
     if not any(curves.values()):
         return False
-    panels = _panels(rows)
-    plt, fig, axes = _figure(len(panels))
-    for ax, (title, ids) in zip(axes, panels):
-        faceted = len({rows[i]["model"] for i in ids}) == 1 and len(ids) > 1
+    plt, fig, panels = _figure(rows, _panels(rows))
+    for ax, title, ids, faceted in panels:
         for n, row_id in enumerate(ids):
             if not curves[row_id]:
                 continue
@@ -490,10 +491,8 @@ def plot_per_user(groups: list[dict], path: pathlib.Path) -> bool:
     groups = [g for g in groups if any("per_user_histogram" in r["seen"] for r in g["runs"])]
     if not groups:
         return False
-    panels = _panels(groups)
-    plt, fig, axes = _figure(len(panels))
-    for ax, (title, ids) in zip(axes, panels):
-        faceted = len({groups[i]["model"] for i in ids}) == 1 and len(ids) > 1
+    plt, fig, panels = _figure(groups, _panels(groups))
+    for ax, title, ids, faceted in panels:
         for n, i in enumerate(ids):
             hists = [r["seen"]["per_user_histogram"] for r in groups[i]["runs"] if "per_user_histogram" in r["seen"]]
             counts = np.sum([h["counts"] for h in hists], axis=0)
@@ -551,10 +550,8 @@ def plot_training_curves(groups: list[dict], path: pathlib.Path) -> bool:
     if not curves:
         return False
     panels = [(title, [i for i in ids if i in curves]) for title, ids in _panels(groups)]
-    panels = [(title, ids) for title, ids in panels if ids]
-    plt, fig, axes = _figure(len(panels))
-    for ax, (title, ids) in zip(axes, panels):
-        faceted = len({groups[i]["model"] for i in ids}) == 1 and len(ids) > 1
+    plt, fig, panels = _figure(groups, [(title, ids) for title, ids in panels if ids])
+    for ax, title, ids, faceted in panels:
         for n, i in enumerate(ids):
             steps, train, val = (np.array(v) for v in zip(*curves[i]))
             style = _style(n)
