@@ -217,7 +217,8 @@ class Trainer:
         """One optimiser step on one batch of one seed: (params, opt_state, metrics)."""
         (_, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, tables, batch, rng)
         metrics = {**metrics, "grad_norm": optax.global_norm(grads)}  # before clipping
-        updates, opt_state = self.tx.update(grads, opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax: float ** int32 step (strict tests)
+            updates, opt_state = self.tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
 
     def _train_epoch(self, state: TrainState, tables: base.Tables, data: base.PairBatch, epoch):
