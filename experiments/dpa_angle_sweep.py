@@ -22,17 +22,14 @@ import json
 import pathlib
 
 import jax
-import matplotlib
+import numpy as np
+from flax import nnx
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute  # noqa: E402
-from pluralign.models import base  # noqa: E402
-from pluralign.models import multi_objective as mo  # noqa: E402
-from pluralign.models.dpa import DPA, DPAConfig  # noqa: E402
+from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute
+from pluralign.models import base
+from pluralign.models import multi_objective as mo
+from pluralign.models.dpa import DPA, DPAConfig
+from pluralign.plotting import pyplot
 
 
 def stage1_model(dataset, train_items: np.ndarray, decorrelate: str) -> tuple[DPA, dict]:
@@ -68,6 +65,7 @@ def sweep(dataset, angles, *, n_candidates: int = 16, n_pools: int = 2000, seed:
 
 def plot(result: dict, path: pathlib.Path) -> None:
     names, angles = result["attribute_names"], result["angles"]
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, style in (("decorrelated", "-"), ("raw", "--")):
         chosen = np.asarray(result[label]["chosen_mean_true_attributes"])

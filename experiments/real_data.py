@@ -45,7 +45,7 @@ def table(name: str, runs: dict) -> None:
             v = by_mode.get(mode, {}).get(k)
             if not v or v["accuracy"] is None:  # not measured: too few users reach k (v["reason"])
                 return "—"
-            return f"{v['accuracy']:.3f}" + (f"±{v['accuracy_std']:.3f}" if v.get("accuracy_std") is not None else ""
+            return f"{v['accuracy']:.3f}" + (f"±{v['accuracy_std']:.3f}" if v.get("accuracy_std") is not None else "")
 
         seen = f"{r['seen']['accuracy']:.3f}±{r['seen']['accuracy_std']:.3f}"
         print(f"{model:<13}{seen:>15}{cell('random', '1'):>15}{cell('random', '5'):>15}"

@@ -1,5 +1,7 @@
 """Every orbax read and write of the project goes through here (training checkpoints and the
-model artifact), so that they work in any directory a Hydra run or sweep can be given.
+model artifact), so that they work in any directory a Hydra run or sweep can be given:
+`save_pytree`/`restore_pytree` for one checkpoint directory (the artifact), and
+`checkpoint_manager` with `save_step`/`restore_latest` for the numbered checkpoints of a run.
 
 Why an alias: orbax finds its per-process OCDBT files with `etils.epath.Path.glob`, which
 globs the *whole* path string, not only the pattern. A run directory named by its overrides
@@ -71,3 +73,18 @@ def checkpoint_manager(directory: str | os.PathLike, max_to_keep: int = 2) -> It
             yield manager
         finally:
             manager.close()
+
+
+def save_step(manager: ocp.CheckpointManager, step: int, payload: Any) -> None:
+    """Saves `payload` (a pytree of arrays) as checkpoint `step` of `manager`."""
+    manager.save(step, args=ocp.args.StandardSave(payload))
+
+
+def abstract(tree: Any) -> Any:
+    """The shapes, dtypes and shardings of a pytree of arrays: a restore target that allocates nothing."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def restore_latest(manager: ocp.CheckpointManager, target: Any) -> Any:
+    """The latest checkpoint of `manager`, read into the structure, shapes and dtypes of `target`."""
+    return manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))

@@ -90,7 +90,7 @@ def remove_unstarted_run_dir(run_dir: pathlib.Path) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="embed")
 def embed_app(cfg: DictConfig) -> None:
-    from pluralign.embed.extract import embed_table
+    from pluralign.data.embed_table import embed_table
 
     config = OmegaConf.to_object(cfg)
     path = embed_table(config)

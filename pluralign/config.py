@@ -14,9 +14,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from pluralign.data.embed_table import EmbedConfig
 from pluralign.data.sources import GENERATORS, DiskDataConfig
 from pluralign.embed.encoders import TransformersEncoderConfig, WordLlamaEncoderConfig
-from pluralign.embed.extract import EmbedConfig
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import REGISTRY
 from pluralign.train.trainer import TrainConfig

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from pluralign.atomic import write_file_atomic
+
 
 def json_default(x: Any) -> Any:
     """`json.dumps(default=...)` for numpy values (synthetic truth, metrics)."""
@@ -31,9 +33,7 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     except ValueError:
         bad = non_finite_paths(json.loads(json.dumps(payload, default=json_default)))
         raise ValueError(f"{path}: refusing to write non-finite numbers at {', '.join(bad)}") from None
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_file_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def non_finite_paths(x: Any, prefix: str = "") -> list[str]:

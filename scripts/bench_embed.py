@@ -13,7 +13,6 @@ Texts are real HH-RLHF prompts and responses (the relabelled test split). Measur
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
@@ -28,6 +27,8 @@ import numpy as np
 
 from pluralign.embed import load_encoder
 from pluralign.embed.extract import EmbedStats, embed_texts
+
+from bench_args import parse_args
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared/data/relabeled_hh_rlhf/both_test.jsonl.gz"
 
@@ -122,11 +123,7 @@ def resume(table: pathlib.Path, model: pathlib.Path, out: pathlib.Path, chunk_si
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=pathlib.Path, default=DEFAULT_DATA)
-    ap.add_argument("--rows", type=int, default=2000, help="HH-RLHF rows (3 texts each)")
-    ap.add_argument("--tiny-texts", type=int, default=1200)
-    args = ap.parse_args()
+    args = parse_args(__doc__, data=DEFAULT_DATA, rows=(2000, "HH-RLHF rows (3 texts each)"), tiny_texts=1200)
 
     with gzip.open(args.data, "rt") as f:
         rows = [json.loads(line) for _, line in zip(range(args.rows), f)]

@@ -16,7 +16,6 @@ peak host (and, on a GPU, device) memory.
 
 from __future__ import annotations
 
-import argparse
 import resource
 import tempfile
 import time
@@ -34,16 +33,14 @@ from pluralign.models.base import Dims
 from pluralign.train.batches import make_tables, padded_batch, to_batch
 from pluralign.train.trainer import Trainer, TrainConfig, init_params
 
+from bench_args import parse_args
+
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--users", type=int, default=1000)
-    parser.add_argument("--shots", type=int, default=20)
-    parser.add_argument("--model", default="pal_a")
-    parser.add_argument("--loop-users", type=int, default=50, help="users timed in the per-user loop baseline")
-    parser.add_argument("--many-users", type=int, default=100_000, help="users adapted in one chunked call (0: skip)")
-    parser.add_argument("--chunk", type=int, default=8192, help="users per chunk of the chunked call")
-    args = parser.parse_args()
+    args = parse_args(__doc__, users=1000, shots=20, model="pal_a",
+                      loop_users=(50, "users timed in the per-user loop baseline"),
+                      many_users=(100_000, "users adapted in one chunked call (0: skip)"),
+                      chunk=(8192, "users per chunk of the chunked call"))
 
     n_users = int(args.users / 0.5) + 1  # half the users unseen-test
     data = IdealPointConfig(n_users=n_users, comparisons_per_user=2 * args.shots + 10)

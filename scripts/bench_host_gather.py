@@ -11,7 +11,6 @@ and checks both trained the same parameters.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import tempfile
 import time
@@ -25,17 +24,12 @@ from pluralign.models.base import Dims
 from pluralign.train.host_tables import HostGatherTrainer, HostTables
 from pluralign.train.trainer import Trainer, TrainConfig, init_params
 
+from bench_args import parse_args
+
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--items", type=int, default=50_000)
-    parser.add_argument("--dim", type=int, default=1024)
-    parser.add_argument("--pairs", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--steps-per-dispatch", type=int, default=8)
-    args = parser.parse_args()
+    args = parse_args(__doc__, items=50_000, dim=1024, pairs=200_000, batch=1024, hidden=64, epochs=2,
+                      steps_per_dispatch=8)
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,6 @@ Also times the CSV reader and writing the result with `write_dataset`.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import tempfile
 import time
@@ -24,14 +23,11 @@ import pyarrow.parquet as pq
 from pluralign.data import write_dataset
 from pluralign.data.importers import import_ratings
 
+from bench_args import parse_args
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ratings", type=int, default=100_000)
-    parser.add_argument("--users", type=int, default=1_000)
-    parser.add_argument("--items", type=int, default=5_000)
-    parser.add_argument("--dim", type=int, default=256)
-    args = parser.parse_args()
+    args = parse_args(__doc__, ratings=100_000, users=1_000, items=5_000, dim=256)
 
     rng = np.random.default_rng(0)
     users = rng.integers(args.users, size=args.ratings)

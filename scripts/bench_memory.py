@@ -12,13 +12,14 @@ says how many copies of the data training holds.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+
+from bench_args import parse_args
 
 
 def write(path, n_users, n_pairs, n_items, dim):
@@ -40,13 +41,8 @@ def peak_rss_gb() -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--users", type=int, default=1_000_000)
-    parser.add_argument("--pairs", type=int, default=10_000_000)
-    parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=1024)
-    parser.add_argument("--write-only", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_args(__doc__, users=1_000_000, pairs=10_000_000, items=100_000, dim=1024,
+                      write_only=(None, "internal: only write the dataset to this path (run in a child process)"))
     if args.write_only:
         write(args.write_only, args.users, args.pairs, args.items, args.dim)
         return

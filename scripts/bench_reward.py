@@ -15,7 +15,6 @@ Prints one line per figure; ratios are taken within this run on this machine.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -30,6 +29,8 @@ from pluralign.export import OnlineUser, save_model
 from pluralign.config import model_config
 from pluralign.models import REGISTRY, base
 from pluralign.train.trainer import init_params
+
+from bench_args import parse_args
 
 
 def build(name: str, dim: int, root: str, n_users: int = 100):
@@ -57,12 +58,8 @@ def timed(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["bt", "pal_b", "vpl"])
-    parser.add_argument("--dims", nargs="+", type=int, default=[256, 4096])
-    parser.add_argument("--responses", nargs="+", type=int, default=[16, 1024], help="responses per call")
-    parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
+    args = parse_args(__doc__, models=["bt", "pal_b", "vpl"], dims=[256, 4096],
+                      responses=([16, 1024], "responses per call"), repeats=10)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores visible")
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as root:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import jax
 import pytest
 
-# Implicit rank promotion hides broadcasting bugs ([B] against [B, 1] silently gives [B, B]).
+# Implicit rank promotion hides broadcasting bugs ([B] against [B, 1] silently gives [B, B]);
+# implicit dtype promotion hides precision bugs (a float16 table times a float32 weight, an
+# int index mixed into float math): both raise in tests (equinox's and levanter's conftest).
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 @pytest.fixture(scope="session")

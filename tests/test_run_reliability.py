@@ -15,7 +15,7 @@ import pytest
 
 import pluralign
 from pluralign import rundir
-from pluralign.checkpoint_io import checkpoint_manager, restore_pytree, save_pytree
+from pluralign.checkpoint_io import abstract, checkpoint_manager, restore_latest, restore_pytree, save_pytree, save_step
 from pluralign.data.format import write_dataset
 from pluralign.data.sources import DiskDataConfig
 from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
@@ -63,14 +63,12 @@ def test_orbax_save_restore_and_manager_work_in_any_directory_name(tmp_path, nam
     save_pytree(tmp_path / name / "state", payload)
     restored = restore_pytree(tmp_path / name / "state", {"leaves": [np.zeros(3), np.zeros((2, 2), np.float32)]})
     np.testing.assert_array_equal(restored["leaves"][0], payload["leaves"][0])
-    import orbax.checkpoint as ocp
-
     with checkpoint_manager(tmp_path / name / "checkpoints") as manager:
-        manager.save(3, args=ocp.args.StandardSave(payload))
+        save_step(manager, 3, payload)
         manager.wait_until_finished()
     with checkpoint_manager(tmp_path / name / "checkpoints") as manager:
         assert manager.latest_step() == 3
-        back = manager.restore(3, args=ocp.args.StandardRestore(payload))
+        back = restore_latest(manager, abstract(payload))
     np.testing.assert_array_equal(back["leaves"][1], payload["leaves"][1])
     assert not list(tmp_path.glob("pluralign-orbax-*")), "the alias must not be left behind"
 

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pluralign.data.format import Comparisons, DatasetError, PreferenceDataset
-from pluralign.data.importers import map_user_ids, read_table
+from pluralign.data.importers import map_user_ids, read_table, source_fingerprint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +87,6 @@ class ChoicePanelConfig:
             raise ValueError(f"data.panel must be one of {sorted(PANELS)}, got {self.panel!r}")
 
     def source_fingerprint(self) -> dict:
-        from pluralign.data.importers import source_fingerprint
         return source_fingerprint(self.path)
 
 

@@ -12,19 +12,17 @@ that 10M comparisons validate in about a second.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pluralign.atomic import atomic_dir
 from pluralign.jsonio import json_default
 
 FORMAT_VERSION = 1
@@ -422,34 +420,6 @@ def write_dataset(path: str | os.PathLike, items: np.ndarray, comparisons: Compa
                            attributes=None if attributes is None else np.asarray(attributes))
     validate_dataset(ds)
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=root.parent, prefix=".tmp-"))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; datasets are shared read-only
+    with atomic_dir(root, overwrite=overwrite) as tmp:
         _write_files(tmp, ds, meta_text)
-        if root.exists():
-            if not overwrite:
-                raise FileExistsError(f"{root} appeared while writing")
-            old = pathlib.Path(tempfile.mkdtemp(dir=root.parent, prefix=".old-"))
-            try:
-                os.rename(root, old / root.name)
-                try:
-                    os.rename(tmp, root)
-                except BaseException:
-                    os.rename(old / root.name, root)  # put the old dataset back
-                    raise
-            finally:
-                # Open memmaps of the old files stay valid: unlinking keeps their inodes.
-                if root.exists():  # never delete the only copy of the old dataset
-                    shutil.rmtree(old, ignore_errors=True)
-        else:
-            try:
-                os.rename(tmp, root)
-            except OSError as e:  # a concurrent writer (e.g. a sweep job) got there first
-                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise FileExistsError(f"{root} appeared while writing") from e
-                raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root

@@ -38,7 +38,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from pluralign.data.format import Comparisons, DatasetError, PreferenceDataset
-from pluralign.data.importers import _embed_distinct, _embed_pairs, source_fingerprint
+from pluralign.data.importers import embed_distinct, embed_pairs, source_fingerprint
+from pluralign.embed import load_encoder
 
 OBJECTIVES = ("helpful", "harmless")
 SOURCE_URL = "https://github.com/cassidylaidlaw/hidden-context (relabelled HH-RLHF; VPL: github.com/WEIRDLabUW/vpl_llm)"
@@ -128,8 +129,6 @@ def deal_users(group: np.ndarray, per_user: int, reuse: int, rng: np.random.Gene
 
 
 def make_hh_rlhf(config: HHRLHFConfig) -> PreferenceDataset:
-    from pluralign.embed import load_encoder
-
     c = config
     if c.comparisons_per_user < 1 or c.reuse < 1:
         raise ValueError("hh_rlhf: comparisons_per_user and reuse must be >= 1")
@@ -148,10 +147,10 @@ def make_hh_rlhf(config: HHRLHFConfig) -> PreferenceDataset:
     encoder = load_encoder(c.encoder)
     replies = [table.column("preferred"), table.column("other")]
     if c.embed == "response":
-        items, (preferred_item, other_item), _ = _embed_distinct(replies, encoder)
+        items, (preferred_item, other_item), _ = embed_distinct(replies, encoder)
     else:
-        items, (preferred_item, other_item), _ = _embed_pairs(table.column("prompt"), replies, encoder)
-    prompts, (prompt_of_row,), _ = _embed_distinct([table.column("prompt")], encoder)
+        items, (preferred_item, other_item), _ = embed_pairs(table.column("prompt"), replies, encoder)
+    prompts, (prompt_of_row,), _ = embed_distinct([table.column("prompt")], encoder)
 
     swap = rng.random(len(rows)) < 0.5
     pref, oth = preferred_item[rows], other_item[rows]

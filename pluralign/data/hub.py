@@ -57,7 +57,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pluralign.data.format import Comparisons, DatasetError, PreferenceDataset
-from pluralign.data.importers import import_comparisons, import_ratings, within_group_pairs
+from pluralign.data.hh_rlhf import deal_users
+from pluralign.data.importers import import_comparisons, import_ratings, read_table, source_fingerprint, within_group_pairs
+from pluralign.embed import load_encoder
 
 Records = pa.Table | Sequence[dict]
 
@@ -190,8 +192,6 @@ def ultrafeedback_ratings(records: Records, attributes: Sequence[str] = ULTRAFEE
 def ultrafeedback_p(records: Records, attributes: Sequence[str] = ("helpfulness", "honesty"),
                     comparisons_per_user: int = 8, controversial_only: bool = True, seed: int = 0) -> pa.Table:
     """UltraFeedback-P comparisons (user, user_type, prompt, a, b, label) with one user type per attribute."""
-    from pluralign.data.hh_rlhf import deal_users
-
     ratings = ultrafeedback_ratings(records, attributes)
     rng = np.random.default_rng(seed)
     i, j = within_group_pairs(np.asarray(ratings.column("prompt_index")))
@@ -239,8 +239,6 @@ def helpsteer2_dataset(records: Records, *, n_users: int = 200, comparisons_per_
                        seed: int = 0) -> PreferenceDataset:
     """Items = responses with ``attributes.npy`` [n_items, m]; simulated direction users compare
     responses to the same prompt (label 1 when v_uᵀ(r_a − r_b) > 0; exact ties dropped)."""
-    from pluralign.embed import load_encoder
-
     t = _table(records)
     _need(t, "nvidia/HelpSteer2", "prompt", "response", *attributes)
     rng = np.random.default_rng(seed)
@@ -312,15 +310,9 @@ def load_pickapic(image_features: Any, image_ids: Sequence, *, prompt_features: 
 
 def _records(config, name: str, hub_config: str | None) -> pa.Table:
     if config.path is not None:
-        from pluralign.data.importers import read_table
         table = read_table(config.path)
         return table if config.max_rows is None else table.slice(0, config.max_rows)
     return hub_records(name, hub_config, config.split, config.max_rows)
-
-
-def _fingerprint(*paths) -> dict:
-    from pluralign.data.importers import source_fingerprint
-    return source_fingerprint(*paths)
 
 
 @dataclasses.dataclass
@@ -336,7 +328,7 @@ class TLDRConfig:
     embed_with_prompt: bool = True  # each summary embedded together with its post (prompt-conditioned items)
 
     def source_fingerprint(self) -> dict:
-        return _fingerprint(self.path)
+        return source_fingerprint(self.path)
 
 
 @dataclasses.dataclass
@@ -360,7 +352,7 @@ class UltraFeedbackPConfig:
             raise ValueError(f"data.attributes must be >= 2 of {list(ULTRAFEEDBACK_ATTRIBUTES)}, got {self.attributes}")
 
     def source_fingerprint(self) -> dict:
-        return _fingerprint(self.path)
+        return source_fingerprint(self.path)
 
 
 @dataclasses.dataclass
@@ -379,7 +371,7 @@ class HelpSteer2Config:
     seed: int = 0
 
     def source_fingerprint(self) -> dict:
-        return _fingerprint(self.path)
+        return source_fingerprint(self.path)
 
 
 @dataclasses.dataclass
@@ -397,7 +389,7 @@ class PickapicConfig:
     max_rows: Optional[int] = None
 
     def source_fingerprint(self) -> dict:
-        return _fingerprint(self.path, self.image_features, self.image_ids, self.prompt_features,
+        return source_fingerprint(self.path, self.image_features, self.image_ids, self.prompt_features,
                             self.prompt_ids)
 
 
@@ -414,7 +406,7 @@ class PrismConfig:
     encoder: Any = "wordllama"
 
     def source_fingerprint(self) -> dict:
-        return _fingerprint(self.path)
+        return source_fingerprint(self.path)
 
 
 def _ids(path: str) -> list:

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pluralign.data.format import Comparisons, DatasetError, PreferenceDataset
+from pluralign.embed import load_encoder
 
 TableLike = str | os.PathLike | pa.Table
 
@@ -222,10 +223,8 @@ def _parse_row_numbers(col: pa.ChunkedArray, file: str, name: str) -> pa.Chunked
     return pc.cast(pc.utf8_trim_whitespace(col), pa.int64())
 
 
-def _embed_distinct(cols: Sequence[pa.ChunkedArray], encoder: Any) -> tuple[np.ndarray, list[np.ndarray], dict]:
+def embed_distinct(cols: Sequence[pa.ChunkedArray], encoder: Any) -> tuple[np.ndarray, list[np.ndarray], dict]:
     """Embeds each distinct text of ``cols`` once; returns table, row index per column, encoder info."""
-    from pluralign.embed import load_encoder
-
     joined = pa.chunked_array([c for col in cols for c in _to_str(col).chunks], type=pa.string())
     values = pc.unique(joined)
     enc = load_encoder(encoder)
@@ -234,14 +233,12 @@ def _embed_distinct(cols: Sequence[pa.ChunkedArray], encoder: Any) -> tuple[np.n
     return table.astype(np.float32, copy=False), indices, enc.describe()
 
 
-def _embed_pairs(prompt: pa.ChunkedArray, cols: Sequence[pa.ChunkedArray], encoder: Any
+def embed_pairs(prompt: pa.ChunkedArray, cols: Sequence[pa.ChunkedArray], encoder: Any
                  ) -> tuple[np.ndarray, list[np.ndarray], dict]:
     """Items as (prompt, response) conversations, each distinct pair embedded once.
 
     A pair is keyed by the indices of its prompt and its response among the distinct texts,
     not by joining the texts with a separator: any character, NUL included, may be in a text."""
-    from pluralign.embed import load_encoder
-
     prompt_values, prompt_index = _distinct([prompt])
     response_values, response_index = _distinct(cols)
     keys = [prompt_index[0] * len(response_values) + r for r in response_index]  # int64 [n] per column
@@ -272,8 +269,8 @@ def _resolve(table: pa.Table, file: str, cols: Sequence[tuple[str, str]], *, mat
         m = _load_matrix(matrix, f"{what}s")
         return m, _lookup_ids(arrays, ids, m.shape[0], file, what), None
     if with_prompt is not None:
-        return _embed_pairs(with_prompt, [c for _, c in arrays], encoder)
-    return _embed_distinct([c for _, c in arrays], encoder)
+        return embed_pairs(with_prompt, [c for _, c in arrays], encoder)
+    return embed_distinct([c for _, c in arrays], encoder)
 
 
 def _resolve_prompts(table: pa.Table, file: str, prompt: str | None, *, items, prompts, prompt_ids, encoder,
@@ -295,7 +292,6 @@ def _build_encoder(encoder: Any, needed: bool) -> Any:
     """Builds the encoder once (a transformers model is slow to load) when texts need it."""
     if not needed:
         return encoder
-    from pluralign.embed import load_encoder
     return load_encoder(encoder)
 
 

@@ -50,6 +50,9 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from pluralign.data.format import Comparisons, DatasetError, PreferenceDataset
+from pluralign.data.importers import source_fingerprint
+from pluralign.data.synthetic import optimal_accuracies
+from pluralign.embed import load_encoder
 
 SOURCE_URL = "https://github.com/anthropics/evals/tree/main/persona"
 
@@ -72,7 +75,6 @@ class PersonaConfig:
     seed: int = 0
 
     def source_fingerprint(self) -> dict:
-        from pluralign.data.importers import source_fingerprint
         return source_fingerprint(self.path)
 
 
@@ -142,8 +144,6 @@ def _pick(rng: np.random.Generator, pools: list[np.ndarray], which: np.ndarray) 
 
 
 def make_persona(config: PersonaConfig) -> PreferenceDataset:
-    from pluralign.embed import load_encoder
-
     c = config
     K, T = c.n_types, c.traits_per_type
     if K < 2 or T < 1 or c.n_users < K or c.comparisons_per_user < 1 or c.statements_per_trait < 1:
@@ -218,15 +218,13 @@ def make_persona(config: PersonaConfig) -> PreferenceDataset:
     p_user = p_type[np.arange(n), k_of]
     share = np.bincount(user_type, minlength=K) / c.n_users
     p_bar = p_type @ share
-    population = np.where(np.isclose(p_bar, 0.5), 0.5, np.where(p_bar > 0.5, p_user, 1 - p_user))
 
     encoder = load_encoder(c.encoder)
     items = encoder.encode(texts.to_pylist()).astype(np.float32, copy=False)
     truth = {
         "user_group": user_type.tolist(),
         "type_traits": type_traits,
-        "bayes_optimal_accuracy": float(np.mean(np.maximum(p_user, 1 - p_user))),
-        "population_optimal_accuracy": float(population.mean()),
+        **optimal_accuracies(p_user, p_bar),
         "generator": dataclasses.asdict(c),
     }
     meta = {"name": c.name, "n_users": c.n_users, "source": f"pluralign.data.persona ({SOURCE_URL})",

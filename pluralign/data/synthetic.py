@@ -74,12 +74,19 @@ def random_pairs(rng: np.random.Generator, n_items: int, n: int) -> tuple[np.nda
     return a, (a + rng.integers(1, n_items, size=n)) % n_items
 
 
+# p̄ within this of 1/2 is a tie: ties are exact in the generators' math (hard labels, equal
+# type shares) and only float rounding moves them; genuine margins are orders of magnitude larger.
+TIE_TOLERANCE = 1e-9
+
+
 def optimal_accuracies(p: np.ndarray, p_population: np.ndarray) -> dict:
-    """The ceilings every synthetic dataset reports: the true model's accuracy E[max(p, 1 − p)],
-    and that of the best predictor ignoring the user (answering with the population's P)."""
+    """The ceilings every generator reports: the true model's accuracy E[max(p, 1 − p)], and that
+    of the best predictor ignoring the user, which answers with the population's p̄ and, where
+    p̄ = 1/2, is indifferent: a tie scores 1/2 whatever the user's p."""
+    tie = np.abs(p_population - 0.5) <= TIE_TOLERANCE
     return {
         "bayes_optimal_accuracy": float(np.mean(np.maximum(p, 1.0 - p))),
-        "population_optimal_accuracy": float(np.mean(np.where(p_population > 0.5, p, 1.0 - p))),
+        "population_optimal_accuracy": float(np.mean(np.where(tie, 0.5, np.where(p_population > 0.5, p, 1.0 - p)))),
     }
 
 

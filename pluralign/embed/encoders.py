@@ -93,7 +93,7 @@ class Encoder(abc.ABC):
         the result is in the input order. ``on_batch(n)`` is called after each batch of
         ``n`` texts (progress bars).
         """
-        texts = [_check_text(t, i) for i, t in enumerate(texts)]
+        texts = [check_text(t, i) for i, t in enumerate(texts)]
         batch_size = int(batch_size or self.batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -109,7 +109,8 @@ class Encoder(abc.ABC):
         return out
 
 
-def _check_text(t: Any, i: int) -> Text:
+def check_text(t: Any, i: int) -> Text:
+    """Text ``i`` as the encoders take it (a str or a (prompt, response) pair), or a TypeError naming it."""
     if isinstance(t, str):
         return t
     if isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(s, str) for s in t):

@@ -17,8 +17,9 @@ hours), so it is built to be interrupted:
 :func:`embed_texts` is the core (texts -> (index, distinct-text table));
 :class:`ResumableEncoder` puts it behind the :class:`Encoder` surface so that the
 table importers (`pluralign.data.importers`) get resumable extraction for free;
-:func:`embed_table` is what ``pluralign embed`` runs: a comparisons or ratings table
-of texts -> a dataset directory.
+`pluralign.data.embed_table` (what ``pluralign embed`` runs) builds a dataset
+directory from a table of texts with it. This package knows nothing of datasets:
+`pluralign.data` imports it, never the other way round.
 """
 
 from __future__ import annotations
@@ -28,14 +29,13 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from pluralign.embed.encoders import Encoder, Text, _check_text, load_encoder
+from pluralign.atomic import write_file_atomic
+from pluralign.embed.encoders import Encoder, Text, check_text
 
 KEY_BYTES = 16
 _CHUNK_GLOB = "chunk-*.npz"
@@ -77,7 +77,7 @@ class ChunkStore:
                                  f"encoder ({old}); not mixing them with {encoder_description}. "
                                  "Delete it or pick another work_dir.")
         else:
-            self._atomic_write(manifest, lambda f: f.write(
+            write_file_atomic(manifest, lambda f: f.write(
                 json.dumps(encoder_description, indent=2, default=str).encode()))
         self._rows: dict[bytes, tuple[int, int]] = {}  # key -> (chunk, row)
         self._chunks: list[np.ndarray] = []
@@ -103,18 +103,6 @@ class ChunkStore:
         for r in range(len(keys)):
             self._rows.setdefault(flat[r * KEY_BYTES:(r + 1) * KEY_BYTES], (c, r))
 
-    def _atomic_write(self, path: pathlib.Path, write: Callable[[Any], None]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.work_dir, prefix=".tmp-", suffix=path.suffix)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
-
     def commit(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
         """Writes one chunk atomically, then makes it visible to lookups."""
         keys = np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), KEY_BYTES)
@@ -126,7 +114,7 @@ class ChunkStore:
         # Numbered after the files already there, so concurrent work never overwrites a chunk.
         existing = [int(p.stem.split("-")[1]) for p in self.work_dir.glob(_CHUNK_GLOB)]
         path = self.work_dir / f"chunk-{max(existing, default=-1) + 1:06d}.npz"
-        self._atomic_write(path, lambda f: np.savez(f, keys=keys, vectors=vectors))
+        write_file_atomic(path, lambda f: np.savez(f, keys=keys, vectors=vectors))
         self._add(keys, vectors)
 
     def lookup(self, keys: Sequence[bytes]) -> np.ndarray:
@@ -187,7 +175,7 @@ def embed_texts(texts: Sequence[Text], encoder: Encoder, work_dir: str | os.Path
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    texts = [_check_text(t, i) for i, t in enumerate(texts)]
+    texts = [check_text(t, i) for i, t in enumerate(texts)]
     keys = [text_key(t) for t in texts]
     first: dict[bytes, int] = {}  # key -> distinct row, in order of first appearance
     index = np.fromiter((first.setdefault(k, len(first)) for k in keys), np.int64, len(keys))
@@ -254,112 +242,3 @@ class ResumableEncoder(Encoder):
         if on_batch is not None:
             on_batch(len(index))
         return table[index]
-
-
-# ----------------------------------------------------------------- table -> dataset
-
-@dataclasses.dataclass
-class EmbedConfig:
-    """``pluralign embed``: a table of texts -> a dataset directory (DESIGN §3).
-
-    ``table=comparisons``: one row per judgement, columns ``user``, ``a``, ``b``,
-    ``label`` (P(a ≻ b); ``label=null`` for a chosen/rejected layout: ``a=chosen
-    b=rejected``), optional ``prompt`` and ``weight``. ``table=ratings``: rows
-    ``(user, item, rating[, prompt])`` turned into within-user comparisons.
-    """
-
-    encoder: Any = None               # an encoder config (pluralign/conf/encoder/*.yaml)
-    input: str = "???"                # CSV / TSV / JSONL / Parquet table
-    output: str = "???"               # dataset directory to write
-    table: str = "comparisons"        # comparisons | ratings
-    name: Optional[str] = None        # dataset name (default: the input file's stem)
-    user: str = "user"
-    a: str = "a"
-    b: str = "b"
-    label: Optional[str] = "label"
-    prompt: Optional[str] = None      # prompt column (texts); null = no prompts
-    weight: Optional[str] = None
-    item: str = "item"                # ratings tables
-    rating: str = "rating"
-    ties: str = "drop"                # ratings: drop | soft (label 0.5)
-    max_pairs_per_user: Optional[int] = None
-    embed_with_prompt: bool = False   # embed each response as a (prompt, response) conversation
-    identical: str = "error"          # comparisons whose a and b texts are equal: error | drop
-    storage_dtype: str = "float32"    # items.npy / prompts.npy: float32 | float16
-    chunk_size: int = 4096            # texts per committed chunk
-    batch_size: Optional[int] = None  # texts per encoder batch (default: the encoder's own)
-    work_dir: Optional[str] = None    # default: <output>.partial
-    keep_work_dir: bool = False       # keep the chunks after a successful write
-    overwrite: bool = False
-    progress: bool = True
-
-
-def _drop_identical(path: str, a: str, b: str, other_text_columns=()):
-    """The table without rows whose ``a`` and ``b`` texts are equal (real data has them:
-    2 of the 4,043 relabelled HH-RLHF rows), and how many were dropped."""
-    import pyarrow.compute as pc
-
-    from pluralign.data.importers import read_table
-
-    table = read_table(path, [a, b, *(c for c in other_text_columns if c is not None)])
-    missing = [col for col in (a, b) if col not in table.column_names]
-    if missing:  # leave the message to the importer
-        return table, 0
-    same = pc.fill_null(pc.equal(table.column(a), table.column(b)), False)
-    kept = table.filter(pc.invert(same))
-    return kept, table.num_rows - kept.num_rows
-
-
-def embed_table(config: EmbedConfig, encoder: Encoder | None = None) -> pathlib.Path:
-    """Runs ``config`` (the ``pluralign embed`` job); returns the written dataset's path."""
-    from pluralign.data.format import write_dataset
-    from pluralign.data.importers import import_comparisons, import_ratings
-
-    c = config
-    for key in ("input", "output"):
-        if getattr(c, key) in (None, "", "???"):
-            raise ValueError(f"pluralign embed needs {key}=<path>")
-    if c.table not in ("comparisons", "ratings"):
-        raise ValueError(f"table={c.table!r}: expected 'comparisons' or 'ratings'")
-    if c.storage_dtype not in ("float32", "float16"):
-        raise ValueError(f"storage_dtype={c.storage_dtype!r}: expected float32 or float16")
-    if c.identical not in ("error", "drop"):
-        raise ValueError(f"identical={c.identical!r}: expected 'error' or 'drop'")
-    output = pathlib.Path(c.output).absolute()
-    if output.exists() and not c.overwrite:  # before hours of embedding, not after
-        raise FileExistsError(f"{output} exists (pass overwrite=true to replace it)")
-    base = encoder if encoder is not None else load_encoder(
-        c.encoder if c.encoder is not None else "wordllama")
-    work_dir = pathlib.Path(c.work_dir) if c.work_dir else output.with_name(output.name + ".partial")
-    enc = ResumableEncoder(base, work_dir, chunk_size=c.chunk_size, progress=c.progress)
-    if c.batch_size:
-        enc.batch_size = c.batch_size
-
-    source, dropped = c.input, 0
-    if c.table == "comparisons" and c.identical == "drop":
-        source, dropped = _drop_identical(c.input, c.a, c.b, [c.user, c.prompt])
-
-    if c.table == "comparisons":
-        ds = import_comparisons(source, user=c.user, a=c.a, b=c.b, label=c.label, prompt=c.prompt,
-                                weight=c.weight, encoder=enc, embed_with_prompt=c.embed_with_prompt,
-                                name=c.name or pathlib.Path(c.input).name.split(".")[0])
-    else:
-        ds = import_ratings(c.input, user=c.user, item=c.item, rating=c.rating, prompt=c.prompt,
-                            ties=c.ties, encoder=enc, max_pairs_per_user=c.max_pairs_per_user,
-                            name=c.name)
-    meta = dict(ds.meta)
-    meta["encoder"] = {**base.describe(), "storage_dtype": c.storage_dtype}
-    encoded, seconds = sum(s.n_encoded for s in enc.stats), sum(s.seconds for s in enc.stats)
-    meta["embed"] = {"texts": sum(s.n_texts for s in enc.stats),
-                     "encoded": encoded,
-                     "encode_seconds": round(seconds, 3),
-                     "texts_per_second": round(encoded / seconds, 1) if seconds > 0 else None,
-                     "reused_from_work_dir": sum(s.n_reused for s in enc.stats),
-                     **({"dropped_identical": dropped} if c.identical == "drop" else {})}
-    store = np.dtype(c.storage_dtype)
-    path = write_dataset(output, ds.items.astype(store, copy=False), ds.comparisons, meta=meta,
-                         prompts=None if ds.prompts is None else ds.prompts.astype(store, copy=False),
-                         attributes=ds.attributes, overwrite=c.overwrite)
-    if not c.keep_work_dir:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return path

@@ -170,7 +170,7 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
         model = nnx.merge(graphdef, params)
         support_feats = user_pair_features(model, tables, pool)
         # The first n_shots pool pairs are the support; the rest of the pool is masked out.
-        shot_mask = jnp.arange(pool.label.shape[1])[None, :] < n_shots
+        shot_mask = (jnp.arange(pool.label.shape[1])[None, :] < n_shots).astype(pool.weight.dtype)
         query_feats = user_pair_features(model, tables, query)
         q = query.label.shape[1]
         if inference == "bayes" and model.fits_user_state:

@@ -314,7 +314,7 @@ def markdown_table(rows: list[dict], shots=TABLE_SHOTS) -> str:
             _fmt(row.get("bayes_optimal_accuracy")), _fmt(row.get("population_optimal_accuracy")),
         ]) + " |")
     shown = [f"unseen_random_k{k}" for k in shots] + ([f"unseen_item_disjoint_k{disjoint}"] if disjoint else [])
-    missing = [f"- {_label(row)}, {name.removeprefix('unseen_').replace('_k', ' k=')}: {row[f'{name}_reason']}"
+    missing = [f"- {run_label(row)}, {name.removeprefix('unseen_').replace('_k', ' k=')}: {row[f'{name}_reason']}"
                for row in rows for name in shown if row.get(name) is None and row.get(f"{name}_reason")]
     return "\n".join(lines + (["", "Missing figures (—):", *missing] if missing else []))
 
@@ -378,7 +378,8 @@ def latex_table(rows: list[dict], shots=TABLE_SHOTS) -> str:
 
 
 
-def _label(row_or_group: dict, with_model: bool = True) -> str:
+def run_label(row_or_group: dict, with_model: bool = True) -> str:
+    """A run's legend label: ``model [variant]`` (the variant alone with ``with_model=False``), floats rounded."""
     variant = _round_floats(row_or_group["variant"].replace(",", ", "))
     if not with_model:
         return variant or row_or_group["model"]
@@ -421,11 +422,14 @@ def _panels(rows: list[dict]) -> list[tuple[str, list[int]]]:
     return panels
 
 
-def _figure(n_panels: int):
-    """Panels in one column: each panel's legend sits to its right, where no other panel is."""
+def _figure(items: list[dict], panels: list[tuple[str, list[int]]]):
+    """Panels in one column: each panel's legend sits to its right, where no other panel is.
+    Returns plt, fig and per panel (axes, title, item indices, faceted); a faceted panel holds
+    variants of one model only, so its labels name the variant alone."""
     plt = pyplot()
-    fig, axes = plt.subplots(n_panels, 1, figsize=(6.0, 3.4 * n_panels), squeeze=False)
-    return plt, fig, list(axes.flat)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6.0, 3.4 * len(panels)), squeeze=False)
+    return plt, fig, [(ax, title, ids, len({items[i]["model"] for i in ids}) == 1 and len(ids) > 1)
+                      for ax, (title, ids) in zip(axes.flat, panels)]
 
 
 def _legend_outside(ax, n_entries: int) -> None:
@@ -450,15 +454,13 @@ def plot_kshot(rows: list[dict], mode: str, path: pathlib.Path) -> bool:
     }
     if not any(curves.values()):
         return False
-    panels = _panels(rows)
-    plt, fig, axes = _figure(len(panels))
-    for ax, (title, ids) in zip(axes, panels):
-        faceted = len({rows[i]["model"] for i in ids}) == 1 and len(ids) > 1
+    plt, fig, panels = _figure(rows, _panels(rows))
+    for ax, title, ids, faceted in panels:
         for n, row_id in enumerate(ids):
             if not curves[row_id]:
                 continue
             k, mean, std = (np.array(v) for v in zip(*curves[row_id]))
-            (line,) = ax.plot(k, mean, label=_label(rows[row_id], with_model=not faceted), markersize=4, linewidth=1.3,
+            (line,) = ax.plot(k, mean, label=run_label(rows[row_id], with_model=not faceted), markersize=4, linewidth=1.3,
                               **_style(n))
             ax.fill_between(k, mean - std, mean + std, color=line.get_color(), alpha=0.12)
         first = rows[ids[0]]
@@ -489,10 +491,8 @@ def plot_per_user(groups: list[dict], path: pathlib.Path) -> bool:
     groups = [g for g in groups if any("per_user_histogram" in r["seen"] for r in g["runs"])]
     if not groups:
         return False
-    panels = _panels(groups)
-    plt, fig, axes = _figure(len(panels))
-    for ax, (title, ids) in zip(axes, panels):
-        faceted = len({groups[i]["model"] for i in ids}) == 1 and len(ids) > 1
+    plt, fig, panels = _figure(groups, _panels(groups))
+    for ax, title, ids, faceted in panels:
         for n, i in enumerate(ids):
             hists = [r["seen"]["per_user_histogram"] for r in groups[i]["runs"] if "per_user_histogram" in r["seen"]]
             counts = np.sum([h["counts"] for h in hists], axis=0)
@@ -505,7 +505,7 @@ def plot_per_user(groups: list[dict], path: pathlib.Path) -> bool:
                     color=style["color"], linewidth=1.3)
             ax.plot(edges[:-1][counts > 0], cdf[counts > 0], linestyle="none", markersize=3.5, **style)
             ax.plot([], [], linewidth=1.3, markersize=3.5, **style,  # the legend entry: line and marker
-                    label=f"{_label(groups[i], with_model=not faceted)} (n={int(counts.sum() / len(hists))})")
+                    label=f"{run_label(groups[i], with_model=not faceted)} (n={int(counts.sum() / len(hists))})")
         ax.axhline(0.1, color="gray", linestyle=":", linewidth=1)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
@@ -550,14 +550,12 @@ def plot_training_curves(groups: list[dict], path: pathlib.Path) -> bool:
     if not curves:
         return False
     panels = [(title, [i for i in ids if i in curves]) for title, ids in _panels(groups)]
-    panels = [(title, ids) for title, ids in panels if ids]
-    plt, fig, axes = _figure(len(panels))
-    for ax, (title, ids) in zip(axes, panels):
-        faceted = len({groups[i]["model"] for i in ids}) == 1 and len(ids) > 1
+    plt, fig, panels = _figure(groups, [(title, ids) for title, ids in panels if ids])
+    for ax, title, ids, faceted in panels:
         for n, i in enumerate(ids):
             steps, train, val = (np.array(v) for v in zip(*curves[i]))
             style = _style(n)
-            ax.plot(steps, val, label=_label(groups[i], with_model=not faceted), markersize=3, linewidth=1.3,
+            ax.plot(steps, val, label=run_label(groups[i], with_model=not faceted), markersize=3, linewidth=1.3,
                     markevery=max(1, len(steps) // 8), **style)
             ax.plot(steps, train, color=style["color"], linestyle="--", linewidth=0.9, alpha=0.7)
         ax.plot([], [], color="gray", linestyle="--", label="(dashed: training loss)")

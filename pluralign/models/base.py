@@ -345,7 +345,7 @@ def loss(model: PreferenceModel, tables: Tables, batch: PairBatch, rng: jax.Arra
 def weighted_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> dict:
     """Weighted mean preference loss and accuracy of [N] logits (inside jit)."""
     total_weight = jnp.maximum(weights.sum(), 1e-9)
-    correct = ((logits > 0) == (labels > 0.5)) * weights
+    correct = ((logits > 0) == (labels > 0.5)).astype(weights.dtype) * weights
     return {
         "loss": preference_loss(logits, labels, weights).sum() / total_weight,
         "accuracy": correct.sum() / total_weight,
@@ -417,7 +417,8 @@ def fit_user_states(
         def step(carry, _):
             state, opt_state = carry
             grads = jax.grad(objective)(state, feats, y, w)
-            updates, opt_state = tx.update(grads, opt_state, state)
+            with jax.numpy_dtype_promotion("standard"):  # optax: float ** int32 step (strict tests)
+                updates, opt_state = tx.update(grads, opt_state, state)
             return (optax.apply_updates(state, updates), opt_state), None
 
         (state, _), _ = jax.lax.scan(step, (prior_mean, tx.init(prior_mean)), None, length=steps)
@@ -509,7 +510,8 @@ def laplace_posterior(
 
         def adam_step(carry, _):
             z, opt_state = carry
-            updates, opt_state = tx.update(jax.grad(f)(z), opt_state, z)
+            with jax.numpy_dtype_promotion("standard"):  # optax: float ** int32 step (strict tests)
+                updates, opt_state = tx.update(jax.grad(f)(z), opt_state, z)
             return (optax.apply_updates(z, updates), opt_state), None
 
         z0 = jnp.zeros((S,), jnp.float32)

@@ -68,7 +68,7 @@ class DPRMConfig:
 
 def beta_bins(alpha: jax.Array, beta: jax.Array, n_bins: int) -> jax.Array:
     """[B] Beta parameters -> [B, C] masses on C equal bins of [0, 1] (∝ density at the centres)."""
-    centres = ((jnp.arange(n_bins) + 0.5) / n_bins)[None, :]  # [1, C]
+    centres = ((jnp.arange(n_bins, dtype=jnp.float32) + 0.5) / n_bins)[None, :]  # [1, C]
     log_density = (alpha[:, None] - 1.0) * jnp.log(centres) + (beta[:, None] - 1.0) * jnp.log1p(-centres)  # [B, C]
     return jax.nn.softmax(log_density, axis=-1)  # the Beta function cancels in the normalisation
 

@@ -95,7 +95,7 @@ def fit_ridge_heads(x: np.ndarray, attributes: np.ndarray, alphas=DEFAULT_ALPHAS
 def masked_mse(pred: jax.Array, ratings: jax.Array, observed: jax.Array) -> jax.Array:
     """Mean squared error over observed entries only; missing ratings contribute nothing."""
     sq = jnp.where(observed, jnp.square(pred - jnp.where(observed, ratings, 0.0)), 0.0)
-    return sq.sum() / jnp.maximum(observed.sum(), 1)
+    return sq.sum() / jnp.maximum(observed.sum(), 1).astype(sq.dtype)
 
 
 def fit_mlp_head(
@@ -119,7 +119,8 @@ def fit_mlp_head(
     def step(carry, _):
         state, opt_state, best_state, best_val = carry
         grads = jax.grad(mse)(state, tables["fit"])
-        updates, opt_state = tx.update(grads, opt_state, state)
+        with jax.numpy_dtype_promotion("standard"):  # optax: float ** int32 step (strict tests)
+            updates, opt_state = tx.update(grads, opt_state, state)
         state = optax.apply_updates(state, updates)
         val_mse = mse(state, tables["val"])
         better = val_mse < best_val

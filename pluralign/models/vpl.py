@@ -278,7 +278,7 @@ class VPL(PreferenceModel):
         scores = jnp.where(window < n_other[:, None], jax.random.uniform(pick_key, (B, W)), -1.0)
         _, picked = jax.lax.top_k(scores, min(cfg.c_max, W))  # [B, c]
         other = jnp.take_along_axis(candidate, picked, axis=1)
-        within = other + ((own[:, None] >= 0) & (other >= own[:, None]))  # skip the query's own slot
+        within = other + ((own[:, None] >= 0) & (other >= own[:, None])).astype(other.dtype)  # skip the query's own slot
         mask = jnp.arange(picked.shape[1])[None, :] < size[:, None]
         rows = jnp.clip(start[:, None] + within, 0, ctx.pairs.label.shape[0] - 1)
         return rows, mask

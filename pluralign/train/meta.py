@@ -71,7 +71,7 @@ def support_rows(ctx: UserContext, batch, rows: jax.Array, size: int, rng: jax.A
     own = ctx.position[rows] - start  # [B] the query's own slot
     n_other = count - 1
     draw = jax.random.randint(rng, (batch.user.shape[0], size), 0, jnp.iinfo(jnp.int32).max) % jnp.maximum(n_other, 1)[:, None]
-    within = draw + (draw >= own[:, None])  # skip the query's own slot
+    within = draw + (draw >= own[:, None]).astype(draw.dtype)  # skip the query's own slot
     rows = jnp.clip(start[:, None] + within, 0, ctx.pairs.label.shape[0] - 1)
     return rows, jnp.broadcast_to((n_other > 0)[:, None], rows.shape)
 

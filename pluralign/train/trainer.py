@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pluralign.checkpoint_io import checkpoint_manager
+from pluralign.checkpoint_io import abstract, checkpoint_manager, restore_latest, save_step
 from pluralign.models import base
 from pluralign.train import distributed
 from pluralign.train.tracking import Trackers
@@ -224,7 +224,8 @@ class Trainer:
         as the model reports it), "grad_norm" and the model's own."""
         (objective, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, tables, batch, step)
         metrics = {**metrics, "objective": objective, "grad_norm": optax.global_norm(grads)}  # norm before clipping
-        updates, opt_state = self.tx.update(grads, opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax: float ** int32 step (strict tests)
+            updates, opt_state = self.tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
 
     def _train_epoch(self, state: TrainState, tables: base.Tables, data: base.PairBatch, epoch, context=None):
@@ -382,7 +383,7 @@ def _save(manager: ocp.CheckpointManager, epoch: int, state: TrainState, done: b
     # Leaves as a flat list: orbax then needs no knowledge of NNX/optax pytree node types,
     # and the restore target's treedef puts them back.
     payload = {"leaves": jax.tree.leaves(state), "epoch": np.asarray(epoch, np.int32), "done": np.asarray(done, np.int32)}
-    manager.save(epoch, args=ocp.args.StandardSave(payload))
+    save_step(manager, epoch, payload)
 
 
 def restore_checkpoint(run_dir: pathlib.Path, like: TrainState) -> tuple[TrainState, int, bool]:
@@ -397,12 +398,12 @@ def restore_checkpoint(run_dir: pathlib.Path, like: TrainState) -> tuple[TrainSt
 def _restore(manager: ocp.CheckpointManager, like: TrainState, directory: pathlib.Path) -> tuple[TrainState, int, bool]:
     leaves, treedef = jax.tree.flatten(like)
     target = {
-        "leaves": [ocp.utils.to_shape_dtype_struct(x) for x in leaves],
+        "leaves": abstract(leaves),
         "epoch": np.zeros((), np.int32),
         "done": np.zeros((), np.int32),
     }
     try:
-        restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
+        restored = restore_latest(manager, target)
     except (ValueError, KeyError, TypeError) as e:
         raise RuntimeError(
             f"{directory}: the checkpoint there does not match this run's model or seeds ({e}). "

@@ -184,6 +184,18 @@ def test_options_page_documents_every_train_and_eval_field():
         options_page("modle")
 
 
+def test_readme_option_tables_are_the_generated_ones():
+    """The README's train.* and eval.* tables are `reference_table`'s output: a field added,
+    renamed or re-documented in the dataclass fails here until the README is regenerated."""
+    from pluralign.evaluate.fewshot import EvalConfig
+    from pluralign.options import reference_table
+    from pluralign.train.trainer import TrainConfig
+
+    readme = (CONF.parents[1] / "README.md").read_text()
+    for cls, prefix in ((TrainConfig, "train."), (EvalConfig, "eval.")):
+        assert reference_table(cls, prefix) in readme, f"regenerate the README table: reference_table({cls.__name__}, {prefix!r})"
+
+
 @pytest.mark.slow
 def test_bad_user_data_is_one_line_and_leaves_no_run_directory(tmp_path):
     (tmp_path / "prefs.csv").write_text("user,a,b,label\n1,x,y,A\n2,y,z,maybe\n")

@@ -87,3 +87,29 @@ def test_optuna_study_is_stored_in_the_sweep_directory(tmp_path):
     assert sweeper.direction == "maximize" and "train.learning_rate" in sweeper.params  # tpe's settings
     assert sweeper.storage == f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}"
     assert (tmp_path / "sweep").is_dir()  # Optuna creates the file, not its folder
+
+
+@pytest.mark.slow
+def test_the_app_returns_the_mean_unseen_validation_accuracy_to_the_sweeper(tmp_path, monkeypatch):
+    """The value Hydra hands a sweeper (Optuna maximises it) is what the app returns: the mean
+    over k of the unseen-*val* accuracy in the run's results.json, never a test figure."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    monkeypatch.setenv("PLURALIGN_CACHE", str(tmp_path / "cache"))
+    cfg = _compose(["model=bt", "train.progress=false", f"cache_dir={tmp_path / 'cache'}", *TINY])
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        cfg.hydra.mode = RunMode.MULTIRUN  # a sweep's job: no results table printed
+    HydraConfig.instance().set_config(cfg)
+    try:
+        objective = cli.train_app(cfg)  # hydra.main passes a given config straight to the task
+    finally:
+        HydraConfig.instance().cfg = None
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    val = [v for v in results["unseen"]["val_accuracy_at_k"].values() if v is not None]
+    assert val and 0.0 < objective < 1.0
+    assert objective == pytest.approx(sum(val) / len(val), abs=1e-12)
+    test = [v for v in results["unseen"]["accuracy_at_k"].values() if v is not None]
+    assert objective != pytest.approx(sum(test) / len(test), abs=1e-12)  # the val split, not the test one

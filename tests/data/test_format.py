@@ -8,15 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pluralign.data import (
-    FORMAT_VERSION,
-    Comparisons,
-    DatasetError,
-    PreferenceDataset,
-    read_dataset,
-    validate_dataset,
-    write_dataset,
-)
+from pluralign.data import FORMAT_VERSION, Comparisons, DatasetError, PreferenceDataset, read_dataset, validate_dataset
+from pluralign.data import write_dataset
 
 
 def _parts(dtype=np.float32, with_prompts=True):

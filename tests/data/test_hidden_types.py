@@ -8,8 +8,19 @@ import pytest
 
 from pluralign.data.hidden_types import HiddenTypesConfig, make_hidden_types
 from pluralign.data.sources import load_dataset
+from pluralign.data.synthetic import optimal_accuracies
 
 SMALL = dict(n_users=120, n_items=200, comparisons_per_user=30, dim=12)
+
+
+def test_ceilings_score_a_population_tie_one_half():
+    """Every generator's ceilings (persona's included) come from one function with one tie rule:
+    p̄ = 1/2, exactly or up to float rounding, scores 1/2 whatever the user's p."""
+    p = np.array([1.0, 0.0, 0.9, 0.8])
+    p_bar = np.array([0.5, 0.5 - 1e-15, 0.7, 0.5 + 1e-6])  # an exact tie, one float rounding moved, two non-ties
+    out = optimal_accuracies(p, p_bar)
+    assert out["population_optimal_accuracy"] == pytest.approx((0.5 + 0.5 + 0.9 + 0.8) / 4, abs=1e-12)
+    assert out["bayes_optimal_accuracy"] == pytest.approx((1.0 + 1.0 + 0.9 + 0.8) / 4, abs=1e-12)
 
 
 @pytest.mark.parametrize("n_types", [2, 4])

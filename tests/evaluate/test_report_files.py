@@ -111,7 +111,7 @@ def test_figures_are_written(sweep):
 
 
 def test_training_curves_from_metrics_jsonl_and_rounded_labels(sweep):
-    from pluralign.evaluate.report import _label, read_metrics
+    from pluralign.evaluate.report import read_metrics, run_label
 
     job = sweep / "bt" / "lr"
     (job / "metrics.jsonl").write_text("".join(
@@ -121,7 +121,7 @@ def test_training_curves_from_metrics_jsonl_and_rounded_labels(sweep):
     assert [r["epoch"] for r in read_metrics(job)] == [0, 1, 2, 3]
     paths = write_report(sweep)
     assert paths["training_curves"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert _label({"model": "bt", "variant": "train.learning_rate=0.30000000000000004"}) == "bt [train.learning_rate=0.3]"
+    assert run_label({"model": "bt", "variant": "train.learning_rate=0.30000000000000004"}) == "bt [train.learning_rate=0.3]"
 
 
 def test_runs_differing_only_in_seed_and_paths_are_one_row(sweep):

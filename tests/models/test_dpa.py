@@ -10,10 +10,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from pluralign.checkpoint_io import restore_pytree, save_pytree
 from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import DPAConfig, Dims, PairEmbeddings, base
@@ -217,11 +217,9 @@ def test_save_load_gives_the_same_predictions(tmp_path):
     states = model.user_table_state(jnp.array([0, 1, 2, 3, 4, 0]))
     expected = np.asarray(base.logits(model, states, pair))
     _, state = nnx.split(model)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(tmp_path / "ckpt", state)
+    save_pytree(tmp_path / "ckpt", state)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make_model(seed=9)))
-    with ocp.StandardCheckpointer() as checkpointer:
-        loaded = nnx.merge(graphdef, checkpointer.restore(tmp_path / "ckpt", abstract))
+    loaded = nnx.merge(graphdef, restore_pytree(tmp_path / "ckpt", abstract))
     np.testing.assert_array_equal(np.asarray(base.logits(loaded, loaded.user_table_state(jnp.array([0, 1, 2, 3, 4, 0])), pair)), expected)
 
 

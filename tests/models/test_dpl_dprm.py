@@ -75,7 +75,7 @@ def test_ot_distance_known_values():
     assert float(ot_distance(p, p)[0]) == 0.0
     np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-6)
     # The Beta discretisation keeps its mean (up to binning): Beta(2, 5) has mean 2/7.
-    centres = (jnp.arange(c) + 0.5) / c
+    centres = (jnp.arange(c, dtype=jnp.float32) + 0.5) / c
     assert float((p[0] @ centres)) == pytest.approx(2 / 7, abs=0.02)
 
 

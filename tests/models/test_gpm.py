@@ -9,10 +9,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from pluralign.checkpoint_io import restore_pytree, save_pytree
 from pluralign.data.cyclic import CyclicTripletsConfig, CyclicUsersConfig
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import BT, GPM, BTConfig, Dims, GPMConfig, PairEmbeddings, PALConfig, loss, logits, model_class
@@ -21,9 +21,9 @@ from pluralign.models.gpm import skew_score
 from pluralign.run import RunConfig, run
 from pluralign.train.trainer import TrainConfig
 
-from tests.models.test_models_bt_pal import _tiny_tables_and_batch, make_pair, np_bce, np_mlp, random_states, swap
+from tests.models.helpers import D, make_pair, np_bce, np_mlp, np_softmax, random_states, swap, tiny_tables_and_batch
 
-D, N_USERS, K_BLOCKS, K_PROTOS = 16, 7, 3, 4
+N_USERS, K_BLOCKS, K_PROTOS = 7, 3, 4
 GATES = ["constant", "prompt", "user"]
 
 
@@ -31,11 +31,6 @@ def make_gpm(gate="constant", seed=0, **overrides) -> GPM:
     name = "gpm_personal" if gate == "user" else "gpm"
     config = GPMConfig(name=name, gate=gate, n_blocks=K_BLOCKS, n_prototypes=K_PROTOS, hidden=[8], **overrides)
     return model_class(name)(config, Dims(dim=D, n_users=N_USERS), rngs=nnx.Rngs(seed))
-
-
-def np_softmax(x):
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def np_gpm_parts(model, user_state, e_x, has_prompt, e_y):
@@ -152,7 +147,7 @@ def test_one_block_with_a_fixed_second_coordinate_is_bradley_terry():
 
 def test_loss_known_value():
     model = make_gpm("user")
-    tables, batch = _tiny_tables_and_batch()
+    tables, batch = tiny_tables_and_batch()
     items = np.asarray(tables.items)
     pair = PairEmbeddings(
         e_x=np.zeros((5, D), np.float32), has_prompt=np.zeros(5, bool),
@@ -224,11 +219,9 @@ def test_save_load_gives_the_same_predictions(tmp_path):
     states = model.user_table_state(jnp.arange(6))
     expected = np.asarray(logits(model, states, pair))
     graphdef, state = nnx.split(model)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(tmp_path / "ckpt", state)
+    save_pytree(tmp_path / "ckpt", state)
     fresh_graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make_gpm("user", seed=5)))
-    with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(tmp_path / "ckpt", abstract)
+    restored = restore_pytree(tmp_path / "ckpt", abstract)
     loaded = nnx.merge(fresh_graphdef, restored)
     np.testing.assert_array_equal(np.asarray(logits(loaded, loaded.user_table_state(jnp.arange(6)), pair)), expected)
 

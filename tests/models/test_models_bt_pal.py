@@ -31,7 +31,9 @@ from pluralign.models import (
     seen_logits,
 )
 
-D, N_USERS, K, LATENT = 16, 7, 3, 4
+from tests.models.helpers import D, make_pair, np_bce, np_mlp, np_softmax, random_states, swap, tiny_tables_and_batch
+
+N_USERS, K, LATENT = 7, 3, 4
 MODELS = ["bt", "pal_a", "pal_b"]
 
 
@@ -41,52 +43,6 @@ def make_model(name: str, seed: int = 0, **overrides):
     else:
         config = PALConfig(name=name, n_prototypes=K, latent_dim=LATENT, **overrides)
     return model_class(name)(config, Dims(dim=D, n_users=N_USERS), rngs=nnx.Rngs(seed))
-
-
-def make_pair(seed: int, n: int = 6, has_prompt=None) -> PairEmbeddings:
-    """Random embeddings; e_x is zero where there is no prompt, as `gather` makes it."""
-    rng = np.random.default_rng(seed)
-    has_prompt = rng.random(n) < 0.5 if has_prompt is None else np.asarray(has_prompt)
-    e_x = rng.standard_normal((n, D)).astype(np.float32) * has_prompt[:, None]
-    return PairEmbeddings(
-        e_x=jnp.asarray(e_x),
-        has_prompt=jnp.asarray(has_prompt),
-        e_a=jnp.asarray(rng.standard_normal((n, D)), jnp.float32),
-        e_b=jnp.asarray(rng.standard_normal((n, D)), jnp.float32),
-    )
-
-
-def swap(pair: PairEmbeddings) -> PairEmbeddings:
-    return pair.replace(e_a=pair.e_b, e_b=pair.e_a)
-
-
-def random_states(model, n: int, seed: int = 1) -> jax.Array:
-    return jnp.asarray(np.random.default_rng(seed).standard_normal((n, model.user_state_dim)), jnp.float32)
-
-
-# --- numpy references -------------------------------------------------------------
-
-
-def np_softmax(x):
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def np_gelu(x):  # jax.nn.gelu's default tanh approximation
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-
-
-def np_mlp(mlp, x):
-    layers = [(np.asarray(layer.kernel[...]), np.asarray(layer.bias[...])) for layer in mlp.layers]
-    for kernel, bias in layers[:-1]:
-        x = np_gelu(x @ kernel + bias)
-    kernel, bias = layers[-1]
-    return x @ kernel + bias
-
-
-def np_bce(z, y):
-    p = 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
-    return -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
 
 
 def np_pal_a_logits(model, user_state, pair):
@@ -306,27 +262,13 @@ def test_preference_loss_gradients():
     np.testing.assert_allclose(np.asarray(dz), np.asarray(w * (jax.nn.sigmoid(z) - y)), rtol=1e-5, atol=1e-6)
 
 
-def _tiny_tables_and_batch():
-    rng = np.random.default_rng(3)
-    tables = Tables(items=jnp.asarray(rng.standard_normal((9, D)), jnp.float32), prompts=jnp.zeros((1, D)))
-    batch = PairBatch(
-        user=jnp.array([0, 2, 5, 2, 6], jnp.int32),
-        prompt=jnp.full((5,), -1, jnp.int32),
-        a=jnp.array([0, 3, 8, 1, 4], jnp.int32),
-        b=jnp.array([2, 5, 7, 6, 3], jnp.int32),
-        label=jnp.array([1.0, 0.0, 0.7, 0.5, 1.0], jnp.float32),
-        weight=jnp.array([1.0, 2.0, 1.0, 0.5, 0.0], jnp.float32),  # the last row is padding
-    )
-    return tables, batch
-
-
 def test_pal_a_loss_known_value():
     """base.loss on hand-set prototypes, user weights and τ, against numpy."""
     model = make_model("pal_a")
     model.prototypes[...] = jnp.array([[2.0, 0, 0, 0], [0, -2.0, 0, 0], [0, 0, 1.0, 1.0]])
     model.user_mixture_logits[...] = jnp.asarray(np.random.default_rng(4).standard_normal((N_USERS, K)) * 2, jnp.float32)
     model.log_temperature[...] = jnp.asarray(-0.3)
-    tables, batch = _tiny_tables_and_batch()
+    tables, batch = tiny_tables_and_batch()
     items = np.asarray(tables.items, np.float64)
     pair = PairEmbeddings(e_x=None, has_prompt=None, e_a=items[np.asarray(batch.a)], e_b=items[np.asarray(batch.b)])
     W_u = np.asarray(model.user_mixture_logits[...])[np.asarray(batch.user)]
@@ -343,7 +285,7 @@ def test_pal_a_loss_known_value():
 
 def test_bt_loss_known_value():
     model = make_model("bt", hidden=[])
-    tables, batch = _tiny_tables_and_batch()
+    tables, batch = tiny_tables_and_batch()
     items = np.asarray(tables.items)
     no_prompt = np.zeros(5, bool)
     z = np_bt_reward(model, np.zeros((5, D)), no_prompt, items[np.asarray(batch.a)]) - np_bt_reward(
@@ -358,7 +300,7 @@ def test_bt_loss_known_value():
 @pytest.mark.parametrize("name", MODELS)
 def test_loss_ignores_padding_rows(name):
     model = make_model(name)
-    tables, batch = _tiny_tables_and_batch()
+    tables, batch = tiny_tables_and_batch()
     value, _ = loss(model, tables, batch)
     # Changing what the weight-0 row points at must not change the loss.
     moved = batch.replace(a=batch.a.at[4].set(8), label=batch.label.at[4].set(0.0), user=batch.user.at[4].set(1))

@@ -9,10 +9,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from pluralign.checkpoint_io import restore_pytree, save_pytree
 from pluralign.data.hidden_types import HiddenTypesConfig
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.models import BTConfig, base
@@ -152,10 +152,8 @@ def test_save_load_gives_the_same_predictions(tmp_path):
     state = jnp.asarray(rng.normal(size=(5, 2 * L)), jnp.float32)
     before = base.logits(model, state, pair)
     graphdef, params = nnx.split(model)
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(tmp_path / "vpl", params)
-    with ocp.StandardCheckpointer() as ckpt:
-        restored = ckpt.restore(tmp_path / "vpl", params)
+    save_pytree(tmp_path / "vpl", params)
+    restored = restore_pytree(tmp_path / "vpl", params)
     np.testing.assert_array_equal(before, base.logits(nnx.merge(graphdef, restored), state, pair))
 
 
