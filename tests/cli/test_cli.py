@@ -90,7 +90,7 @@ def test_run_from_composed_config_writes_results(tmp_path):
 
 
 def _pluralign(args, cwd, env_extra):
-    env = {**os.environ, "JAX_NUMPY_RANK_PROMOTION": "raise", **env_extra}
+    env = {**os.environ, "JAX_NUMPY_RANK_PROMOTION": "raise", "JAX_NUMPY_DTYPE_PROMOTION": "strict", **env_extra}
     return subprocess.run(
         [sys.executable, "-m", "pluralign.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
@@ -128,7 +128,7 @@ def test_a_killed_run_restarted_in_its_directory_ends_with_the_same_results(tmp_
 
     args = ["model=pal_a", "eval=fast", *TINY_DATA, "train.max_epochs=12", "train.patience=100", "train.progress=false",
             "data.comparisons_per_user=60"]
-    env = {**os.environ, "PLURALIGN_CACHE": str(tmp_path / "cache"), "JAX_NUMPY_RANK_PROMOTION": "raise"}
+    env = {**os.environ, "PLURALIGN_CACHE": str(tmp_path / "cache"), "JAX_NUMPY_RANK_PROMOTION": "raise", "JAX_NUMPY_DTYPE_PROMOTION": "strict"}
     reference = _pluralign([*args, f"hydra.run.dir={tmp_path / 'reference'}"], cwd=tmp_path, env_extra=env)
     assert reference.returncode == 0, reference.stderr[-3000:]
 

@@ -23,7 +23,7 @@ TINY = ["train=fast", "eval=fast", "train.max_epochs=2", "data.n_users=30", "dat
 
 
 def _pluralign(args, cwd, cache):
-    env = {**os.environ, "JAX_NUMPY_RANK_PROMOTION": "raise", "PLURALIGN_CACHE": str(cache)}
+    env = {**os.environ, "JAX_NUMPY_RANK_PROMOTION": "raise", "JAX_NUMPY_DTYPE_PROMOTION": "strict", "PLURALIGN_CACHE": str(cache)}
     return subprocess.run([sys.executable, "-m", "pluralign.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 

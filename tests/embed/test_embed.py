@@ -199,7 +199,7 @@ def test_embed_ratings_table(wordllama, tmp_path):
 
 def test_cli_embed(tmp_path):
     _write_table(tmp_path / "prefs.csv", n_users=3, per_user=4)
-    env = {**os.environ, "JAX_NUMPY_RANK_PROMOTION": "raise", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "JAX_NUMPY_RANK_PROMOTION": "raise", "JAX_NUMPY_DTYPE_PROMOTION": "strict", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "pluralign.cli", "embed", f"input={tmp_path / 'prefs.csv'}",
            f"output={tmp_path / 'ds'}", "user=worker", "a=chosen", "b=rejected", "label=null",
            "prompt=question", "chunk_size=5"]

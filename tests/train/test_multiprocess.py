@@ -53,7 +53,7 @@ def _free_port() -> int:
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_COORDINATOR"))}
-    return {**env, "JAX_PLATFORMS": "cpu", "JAX_NUMPY_RANK_PROMOTION": "raise", "XLA_FLAGS": "", **extra}
+    return {**env, "JAX_PLATFORMS": "cpu", "JAX_NUMPY_RANK_PROMOTION": "raise", "JAX_NUMPY_DTYPE_PROMOTION": "strict", "XLA_FLAGS": "", **extra}
 
 
 def _results_line(stdout: str) -> dict:
