@@ -60,7 +60,8 @@ def bundle(name: str, root: str):
         inference_steps=STEPS, inference_learning_rate=0.1,
     )
     reward = pluralign.load(path).reward(capacity=8)  # shared by the tests: its jitted kernels compile once
-    return dict(data=data, split=split, tables=tables, test=test, graphdef=graphdef, params=params, path=path, reward=reward)
+    return dict(data=data, split=split, tables=tables, context=context, test=test, graphdef=graphdef, params=params, path=path,
+                reward=reward)
 
 
 @pytest.fixture(params=sorted(REGISTRY))
@@ -78,7 +79,7 @@ def test_save_load_same_params_and_seen_predictions(setup):
         model = loaded.with_seed(seed)
         original = jax.tree.map(lambda x: x[i], setup["params"])
         assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), original, model.params))
-        expected = predict_seen(setup["graphdef"], original, setup["tables"], setup["test"])
+        expected = predict_seen(setup["graphdef"], original, setup["tables"], setup["test"], context=setup["context"])
         np.testing.assert_allclose(model.seen_logits(setup["tables"], setup["test"]), expected, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="no seed 99"):
         loaded.with_seed(99)
