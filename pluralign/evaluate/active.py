@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.scipy.special import entr
 
-
-def binary_entropy(p: jax.Array) -> jax.Array:
-    """H(p) in nats, elementwise; 0 at p ∈ {0, 1}."""
-    return entr(p) + entr(1.0 - p)
+from pluralign.evaluate.fewshot import make_episodes, user_pair_features
+from pluralign.jsonio import write_json_atomic
+from pluralign.numerics import binary_entropy
+from pluralign.plotting import pyplot
+from pluralign.train.batches import padded_batch
 
 
 def label_information_gain(logits: jax.Array) -> jax.Array:
@@ -59,7 +59,6 @@ def make_elicitation_curve(graphdef: nnx.GraphDef, n_questions: int, n_samples: 
     (`active=True`; z sampled from the posterior) or a uniformly random unasked one.
     The pool's labels play the user's answers. pool, query: PairBatch of [U, P] / [U, Q].
     """
-    from pluralign.evaluate.fewshot import user_pair_features
 
     def one_user(model, pool_feats, pool_labels, pool_weights, query_feats, query_labels, query_weights, key, active):
         P, Q = pool_labels.shape[0], query_labels.shape[0]
@@ -112,8 +111,6 @@ def evaluate_active(
     `n_questions` are left out. Accuracy is pooled over every query pair of the users
     (as the few-shot curves are). `params`: one seed's parameters.
     """
-    from pluralign.evaluate.fewshot import make_episodes
-    from pluralign.train.batches import padded_batch
 
     if pool_size < n_questions:
         raise ValueError(f"active elicitation: pool_size ({pool_size}) must be >= n_questions ({n_questions})")
@@ -142,11 +139,9 @@ def save_active_report(result: dict, out_dir, reference_questions: int = 8) -> d
     """Writes active.json (numbers) and active.png (the two curves) into out_dir; returns the
     summary: random's accuracy after `reference_questions` questions and how many questions
     active selection needs to reach it."""
-    from pluralign.plotting import pyplot
 
     plt = pyplot()
 
-    from pluralign.jsonio import write_json_atomic
 
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import json
 import os
 import pathlib
-import shutil
 from typing import Any
 
 import jax
@@ -41,6 +39,7 @@ import pyarrow.parquet as pq
 from flax import nnx
 
 from pluralign.checkpoint_io import restore_pytree, save_pytree
+from pluralign.atomic import atomic_dir
 from pluralign.rundir import fault_point
 from pluralign.jsonio import json_default, write_json_atomic
 from pluralign.models import REGISTRY, base
@@ -131,26 +130,17 @@ def save_model(
     if group is not None and len(group) == n_users:
         columns["group"] = pa.array(np.asarray(group, np.int32))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write_json_atomic(tmp / "model.json", record)
-    write_json_atomic(tmp / "dataset_meta.json", _to_json(dataset_meta))
-    pq.write_table(pa.table(columns), tmp / "users.parquet")
-    # Flat leaf list, as the trainer's checkpoints: orbax needs no NNX pytree knowledge.
+    # Payload: a flat leaf list, as the trainer's checkpoints (orbax needs no NNX pytree knowledge).
     payload = {"leaves": [np.asarray(x) for x in jax.tree.leaves(params)]}
     seen_states = np.asarray(seen_states, np.float32)
     if seen_states.size:  # orbax stores no zero-size arrays; S = 0 (BT) has nothing to store
         payload["seen_states"] = seen_states
-    save_pytree(tmp / "state", payload)
-    fault_point("model_written_before_rename")
-    old = path.parent / f".{path.name}.old-{os.getpid()}"
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(path, overwrite=True) as tmp:  # a save killed midway leaves the old model in place
+        write_json_atomic(tmp / "model.json", record)
+        write_json_atomic(tmp / "dataset_meta.json", _to_json(dataset_meta))
+        pq.write_table(pa.table(columns), tmp / "users.parquet")
+        save_pytree(tmp / "state", payload)
+        fault_point("model_written_before_rename")
     return path
 
 
@@ -158,27 +148,6 @@ def is_complete(path: str | os.PathLike) -> bool:
     """Whether `path` holds a whole artifact (`save_model` renames it into place only when it is)."""
     path = pathlib.Path(path)
     return all((path / name).exists() for name in ("model.json", "dataset_meta.json", "users.parquet", "state"))
-
-
-def _remove_leftovers(path: pathlib.Path) -> None:
-    """Deletes the temporary siblings (`.model.tmp-<pid>`, `.model.old-<pid>`) that a save killed
-    midway left, those of processes no longer alive."""
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*-*"):
-        kind, _, pid = leftover.name.removeprefix(f".{path.name}.").partition("-")
-        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 @dataclasses.dataclass
