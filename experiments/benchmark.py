@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -82,12 +83,39 @@ def size_overrides(option: str) -> list[str]:
     return [f"data.{k}={min(int(data[k]), v)}" for k, v in SIZES.items() if k in data]
 
 
+def readme_table(out: pathlib.Path, k: int = 5) -> str:
+    """The README's benchmark table from the finished cells under `out`: one row per model, one
+    column per dataset, each cell "seen accuracy / unseen-test accuracy at k shots (random mode)"
+    (3-seed means, as in results.json); "—" where the model did not run on the data, and the
+    Bayes-optimal ceiling of each dataset as the last row."""
+    cells, bayes = {}, {}
+    for path in sorted(out.glob("*/results.json")):
+        r = json.loads(path.read_text())
+        if r.get("status") != "complete":
+            continue
+        unseen = r["unseen"]["by_mode"].get("random", {}).get(str(k), {}).get("accuracy")
+        cells[r["model"], r["dataset"]] = f"{r['seen']['accuracy']:.3f} / " + ("—" if unseen is None else f"{unseen:.3f}")
+        if r.get("bayes_optimal_accuracy") is not None:
+            bayes[r["dataset"]] = f"{r['bayes_optimal_accuracy']:.3f}"
+    names = [m for m in REGISTRY if any(m == model for model, _ in cells)]
+    data = sorted({d for _, d in cells})
+    lines = ["| model | " + " | ".join(f"`{d}`" for d in data) + " |", "|---|" + "---|" * len(data)]
+    lines += [f"| `{m}` | " + " | ".join(cells.get((m, d), "—") for d in data) + " |" for m in names]
+    lines.append("| Bayes-optimal | " + " | ".join(bayes.get(d, "—") for d in data) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="experiments/out/benchmark")
     parser.add_argument("--models", default=None, help="comma-separated subset of REGISTRY")
     parser.add_argument("--data", default=None, help="comma-separated subset of the data options")
+    parser.add_argument("--readme-table", action="store_true",
+                        help="only print the README's table (seen / unseen k=5) from the finished cells under --out")
     args = parser.parse_args()
+    if args.readme_table:
+        print(readme_table(pathlib.Path(args.out)))
+        return
     logging.getLogger("absl").setLevel(logging.WARNING)
     out = pathlib.Path(args.out)
     t0 = time.perf_counter()
