@@ -17,12 +17,13 @@ from pluralign.models import base
 
 
 def adapt_and_predict_chunked(
-    adapt_and_predict, params, tables: base.Tables, support: base.PairBatch, n_shots: int,
+    adapt_and_predict, params, tables: base.Tables, pool: base.PairBatch, n_shots: int,
     query: base.PairBatch, prior_strength: float, seen_users, *, chunk_users: int = 8192,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`adapt_and_predict` (from `fewshot.make_adapt_and_predict`) over [U, ...] support and query
-    batches, `chunk_users` users per call: (states [U, S], query logits [U, Q]) as numpy arrays."""
-    n_users = support.label.shape[0]
+    """`adapt_and_predict` (from `fewshot.make_adapt_and_predict`) over [U, ...] support pools (the
+    first n_shots pairs of each are the support) and query batches, `chunk_users` users per call:
+    (states [U, S], query logits [U, Q]) as numpy arrays."""
+    n_users = pool.label.shape[0]
     chunk = max(1, min(chunk_users, n_users))
     n_chunks = -(-n_users // chunk)
 
@@ -37,7 +38,7 @@ def adapt_and_predict_chunked(
     states, logits = [], []
     for c in range(n_chunks):
         start = c * chunk
-        s, q = adapt_and_predict(params, tables, rows(support, start), jnp.int32(n_shots), rows(query, start),
+        s, q = adapt_and_predict(params, tables, rows(pool, start), jnp.int32(n_shots), rows(query, start),
                                  jnp.float32(prior_strength), seen_users)
         keep = min(chunk, n_users - start)
         states.append(s[:keep])  # fetched at the end: the next chunk is dispatched without waiting
