@@ -1,11 +1,10 @@
 """Every model on every built-in synthetic dataset: the whole comparison table, 3 seeds.
 
 Command:   python experiments/benchmark.py [--out experiments/out/benchmark] [--models bt,pal_a] [--data ideal_point]
-Runtime:   6-8 minutes on 2 CPU cores (measured 390 s wall on a nearly idle machine, 500 s while shared;
-           ~600 s CPU) for 73 runs: 10 models × 8 datasets less 7 refused; each run trains its 3 seeds
-           in one vmapped program. That figure predates linear_bt, linear_personal and lore (all in
-           REGISTRY, so in the table) and shared_plus_low_rank; the full table has not been re-run
-           with them (expect roughly 13/10 of it).
+Runtime:   109 runs (13 models × 9 datasets less 8 refused): 6,495 s wall, 4,660 s CPU on the project's
+           2 CPU cores while other jobs shared them (before linear_bt, linear_personal, lore and
+           shared_plus_low_rank: 73 runs, 390 s wall on the nearly idle machine); each run trains its 3
+           seeds in one vmapped program. `--readme-table` prints the README's table from the finished runs.
 Expected:  one table (printed, and results.md / results.csv / k-shot curves / per-user histograms under
            OUT/report). With these short settings: PAL-A/PAL-B, VPL and GPM-personal beat BT by 8-20
            points of seen accuracy on ideal_point and hidden_types and their unseen-user accuracy rises
