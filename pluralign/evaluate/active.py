@@ -70,7 +70,7 @@ def make_elicitation_curve(graphdef: nnx.GraphDef, n_questions: int, n_samples: 
 
         def accuracy(state):
             logits = model.pair_logits(jnp.broadcast_to(state, (Q, state.shape[0])), query_feats)
-            correct = ((logits > 0) == (query_labels > 0.5)) * query_weights
+            correct = ((logits > 0) == (query_labels > 0.5)).astype(query_weights.dtype) * query_weights
             return correct.sum() / jnp.maximum(query_weights.sum(), 1e-9)
 
         def ask(asked, step_key):
