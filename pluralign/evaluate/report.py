@@ -394,8 +394,8 @@ def _round_floats(text: str) -> str:
 # ------------------------------------------------------------------ figures
 #
 # Every figure: a legend outside the axes (never over the curves), labels with rounded
-# numbers, colours and markers cycled together (20 distinguishable styles), and one panel
-# per model ("facets") when a dataset has more curves than one panel holds readably.
+# numbers, colours and markers cycled together (20 distinguishable styles), and a dataset
+# split over several panels when it has more curves than one panel holds readably.
 
 MAX_CURVES_PER_PANEL = 6
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
@@ -410,24 +410,42 @@ def _style(i: int) -> dict:
 
 
 def _panels(rows: list[dict]) -> list[tuple[str, list[int]]]:
-    """(title, row indices) per panel: one per dataset, or per dataset × model when crowded."""
+    """(title, row indices) per panel: one per dataset; a crowded dataset (more curves than
+    `MAX_CURVES_PER_PANEL`) is split into panels of at most that many, each model's variants
+    kept together (a model with more variants than that gets its own panel)."""
     panels = []
     for dataset in sorted({r["dataset"] for r in rows}):
         ids = [i for i, r in enumerate(rows) if r["dataset"] == dataset]
         if len(ids) <= MAX_CURVES_PER_PANEL:
             panels.append((dataset, ids))
+            continue
+        groups, current = [], []
+        for model in sorted({rows[i]["model"] for i in ids}):
+            variants = [i for i in ids if rows[i]["model"] == model]
+            if current and len(current) + len(variants) > MAX_CURVES_PER_PANEL:
+                groups.append(current)
+                current = []
+            current = current + variants
+        groups.append(current)
+        if len(groups) == 1:
+            panels.append((dataset, groups[0]))
         else:
-            for model in sorted({rows[i]["model"] for i in ids}):
-                panels.append((f"{dataset}: {model}", [i for i in ids if rows[i]["model"] == model]))
+            panels += [(f"{dataset} ({n + 1}/{len(groups)})", group) for n, group in enumerate(groups)]
     return panels
 
 
 def _figure(items: list[dict], panels: list[tuple[str, list[int]]]):
-    """Panels in one column: each panel's legend sits to its right, where no other panel is.
-    Returns plt, fig and per panel (axes, title, item indices, faceted); a faceted panel holds
-    variants of one model only, so its labels name the variant alone."""
+    """Panels in a grid (one column up to 4 panels, then up to 3 columns, filled row by row),
+    with room right of each panel for its legend, where no other panel is. Returns plt, fig and
+    per panel (axes, title, item indices, faceted); a faceted panel holds variants of one model
+    only, so its labels name the variant alone."""
     plt = pyplot()
-    fig, axes = plt.subplots(len(panels), 1, figsize=(6.0, 3.4 * len(panels)), squeeze=False)
+    n_cols = 1 if len(panels) <= 4 else min(3, len(panels))
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(6.0 + 4.2 * (n_cols - 1), 3.4 * n_rows), squeeze=False,
+                             gridspec_kw={"wspace": 1.0 if n_cols > 1 else 0.2, "hspace": 0.45})
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)  # the grid's last row may be short
     return plt, fig, [(ax, title, ids, len({items[i]["model"] for i in ids}) == 1 and len(ids) > 1)
                       for ax, (title, ids) in zip(axes.flat, panels)]
 
@@ -477,7 +495,6 @@ def plot_kshot(rows: list[dict], mode: str, path: pathlib.Path) -> bool:
         ax.set_xlabel("k (support comparisons)")
         ax.set_ylabel(f"unseen-user accuracy ({mode})")
         _legend_outside(ax, len(ids) + 2)
-    fig.tight_layout()
     _save(plt, fig, path)
     return True
 
@@ -514,7 +531,6 @@ def plot_per_user(groups: list[dict], path: pathlib.Path) -> bool:
         ax.set_xlabel("per-user accuracy (seen users, held-out pairs)")
         ax.set_ylabel("fraction of users at or below")
         _legend_outside(ax, len(ids))
-    fig.tight_layout()
     _save(plt, fig, path)
     return True
 
@@ -564,7 +580,6 @@ def plot_training_curves(groups: list[dict], path: pathlib.Path) -> bool:
         ax.set_xlabel("optimiser steps")
         ax.set_ylabel("validation loss (seen users)")
         _legend_outside(ax, len(ids) + 1)
-    fig.tight_layout()
     _save(plt, fig, path)
     return True
 
