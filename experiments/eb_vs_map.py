@@ -4,7 +4,7 @@
 
 Trains each (model, data) once with `run.run` (default data sizes, seed 0), then scores the
 same trained parameters on the same unseen-test users both ways, the prior setting chosen on
-unseen-val users in the same split mode: `bayes` (prior fitted to the seen users' states,
+unseen-val users in the same split mode at each k (as `pluralign.run` does): `bayes` (prior fitted to the seen users' states,
 Laplace posterior, posterior-predictive probabilities; precision multiplier from
 `eval.prior_scales`) and `map` (isotropic prior, strength from `eval.prior_strengths`).
 Prints accuracy and log-loss at k = 1, 2, 5, 20 in both modes.
@@ -28,7 +28,7 @@ from pluralign.data.hidden_types import HiddenTypesConfig
 from pluralign.data.synthetic import IdealPointConfig
 from pluralign.evaluate import fewshot
 from pluralign.evaluate.fewshot import EvalConfig
-from pluralign.run import RunConfig, run, select_prior
+from pluralign.run import RunConfig, choose_prior, choose_prior_by_k, prior_curves, run
 from pluralign.train.batches import make_tables
 from pluralign.train.trainer import TrainConfig
 
@@ -60,10 +60,12 @@ def score(run_dir: pathlib.Path, cache_dir: str, ev: EvalConfig, seeds: list[int
         e = dataclasses.replace(ev, inference=inference)
         adapt = fewshot.make_adapt_and_predict(trained.graphdef, e.inference_steps, e.inference_learning_rate, inference)
         for mode in ev.modes:
-            value, _ = select_prior(adapt, trained.all_params, tables, dataset.comparisons, val, model_obj, e, mode, common)
+            # as `pluralign.run`: the setting chosen on unseen-val users at each k (per mode where none reaches k)
+            curves = prior_curves(adapt, trained.all_params, tables, dataset.comparisons, val, model_obj, e, mode, common)
+            by_k = choose_prior_by_k(curves) or choose_prior(curves)
             curve = fewshot.evaluate_unseen(adapt, trained.all_params, tables, dataset.comparisons, test, mode=mode,
-                                            prior_strength=value, **common)
-            out[inference][mode] = {"prior": value, "curve": curve}
+                                            prior_strength=by_k, **common)
+            out[inference][mode] = {"prior": by_k, "curve": curve}
     return out
 
 
@@ -76,7 +78,9 @@ def print_comparison(name: str, r: dict, shots: list[int]) -> None:
                 f"k={k}: {m['curve'][k]['accuracy']:.4f}/{m['curve'][k]['log_loss']:.4f}"
                 for k in shots if k in m["curve"] and m["curve"][k]["accuracy"] is not None
             )
-            print(f"  {mode:13s} {inference:5s} (prior {m['prior']:g})  acc/log-loss  {cells}")
+            prior = m["prior"]
+            prior = ", ".join(f"k={k}: {v:g}" for k, v in prior.items()) if isinstance(prior, dict) else f"{prior:g}"
+            print(f"  {mode:13s} {inference:5s} (prior {prior})  acc/log-loss  {cells}")
 
 
 def main():
