@@ -516,14 +516,6 @@ def prior_candidates(model: base.PreferenceModel, ev: EvalConfig) -> list[float]
     return list(ev.prior_scales if ev.inference == "bayes" else ev.prior_strengths)
 
 
-def select_prior(adapt, params, tables, comparisons, val_users, model, ev: EvalConfig, mode: str, common: dict):
-    """Chooses the prior setting on unseen-val users under the split `mode` it will be reported in
-    (highest mean accuracy over k, then lowest mean log-loss): (setting, its val curve)."""
-    curves = prior_curves(adapt, params, tables, comparisons, val_users, model, ev, mode, common)
-    value = choose_prior(curves)
-    return value, curves[value]
-
-
 def prior_curves(adapt, params, tables, comparisons, val_users, model, ev: EvalConfig, mode: str, common: dict) -> dict:
     """Every candidate prior setting's k-shot curve on unseen-val users under `mode`: {setting: curve}."""
     return {

@@ -462,8 +462,8 @@ def _save(plt, fig, path: pathlib.Path) -> None:
 
 
 def plot_kshot(rows: list[dict], mode: str, path: pathlib.Path) -> bool:
-    """Unseen-user accuracy against k, one panel per dataset (per model when crowded), one line
-    (± std band) per model and variant."""
+    """Unseen-user accuracy against k, one panel per dataset (several when crowded, `_panels`),
+    one line (± std band) per model and variant."""
     prefix = f"unseen_{mode}_k"
     curves = {
         row_id: sorted((int(c[len(prefix):]), row[c], row.get(f"{c}_std") or 0.0)
@@ -547,8 +547,8 @@ def read_metrics(run_dir: pathlib.Path) -> list[dict]:
 
 def plot_training_curves(groups: list[dict], path: pathlib.Path) -> bool:
     """Training and validation loss against optimiser steps (metrics.jsonl of every run; the
-    mean over a run's seeds and over a group's runs), one panel per dataset (per model when
-    crowded), train dashed, validation solid."""
+    mean over a run's seeds and over a group's runs), one panel per dataset (several when
+    crowded, `_panels`), train dashed, validation solid."""
     curves = {}
     for i, g in enumerate(groups):
         per_run = []

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from pluralign.numerics import optimizer_update
+
 
 @struct.dataclass
 class Tables:
@@ -417,8 +419,7 @@ def fit_user_states(
         def step(carry, _):
             state, opt_state = carry
             grads = jax.grad(objective)(state, feats, y, w)
-            with jax.numpy_dtype_promotion("standard"):  # optax: float ** int32 step (strict tests)
-                updates, opt_state = tx.update(grads, opt_state, state)
+            updates, opt_state = optimizer_update(tx, grads, opt_state, state)
             return (optax.apply_updates(state, updates), opt_state), None
 
         (state, _), _ = jax.lax.scan(step, (prior_mean, tx.init(prior_mean)), None, length=steps)
@@ -510,8 +511,7 @@ def laplace_posterior(
 
         def adam_step(carry, _):
             z, opt_state = carry
-            with jax.numpy_dtype_promotion("standard"):  # optax: float ** int32 step (strict tests)
-                updates, opt_state = tx.update(jax.grad(f)(z), opt_state, z)
+            updates, opt_state = optimizer_update(tx, jax.grad(f)(z), opt_state, z)
             return (optax.apply_updates(z, updates), opt_state), None
 
         z0 = jnp.zeros((S,), jnp.float32)

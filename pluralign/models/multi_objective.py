@@ -33,6 +33,7 @@ import scipy.stats
 from flax import nnx
 
 from pluralign.models.base import MLP
+from pluralign.numerics import optimizer_update
 
 DEFAULT_ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)  # ArmoRM's grid
 
@@ -119,8 +120,7 @@ def fit_mlp_head(
     def step(carry, _):
         state, opt_state, best_state, best_val = carry
         grads = jax.grad(mse)(state, tables["fit"])
-        with jax.numpy_dtype_promotion("standard"):  # optax: float ** int32 step (strict tests)
-            updates, opt_state = tx.update(grads, opt_state, state)
+        updates, opt_state = optimizer_update(tx, grads, opt_state, state)
         state = optax.apply_updates(state, updates)
         val_mse = mse(state, tables["val"])
         better = val_mse < best_val

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pluralign.checkpoint_io import abstract, checkpoint_manager, restore_latest, save_step
 from pluralign.models import base
+from pluralign.numerics import optimizer_update
 from pluralign.train import distributed
 from pluralign.train.tracking import Trackers
 
@@ -224,8 +225,7 @@ class Trainer:
         as the model reports it), "grad_norm" and the model's own."""
         (objective, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, tables, batch, step)
         metrics = {**metrics, "objective": objective, "grad_norm": optax.global_norm(grads)}  # norm before clipping
-        with jax.numpy_dtype_promotion("standard"):  # optax: float ** int32 step (strict tests)
-            updates, opt_state = self.tx.update(grads, opt_state, params)
+        updates, opt_state = optimizer_update(self.tx, grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
 
     def _train_epoch(self, state: TrainState, tables: base.Tables, data: base.PairBatch, epoch, context=None):

@@ -8,8 +8,8 @@ import numpy as np
 
 from pluralign.evaluate import fewshot
 from pluralign.evaluate.fewshot_chunked import adapt_and_predict_chunked
-from pluralign.models import Dims, PairBatch, PALConfig, model_class
-from pluralign.train.batches import make_tables
+from pluralign.models import Dims, PALConfig, model_class
+from pluralign.train.batches import make_tables, padded_batch
 from pluralign.train.trainer import init_params
 
 
@@ -20,12 +20,7 @@ def test_chunked_inference_matches_one_call(tiny_dataset):
     params = jax.tree.map(lambda x: x[0], params)
     users = np.arange(11)  # 11 users in chunks of 4: the last chunk is padded
     episodes = fewshot.make_episodes(ds.comparisons, users, max_shots=5, mode="random", seed=0)
-    def rows(r):  # [U, n] comparison rows, -1 = padding
-        c, safe = ds.comparisons, np.maximum(r, 0)
-        cols = {f: jnp.asarray(getattr(c, f)[safe]) for f in ("user", "prompt", "a", "b", "label")}
-        return PairBatch(**cols, weight=jnp.asarray(np.where(r >= 0, c.weight[safe], 0.0), jnp.float32))
-
-    support, query = rows(episodes.pool), rows(episodes.query)
+    support, query = padded_batch(ds.comparisons, episodes.pool), padded_batch(ds.comparisons, episodes.query)
     adapt = fewshot.make_adapt_and_predict(graphdef, steps=20, learning_rate=0.1)
     tables, seen = make_tables(ds), jnp.arange(20, ds.n_users)
     states, logits = adapt(params, tables, support, jnp.int32(5), query, jnp.float32(1.0), seen)
