@@ -62,7 +62,7 @@ def score(run_dir: pathlib.Path, cache_dir: str, ev: EvalConfig, seeds: list[int
         for mode in ev.modes:
             # as `pluralign.run`: the setting chosen on unseen-val users at each k (per mode where none reaches k)
             curves = prior_curves(adapt, trained.all_params, tables, dataset.comparisons, val, model_obj, e, mode, common)
-            by_k = choose_prior_by_k(curves) or choose_prior(curves)
+            by_k = choose_prior_by_k(curves, e.prior_selection) or choose_prior(curves, e.prior_selection)
             curve = fewshot.evaluate_unseen(adapt, trained.all_params, tables, dataset.comparisons, test, mode=mode,
                                             prior_strength=by_k, **common)
             out[inference][mode] = {"prior": by_k, "curve": curve}

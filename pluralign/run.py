@@ -235,7 +235,7 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
         return results
     log.info("seen accuracy %.4f; unseen-test accuracy at k %s; %.0f s", seen["accuracy"],
              {k: round(v, 4) for k, v in unseen["accuracy_at_k"].items()}, results["wall_seconds"])
-    write_artifacts(run_dir, config, data, models, trained, unseen["prior_strength"], results)
+    write_artifacts(run_dir, config, data, models, trained, unseen, results)
     distributed.wait_for_all("pluralign.run: written")
     return results
 
@@ -422,8 +422,9 @@ def per_user_histogram(per_user: np.ndarray) -> dict:
 
 def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) -> dict:
     """results.json `unseen`: in each split mode the few-shot prior setting is chosen on
-    unseen-val users (over all k, and for each k), and unseen-test users are scored with the
-    per-k choice; the primary mode (random where measured) gives the headline figures."""
+    unseen-val users (over all k, and for each k; by `eval.prior_selection`), and unseen-test
+    users are scored with the per-k choice; the primary mode (random where measured) gives the
+    headline figures."""
     ev, split = config.eval, data.split
     adapt = fewshot.make_adapt_and_predict(graphdef, ev.inference_steps, ev.inference_learning_rate, ev.inference)
     common = dict(
@@ -436,9 +437,9 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
     by_mode, strengths, strengths_by_k, val_curves = {}, {}, {}, {}
     for mode in ev.modes:
         curves = prior_curves(adapt, params, data.tables, data.comparisons, split.unseen_val, first_model, ev, mode, common)
-        strengths[mode] = choose_prior(curves)
+        strengths[mode] = choose_prior(curves, ev.prior_selection)
         val_curves[mode] = curves[strengths[mode]]
-        strengths_by_k[mode] = choose_prior_by_k(curves)
+        strengths_by_k[mode] = choose_prior_by_k(curves, ev.prior_selection)
         by_mode[mode] = fewshot.evaluate_unseen(
             adapt, params, data.tables, data.comparisons, split.unseen_test, mode=mode,
             prior_strength=strengths_by_k[mode] or strengths[mode], **common
@@ -489,7 +490,7 @@ def assemble_results(config: RunConfig, data: RunData, seen: dict, unseen: dict,
 
 
 def write_artifacts(run_dir: pathlib.Path, config: RunConfig, data: RunData, models: Models, trained: Trained,
-                    prior_strength: float, results: dict) -> None:
+                    unseen: dict, results: dict) -> None:
     """The trained model as one loadable directory (`pluralign.load(run_dir)`; see
     pluralign.export), then results.json: a complete results.json is the mark of a finished run."""
     from pluralign.export.artifact import MODEL_DIR, compute_seen_states, save_model
@@ -500,7 +501,8 @@ def write_artifacts(run_dir: pathlib.Path, config: RunConfig, data: RunData, mod
         seen_states=compute_seen_states(models.graphdef, trained.best_params, data.tables, data.dataset.n_users,
                                         context=models.context),
         seeds=list(config.seeds), dataset_meta=data.dataset.meta, seen_users=data.split.seen, split=data.split.to_dict(),
-        best_val_loss=trained.best_val_loss, prior_strength=prior_strength, inference=ev.inference,
+        best_val_loss=trained.best_val_loss, prior_strength=unseen["prior_strength"],
+        prior_strength_by_k=unseen["prior_strength_by_k"], prior_mode=unseen["mode"], inference=ev.inference,
         inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,
         data_config=config.data, meta_options=meta.MetaOptions.of(config.train) if config.train.meta else None,
     )
@@ -524,8 +526,14 @@ def prior_curves(adapt, params, tables, comparisons, val_users, model, ev: EvalC
     }
 
 
-def choose_prior(curves: dict) -> float:
-    """The setting with the highest mean val accuracy over the measured ks, then the lowest mean log-loss."""
+def selection_score(accuracy: float, log_loss: float, criterion: str) -> tuple:
+    """Higher is better: (−log-loss, accuracy) for `criterion="log_loss"`, (accuracy, −log-loss) for "accuracy"."""
+    return (-log_loss, accuracy) if criterion == "log_loss" else (accuracy, -log_loss)
+
+
+def choose_prior(curves: dict, criterion: str = "log_loss") -> float:
+    """The setting with the best val score over the measured ks (`selection_score` of the mean
+    accuracy and mean log-loss over them)."""
     if not any(available_accuracy(curve) for curve in curves.values()):
         # no unseen-val user reaches any k (e.g. a tiny dataset): nothing to select on
         return next(iter(curves))
@@ -533,21 +541,21 @@ def choose_prior(curves: dict) -> float:
     def score(value):
         accuracy = list(available_accuracy(curves[value]).values())
         log_loss = list(available_accuracy(curves[value], "log_loss").values())
-        return (np.mean(accuracy or [-1.0]), -np.mean(log_loss or [np.inf]))
+        return selection_score(np.mean(accuracy or [-1.0]), np.mean(log_loss or [np.inf]), criterion)
 
     return max(curves, key=score)
 
 
-def choose_prior_by_k(curves: dict) -> dict[int, float]:
-    """For each k the val users reach, the setting with the highest val accuracy at that k (then
-    the lowest log-loss). How far to trust k answers depends on k: one answer may not beat the
+def choose_prior_by_k(curves: dict, criterion: str = "log_loss") -> dict[int, float]:
+    """For each k the val users reach, the setting with the best val score at that k
+    (`selection_score`). How far to trust k answers depends on k: one answer may not beat the
     population prediction while twenty do, and the largest candidate scale (which pins a user to
     the population state) lets the model fall back to the population at the ks where adapting
     did not pay on val users. {} where no val user reaches any k."""
     chosen = {}
     for k in sorted({k for curve in curves.values() for k in available_accuracy(curve)}):
         measured = {v: c[k] for v, c in curves.items() if c.get(k, {}).get("accuracy") is not None}
-        chosen[k] = max(measured, key=lambda v: (measured[v]["accuracy"], -measured[v]["log_loss"]))
+        chosen[k] = max(measured, key=lambda v: selection_score(measured[v]["accuracy"], measured[v]["log_loss"], criterion))
     return chosen
 
 

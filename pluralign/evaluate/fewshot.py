@@ -67,6 +67,10 @@ class EvalConfig:
     # The largest (1000) pins a new user to the population state: where adapting does not pay on
     # unseen-val users (in that split mode) the model falls back to its population prediction.
     prior_scales: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 1000.0])
+    # How the setting is chosen on unseen-val users (at each k): "log_loss" = the lowest mean
+    # log-loss (a proper score: it rewards calibrated odds, and unlike accuracy it does not tie or
+    # jump on a few val users' pairs), then accuracy; "accuracy" = the highest accuracy, then log-loss.
+    prior_selection: str = "log_loss"
     split_seed: int = 0  # user split and seen-pair split; fixed across training seeds
     unseen_val_fraction: float = 0.1  # users held out for model selection (the prior strength, sweeps)
     unseen_test_fraction: float = 0.2  # users held out for the reported unseen-user figures only
@@ -84,6 +88,8 @@ class EvalConfig:
             raise ValueError(f"eval.draws must be >= 1, got {self.draws}")
         if self.inference not in ("bayes", "map"):
             raise ValueError(f"eval.inference must be 'bayes' or 'map', got {self.inference!r}")
+        if self.prior_selection not in ("log_loss", "accuracy"):
+            raise ValueError(f"eval.prior_selection must be 'log_loss' or 'accuracy', got {self.prior_selection!r}")
         if not self.prior_scales or any(s <= 0 for s in self.prior_scales):
             raise ValueError(f"eval.prior_scales must be a non-empty list of values > 0, got {self.prior_scales}")
         if not self.prior_strengths or any(s < 0 for s in self.prior_strengths):
@@ -171,22 +177,12 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
         support_feats = user_pair_features(model, tables, pool)
         # The first n_shots pool pairs are the support; the rest of the pool is masked out.
         shot_mask = (jnp.arange(pool.label.shape[1])[None, :] < n_shots).astype(pool.weight.dtype)
-        query_feats = user_pair_features(model, tables, query)
-        q = query.label.shape[1]
-        if inference == "bayes" and model.fits_user_state:
-            prior = base.empirical_prior(model, seen_users)
-            means, covs = base.laplace_posterior(
-                model, support_feats, pool.label, pool.weight * shot_mask, prior,
-                precision_scale=strength, steps=steps, learning_rate=learning_rate,
-            )  # [U, S], [U, S, S]
-            logits = jax.vmap(lambda m, c, f: base.predictive_logits(model, m, c, f))(means, covs, query_feats)
-            return model.canonical_user_state(means), logits
-        states = model.infer_user(
-            support_feats, pool.label, pool.weight * shot_mask,
-            prior_mean=model.population_user_state(seen_users), prior_strength=strength, steps=steps, learning_rate=learning_rate,
-        )  # [U, S]
-        logits = jax.vmap(lambda s, f: model.pair_logits(jnp.broadcast_to(s, (q, s.shape[0])), f))(states, query_feats)
-        return states, logits
+        states, covs = base.infer_user_posterior(
+            model, support_feats, pool.label, pool.weight * shot_mask, inference=inference, seen_users=seen_users,
+            strength=strength, steps=steps, learning_rate=learning_rate,
+        )  # [U, S], [U, S, S] or None
+        logits = base.posterior_logits(model, states, covs, user_pair_features(model, tables, query))
+        return (states if covs is None else model.canonical_user_state(states)), logits
 
     return adapt_and_predict
 

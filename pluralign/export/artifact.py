@@ -82,6 +82,8 @@ def save_model(
     split: dict | None = None,
     best_val_loss: np.ndarray | None = None,
     prior_strength: float = 1.0,
+    prior_strength_by_k: dict | None = None,
+    prior_mode: str | None = None,
     inference: str = "map",
     inference_steps: int = 100,
     inference_learning_rate: float = 0.1,
@@ -105,6 +107,11 @@ def save_model(
         "seed_selection": "lowest seen-user validation loss" if losses is not None else "first seed",
         "fewshot": {
             "prior_strength": float(prior_strength),  # "bayes": the multiplier of the fitted prior precision
+            # {split mode: {k: setting}}: the setting chosen on unseen-val users at each k, which the
+            # reward uses for a new user with that many answers; `mode`: the run's primary split mode
+            "prior_strength_by_k": {str(m): {str(k): float(v) for k, v in by_k.items()}
+                                    for m, by_k in (prior_strength_by_k or {}).items()},
+            "mode": prior_mode,
             "inference": inference,
             "steps": int(inference_steps),
             "learning_rate": float(inference_learning_rate),

@@ -44,18 +44,18 @@ def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt,
     for a model with its own posterior, else Laplace samples of the state around φ̂."""
     model = nnx.merge(reward.graphdef, params)
     feats = reward.support_features(model, e_x[None], has_prompt[None], e_a[None], e_b[None])
-    if reward.inference == "bayes" and model.fits_user_state:  # the evaluation's empirical-Bayes Laplace posterior
-        mean, cov = base.laplace_posterior(
-            model, feats, label[None], weight[None], base.empirical_prior(model, reward.seen_users),
-            precision_scale=reward.prior_strength, steps=reward.inference_steps, learning_rate=reward.inference_learning_rate,
-        )
-        evals, evecs = jnp.linalg.eigh(cov[0])
+    strength = reward.strength_for(weight[None])  # [1]: the setting chosen for this many answers
+    states, covs = base.infer_user_posterior(
+        model, feats, label[None], weight[None], inference=reward.inference, seen_users=reward.seen_users,
+        strength=strength, steps=reward.inference_steps, learning_rate=reward.inference_learning_rate,
+    )
+    state = states[0]
+    if covs is not None:  # the evaluation's empirical-Bayes Laplace posterior
+        evals, evecs = jnp.linalg.eigh(covs[0])
         scale = evecs * jnp.sqrt(jnp.maximum(evals, 0.0))[None, :]
-        samples = mean[0][None, :] + jax.random.normal(key, (n_samples, reward.state_dim)) @ scale.T
-        return model.canonical_user_state(mean[0]), samples
+        samples = state[None, :] + jax.random.normal(key, (n_samples, reward.state_dim)) @ scale.T
+        return model.canonical_user_state(state), samples
     prior_mean = model.population_user_state(reward.seen_users)
-    state = model.infer_user(feats, label[None], weight[None], prior_mean=prior_mean, prior_strength=reward.prior_strength,
-                             steps=reward.inference_steps, learning_rate=reward.inference_learning_rate)[0]
     if model.has_latent_posterior:
         return state, model.sample_latents(state, key, n_samples)  # [n, L]
     one_feats = jax.tree.map(lambda f: f[0], feats)
@@ -63,7 +63,7 @@ def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt,
 
     def neg_log_posterior(phi):
         z = model.pair_logits(jnp.broadcast_to(phi, (C, S)), one_feats)
-        return base.preference_loss(z, label, weight).sum() - model.user_state_log_prior(phi, prior_mean, reward.prior_strength)
+        return base.preference_loss(z, label, weight).sum() - model.user_state_log_prior(phi, prior_mean, strength[0])
 
     hessian = jax.hessian(neg_log_posterior)(state)
     eigenvalues, eigenvectors = jnp.linalg.eigh(0.5 * (hessian + hessian.T))

@@ -9,7 +9,8 @@
     on the fly with θ frozen by exactly the evaluation protocol's inference (`eval.inference`:
     the empirical-Bayes posterior mean under the prior fitted to the run's seen users, or
     `model.infer_user`'s MAP around their population state; with the prior setting the run
-    chose on unseen-val users; `pluralign.evaluate.fewshot`);
+    chose on unseen-val users for that many answers, in the run's primary split mode or the
+    `reward(split_mode=...)` given; `pluralign.evaluate.fewshot`);
   - `UserState(vector)`: an explicit user state φ of size `user_state_dim` — for DPA a
     direction v_u over the attributes (arithmetic control), for PAL mixture logits, ...
 
@@ -75,7 +76,7 @@ def _pad_rows(x: np.ndarray, capacity: int) -> np.ndarray:
 class PersonalizedReward:
     """Jit-compiled, batched rewards of a loaded model (`pluralign.load(path).reward()`)."""
 
-    def __init__(self, trained, *, capacity: int = 64, encoder: Any = None):
+    def __init__(self, trained, *, capacity: int = 64, encoder: Any = None, split_mode: str | None = None):
         self.trained = trained
         self.graphdef, self.params = trained.graphdef, trained.params
         self.model = trained.model
@@ -84,6 +85,14 @@ class PersonalizedReward:
         self.capacity = int(capacity)  # support pairs per inference call (padded); more -> larger buffers
         fewshot = trained.record["fewshot"]
         self.prior_strength = float(fewshot["prior_strength"])
+        # {k: setting} chosen on unseen-val users at each k in `split_mode` (random: support and
+        # query share items; item_disjoint: new items); older artifacts have one setting.
+        by_mode = fewshot.get("prior_strength_by_k") or {}
+        if split_mode is not None and split_mode not in by_mode:
+            raise ValueError(f"{trained.name}: no few-shot prior chosen in split mode {split_mode!r}; "
+                             f"the run measured {sorted(by_mode) or 'no per-k choice'}")
+        self.split_mode = split_mode or fewshot.get("mode") or next(iter(by_mode), None)
+        self.prior_strength_by_k = {int(k): float(v) for k, v in by_mode.get(self.split_mode, {}).items()}
         self.inference = fewshot.get("inference", "map")
         self.inference_steps = int(fewshot["steps"])
         self.inference_learning_rate = float(fewshot["learning_rate"])
@@ -107,21 +116,26 @@ class PersonalizedReward:
         feats = model.pair_features(flat)
         return jax.tree.map(lambda f: f.reshape(*shape, *f.shape[1:]), feats)
 
+    def strength_for(self, weight: jax.Array) -> jax.Array:
+        """[U] the few-shot prior setting for each user of a [U, C] padded support: the one the
+        evaluation chose for the largest measured k not above the user's number of answers
+        (`fewshot.strength_at`), or the run's single setting for artifacts that have no per-k choice."""
+        n = jnp.sum((weight > 0).astype(jnp.float32), axis=-1)  # [U]
+        if not self.prior_strength_by_k:
+            return jnp.full(n.shape, self.prior_strength, jnp.float32)
+        ks = jnp.asarray(sorted(self.prior_strength_by_k), jnp.float32)
+        values = jnp.asarray([self.prior_strength_by_k[k] for k in sorted(self.prior_strength_by_k)], jnp.float32)
+        return values[jnp.clip(jnp.searchsorted(ks, n, side="right") - 1, 0, len(ks) - 1)]
+
     def _infer_impl(self, params, e_x, has_prompt, e_a, e_b, label, weight):
-        """[U, C] padded support -> [U, S] user states, by the model's few-shot inference."""
+        """[U, C] padded support -> [U, S] user states, by the evaluation protocol's few-shot inference."""
         model = nnx.merge(self.graphdef, params)
-        feats = self.support_features(model, e_x, has_prompt, e_a, e_b)
-        if self.inference == "bayes" and model.fits_user_state:  # the posterior mean, as the evaluation's
-            prior = base.empirical_prior(model, self.seen_users)
-            means, _ = base.laplace_posterior(
-                model, feats, label, weight, prior, precision_scale=self.prior_strength,
-                steps=self.inference_steps, learning_rate=self.inference_learning_rate,
-            )
-            return model.canonical_user_state(means)  # e.g. DPA: a unit direction
-        return model.infer_user(
-            feats, label, weight, prior_mean=model.population_user_state(self.seen_users),
-            prior_strength=self.prior_strength, steps=self.inference_steps, learning_rate=self.inference_learning_rate,
+        states, covs = base.infer_user_posterior(
+            model, self.support_features(model, e_x, has_prompt, e_a, e_b), label, weight,
+            inference=self.inference, seen_users=self.seen_users, strength=self.strength_for(weight),
+            steps=self.inference_steps, learning_rate=self.inference_learning_rate,
         )
+        return states if covs is None else model.canonical_user_state(states)  # e.g. DPA: a unit direction
 
     def _rewards_impl(self, params, states, e_x, e_y):
         """states [S] or [B, S]; e_x None, [D] or [B, D]; e_y [N, D] or [B, N, D] -> [N] or [B, N] rewards.

@@ -403,29 +403,30 @@ def fit_user_states(
     For each user, φ̂ = argmin_φ Σ_i w_i ℓ(head(φ, f_i), y_i) − log p(φ), by Adam from the
     prior mean. The likelihood is a *sum* over support pairs, so the prior dominates at
     1–2 shots and fades as k grows. features: pytree of [U, k, ...]; labels, weights: [U, k]
-    (weight 0 = padding). Returns [U, S].
+    (weight 0 = padding); `prior_strength`: one value or [U], one per user. Returns [U, S].
     """
     n_users, k = labels.shape
     S = model.user_state_dim
     if S == 0:
         return jnp.zeros((n_users, 0), jnp.float32)
     tx = optax.adam(learning_rate)
+    strengths = jnp.broadcast_to(jnp.asarray(prior_strength, jnp.float32), (n_users,))
 
-    def objective(state, feats, y, w):  # state [S]; feats [k, ...]
+    def objective(state, feats, y, w, strength):  # state [S]; feats [k, ...]
         z = model.pair_logits(jnp.broadcast_to(state, (k, S)), feats)
-        return preference_loss(z, y, w).sum() - model.user_state_log_prior(state, prior_mean, prior_strength)
+        return preference_loss(z, y, w).sum() - model.user_state_log_prior(state, prior_mean, strength)
 
-    def fit_one(feats, y, w):
+    def fit_one(feats, y, w, strength):
         def step(carry, _):
             state, opt_state = carry
-            grads = jax.grad(objective)(state, feats, y, w)
+            grads = jax.grad(objective)(state, feats, y, w, strength)
             updates, opt_state = optimizer_update(tx, grads, opt_state, state)
             return (optax.apply_updates(state, updates), opt_state), None
 
         (state, _), _ = jax.lax.scan(step, (prior_mean, tx.init(prior_mean)), None, length=steps)
         return state
 
-    return jax.vmap(fit_one)(features, labels, weights)
+    return jax.vmap(fit_one)(features, labels, weights, strengths)
 
 
 # --- empirical-Bayes few-shot inference (DESIGN §6) ------------------------------------------
@@ -494,20 +495,22 @@ def laplace_posterior(
     same thing in every direction: Adam from z = 0 (the prior mean), then Newton steps that are
     kept only where they lower the objective (they make the MAP exact where the objective is
     convex, e.g. a head linear in φ). Posterior covariance: L H_z⁻¹ Lᵀ with H_z the Hessian of the
-    negative log posterior at the MAP (jax.hessian; S is small). features: pytree of [U, k, ...].
+    negative log posterior at the MAP (jax.hessian; S is small). features: pytree of [U, k, ...];
+    `precision_scale`: one value or [U], one per user.
     """
     n_users, k = labels.shape
     S = prior.mean.shape[0]
     chol = jnp.linalg.cholesky(prior.cov)  # [S, S]
     tx = optax.adam(learning_rate)
+    scales = jnp.broadcast_to(jnp.asarray(precision_scale, jnp.float32), (n_users,))
 
-    def objective(z, feats, y, w):  # z [S]; feats [k, ...]
+    def objective(z, feats, y, w, precision_scale):  # z [S]; feats [k, ...]
         phi = prior.mean + chol @ z
         logits = model.pair_logits(jnp.broadcast_to(phi, (k, S)), feats)
         return preference_loss(logits, y, w).sum() + 0.5 * precision_scale * jnp.sum(jnp.square(z))
 
-    def fit_one(feats, y, w):
-        f = lambda z: objective(z, feats, y, w)  # noqa: E731
+    def fit_one(feats, y, w, precision_scale):
+        f = lambda z: objective(z, feats, y, w, precision_scale)  # noqa: E731
 
         def adam_step(carry, _):
             z, opt_state = carry
@@ -531,7 +534,47 @@ def laplace_posterior(
         cov_z = (evecs / jnp.maximum(evals, precision_scale)[None, :]) @ evecs.T
         return prior.mean + chol @ z, chol @ cov_z @ chol.T
 
-    return jax.vmap(fit_one)(features, labels, weights)
+    return jax.vmap(fit_one)(features, labels, weights, scales)
+
+
+def infer_user_posterior(
+    model: PreferenceModel,
+    features: Any,
+    labels: jax.Array,
+    weights: jax.Array,
+    *,
+    inference: str,
+    seen_users: jax.Array,
+    strength: float | jax.Array,
+    steps: int,
+    learning_rate: float,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Few-shot inference of new users' states with θ frozen (DESIGN §6), the one used by the
+    evaluation, the exported reward and the online user: ([U, S] states, [U, S, S] covariances or None).
+
+    `inference="bayes"` for a model with `fits_user_state`: the empirical-Bayes prior fitted to
+    `seen_users` (`empirical_prior`), its precision times `strength`, and the Laplace posterior's
+    means and covariances (`laplace_posterior`). Otherwise the model's own `infer_user` (MAP under
+    a prior of strength `strength` around the seen users' population state, or VPL's encoder), and
+    no covariance. `strength`: one value or [U], one per user (the setting chosen for each user's
+    number of answers). features: pytree of [U, k, ...]; labels, weights: [U, k].
+    """
+    options = dict(steps=steps, learning_rate=learning_rate)
+    if inference == "bayes" and model.fits_user_state:
+        prior = empirical_prior(model, seen_users)
+        return laplace_posterior(model, features, labels, weights, prior, precision_scale=strength, **options)
+    states = model.infer_user(features, labels, weights, prior_mean=model.population_user_state(seen_users),
+                              prior_strength=strength, **options)
+    return states, None
+
+
+def posterior_logits(model: PreferenceModel, states: jax.Array, covs: jax.Array | None, features: Any) -> jax.Array:
+    """[U, Q] logits of each user's pairs from `infer_user_posterior`'s output: posterior-predictive
+    (`predictive_logits`) where there are covariances, the point state's otherwise. features: [U, Q, ...]."""
+    if covs is not None:
+        return jax.vmap(lambda m, c, f: predictive_logits(model, m, c, f))(states, covs, features)
+    q = jax.tree.leaves(features)[0].shape[1]
+    return jax.vmap(lambda s, f: model.pair_logits(jnp.broadcast_to(s, (q, s.shape[0])), f))(states, features)
 
 
 def predictive_logits(model: PreferenceModel, mean: jax.Array, cov: jax.Array, features: Any) -> jax.Array:

@@ -287,8 +287,8 @@ def test_prior_strength_is_selected_on_unseen_val_users_only(tmp_path, monkeypat
 
 
 def test_prior_chosen_per_k_on_val_curves():
-    """Each k gets the setting best on val users at that k (accuracy, then log-loss); a test k the
-    val users did not reach uses the nearest val k below it."""
+    """Each k gets the setting best on val users at that k (by log-loss, or accuracy first where
+    asked); a test k the val users did not reach uses the nearest val k below it."""
     from pluralign.run import choose_prior, choose_prior_by_k
 
     def curve(accs, losses):
@@ -297,12 +297,14 @@ def test_prior_chosen_per_k_on_val_curves():
     curves = {
         1.0: curve([0.70, 0.80, 0.85], [0.60, 0.45, 0.35]),
         1000.0: curve([0.75, 0.75, 0.75], [0.50, 0.50, 0.50]),  # the population prediction
-        3.0: curve([0.75, 0.77, 0.80], [0.55, 0.47, 0.37]),  # ties 1000 at k=1 on accuracy, worse log-loss
+        3.0: curve([0.75, 0.81, 0.80], [0.55, 0.47, 0.40]),  # ties 1000 at k=1 on accuracy, worse log-loss
     }
-    assert choose_prior(curves) == 1.0
-    by_k = choose_prior_by_k(curves)
-    assert by_k == {1: 1000.0, 5: 1.0, 20: 1.0}
-    assert [fewshot.strength_at(by_k, k) for k in (1, 2, 5, 14, 20, 30)] == [1000.0, 1000.0, 1.0, 1.0, 1.0, 1.0]
+    assert choose_prior(curves, "accuracy") == 3.0  # mean accuracy .787 vs .783
+    assert choose_prior(curves) == 1.0  # mean log-loss .467 vs .473
+    by_k = choose_prior_by_k(curves, "accuracy")
+    assert by_k == {1: 1000.0, 5: 3.0, 20: 1.0}
+    assert choose_prior_by_k(curves) == {1: 1000.0, 5: 1.0, 20: 1.0}  # log-loss first: 3.0's k=5 accuracy does not count
+    assert [fewshot.strength_at(by_k, k) for k in (1, 2, 5, 14, 20, 30)] == [1000.0, 1000.0, 3.0, 3.0, 1.0, 1.0]
     assert fewshot.strength_at({"5": 2.0, "20": 3.0}, 1) == 2.0  # below every k: the smallest k's
     assert fewshot.strength_at(0.5, 7) == 0.5
     assert choose_prior_by_k({1.0: {1: {"accuracy": None, "reason": "unreached"}}}) == {}

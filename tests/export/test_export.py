@@ -105,6 +105,45 @@ def test_fewshot_inference_is_the_evaluation_protocol(setup):
         np.testing.assert_allclose(mine, states[u], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("inference", ["bayes", "map"])
+def test_reward_uses_the_prior_chosen_for_the_number_of_answers(inference, tmp_path):
+    """An artifact with a per-k prior choice: a new user with n answers is inferred with the setting
+    chosen at the largest k ≤ n (the evaluation's `strength_at`), in the primary or the asked split mode."""
+    b = bundle("pal_a", str(tmp_path / "base"))
+    data, split, trained = b["data"], b["split"], pluralign.load(b["path"])
+    by_k = {"random": {1: 1000.0, 4: 0.3}, "item_disjoint": {1: 0.3}}
+    path = save_model(
+        tmp_path / "per_k", model_config=model_config("pal_a"), dims=base.Dims(dim=data.dim, n_users=data.n_users),
+        params=b["params"], seen_states=np.stack([trained.seen_states] * 2), seeds=SEEDS, dataset_meta=data.meta,
+        seen_users=split.seen, split=split.to_dict(), best_val_loss=np.array([0.7, 0.6]), prior_strength=3.0,
+        prior_strength_by_k=by_k, prior_mode="random", inference=inference, inference_steps=STEPS, inference_learning_rate=0.1,
+    )
+    loaded = pluralign.load(path)
+    reward, item_reward = loaded.reward(capacity=8), loaded.reward(capacity=8, split_mode="item_disjoint")
+    with pytest.raises(ValueError, match="split mode 'nope'"):
+        loaded.reward(split_mode="nope")
+    users = split.unseen_test[:3]
+    episodes = fewshot.make_episodes(data.comparisons, users, max_shots=6, mode="random", seed=1)
+    adapt = fewshot.make_adapt_and_predict(loaded.graphdef, STEPS, 0.1, inference)
+    support, query = padded_batch(data.comparisons, episodes.pool), padded_batch(data.comparisons, episodes.query)
+    items = np.asarray(data.items, np.float32)
+    for k in (1, 3, 6):
+        expected = {}
+        for mode, strength in (("random", fewshot.strength_at(by_k["random"], k)), ("item_disjoint", 0.3)):
+            expected[mode], _ = adapt(loaded.params, b["tables"], support, jnp.int32(k), query, jnp.float32(strength),
+                                      jnp.asarray(split.seen))
+        for u in range(len(users)):
+            c = data.comparisons.take(episodes.pool[u, :k])
+            new_user = Support(e_a=items[c.a], e_b=items[c.b], label=c.label)
+            np.testing.assert_allclose(reward.infer(new_user), expected["random"][u], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(item_reward.infer(new_user), expected["item_disjoint"][u], rtol=1e-5, atol=1e-5)
+    # k=1..3 under the random mode's 1000 pins the user near the population; from 4 answers the prior is 0.3
+    population = np.asarray(reward.infer(Support(e_a=items[:0], e_b=items[:0])))
+    c = data.comparisons.take(episodes.pool[0, :3])
+    pinned = np.asarray(reward.infer(Support(e_a=items[c.a], e_b=items[c.b], label=c.label)))
+    assert np.abs(pinned - population).max() < 0.05 * max(np.abs(population).max(), 1.0)
+
+
 @pytest.mark.slow
 def test_online_updates_equal_batch_inference(setup):
     data = setup["data"]
@@ -227,6 +266,9 @@ def test_run_writes_an_artifact_that_reproduces_its_seen_user_metrics(tmp_path):
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".model")] == []  # no temp dirs left
     trained = pluralign.load(tmp_path / "run")
     assert trained.prior_strength == results["unseen"]["prior_strength"] and trained.record["seeds"] == [0, 1]
+    by_k = {m: {str(k): v for k, v in chosen.items()} for m, chosen in results["unseen"]["prior_strength_by_k"].items()}
+    assert trained.record["fewshot"]["prior_strength_by_k"] == by_k  # per k, per mode
+    assert trained.record["fewshot"]["mode"] == results["unseen"]["mode"] == "random"
     assert trained.record["model_config"] == {"name": "bt", "hidden": [8]}
     data = load_dataset(config.data, config.cache_dir)
     split = split_users(data.n_users, seed=0, unseen_val_fraction=0.1, unseen_test_fraction=0.2)
