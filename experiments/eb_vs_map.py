@@ -36,8 +36,8 @@ DATA = {"ideal_point": IdealPointConfig(), "hidden_types": HiddenTypesConfig()}
 SHOTS = [1, 2, 5, 20]
 
 
-def compare(model: str, data: str, root: pathlib.Path, seeds: list[int]) -> dict:
-    ev = EvalConfig(shots=SHOTS, modes=["random", "item_disjoint"], draws=2, inference="map")
+def compare(model: str, data: str, root: pathlib.Path, seeds: list[int], prior_selection: str) -> dict:
+    ev = EvalConfig(shots=SHOTS, modes=["random", "item_disjoint"], draws=2, inference="map", prior_selection=prior_selection)
     config = RunConfig(model=model_config(model), data=DATA[data], train=TrainConfig(progress=False, checkpoint=False),
                        eval=ev, seeds=seeds, cache_dir=str(root / "cache"))
     results = run(config, root / f"{model}-{data}")
@@ -93,19 +93,21 @@ def main():
                              "their own seeds, shots and draws are used")
     parser.add_argument("--cache", default=None, help="with --trained: the dataset cache the runs used")
     parser.add_argument("--modes", nargs="+", default=None, help="with --trained: split modes to score (default: the runs')")
+    parser.add_argument("--prior-selection", default="log_loss", choices=["log_loss", "accuracy"],
+                        help="how the prior setting is chosen on unseen-val users (eval.prior_selection)")
     args = parser.parse_args()
     if args.trained:
         for run_dir in map(pathlib.Path, args.trained):
             results = json.loads((run_dir / "results.json").read_text())
             ev = EvalConfig(shots=[int(k) for k in results["config"]["eval"]["shots"]], modes=args.modes or list(results["config"]["eval"]["modes"]),
-                            draws=int(results["config"]["eval"]["draws"]))
+                            draws=int(results["config"]["eval"]["draws"]), prior_selection=args.prior_selection)
             r = score(run_dir, args.cache, ev, list(results["config"]["seeds"]), results["seen"]["accuracy"])
             print_comparison(f"{results['model']} on {results['dataset']} ({run_dir})", r, ev.shots)
         return
     root = pathlib.Path(tempfile.mkdtemp(prefix="eb_vs_map-"))
     for data in args.data:
         for model in args.models:
-            print_comparison(f"{model} on {data}", compare(model, data, root, args.seeds), SHOTS)
+            print_comparison(f"{model} on {data}", compare(model, data, root, args.seeds, args.prior_selection), SHOTS)
 
 
 if __name__ == "__main__":

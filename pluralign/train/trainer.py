@@ -142,8 +142,8 @@ def make_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
     raise ValueError(f"unknown schedule {config.schedule!r}; use constant, cosine or warmup_cosine")
 
 
-def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    lr = make_schedule(config, total_steps)
+def make_optimizer(config: TrainConfig, lr: optax.Schedule) -> optax.GradientTransformation:
+    """config.optimizer over the learning-rate schedule `lr` (`make_schedule`), after gradient clipping."""
     if config.optimizer == "adam":
         opt = optax.adam(lr)
     elif config.optimizer == "adamw":
@@ -196,8 +196,8 @@ class Trainer:
         requested = config.batch_size if config.batch_size is not None else auto_batch_size(n_train)
         self.batch_size = max(n_shards, min(requested, n_train) // n_shards * n_shards)
         self.steps_per_epoch = max(1, n_train // self.batch_size)
-        self.tx = make_optimizer(config, config.max_epochs * self.steps_per_epoch)
-        self.schedule = make_schedule(config, config.max_epochs * self.steps_per_epoch)  # logged with the metrics
+        self.schedule = make_schedule(config, config.max_epochs * self.steps_per_epoch)  # also logged with the metrics
+        self.tx = make_optimizer(config, self.schedule)
         # (state, tables, data, epoch, context) -> (state, metrics [n_seeds]): one dispatch each;
         # `context` is the model's `training_context` (None for most models).
         self.train_epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, None, None, None, None)), donate_argnums=0)
