@@ -35,12 +35,14 @@ def table(results: list[dict]) -> None:
         print(f"\n{dataset}: accuracy (log-loss), mean ± std over {len(runs[0]['seeds'])} seeds; "
               "unseen-test users, n = users behind the figure")
         for r in runs:
-            print(f"  {r['model']:<14} seen {r['seen']['accuracy']:.3f} ± {r['seen']['accuracy_std']:.3f}"
-                  f"  (prior strength {r['unseen']['prior_strength']}, chosen on unseen-val)")
+            print(f"  {r['model']:<14} seen {r['seen']['accuracy']:.3f} ± {r['seen']['accuracy_std']:.3f}")
             for mode, by_k in r["unseen"]["by_mode"].items():
                 cells = [f"k={k}: {v['accuracy']:.3f}±{v['accuracy_std']:.3f} ({v['log_loss']:.3f}) n={v['n_users']}"
-                         for k, v in by_k.items()]
+                         if v["accuracy"] is not None else f"k={k}: — (too few users reach it)" for k, v in by_k.items()]
                 print(f"      {mode:<14}" + "   ".join(cells))
+                chosen = r["unseen"].get("prior_strength_by_k", {}).get(mode) or {}
+                if chosen and len(r["unseen"].get("prior_candidates", [0, 0])) > 1:  # not where the prior is unused
+                    print(f"      {'':<14}prior chosen on unseen-val: " + ", ".join(f"k={k}: {v:g}" for k, v in chosen.items()))
 
 
 def main() -> None:

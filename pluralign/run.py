@@ -454,6 +454,8 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
         "prior_strength": strengths[primary_mode],
         "prior_strength_by_mode": strengths,
         "prior_strength_by_k": strengths_by_k,  # the setting used at each k (chosen on unseen-val at that k)
+        "prior_candidates": prior_candidates(first_model, ev),  # one where inference ignores the prior (BT, VPL)
+        "prior_selection": ev.prior_selection,
         "val_accuracy_at_k": available_accuracy(val_curves[primary_mode]),
         "by_mode": by_mode,
     }

@@ -278,6 +278,7 @@ def test_prior_strength_is_selected_on_unseen_val_users_only(tmp_path, monkeypat
     assert len(on_val) + len(on_test) == len(calls)  # no call mixes val and test users
     assert sorted(on_val) == sorted((mode, s) for mode in ("random", "item_disjoint") for s in strengths)
     assert results["unseen"]["prior_strength"] == 3.0
+    assert results["unseen"]["prior_candidates"] == strengths and results["unseen"]["prior_selection"] == "log_loss"
     assert results["unseen"]["prior_strength_by_mode"] == {"random": 3.0, "item_disjoint": 1.0}
     # test users are scored with the setting chosen on val users at each k (the same here at every k)
     assert sorted(on_test, key=lambda c: c[0]) == [("item_disjoint", {1: 1.0, 5: 1.0}), ("random", {1: 3.0, 5: 3.0})]
