@@ -504,7 +504,8 @@ def write_artifacts(run_dir: pathlib.Path, config: RunConfig, data: RunData, mod
                                         context=models.context),
         seeds=list(config.seeds), dataset_meta=data.dataset.meta, seen_users=data.split.seen, split=data.split.to_dict(),
         best_val_loss=trained.best_val_loss, prior_strength=unseen["prior_strength"],
-        prior_strength_by_k=unseen["prior_strength_by_k"], prior_mode=unseen["mode"], inference=ev.inference,
+        prior_strength_by_k=unseen["prior_strength_by_k"], prior_strength_by_mode=unseen["prior_strength_by_mode"],
+        prior_mode=unseen["mode"], inference=ev.inference,
         inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,
         data_config=config.data, meta_options=meta.MetaOptions.of(config.train) if config.train.meta else None,
     )

@@ -83,6 +83,7 @@ def save_model(
     best_val_loss: np.ndarray | None = None,
     prior_strength: float = 1.0,
     prior_strength_by_k: dict | None = None,
+    prior_strength_by_mode: dict | None = None,
     prior_mode: str | None = None,
     inference: str = "map",
     inference_steps: int = 100,
@@ -111,6 +112,7 @@ def save_model(
             # reward uses for a new user with that many answers; `mode`: the run's primary split mode
             "prior_strength_by_k": {str(m): {str(k): float(v) for k, v in by_k.items()}
                                     for m, by_k in (prior_strength_by_k or {}).items()},
+            "prior_strength_by_mode": {str(m): float(v) for m, v in (prior_strength_by_mode or {}).items()},  # over all k
             "mode": prior_mode,
             "inference": inference,
             "steps": int(inference_steps),

@@ -84,14 +84,15 @@ class PersonalizedReward:
         self.state_dim = int(self.model.user_state_dim)
         self.capacity = int(capacity)  # support pairs per inference call (padded); more -> larger buffers
         fewshot = trained.record["fewshot"]
-        self.prior_strength = float(fewshot["prior_strength"])
         # {k: setting} chosen on unseen-val users at each k in `split_mode` (random: support and
-        # query share items; item_disjoint: new items); older artifacts have one setting.
+        # query share items; item_disjoint: new items), and the mode's setting over all k where its
+        # val users reached no k; older artifacts have one setting.
         by_mode = fewshot.get("prior_strength_by_k") or {}
         if split_mode is not None and split_mode not in by_mode:
             raise ValueError(f"{trained.name}: no few-shot prior chosen in split mode {split_mode!r}; "
                              f"the run measured {sorted(by_mode) or 'no per-k choice'}")
         self.split_mode = split_mode or fewshot.get("mode") or next(iter(by_mode), None)
+        self.prior_strength = float((fewshot.get("prior_strength_by_mode") or {}).get(self.split_mode, fewshot["prior_strength"]))
         self.prior_strength_by_k = {int(k): float(v) for k, v in by_mode.get(self.split_mode, {}).items()}
         self.inference = fewshot.get("inference", "map")
         self.inference_steps = int(fewshot["steps"])

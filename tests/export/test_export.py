@@ -269,6 +269,7 @@ def test_run_writes_an_artifact_that_reproduces_its_seen_user_metrics(tmp_path):
     by_k = {m: {str(k): v for k, v in chosen.items()} for m, chosen in results["unseen"]["prior_strength_by_k"].items()}
     assert trained.record["fewshot"]["prior_strength_by_k"] == by_k  # per k, per mode
     assert trained.record["fewshot"]["mode"] == results["unseen"]["mode"] == "random"
+    assert trained.record["fewshot"]["prior_strength_by_mode"] == results["unseen"]["prior_strength_by_mode"]
     assert trained.record["model_config"] == {"name": "bt", "hidden": [8]}
     data = load_dataset(config.data, config.cache_dir)
     split = split_users(data.n_users, seed=0, unseen_val_fraction=0.1, unseen_test_fraction=0.2)
