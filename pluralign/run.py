@@ -515,17 +515,14 @@ def write_artifacts(run_dir: pathlib.Path, config: RunConfig, data: RunData, mod
 
 def prior_candidates(model: base.PreferenceModel, ev: EvalConfig) -> list[float]:
     """The few-shot prior settings to choose among: multipliers of the fitted prior precision
-    (`eval.inference=bayes`) or isotropic strengths (`map`); one where inference ignores it. For
-    amortised inference (VPL: the setting tempers the encoder's posterior, `VPL.infer_user`) two:
-    0, the encoder's own posterior, and the grid's largest, which (1000 by default) pins a new
-    user to the population prediction where the encoder does not pay on val users at that k. The
-    whole grid was tried: with ~20 val users (the benchmark's short settings) its choice often
-    lost accuracy and log-loss on test users (VPL k = 5 on ideal_point_mixture 0.784 -> 0.756)."""
+    (`eval.inference=bayes`) or isotropic strengths (`map`); one where inference ignores it; for
+    amortised inference (VPL) 0, the encoder's own posterior, then the same grid as tempering
+    strengths (`VPL.infer_user`)."""
     grid = list(ev.prior_scales if ev.inference == "bayes" else ev.prior_strengths)
     if model.user_state_dim == 0 or not model.uses_prior_strength:
         return grid[:1]
     if model.amortised_inference:
-        return [0.0, max(grid)]
+        return [0.0] + [value for value in grid if value != 0.0]
     return grid
 
 

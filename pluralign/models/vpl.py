@@ -224,10 +224,9 @@ class VPL(PreferenceModel):
         `prior_strength` s ≥ 0 (one value or [U]) tempers the encoder's posterior towards the prior:
         q(z | C) · N(0, σ²/s), renormalised, is N(μ/(1 + s), σ²/(1 + s)). s = 0 is the encoder's
         posterior (the paper's); a large s pins z to the prior mean 0, VPL's population prediction.
-        The evaluation chooses, on unseen-val users at each k, between s = 0 and a pin to the
-        population (`run.prior_candidates`): an encoder trained on up to c_max comparisons can be
-        over-confident from one or two (rail panel, k = 1: 0.680 / log-loss 0.691 at s = 0, 0.693 /
-        0.620 pinned).
+        The evaluation chooses s on unseen-val users at each k, as it chooses the prior of the
+        fitted-state models: an encoder trained on up to c_max comparisons can be over-confident
+        from one or two (rail panel, k = 1: 0.680 / log-loss 0.691 at s = 0, 0.710 / 0.618 at s = 3).
         Optimiser options (steps, learning rate) do not apply."""
         del prior_mean, options
         mu, logvar = self.posterior(support_features, labels, weights)  # [U, L] each

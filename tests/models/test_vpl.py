@@ -69,7 +69,7 @@ def test_shapes_and_state_layout():
 def test_prior_strength_tempers_the_posterior_towards_the_prior():
     """s = 0 is the encoder's posterior; s multiplies q by N(0, σ²/s): N(μ/(1+s), σ²/(1+s)), per
     user where s is [U]; a large s is the prior mean (VPL's population prediction). The evaluation
-    chooses between 0 and the grid's largest for VPL, and keeps it out of the fitted-state path."""
+    puts 0 first among VPL's candidates and keeps it out of the fitted-state path."""
     from pluralign.run import prior_candidates
 
     model, rng = _model(), np.random.default_rng(0)
@@ -81,7 +81,7 @@ def test_prior_strength_tempers_the_posterior_towards_the_prior():
     np.testing.assert_allclose(tempered[:, :L], mu * np.array([1.0, 0.5, 1e-6])[:, None], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(tempered[:, L:], logvar - np.log1p(np.array([0.0, 1.0, 1e6]))[:, None], rtol=1e-5)
     assert not model.fits_user_state and model.uses_prior_strength
-    assert prior_candidates(model, EvalConfig(prior_scales=[0.3, 1000.0, 3.0])) == [0.0, 1000.0]  # own posterior or population
+    assert prior_candidates(model, EvalConfig(prior_scales=[0.3, 3.0])) == [0.0, 0.3, 3.0]
 
 
 def test_kl_is_zero_at_the_prior_and_known_elsewhere():
