@@ -66,7 +66,7 @@ def time_batched_fewshot(graphdef, params, tables, comparisons, users, truth, k:
     episodes = fewshot.make_episodes(comparisons, users, max_shots=k, mode="random", seed=0)
     support, query = padded_batch(comparisons, episodes.pool), padded_batch(comparisons, episodes.query)
     adapt = fewshot.make_adapt_and_predict(graphdef, steps=100, learning_rate=0.1)
-    call = lambda: adapt(params, tables, support, jnp.int32(k), query, jnp.float32(0.0), jnp.arange(4))  # s = 0: the encoder's posterior
+    call = lambda: adapt(params, tables, support, jnp.int32(k), query, jnp.float32(1.0), jnp.arange(4))
     jax.block_until_ready(call())  # compile
     times = []
     for _ in range(repeats):

@@ -515,15 +515,10 @@ def write_artifacts(run_dir: pathlib.Path, config: RunConfig, data: RunData, mod
 
 def prior_candidates(model: base.PreferenceModel, ev: EvalConfig) -> list[float]:
     """The few-shot prior settings to choose among: multipliers of the fitted prior precision
-    (`eval.inference=bayes`) or isotropic strengths (`map`); one where inference ignores it; for
-    amortised inference (VPL) 0, the encoder's own posterior, then the same grid as tempering
-    strengths (`VPL.infer_user`)."""
-    grid = list(ev.prior_scales if ev.inference == "bayes" else ev.prior_strengths)
+    (`eval.inference=bayes`) or isotropic strengths (`map`); one where inference ignores it."""
     if model.user_state_dim == 0 or not model.uses_prior_strength:
-        return grid[:1]
-    if model.amortised_inference:
-        return [0.0] + [value for value in grid if value != 0.0]
-    return grid
+        return [ev.prior_scales[0] if ev.inference == "bayes" else ev.prior_strengths[0]]
+    return list(ev.prior_scales if ev.inference == "bayes" else ev.prior_strengths)
 
 
 def prior_curves(adapt, params, tables, comparisons, val_users, model, ev: EvalConfig, mode: str, common: dict) -> dict:

@@ -124,13 +124,9 @@ class PreferenceModel(nnx.Module):
     # self.state_dim(config, dims)` in `__init__`, so tools can read S from the class and config
     # (`state_dim`) or from an instance (this attribute), and the two agree.
     user_state_dim: int = 0
-    # False: `infer_user` ignores the prior strength, so the evaluation does not select one on
-    # unseen-val users.
+    # False: `infer_user` ignores the prior strength (amortised inference, e.g. VPL), so the
+    # evaluation does not select one on unseen-val users.
     uses_prior_strength: ClassVar[bool] = True
-    # True: `infer_user` is amortised (VPL's encoder gives the posterior in one pass; no state is
-    # fitted by optimisation), and its prior setting s ≥ 0 tempers that posterior towards the
-    # prior (s = 0: the encoder's own; the evaluation adds 0 to the candidates).
-    amortised_inference: ClassVar[bool] = False
     # True: pair_logits(u, a, b) = reward(u, a) − reward(u, b), so a preference matrix over n
     # responses needs n rewards (`preference_logit_matrix`); False: its pair logits on n² pairs.
     logit_is_reward_difference: ClassVar[bool] = False
@@ -164,7 +160,7 @@ class PreferenceModel(nnx.Module):
         `uses_prior_strength`): these models get empirical-Bayes few-shot inference
         (`empirical_prior`, `laplace_posterior`) and the MRM training option. False for BT (no
         state) and for amortised inference (VPL's encoder is its own posterior)."""
-        return self.user_state_dim > 0 and self.uses_prior_strength and not self.amortised_inference
+        return self.user_state_dim > 0 and self.uses_prior_strength
 
     def pair_features(self, pair: PairEmbeddings) -> Any:
         """User-independent part of the logit: a pytree of [B, ...] arrays."""

@@ -129,7 +129,7 @@ def beta_at(config: VPLConfig | VPLSettings, step) -> jax.Array:
 
 class VPL(PreferenceModel):
     logit_is_reward_difference = True
-    amortised_inference = True  # the encoder is the posterior; the prior setting tempers it (infer_user)
+    uses_prior_strength = False  # amortised inference: the encoder is the posterior
     has_latent_posterior = True  # the state [μ; log σ²] is q(z | C)
 
     @classmethod
@@ -217,22 +217,11 @@ class VPL(PreferenceModel):
         return user_state[..., : self.settings.latent_dim], user_state[..., self.settings.latent_dim :]
 
     # --- users
-    def infer_user(self, support_features, labels, weights, *, prior_mean=None, prior_strength=0.0, **options):
+    def infer_user(self, support_features, labels, weights, *, prior_mean=None, **options):
         """Amortised few-shot inference: the support pairs are the context (no gradient steps).
-        [U, k, ·] -> [U, 2L] = [μ; log σ²].
-
-        `prior_strength` s ≥ 0 (one value or [U]) tempers the encoder's posterior towards the prior:
-        q(z | C) · N(0, σ²/s), renormalised, is N(μ/(1 + s), σ²/(1 + s)). s = 0 is the encoder's
-        posterior (the paper's); a large s pins z to the prior mean 0, VPL's population prediction.
-        The evaluation chooses s on unseen-val users at each k, as it chooses the prior of the
-        fitted-state models: an encoder trained on up to c_max comparisons can be over-confident
-        from one or two (rail panel, k = 1: 0.680 / log-loss 0.691 at s = 0, 0.710 / 0.618 at s = 3).
-        Optimiser options (steps, learning rate) do not apply."""
+        [U, k, ·] -> [U, 2L] = [μ; log σ²]. MAP options (prior strength, steps) do not apply."""
         del prior_mean, options
-        mu, logvar = self.posterior(support_features, labels, weights)  # [U, L] each
-        s = jnp.asarray(prior_strength, jnp.float32)
-        s = s[:, None] if s.ndim == 1 else s
-        return jnp.concatenate([mu / (1.0 + s), logvar - jnp.log1p(s) * jnp.ones_like(logvar)], axis=-1)
+        return jnp.concatenate(self.posterior(support_features, labels, weights), axis=-1)
 
     def population_user_state(self, users=None):
         return jnp.zeros((self.user_state_dim,), jnp.float32)  # the prior N(0, I): μ = 0, log σ² = 0

@@ -189,7 +189,6 @@ def meta_class(inner_class: type, options: MetaOptions) -> type:
         "inner_class": inner_class, "options": options,
         "logit_is_reward_difference": inner_class.logit_is_reward_difference,
         "uses_prior_strength": inner_class.uses_prior_strength,
-        "amortised_inference": inner_class.amortised_inference,
         "has_scalar_reward": inner_class.has_scalar_reward,
     }
     return type(f"Meta{inner_class.__name__}", (MetaLearned,), attrs)

@@ -66,24 +66,6 @@ def test_shapes_and_state_layout():
     assert ((entropy >= 0) & (entropy <= np.log(2) + 1e-6)).all()
 
 
-def test_prior_strength_tempers_the_posterior_towards_the_prior():
-    """s = 0 is the encoder's posterior; s multiplies q by N(0, σ²/s): N(μ/(1+s), σ²/(1+s)), per
-    user where s is [U]; a large s is the prior mean (VPL's population prediction). The evaluation
-    puts 0 first among VPL's candidates and keeps it out of the fitted-state path."""
-    from pluralign.run import prior_candidates
-
-    model, rng = _model(), np.random.default_rng(0)
-    feats = jax.tree.map(lambda f: f.reshape(3, 4, -1), model.pair_features(_pairs(rng, 12)))
-    labels, weights = jnp.ones((3, 4)), jnp.ones((3, 4))
-    mu, logvar = model.posterior(feats, labels, weights)
-    np.testing.assert_array_equal(model.infer_user(feats, labels, weights), jnp.concatenate([mu, logvar], -1))
-    tempered = model.infer_user(feats, labels, weights, prior_strength=jnp.asarray([0.0, 1.0, 1e6]))
-    np.testing.assert_allclose(tempered[:, :L], mu * np.array([1.0, 0.5, 1e-6])[:, None], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(tempered[:, L:], logvar - np.log1p(np.array([0.0, 1.0, 1e6]))[:, None], rtol=1e-5)
-    assert not model.fits_user_state and model.uses_prior_strength
-    assert prior_candidates(model, EvalConfig(prior_scales=[0.3, 3.0])) == [0.0, 0.3, 3.0]
-
-
 def test_kl_is_zero_at_the_prior_and_known_elsewhere():
     assert float(kl_to_standard_normal(jnp.zeros(L), jnp.zeros(L))) == 0.0
     np.testing.assert_allclose(kl_to_standard_normal(jnp.ones(L), jnp.zeros(L)), 0.5 * L, rtol=1e-6)
