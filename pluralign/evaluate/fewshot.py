@@ -182,7 +182,7 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
             strength=strength, steps=steps, learning_rate=learning_rate,
         )  # [U, S], [U, S, S] or None
         logits = base.posterior_logits(model, states, covs, user_pair_features(model, tables, query))
-        return (states if covs is None else model.canonical_user_state(states)), logits
+        return base.point_states(model, states, covs), logits
 
     return adapt_and_predict
 

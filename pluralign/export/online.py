@@ -54,7 +54,7 @@ def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt,
         evals, evecs = jnp.linalg.eigh(covs[0])
         scale = evecs * jnp.sqrt(jnp.maximum(evals, 0.0))[None, :]
         samples = state[None, :] + jax.random.normal(key, (n_samples, reward.state_dim)) @ scale.T
-        return model.canonical_user_state(state), samples
+        return base.point_states(model, states, covs)[0], samples
     prior_mean = model.population_user_state(reward.seen_users)
     if model.has_latent_posterior:
         return state, model.sample_latents(state, key, n_samples)  # [n, L]

@@ -136,7 +136,7 @@ class PersonalizedReward:
             inference=self.inference, seen_users=self.seen_users, strength=self.strength_for(weight),
             steps=self.inference_steps, learning_rate=self.inference_learning_rate,
         )
-        return states if covs is None else model.canonical_user_state(states)  # e.g. DPA: a unit direction
+        return base.point_states(model, states, covs)
 
     def _rewards_impl(self, params, states, e_x, e_y):
         """states [S] or [B, S]; e_x None, [D] or [B, D]; e_y [N, D] or [B, N, D] -> [N] or [B, N] rewards.

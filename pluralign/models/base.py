@@ -568,6 +568,13 @@ def infer_user_posterior(
     return states, None
 
 
+def point_states(model: PreferenceModel, states: jax.Array, covs: jax.Array | None) -> jax.Array:
+    """The states to report from `infer_user_posterior`'s output: Laplace means (where there are
+    covariances) in `canonical_user_state` coordinates, e.g. DPA's unit direction, as a model's own
+    `infer_user` already returns them."""
+    return states if covs is None else model.canonical_user_state(states)
+
+
 def posterior_logits(model: PreferenceModel, states: jax.Array, covs: jax.Array | None, features: Any) -> jax.Array:
     """[U, Q] logits of each user's pairs from `infer_user_posterior`'s output: posterior-predictive
     (`predictive_logits`) where there are covariances, the point state's otherwise. features: [U, Q, ...]."""
