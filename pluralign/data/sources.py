@@ -24,6 +24,7 @@ from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
 from pluralign.data.hidden_types import HiddenTypesConfig, make_hidden_types
 from pluralign.data.multi_attribute import MultiAttributeConfig, make_multi_attribute
 from pluralign.data.low_rank import SharedPlusLowRankConfig, make_shared_plus_low_rank
+from pluralign.data.idiosyncratic import IdiosyncraticConfig, make_idiosyncratic
 from pluralign.data.choice_panels import ChoicePanelConfig, make_choice_panel
 from pluralign.data.hub import (
     HelpSteer2Config, PickapicConfig, PrismConfig, TLDRConfig, UltraFeedbackPConfig, make_helpsteer2, make_pickapic,
@@ -51,6 +52,7 @@ GENERATORS = {
     "cyclic_users": (CyclicUsersConfig, make_cyclic_users),
     "multi_attribute": (MultiAttributeConfig, make_multi_attribute),
     "shared_plus_low_rank": (SharedPlusLowRankConfig, make_shared_plus_low_rank),
+    "idiosyncratic": (IdiosyncraticConfig, make_idiosyncratic),
     "choice_panel": (ChoicePanelConfig, make_choice_panel),
     "tldr": (TLDRConfig, make_tldr),
     "ultrafeedback_p": (UltraFeedbackPConfig, make_ultrafeedback_p),
