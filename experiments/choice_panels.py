@@ -40,9 +40,11 @@ def table(results: list[dict]) -> None:
                 cells = [f"k={k}: {v['accuracy']:.3f}±{v['accuracy_std']:.3f} ({v['log_loss']:.3f}) n={v['n_users']}"
                          if v["accuracy"] is not None else f"k={k}: — (too few users reach it)" for k, v in by_k.items()]
                 print(f"      {mode:<14}" + "   ".join(cells))
-                chosen = r["unseen"].get("prior_strength_by_k", {}).get(mode) or {}
-                if chosen and len(r["unseen"].get("prior_candidates", [0, 0])) > 1:  # not where the prior is unused
-                    print(f"      {'':<14}prior chosen on unseen-val: " + ", ".join(f"k={k}: {v:g}" for k, v in chosen.items()))
+                decided = r["unseen"].get("shrinkage", {}).get(mode) or {}
+                if decided:  # the scale and the gate, decided on the calibration users
+                    print(f"      {'':<14}decided: " + ", ".join(
+                        f"k={k}: " + (f"scale {d['prior_scale']:.3g}" if d["personalize"] else "population")
+                        + f" (gain {d['gain_log_loss']:+.3f}, {sum(d['n_users'].values())} users)" for k, d in decided.items()))
 
 
 def main() -> None:

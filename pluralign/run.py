@@ -10,7 +10,8 @@ that can be called on its own. Hydra stays in `pluralign.cli`; everything here t
   3. `train_models`: all seeds in one vmapped program, early stopping on seen-user validation
      loss, with checkpoints and resume;
   4. `evaluate_seen_users` on held-out pairs; `evaluate_unseen_users` k-shot with θ frozen, the
-     prior setting for few-shot inference chosen on unseen-val users only;
+     few-shot prior's scale and the personalization gate decided on calibration users (seen
+     users' held-out comparisons and unseen-val users; `pluralign.evaluate.shrinkage`);
   5. `assemble_results`, then `write_artifacts`: the model (`model/`), then `results.json`
      (atomically) into the run directory: a run is finished when both are there
      (`finished_results`).
@@ -39,7 +40,7 @@ from pluralign.data import Comparisons, PairSplit, PreferenceDataset, UserSplit,
 from pluralign.data import duplicates
 from pluralign.data.format import content_fingerprint
 from pluralign.data.sources import dataset_path, load_dataset
-from pluralign.evaluate import fewshot, metrics
+from pluralign.evaluate import fewshot, metrics, shrinkage
 from pluralign.jsonio import flatten as _flatten, json_default, nan_to_null, non_finite_paths, write_json_atomic
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign import rundir
@@ -384,7 +385,7 @@ def evaluation_data(data: RunData) -> RunData:
     if not isinstance(data.tables, host_tables.HostTables):
         return data
     unseen = np.concatenate([data.split.unseen_val, data.split.unseen_test])
-    eval_rows = np.concatenate([data.pairs.test, np.flatnonzero(np.isin(data.comparisons.user, unseen))])
+    eval_rows = np.concatenate([calibration_rows(data), np.flatnonzero(np.isin(data.comparisons.user, unseen))])
     tables, comparisons = host_tables.restrict(data.tables, data.comparisons, eval_rows)
     return dataclasses.replace(data, tables=tables, comparisons=comparisons, test=to_batch(comparisons.take(data.pairs.test)))
 
@@ -417,14 +418,20 @@ def per_user_histogram(per_user: np.ndarray) -> dict:
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 
-# --- evaluate unseen users: k-shot, prior chosen on unseen-val, reported on unseen-test ------
+# --- evaluate unseen users: shrinkage decided on calibration users, reported on unseen-test --
+
+
+def calibration_rows(data: RunData) -> np.ndarray:
+    """Seen users' held-out comparisons (the seen-pair validation and test rows, never trained
+    on): with unseen-val users, the calibration users of `pluralign.evaluate.shrinkage`."""
+    return np.sort(np.concatenate([data.pairs.val, data.pairs.test]))
 
 
 def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) -> dict:
-    """results.json `unseen`: in each split mode the few-shot prior setting is chosen on
-    unseen-val users (over all k, and for each k; by `eval.prior_selection`), and unseen-test
-    users are scored with the per-k choice; the primary mode (random where measured) gives the
-    headline figures."""
+    """results.json `unseen`: in each split mode the prior's scale and the personalization gate
+    are decided at each k on the calibration users (`shrinkage.calibrate`: seen users' held-out
+    comparisons and unseen-val users), unseen-val users are scored with them (a confirmation) and
+    unseen-test users give the figures; the primary mode (random where measured) the headline."""
     ev, split = config.eval, data.split
     adapt = fewshot.make_adapt_and_predict(graphdef, ev.inference_steps, ev.inference_learning_rate, ev.inference)
     common = dict(
@@ -434,29 +441,45 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
     first_model = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], params))
     if ev.inference == "bayes":
         warn_if_degenerate_seen_states(first_model, jnp.asarray(split.seen))
-    by_mode, strengths, strengths_by_k, val_curves = {}, {}, {}, {}
+    settings = shrinkage.grid(first_model, ev.inference, ev.prior_scales, ev.prior_strengths)
+    personal = first_model.user_state_dim > 0
+    by_mode, decisions, val_curves = {}, {}, {}
     for mode in ev.modes:
-        curves = prior_curves(adapt, params, data.tables, data.comparisons, split.unseen_val, first_model, ev, mode, common)
-        strengths[mode] = choose_prior(curves, ev.prior_selection)
-        val_curves[mode] = curves[strengths[mode]]
-        strengths_by_k[mode] = choose_prior_by_k(curves, ev.prior_selection)
-        by_mode[mode] = fewshot.evaluate_unseen(
-            adapt, params, data.tables, data.comparisons, split.unseen_test, mode=mode,
-            prior_strength=strengths_by_k[mode] or strengths[mode], **common
-        )
+        t0 = time.perf_counter()
+        decisions[mode] = shrinkage.calibrate(
+            adapt, params, data.tables, data.comparisons, held_out_rows=calibration_rows(data),
+            val_users=split.unseen_val, seen_users=jnp.asarray(split.seen), shots=list(ev.shots), mode=mode,
+            seeds=list(config.seeds), settings=settings, gate=ev.gate, min_users=ev.gate_min_users, level=ev.gate_level,
+        ) if personal else {}
+        if decisions[mode]:
+            log.info("%s: shrinkage decided in %.0f s: %s", mode, time.perf_counter() - t0, "; ".join(
+                f"k={k} {'personalize' if d.personalize else 'population'} (scale {d.prior_scale:.3g}, "
+                f"log-loss gain {d.gain_log_loss:+.4f}, {sum(d.n_users.values())} users)" for k, d in decisions[mode].items()))
+        chosen = dict(prior_strength={k: d.prior_scale for k, d in decisions[mode].items()} or settings[0],
+                      personalize={k: d.personalize for k, d in decisions[mode].items()} if personal else None)
+        val_curves[mode] = fewshot.evaluate_unseen(adapt, params, data.tables, data.comparisons, split.unseen_val,
+                                                   mode=mode, **chosen, **common)
+        by_mode[mode] = fewshot.evaluate_unseen(adapt, params, data.tables, data.comparisons, split.unseen_test,
+                                                mode=mode, **chosen, **common)
     primary_mode = "random" if "random" in by_mode else next(iter(by_mode))
     primary = by_mode[primary_mode]
+    strengths_by_k = {m: {k: d.prior_scale for k, d in ds.items()} for m, ds in decisions.items()}
+    overall = {m: (float(np.exp(np.mean(np.log(list(by_k.values()))))) if by_k else settings[0])
+               for m, by_k in strengths_by_k.items()}  # a summary only: inference uses the per-k settings
     return {
         "mode": primary_mode,
         "accuracy_at_k": available_accuracy(primary),
         "accuracy_std_at_k": available_accuracy(primary, "accuracy_std"),
         "inference": ev.inference,
-        "prior_strength": strengths[primary_mode],
-        "prior_strength_by_mode": strengths,
-        "prior_strength_by_k": strengths_by_k,  # the setting used at each k (chosen on unseen-val at that k)
-        "prior_candidates": prior_candidates(first_model, ev),  # one where inference ignores the prior (BT, VPL)
-        "prior_selection": ev.prior_selection,
+        "prior_strength": overall[primary_mode],
+        "prior_strength_by_mode": overall,
+        "prior_strength_by_k": strengths_by_k,  # the fitted setting at each k (on the calibration users)
+        "personalize_by_k": {m: {k: d.personalize for k, d in ds.items()} for m, ds in decisions.items()},
+        "shrinkage": {m: {k: d.to_dict() for k, d in ds.items()} for m, ds in decisions.items()},
+        "prior_grid": settings,  # one value where inference ignores the prior (BT, VPL)
         "val_accuracy_at_k": available_accuracy(val_curves[primary_mode]),
+        "val_by_mode": {m: {k: {n: e.get(n) for n in ("accuracy", "log_loss", "n_users", "ci95")}
+                            for k, e in curve.items()} for m, curve in val_curves.items()},
         "by_mode": by_mode,
     }
 
@@ -505,61 +528,13 @@ def write_artifacts(run_dir: pathlib.Path, config: RunConfig, data: RunData, mod
         seeds=list(config.seeds), dataset_meta=data.dataset.meta, seen_users=data.split.seen, split=data.split.to_dict(),
         best_val_loss=trained.best_val_loss, prior_strength=unseen["prior_strength"],
         prior_strength_by_k=unseen["prior_strength_by_k"], prior_strength_by_mode=unseen["prior_strength_by_mode"],
+        personalize_by_k=unseen["personalize_by_k"],
         prior_mode=unseen["mode"], inference=ev.inference,
         inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,
         data_config=config.data, meta_options=meta.MetaOptions.of(config.train) if config.train.meta else None,
     )
     rundir.fault_point("after_model")
     write_results(run_dir, results)
-
-
-def prior_candidates(model: base.PreferenceModel, ev: EvalConfig) -> list[float]:
-    """The few-shot prior settings to choose among: multipliers of the fitted prior precision
-    (`eval.inference=bayes`) or isotropic strengths (`map`); one where inference ignores it."""
-    if model.user_state_dim == 0 or not model.uses_prior_strength:
-        return [ev.prior_scales[0] if ev.inference == "bayes" else ev.prior_strengths[0]]
-    return list(ev.prior_scales if ev.inference == "bayes" else ev.prior_strengths)
-
-
-def prior_curves(adapt, params, tables, comparisons, val_users, model, ev: EvalConfig, mode: str, common: dict) -> dict:
-    """Every candidate prior setting's k-shot curve on unseen-val users under `mode`: {setting: curve}."""
-    return {
-        value: fewshot.evaluate_unseen(adapt, params, tables, comparisons, val_users, mode=mode, prior_strength=value, **common)
-        for value in prior_candidates(model, ev)
-    }
-
-
-def selection_score(accuracy: float, log_loss: float, criterion: str) -> tuple:
-    """Higher is better: (−log-loss, accuracy) for `criterion="log_loss"`, (accuracy, −log-loss) for "accuracy"."""
-    return (-log_loss, accuracy) if criterion == "log_loss" else (accuracy, -log_loss)
-
-
-def choose_prior(curves: dict, criterion: str = "log_loss") -> float:
-    """The setting with the best val score over the measured ks (`selection_score` of the mean
-    accuracy and mean log-loss over them)."""
-    if not any(available_accuracy(curve) for curve in curves.values()):
-        # no unseen-val user reaches any k (e.g. a tiny dataset): nothing to select on
-        return next(iter(curves))
-
-    def score(value):
-        accuracy = list(available_accuracy(curves[value]).values())
-        log_loss = list(available_accuracy(curves[value], "log_loss").values())
-        return selection_score(np.mean(accuracy or [-1.0]), np.mean(log_loss or [np.inf]), criterion)
-
-    return max(curves, key=score)
-
-
-def choose_prior_by_k(curves: dict, criterion: str = "log_loss") -> dict[int, float]:
-    """For each k the val users reach, the setting with the best val score at that k
-    (`selection_score`). How far to trust k answers depends on k: one answer may not beat the
-    population prediction while twenty do, and the largest candidate scale (which pins a user to
-    the population state) lets the model fall back to the population at the ks where adapting
-    did not pay on val users. {} where no val user reaches any k."""
-    chosen = {}
-    for k in sorted({k for curve in curves.values() for k in available_accuracy(curve)}):
-        measured = {v: c[k] for v, c in curves.items() if c.get(k, {}).get("accuracy") is not None}
-        chosen[k] = max(measured, key=lambda v: selection_score(measured[v]["accuracy"], measured[v]["log_loss"], criterion))
-    return chosen
 
 
 def warn_if_degenerate_seen_states(model: base.PreferenceModel, seen_users: jax.Array, ratio: float = 1e-3) -> None:

@@ -41,6 +41,10 @@ from pluralign.evaluate import metrics
 from pluralign.models import base
 from pluralign.train.batches import padded_batch
 
+# A prior precision (multiplier) large enough to hold a user at the population state: what a
+# model with a user state predicts for a user it knows nothing about, and the gate's "off".
+POPULATION_PIN = 1e6
+
 
 @dataclasses.dataclass
 class EvalConfig:
@@ -51,26 +55,28 @@ class EvalConfig:
     # A k is reported only where at least this fraction of the users have k support pairs:
     # a figure from the few users with unusually many comparisons would be biased.
     min_user_fraction: float = 0.5
-    # Gaussian prior precision on the user state for MAP few-shot inference; the value is
-    # chosen on unseen-val users (never on unseen-test).
-    prior_strengths: list[float] = dataclasses.field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0])
-    inference_steps: int = 100  # optimiser steps of few-shot MAP inference (PAL, DPA, GPM); VPL is amortised
-    inference_learning_rate: float = 0.1  # learning rate of few-shot MAP inference
     # Few-shot inference for models with fitted user states (`PreferenceModel.fits_user_state`):
     # "bayes" = empirical Bayes (a Gaussian prior fitted to the seen users' states, Laplace
-    # posterior, posterior-predictive probabilities); "map" = MAP under an isotropic prior whose
-    # strength is chosen from `prior_strengths`. Models without fitted states ignore it.
+    # posterior, posterior-predictive probabilities), its precision times a fitted multiplier;
+    # "map" = MAP under an isotropic prior of a fitted precision. Models without fitted states ignore it.
     inference: str = "bayes"
-    # "bayes" only: candidate multipliers of the fitted prior precision, chosen on unseen-val users
-    # (in each split mode separately); 1 = the fitted prior as it is. Values below 1 widen it: seen
-    # users' states are themselves shrunk estimates, so their spread can understate the population's.
-    # The largest (1000) pins a new user to the population state: where adapting does not pay on
-    # unseen-val users (in that split mode) the model falls back to its population prediction.
-    prior_scales: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 1000.0])
-    # How the setting is chosen on unseen-val users (at each k): "log_loss" = the lowest mean
-    # log-loss (a proper score: it rewards calibrated odds, and unlike accuracy it does not tie or
-    # jump on a few val users' pairs), then accuracy; "accuracy" = the highest accuracy, then log-loss.
-    prior_selection: str = "log_loss"
+    # The grids the prior's scale is fitted on, continuously between their values
+    # (pluralign.evaluate.shrinkage): on seen users' held-out comparisons and unseen-val users, in
+    # each split mode and at each k, by query log-loss. "bayes": multipliers of the fitted prior
+    # precision (1 = the fitted prior; below 1 widens it: seen users' states are themselves shrunk
+    # estimates). "map": isotropic precisions. The population pin is reached through the gate.
+    prior_scales: list[float] = dataclasses.field(
+        default_factory=lambda: [0.001, 0.0056, 0.032, 0.18, 1.0, 5.6, 32.0, 180.0, 1000.0])
+    prior_strengths: list[float] = dataclasses.field(
+        default_factory=lambda: [0.01, 0.042, 0.18, 0.75, 3.2, 13.0, 56.0, 240.0, 1000.0])
+    # Personalize at a (mode, k) only where the calibration users show a log-loss gain over the
+    # population prediction whose paired bootstrap interval (`gate_level`) lies above 0, and no
+    # accuracy loss; false: personalize at every k with the fitted scale.
+    gate: bool = True
+    gate_level: float = 0.95
+    gate_min_users: int = 20  # fewer calibration users reaching a k: no decision there (the nearest k below applies)
+    inference_steps: int = 100  # optimiser steps of few-shot MAP inference (PAL, DPA, GPM); VPL is amortised
+    inference_learning_rate: float = 0.1  # learning rate of few-shot MAP inference
     split_seed: int = 0  # user split and seen-pair split; fixed across training seeds
     unseen_val_fraction: float = 0.1  # users held out for model selection (the prior strength, sweeps)
     unseen_test_fraction: float = 0.2  # users held out for the reported unseen-user figures only
@@ -88,12 +94,13 @@ class EvalConfig:
             raise ValueError(f"eval.draws must be >= 1, got {self.draws}")
         if self.inference not in ("bayes", "map"):
             raise ValueError(f"eval.inference must be 'bayes' or 'map', got {self.inference!r}")
-        if self.prior_selection not in ("log_loss", "accuracy"):
-            raise ValueError(f"eval.prior_selection must be 'log_loss' or 'accuracy', got {self.prior_selection!r}")
+        if not 0.5 <= self.gate_level < 1 or self.gate_min_users < 1:
+            raise ValueError(f"eval.gate_level must be in [0.5, 1) and eval.gate_min_users >= 1, "
+                             f"got {self.gate_level}, {self.gate_min_users}")
         if not self.prior_scales or any(s <= 0 for s in self.prior_scales):
             raise ValueError(f"eval.prior_scales must be a non-empty list of values > 0, got {self.prior_scales}")
-        if not self.prior_strengths or any(s < 0 for s in self.prior_strengths):
-            raise ValueError(f"eval.prior_strengths must be a non-empty list of values >= 0, got {self.prior_strengths}")
+        if not self.prior_strengths or any(s <= 0 for s in self.prior_strengths):
+            raise ValueError(f"eval.prior_strengths must be a non-empty list of values > 0, got {self.prior_strengths}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,12 +207,16 @@ def evaluate_unseen(
     draws: int,
     prior_strength: float | dict[int, float],
     seen_users: np.ndarray,
+    personalize: dict[int, bool] | None = None,
     min_user_fraction: float = 0.5,
     user_group: np.ndarray | None = None,
 ) -> dict:
     """k-shot metrics on unseen users for every seed (params carry a leading seed axis) and draw.
 
     `prior_strength`: one setting for every k, or {k: setting} (`strength_at` picks a k's).
+    `personalize`: the gate's {k: decision} (`pluralign.evaluate.shrinkage`; the entry at the
+    largest k' ≤ k applies, the population below all of them); where it is off a user gets the
+    population prediction. None: personalize at every k.
 
     Returns {k: entry} for every requested k, and for the largest k that enough users reach
     when the largest requested one is out of reach (`largest_available: true`). An entry with
@@ -248,9 +259,9 @@ def evaluate_unseen(
         for k in ks:
             if not reached(ep, k):
                 continue
-            # the 0-shot prediction's sign, hence its accuracy, does not depend on the setting
-            zero_shot = predict(0, strength_at(prior_strength, k)) if zero_shot is None else zero_shot
-            logits = predict(k, strength_at(prior_strength, k))
+            # the population prediction: no answers, the user pinned to the population state
+            zero_shot = predict(0, POPULATION_PIN) if zero_shot is None else zero_shot
+            logits = predict(k, strength_at(prior_strength, k)) if gate_at(personalize, k) else zero_shot
             w = weight * eligible(ep, k)[:, None]
             runs[k].append(metrics.summary(logits.ravel(), label.ravel(), w.ravel(), user.ravel(), user_group))
             sums[k].append(tuple(metrics.per_user_sums(z.ravel(), label.ravel(), w.ravel(), user.ravel(), ids)
@@ -272,6 +283,15 @@ def strength_at(prior_strength: float | dict[int, float], k: int) -> float:
         return float(prior_strength)
     below = [kk for kk in prior_strength if int(kk) <= k]
     return float(prior_strength[max(below, key=int)] if below else prior_strength[min(prior_strength, key=int)])
+
+
+def gate_at(personalize: dict[int, bool] | None, k: int) -> bool:
+    """Whether a user with k answers is personalized: the gate's entry at the largest k' ≤ k;
+    False below every entry; True without a gate (None)."""
+    if personalize is None:
+        return True
+    below = [kk for kk in personalize if int(kk) <= k]
+    return bool(personalize[max(below, key=int)]) if below else False
 
 
 def largest_reachable_k(episodes: list, max_shots: int, min_user_fraction: float) -> int:

@@ -84,6 +84,7 @@ def save_model(
     prior_strength: float = 1.0,
     prior_strength_by_k: dict | None = None,
     prior_strength_by_mode: dict | None = None,
+    personalize_by_k: dict | None = None,
     prior_mode: str | None = None,
     inference: str = "map",
     inference_steps: int = 100,
@@ -108,10 +109,14 @@ def save_model(
         "seed_selection": "lowest seen-user validation loss" if losses is not None else "first seed",
         "fewshot": {
             "prior_strength": float(prior_strength),  # "bayes": the multiplier of the fitted prior precision
-            # {split mode: {k: setting}}: the setting chosen on unseen-val users at each k, which the
-            # reward uses for a new user with that many answers; `mode`: the run's primary split mode
+            # {split mode: {k: setting}}: the setting fitted at each k (pluralign.evaluate.shrinkage),
+            # which the reward uses for a new user with that many answers; `mode`: the run's primary split mode
             "prior_strength_by_k": {str(m): {str(k): float(v) for k, v in by_k.items()}
                                     for m, by_k in (prior_strength_by_k or {}).items()},
+            # {split mode: {k: bool}}: the gate; a new user with k answers where it is off (or below
+            # every k) gets the population's reward. Absent in older artifacts (always personalize).
+            "personalize_by_k": None if personalize_by_k is None else {
+                str(m): {str(k): bool(v) for k, v in by_k.items()} for m, by_k in personalize_by_k.items()},
             "prior_strength_by_mode": {str(m): float(v) for m, v in (prior_strength_by_mode or {}).items()},  # over all k
             "mode": prior_mode,
             "inference": inference,

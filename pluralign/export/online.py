@@ -45,6 +45,7 @@ def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt,
     model = nnx.merge(reward.graphdef, params)
     feats = reward.support_features(model, e_x[None], has_prompt[None], e_a[None], e_b[None])
     strength = reward.strength_for(weight[None])  # [1]: the setting chosen for this many answers
+    weight = reward.gated_support(weight[None])[0]  # no answers where the gate keeps the population
     states, covs = base.infer_user_posterior(
         model, feats, label[None], weight[None], inference=reward.inference, seen_users=reward.seen_users,
         strength=strength, steps=reward.inference_steps, learning_rate=reward.inference_learning_rate,

@@ -94,6 +94,8 @@ class PersonalizedReward:
         self.split_mode = split_mode or fewshot.get("mode") or next(iter(by_mode), None)
         self.prior_strength = float((fewshot.get("prior_strength_by_mode") or {}).get(self.split_mode, fewshot["prior_strength"]))
         self.prior_strength_by_k = {int(k): float(v) for k, v in by_mode.get(self.split_mode, {}).items()}
+        gates = fewshot.get("personalize_by_k")  # None: an older artifact, which always personalizes
+        self.personalize_by_k = None if gates is None else {int(k): bool(v) for k, v in gates.get(self.split_mode, {}).items()}
         self.inference = fewshot.get("inference", "map")
         self.inference_steps = int(fewshot["steps"])
         self.inference_learning_rate = float(fewshot["learning_rate"])
@@ -128,12 +130,32 @@ class PersonalizedReward:
         values = jnp.asarray([self.prior_strength_by_k[k] for k in sorted(self.prior_strength_by_k)], jnp.float32)
         return values[jnp.clip(jnp.searchsorted(ks, n, side="right") - 1, 0, len(ks) - 1)]
 
+    def gate_for(self, weight: jax.Array) -> jax.Array:
+        """[U] 1.0 where a user of a [U, C] padded support is personalized, 0.0 where the evaluation's
+        gate (`fewshot.gate_at`) gives their number of answers the population (below every decided k
+        too); all ones for artifacts without a gate."""
+        n = jnp.sum((weight > 0).astype(jnp.float32), axis=-1)  # [U]
+        if self.personalize_by_k is None:
+            return jnp.ones(n.shape, jnp.float32)
+        if not self.personalize_by_k:
+            return jnp.zeros(n.shape, jnp.float32)
+        ks = jnp.asarray(sorted(self.personalize_by_k), jnp.float32)
+        values = jnp.asarray([float(self.personalize_by_k[k]) for k in sorted(self.personalize_by_k)], jnp.float32)
+        index = jnp.searchsorted(ks, n, side="right") - 1
+        return jnp.where(index >= 0, values[jnp.clip(index, 0, len(ks) - 1)], 0.0)
+
+    def gated_support(self, weight: jax.Array) -> jax.Array:
+        """[U, C] support weights with the gate applied: a user the gate keeps at the population
+        has no answers to infer from, so their state is the population's."""
+        return weight * self.gate_for(weight)[:, None]
+
     def _infer_impl(self, params, e_x, has_prompt, e_a, e_b, label, weight):
         """[U, C] padded support -> [U, S] user states, by the evaluation protocol's few-shot inference."""
         model = nnx.merge(self.graphdef, params)
+        strength = self.strength_for(weight)
         states, covs = base.infer_user_posterior(
-            model, self.support_features(model, e_x, has_prompt, e_a, e_b), label, weight,
-            inference=self.inference, seen_users=self.seen_users, strength=self.strength_for(weight),
+            model, self.support_features(model, e_x, has_prompt, e_a, e_b), label, self.gated_support(weight),
+            inference=self.inference, seen_users=self.seen_users, strength=strength,
             steps=self.inference_steps, learning_rate=self.inference_learning_rate,
         )
         return base.point_states(model, states, covs)

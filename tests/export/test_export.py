@@ -144,6 +144,34 @@ def test_reward_uses_the_prior_chosen_for_the_number_of_answers(inference, tmp_p
     assert np.abs(pinned - population).max() < 0.05 * max(np.abs(population).max(), 1.0)
 
 
+def test_reward_follows_the_gate(tmp_path):
+    """An artifact whose gate keeps 1-2 answers at the population and personalizes from 3: a new
+    user with 2 answers gets exactly the population state, one with 3 the evaluation's inference."""
+    b = bundle("pal_a", str(tmp_path / "base"))
+    data, split, trained = b["data"], b["split"], pluralign.load(b["path"])
+    path = save_model(
+        tmp_path / "gated", model_config=model_config("pal_a"), dims=base.Dims(dim=data.dim, n_users=data.n_users),
+        params=b["params"], seen_states=np.stack([trained.seen_states] * 2), seeds=SEEDS, dataset_meta=data.meta,
+        seen_users=split.seen, split=split.to_dict(), best_val_loss=np.array([0.7, 0.6]), prior_strength=1.0,
+        prior_strength_by_k={"random": {1: 1.0, 3: 0.3}}, personalize_by_k={"random": {1: False, 3: True}},
+        prior_mode="random", inference="bayes", inference_steps=STEPS, inference_learning_rate=0.1,
+    )
+    reward = pluralign.load(path).reward(capacity=8)
+    items = np.asarray(data.items, np.float32)
+    population = np.asarray(reward.infer(Support(e_a=items[:0], e_b=items[:0])))
+    episodes = fewshot.make_episodes(data.comparisons, split.unseen_test[:2], max_shots=6, mode="random", seed=1)
+    adapt = fewshot.make_adapt_and_predict(trained.graphdef, STEPS, 0.1, "bayes")
+    support, query = padded_batch(data.comparisons, episodes.pool), padded_batch(data.comparisons, episodes.query)
+    expected, _ = adapt(trained.params, b["tables"], support, jnp.int32(3), query, jnp.float32(0.3), jnp.asarray(split.seen))
+    for u in range(2):
+        c2, c3 = (data.comparisons.take(episodes.pool[u, :k]) for k in (2, 3))
+        two = np.asarray(reward.infer(Support(e_a=items[c2.a], e_b=items[c2.b], label=c2.label)))
+        np.testing.assert_allclose(two, population, atol=1e-6)
+        three = np.asarray(reward.infer(Support(e_a=items[c3.a], e_b=items[c3.b], label=c3.label)))
+        np.testing.assert_allclose(three, expected[u], rtol=1e-5, atol=1e-5)
+        assert np.abs(three - population).max() > 1e-3  # the gate did let the answers count
+
+
 @pytest.mark.slow
 def test_online_updates_equal_batch_inference(setup):
     data = setup["data"]

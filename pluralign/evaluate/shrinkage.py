@@ -1,0 +1,282 @@
+"""How far to trust a new user's answers, decided from enough evidence (DESIGN §6).
+
+A personalized model's few-shot inference has one free setting, the prior's scale: a multiplier
+c of the fitted prior precision (`eval.inference=bayes`) or an isotropic precision (`map`). Too
+weak a prior and one answer throws a user far from the population; too strong and twenty answers
+change nothing. And at some (split mode, k) personalizing does not pay at all: on dense rating
+data the support's items say nothing about the query's in `item_disjoint` mode when users differ
+only in idiosyncratic item effects. Choosing either on ~25 unseen-val users from five grid values
+is noise (measured on held-back real text data: 3.8 points below BT, the choice on the grid's
+edge). Here both are decided on hundreds of users:
+
+**Calibration users.** Every seen user, scored on their *held-out* comparisons (the seen-pair
+validation and test rows: never trained on), plus the unseen-val users on all of theirs. Each is
+treated as a new user: episodes are drawn from those rows in the evaluation's own split mode
+(`fewshot.make_episodes`), the state is inferred from k support pairs by the evaluation's own
+inference (θ frozen, the user's learned state ignored), and the query pairs are scored. One
+episode per training seed, pooled over seeds.
+
+**The scale** (per mode and k): each calibration user's query log-loss on a log-spaced grid of
+settings (`eval.prior_scales` / `eval.prior_strengths`, wide: 10⁻³…10³ by default), the pooled
+mean log-loss minimised continuously (a parabola in log c through the best grid point and its
+neighbours), then scored exactly at that setting. The population pin (c → ∞) is the other limit,
+reached through the gate.
+
+**The gate** (per mode and k): personalize only where the calibration users show a gain in
+log-loss over the population prediction (the same model with no answers, pinned to its
+population state; for a population-anchored model that is its shared BT reward) whose paired
+bootstrap interval over users lies above zero, and no loss in accuracy. The gain is *cross-fitted*:
+the users are split in two folds and each fold is scored at the scale fitted on the other, so the
+setting is never judged on the users it was fitted to. Where fewer than `eval.gate_min_users`
+users reach k, no decision is made there and the nearest decided k below applies
+(`setting_at`); below every decided k a new user gets the population.
+
+Unseen-val users then only confirm, and unseen-test users are scored with these decisions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pluralign.data.format import Comparisons
+from pluralign.evaluate import metrics
+from pluralign.evaluate.fewshot import POPULATION_PIN, Episodes, make_episodes
+from pluralign.models import base
+from pluralign.train.batches import padded_batch
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """One (split mode, k) decision and its evidence (results.json `unseen.shrinkage`)."""
+
+    k: int
+    prior_scale: float  # the fitted setting (a precision multiplier under bayes, a precision under map)
+    personalize: bool  # the gate: False = the population prediction at this k
+    n_users: dict  # calibration users who reached k: {"seen": ..., "unseen_val": ...}
+    n_query_pairs: int  # their scored query pairs, pooled over seeds
+    log_loss: dict  # mean query log-loss {"population": ..., "personalized": ...} at prior_scale
+    accuracy: dict  # the same for accuracy
+    gain_log_loss: float  # cross-fitted population − personalized mean log-loss
+    gain_log_loss_ci95: list  # its paired bootstrap interval over users
+    gain_accuracy: float  # cross-fitted personalized − population accuracy
+    grid: list  # the settings scored
+    grid_log_loss: list  # pooled mean log-loss at each
+    reason: str  # the decision in words
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def grid(model: base.PreferenceModel, inference: str, prior_scales, prior_strengths) -> list[float]:
+    """The settings to score: the bayes multipliers or the map precisions; one value where the
+    model's inference ignores the setting (VPL's amortised encoder), since only the gate is left."""
+    values = list(prior_scales if inference == "bayes" and model.fits_user_state else prior_strengths)
+    return values if model.uses_prior_strength else values[:1]
+
+
+def setting_at(decisions: dict, k: int) -> tuple[float, bool] | None:
+    """(scale, personalize) for a user with k answers: the decision at the largest decided k' ≤ k;
+    None below every decided k (or with no decision), where the population applies."""
+    below = [kk for kk in decisions if int(kk) <= k]
+    if not below:
+        return None
+    d = decisions[max(below, key=int)]
+    return (d.prior_scale, d.personalize) if isinstance(d, Decision) else (float(d["prior_scale"]), bool(d["personalize"]))
+
+
+# --- calibration episodes ------------------------------------------------------------------
+
+
+def calibration_episodes(comparisons: Comparisons, held_out_rows: np.ndarray, val_users: np.ndarray, *,
+                         max_shots: int, mode: str, seed: int) -> tuple[Episodes, np.ndarray]:
+    """Episodes of the calibration users in `mode`: seen users' episodes drawn from their held-out
+    rows only, unseen-val users' from all their rows; rows index `comparisons`. Returns
+    (episodes, [U] bool: the user is a seen one)."""
+    held_out_rows = np.asarray(held_out_rows, np.int64)
+    parts = []
+    if len(held_out_rows):
+        subset = comparisons.take(held_out_rows)
+        seen = make_episodes(subset, np.unique(subset.user), max_shots=max_shots, mode=mode, seed=seed)
+        to_rows = lambda r: np.where(r >= 0, held_out_rows[np.maximum(r, 0)], -1)  # noqa: E731
+        parts.append(dataclasses.replace(seen, pool=to_rows(seen.pool), query=to_rows(seen.query)))
+    if len(val_users):
+        parts.append(make_episodes(comparisons, np.asarray(val_users), max_shots=max_shots, mode=mode, seed=seed + 1))
+    is_seen = np.concatenate([np.full(len(p.users), i == 0 and len(held_out_rows) > 0) for i, p in enumerate(parts)])
+    width = lambda name: max(getattr(p, name).shape[1] for p in parts)  # noqa: E731
+    pad = lambda name: np.concatenate([np.pad(getattr(p, name), ((0, 0), (0, width(name) - getattr(p, name).shape[1])),  # noqa: E731
+                                              constant_values=-1) for p in parts])
+    episodes = Episodes(users=np.concatenate([p.users for p in parts]), pool=pad("pool"), query=pad("query"),
+                        pool_size=np.concatenate([p.pool_size for p in parts]))
+    return episodes, is_seen
+
+
+# --- scoring: per-user sums on the grid -----------------------------------------------------
+
+
+@dataclasses.dataclass
+class Scores:
+    """Per-user sums (over seeds) of one (mode, k): the population's, and each grid setting's."""
+
+    ids: np.ndarray  # [U] calibration users, sorted
+    is_seen: np.ndarray  # [U] bool
+    population: dict  # metrics.per_user_sums of the population prediction
+    on_grid: list  # [G] per_user_sums at each grid setting
+
+
+def _add(a: dict | None, b: dict) -> dict:
+    return dict(b) if a is None else {name: a[name] + b[name] for name in a}
+
+
+def score_grid(adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users, seen_users,
+               shots: list[int], mode: str, seeds: list[int], settings: list[float]) -> dict[int, Scores]:
+    """{k: Scores} for every k some calibration user reaches, pooled over the seeds (params carry
+    a leading seed axis; one episode per seed)."""
+    scores: dict[int, Scores] = {}
+    for seed_index, seed in enumerate(seeds):
+        episode_seed = int(np.random.SeedSequence([seed, 7919]).generate_state(1)[0])
+        ep, is_seen = calibration_episodes(comparisons, held_out_rows, val_users, max_shots=max(shots), mode=mode,
+                                           seed=episode_seed)
+        ids = np.sort(ep.users)
+        is_seen_sorted = is_seen[np.argsort(ep.users)]
+        seed_params = jax.tree.map(lambda x: x[seed_index], params)
+        pool, query = padded_batch(comparisons, ep.pool), padded_batch(comparisons, ep.query)
+        label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
+        predict = lambda k, s: np.asarray(adapt_and_predict(  # noqa: E731
+            seed_params, tables, pool, jnp.int32(k), query, jnp.float32(s), seen_users)[1])
+        population = predict(0, POPULATION_PIN)
+        has_query = (ep.query >= 0).any(axis=1)
+        for k in shots:
+            eligible = (ep.pool_size >= k) & has_query
+            if not eligible.any():
+                continue
+            w = (weight * eligible[:, None]).ravel()
+            sums = lambda z: metrics.per_user_sums(z.ravel(), label.ravel(), w, user.ravel(), ids)  # noqa: E731
+            entry = scores.setdefault(k, Scores(ids=ids, is_seen=is_seen_sorted, population=None, on_grid=[None] * len(settings)))
+            entry.population = _add(entry.population, sums(population))
+            entry.on_grid = [_add(old, sums(predict(k, s))) for old, s in zip(entry.on_grid, settings)]
+    return scores
+
+
+def score_at(adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users, seen_users,
+             k: int, mode: str, seeds: list[int], setting: float, max_shots: int) -> dict:
+    """Per-user sums (over seeds) of k-shot predictions at one setting, on the calibration users
+    (the same episodes as `score_grid`)."""
+    total = None
+    for seed_index, seed in enumerate(seeds):
+        episode_seed = int(np.random.SeedSequence([seed, 7919]).generate_state(1)[0])
+        ep, _ = calibration_episodes(comparisons, held_out_rows, val_users, max_shots=max_shots, mode=mode,
+                                     seed=episode_seed)
+        ids = np.sort(ep.users)
+        seed_params = jax.tree.map(lambda x: x[seed_index], params)
+        pool, query = padded_batch(comparisons, ep.pool), padded_batch(comparisons, ep.query)
+        label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
+        z = np.asarray(adapt_and_predict(seed_params, tables, pool, jnp.int32(k), query, jnp.float32(setting), seen_users)[1])
+        eligible = (ep.pool_size >= k) & (ep.query >= 0).any(axis=1)
+        w = (weight * eligible[:, None]).ravel()
+        total = _add(total, metrics.per_user_sums(z.ravel(), label.ravel(), w, user.ravel(), ids))
+    return total
+
+
+# --- deciding -------------------------------------------------------------------------------
+
+
+def _mean_log_loss(sums: dict, users: np.ndarray) -> float:
+    return float(sums["log_loss_sum"][users].sum() / max(sums["weight"][users].sum(), 1e-12))
+
+
+def refine_minimum(settings: list[float], losses: list[float]) -> float:
+    """The minimiser of a loss curve over log-spaced settings, continuously: the vertex of the
+    parabola in log(setting) through the best grid point and its two neighbours, kept inside them
+    (the best grid point itself at an edge of the grid, or where the curve is not convex there)."""
+    log_s, losses = np.log(np.asarray(settings, np.float64)), np.asarray(losses, np.float64)
+    order = np.argsort(log_s)
+    log_s, losses = log_s[order], losses[order]
+    i = int(np.argmin(losses))
+    if i == 0 or i == len(losses) - 1:
+        return float(np.exp(log_s[i]))
+    x, y = log_s[i - 1 : i + 2], losses[i - 1 : i + 2]
+    a, b, _ = np.polyfit(x, y, 2)
+    if a <= 0:
+        return float(np.exp(log_s[i]))
+    return float(np.exp(np.clip(-b / (2 * a), x[0], x[2])))
+
+
+def _interpolated(scores: Scores, settings: list[float], value: float, name: str) -> np.ndarray:
+    """Per-user sums `name` at `value`, linear in log(setting) between the grid's values."""
+    log_s = np.log(np.asarray(settings, np.float64))
+    stacked = np.stack([g[name] for g in scores.on_grid])  # [G, U]
+    order = np.argsort(log_s)
+    x = np.clip(np.log(value), log_s[order][0], log_s[order][-1])
+    return np.array([np.interp(x, log_s[order], stacked[order, u]) for u in range(stacked.shape[1])])
+
+
+def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, min_users: int = 20,
+           level: float = 0.95, exact: dict | None = None, setting: float | None = None) -> Decision:
+    """The (mode, k) decision from the calibration users' per-user sums (`score_grid`).
+
+    `setting` / `exact`: the refined setting and the per-user sums scored exactly there (else the
+    refined setting's sums are interpolated on the grid)."""
+    users = np.flatnonzero(scores.population["weight"] > 0)
+    population = scores.population
+    grid_loss = [_mean_log_loss(g, users) for g in scores.on_grid]
+    setting = refine_minimum(settings, grid_loss) if setting is None else setting
+    at = exact if exact is not None else {name: _interpolated(scores, settings, setting, name) for name in population}
+
+    # Cross-fitted gain: users in two folds (a fixed random split), each scored at the setting fitted on the other.
+    fold = np.random.default_rng(0).permutation(len(scores.ids)) % 2
+    gain_ll, gain_correct = np.zeros(len(scores.ids)), np.zeros(len(scores.ids))
+    for f in (0, 1):
+        mine, other = users[fold[users] == f], users[fold[users] != f]
+        fitted = (refine_minimum(settings, [_mean_log_loss(g, other) for g in scores.on_grid]) if len(settings) > 1
+                  and len(other) else setting)
+        ll = _interpolated(scores, settings, fitted, "log_loss_sum") if len(settings) > 1 else scores.on_grid[0]["log_loss_sum"]
+        correct = _interpolated(scores, settings, fitted, "correct") if len(settings) > 1 else scores.on_grid[0]["correct"]
+        gain_ll[mine] = population["log_loss_sum"][mine] - ll[mine]
+        gain_correct[mine] = correct[mine] - population["correct"][mine]
+
+    weight, decided = population["weight"], population["n"]
+    gain = float(gain_ll[users].sum() / max(weight[users].sum(), 1e-12))
+    low, high = metrics.bootstrap_ratio_interval(gain_ll[users], weight[users], level=level)
+    gain_acc = float(gain_correct[users].sum() / max(decided[users].sum(), 1e-12))
+    n_users = {"seen": int(scores.is_seen[users].sum()), "unseen_val": int((~scores.is_seen[users]).sum())}
+    if not gate:
+        personalize, reason = True, "gate off (eval.gate=false): personalized at every k"
+    elif len(users) < min_users:
+        personalize, reason = False, f"only {len(users)} calibration users reach k={k} (eval.gate_min_users={min_users})"
+    elif low is None or low <= 0:
+        personalize, reason = False, f"log-loss gain {gain:+.4f}, {level:.0%} interval [{low:+.4f}, {high:+.4f}] not above 0"
+    elif gain_acc < 0:
+        personalize, reason = False, f"log-loss gain {gain:+.4f} [{low:+.4f}, {high:+.4f}] but accuracy {gain_acc:+.4f}"
+    else:
+        personalize, reason = True, f"log-loss gain {gain:+.4f} [{low:+.4f}, {high:+.4f}], accuracy {gain_acc:+.4f}"
+    acc = lambda s: float(s["correct"][users].sum() / max(s["n"][users].sum(), 1e-12))  # noqa: E731
+    return Decision(
+        k=int(k), prior_scale=float(setting), personalize=bool(personalize), n_users=n_users,
+        n_query_pairs=int(round(decided[users].sum())),
+        log_loss={"population": _mean_log_loss(population, users), "personalized": _mean_log_loss(at, users)},
+        accuracy={"population": acc(population), "personalized": acc(at)},
+        gain_log_loss=gain, gain_log_loss_ci95=[low, high], gain_accuracy=gain_acc,
+        grid=[float(s) for s in settings], grid_log_loss=grid_loss, reason=reason,
+    )
+
+
+def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users, seen_users,
+              shots: list[int], mode: str, seeds: list[int], settings: list[float], gate: bool = True,
+              min_users: int = 20, level: float = 0.95) -> dict[int, Decision]:
+    """{k: Decision} in `mode` for every k that enough calibration users reach (see the module
+    docstring): the grid scored per user, the setting refined and scored exactly, the gate."""
+    common = dict(held_out_rows=held_out_rows, val_users=val_users, seen_users=seen_users, mode=mode, seeds=seeds)
+    decisions = {}
+    for k, scores in score_grid(adapt_and_predict, params, tables, comparisons, shots=shots, settings=settings,
+                                **common).items():
+        users = np.flatnonzero(scores.population["weight"] > 0)
+        if len(users) < min_users and decisions:
+            continue  # too few users: the nearest decided k below applies
+        setting = refine_minimum(settings, [_mean_log_loss(g, users) for g in scores.on_grid])
+        exact = score_at(adapt_and_predict, params, tables, comparisons, k=k, setting=setting, max_shots=max(shots),
+                         **common) if setting not in settings else scores.on_grid[settings.index(setting)]
+        decisions[k] = decide(k, scores, settings, gate=gate, min_users=min_users, level=level, exact=exact, setting=setting)
+    return decisions

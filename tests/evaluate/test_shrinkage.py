@@ -1,0 +1,153 @@
+"""How far to trust a new user (pluralign.evaluate.shrinkage): the scale fitted continuously on
+calibration users, the gate that personalizes only on evidence, and the run's wiring (never a
+test user in calibration)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pluralign.data.synthetic import IdealPointConfig
+from pluralign.evaluate import fewshot, shrinkage
+from pluralign.evaluate.fewshot import EvalConfig
+from pluralign.evaluate.shrinkage import Decision, Scores
+from pluralign.models import PALConfig
+from pluralign.run import RunConfig, run
+from pluralign.train.trainer import TrainConfig
+
+SETTINGS = [0.01, 0.1, 1.0, 10.0, 100.0]
+
+
+def test_refine_minimum_is_continuous_and_stays_in_the_grid():
+    settings = np.exp(np.linspace(-4, 4, 9))
+    curve = 0.5 + 0.01 * (np.log(settings) - np.log(0.7)) ** 2  # minimum between grid points
+    assert shrinkage.refine_minimum(list(settings), list(curve)) == pytest.approx(0.7, rel=1e-6)
+    assert shrinkage.refine_minimum(list(settings), list(-np.log(settings))) == pytest.approx(settings[-1])  # at the edge
+    flat = [0.5, 0.4, 0.4, 0.4, 0.5]  # the vertex never leaves the best point's neighbours
+    assert 0.01 <= shrinkage.refine_minimum(SETTINGS, flat) <= 1.0
+
+
+def scores(n_users: int, gain_per_pair, rng, pairs: int = 10, noise: float = 0.3) -> Scores:
+    """Per-user sums where the personalized log-loss at setting s is the population's minus
+    gain_per_pair(s) per pair, plus per-user noise; accuracy follows the same gain."""
+    pop_ll = np.full(n_users, 0.6 * pairs)
+    noise_u = rng.normal(0, noise, n_users)
+    population = {"n": np.full(n_users, float(pairs)), "correct": np.full(n_users, 0.7 * pairs),
+                  "weight": np.full(n_users, float(pairs)), "log_loss_sum": pop_ll}
+    on_grid = []
+    for s in SETTINGS:
+        g = gain_per_pair(s) * pairs
+        on_grid.append({"n": population["n"], "correct": population["correct"] + g * 0.5,
+                        "weight": population["weight"], "log_loss_sum": pop_ll - g + noise_u})
+    return Scores(ids=np.arange(n_users), is_seen=np.arange(n_users) < n_users - 20, population=population, on_grid=on_grid)
+
+
+def test_gate_personalizes_where_users_gain_and_not_where_they_do_not():
+    rng = np.random.default_rng(0)
+    helps = shrinkage.decide(5, scores(300, lambda s: 0.05 - 0.01 * np.log10(s) ** 2, rng), SETTINGS)
+    assert helps.personalize and helps.gain_log_loss > 0.03 and helps.gain_log_loss_ci95[0] > 0
+    assert helps.prior_scale == pytest.approx(1.0, rel=0.05)  # the curve's vertex
+    assert helps.n_users == {"seen": 280, "unseen_val": 20}
+    assert helps.log_loss["personalized"] < helps.log_loss["population"]
+
+    # Personalizing hurts at every setting: the gate keeps the population, and says why.
+    hurts = shrinkage.decide(5, scores(300, lambda s: -0.02 / (1 + s), rng), SETTINGS)
+    assert not hurts.personalize and "not above 0" in hurts.reason
+
+    # A gain that is noise (zero on average, different per user) does not switch it on either.
+    noisy = scores(300, lambda s: 0.0, rng, noise=2.0)
+    assert not shrinkage.decide(5, noisy, SETTINGS).personalize
+
+    # Too few users to decide on: population, whatever the gain.
+    few = shrinkage.decide(5, scores(12, lambda s: 0.05, rng), SETTINGS, min_users=20)
+    assert not few.personalize and "gate_min_users" in few.reason
+    # With the gate off the fitted scale is used at every k.
+    assert shrinkage.decide(5, scores(300, lambda s: -0.02, rng), SETTINGS, gate=False).personalize
+
+
+def test_the_gain_is_cross_fitted():
+    """A setting that wins on every user only through each user's own noise draw gives no
+    cross-fitted gain: with one fold's best setting scored on the other, the noise does not pay."""
+    rng = np.random.default_rng(1)
+    n = 400
+    population = {"n": np.full(n, 10.0), "correct": np.full(n, 7.0), "weight": np.full(n, 10.0),
+                  "log_loss_sum": np.full(n, 6.0)}
+    # each user's loss is lower than the population at exactly one random grid setting, higher at the others
+    best = rng.integers(0, len(SETTINGS), n)
+    on_grid = [{**population, "log_loss_sum": 6.0 + np.where(best == g, -1.0, 0.3)} for g in range(len(SETTINGS))]
+    d = shrinkage.decide(3, Scores(ids=np.arange(n), is_seen=np.ones(n, bool), population=population, on_grid=on_grid),
+                         SETTINGS)
+    assert not d.personalize and d.gain_log_loss < 0
+
+
+def test_setting_and_gate_at_k():
+    decision = lambda k, s, on: Decision(k, s, on, {}, 0, {}, {}, 0.0, [0, 0], 0.0, [], [], "")  # noqa: E731
+    decisions = {1: decision(1, 5.0, False), 5: decision(5, 0.5, True)}
+    assert shrinkage.setting_at(decisions, 0) is None  # below every decided k: the population
+    assert shrinkage.setting_at(decisions, 3) == (5.0, False)
+    assert shrinkage.setting_at(decisions, 50) == (0.5, True)
+    assert shrinkage.setting_at({"5": {"prior_scale": 0.5, "personalize": True}}, 7) == (0.5, True)  # results.json form
+    gates = {1: False, 5: True}
+    assert [fewshot.gate_at(gates, k) for k in (0, 1, 4, 5, 20)] == [False, False, False, True, True]
+    assert fewshot.gate_at(None, 1)
+
+
+def test_calibration_episodes_use_held_out_rows_of_seen_users_and_all_rows_of_val_users(tiny_dataset):
+    c = tiny_dataset.comparisons
+    users = np.unique(c.user)
+    seen, val = users[: len(users) // 2], users[len(users) // 2 : len(users) // 2 + 5]
+    seen_rows = np.flatnonzero(np.isin(c.user, seen))
+    held_out = np.sort(np.random.default_rng(0).choice(seen_rows, len(seen_rows) // 3, replace=False))
+    for mode in ("random", "item_disjoint"):
+        ep, is_seen = shrinkage.calibration_episodes(c, held_out, val, max_shots=20, mode=mode, seed=0)
+        assert set(ep.users[is_seen]) <= set(seen) and set(ep.users[~is_seen]) == set(val)
+        for u, flag, pool, query in zip(ep.users, is_seen, ep.pool, ep.query):
+            rows = np.concatenate([pool[pool >= 0], query[query >= 0]])
+            assert (c.user[rows] == u).all()
+            assert set(rows) <= set(held_out) if flag else True
+            assert not set(pool[pool >= 0]) & set(query[query >= 0])
+        assert (~is_seen).sum() == len(val)
+
+
+def test_run_calibrates_on_seen_held_out_and_val_users_and_scores_test_users_with_its_decisions(tmp_path, monkeypatch):
+    """The run hands calibration only seen users' held-out rows and unseen-val users, never a
+    test user; val and test users are then scored with the decided scales and gates."""
+    calls, scored = [], []
+
+    def fake_calibrate(adapt, params, tables, comparisons, *, held_out_rows, val_users, mode, shots, **_):
+        calls.append((np.asarray(held_out_rows), np.asarray(val_users), mode))
+        on = mode == "random"
+        d = lambda k, s, p: Decision(k, s, p, {"seen": 1, "unseen_val": 1}, 1, {}, {}, 0.0, [0, 0], 0.0, [], [], "fake")  # noqa: E731
+        return {1: d(1, 3.0, False), 5: d(5, 0.3 if on else 1.0, on)}
+
+    def fake_evaluate_unseen(adapt, params, tables, comparisons, users, *, shots, mode, prior_strength, personalize, **_):
+        scored.append((np.asarray(users), mode, prior_strength, personalize))
+        return {k: {"accuracy": 0.7, "accuracy_std": 0.0, "log_loss": 0.5, "n_users": len(users)} for k in shots}
+
+    monkeypatch.setattr(shrinkage, "calibrate", fake_calibrate)
+    monkeypatch.setattr(fewshot, "evaluate_unseen", fake_evaluate_unseen)
+    config = RunConfig(
+        model=PALConfig(name="pal_a", n_prototypes=2, latent_dim=4),
+        data=IdealPointConfig(n_users=40, n_items=100, comparisons_per_user=20, dim=16, seed=0),
+        train=TrainConfig(progress=False, max_epochs=1, batch_size=128, checkpoint=False),
+        eval=EvalConfig(shots=[1, 5], modes=["random", "item_disjoint"], draws=1, inference="map"),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    results = run(config, tmp_path / "run")
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    from pluralign.data.sources import load_dataset
+    user = load_dataset(config.data, config.cache_dir).comparisons.user
+    assert [m for *_, m in calls] == ["random", "item_disjoint"]
+    for rows, val, _ in calls:
+        assert set(user[rows]) <= set(split["seen"]) and len(rows) > 0
+        np.testing.assert_array_equal(np.sort(val), np.sort(split["unseen_val"]))
+    test_calls = [(m, s, p) for users, m, s, p in scored if set(users) == set(split["unseen_test"])]
+    assert sorted(test_calls, key=lambda c: c[0]) == [
+        ("item_disjoint", {1: 3.0, 5: 1.0}, {1: False, 5: False}), ("random", {1: 3.0, 5: 0.3}, {1: False, 5: True})]
+    assert {m for users, m, *_ in scored if set(users) == set(split["unseen_val"])} == {"random", "item_disjoint"}
+    assert len(scored) == 4  # val and test, once per mode: no per-candidate val curves any more
+    unseen = results["unseen"]
+    assert unseen["personalize_by_k"] == {"random": {1: False, 5: True}, "item_disjoint": {1: False, 5: False}}
+    assert unseen["shrinkage"]["random"][5]["reason"] == "fake"
