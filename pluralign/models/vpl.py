@@ -9,12 +9,25 @@ set C = {(x_j, a_j, b_j, y_j)} of their comparisons:
     self-attention    h'_j = Σ_i softmax_i(q_j·k_i / √H) v_i   (masked keys)        [C, H]
     mean-pool         h̄ = Σ_j m_j h'_j / Σ_j m_j                                  [H]
     posterior         μ = clip(W_μ h̄),  log σ² = clip(W_σ h̄),  q(z|C) = N(μ, σ²)   [L]
-    decoder           r(x, y, z) = MLP_dec([ẽ_x; e_y; n(z)])
+    decoder           D(x, y, z) = MLP_dec([ẽ_x; e_y; n(z)])
+    reward (anchor)   r(x, y, z) = r_θ(x, y) + g(x, y, z),   g(x, y, z) = D(x, y, z) − D(x, y, 0)
+    reward (paper)    r(x, y, z) = D(x, y, z)                                    (`anchor=False`)
     P(a ≻ b | z)      = σ(r(x, a, z) − r(x, b, z))
     loss              −log σ(Δr) + β(step)·KL(q(z|C) ‖ N(0, I)),   z = μ + σ·ε
 
 ẽ_x is the prompt embedding, or the learned null prompt where there is none, so the
-decoder is prompt-aware and with z ignored it is exactly BT's reward.
+decoder is prompt-aware. r_θ = MLP([ẽ_x; e_y]) is BT's reward, computed by a `BT` module
+(its own null prompt and MLP, BT's code), trained jointly by the same loss on every comparison.
+
+Population anchor (DESIGN §4, §6; the default): g(x, y, 0) = 0, so at z = 0 — the prior
+mean, the state of a user with no answers (an empty context gives exactly μ = 0) — the
+reward IS r_θ, the population BT model, and a user's latent moves them away from it only as
+far as their context does (LoRe's residual, `lore.py`, with an amortised posterior). The
+personal part keeps the paper's decoder, nonlinear in z (the linear alternative g = zᵀB(x, y)
+would be lore's head); subtracting D(x, y, 0) only removes its z-independent part, which
+r_θ carries. g is set to 0 where n(z) = 0 exactly, so z = 0 is BT bit for bit and not up
+to rounding (D(z) and D(0) may be compiled with different shapes). `anchor=False` is the
+paper's decoder, unchanged (same parameters, same numbers).
 
 Decisions (deviations from the reference code, on purpose):
 - Soft labels: a context pair is encoded in both orders and the two are weighted by
@@ -56,6 +69,7 @@ from pluralign.models.base import (
     user_context,
     weighted_metrics,
 )
+from pluralign.models.bt import BT, BTConfig
 from pluralign.numerics import binary_entropy
 
 
@@ -77,6 +91,8 @@ class VPLConfig:
     logvar_min: float = -6.0
     logvar_max: float = 2.0
     normalize_z: bool = False  # n(z): identity, or z/‖z‖·√L (used in training AND evaluation)
+    anchor: bool = True  # r = r_θ + D(z) − D(0), z = 0 is BT; False: r = D(z), the paper's decoder
+    population_hidden: list[int] = dataclasses.field(default_factory=lambda: [64])  # r_θ's hidden layers (BT's `hidden`)
 
     def __post_init__(self):
         if self.beta_schedule not in ("constant", "linear", "cyclical"):
@@ -106,6 +122,7 @@ class VPLSettings:
     logvar_min: float
     logvar_max: float
     normalize_z: bool
+    anchor: bool
 
     @classmethod
     def of(cls, config: VPLConfig) -> VPLSettings:
@@ -148,10 +165,13 @@ class VPL(PreferenceModel):
         self.mu_head = nnx.Linear(H, L, rngs=rngs)
         self.logvar_head = nnx.Linear(H, L, rngs=rngs)
         self.decoder = MLP(2 * dims.dim + L, tuple(config.decoder_hidden), 1, rngs=rngs)
+        if config.anchor:  # built last, so the modules above draw the same initial values in both modes
+            self.population = BT(BTConfig(hidden=list(config.population_hidden)), dims, rngs=rngs)  # r_θ
 
     # --- user-independent features: first-layer pre-activations, split by input block
     def pair_features(self, pair: PairEmbeddings) -> dict:
-        """Encoder inputs in both orders and decoder inputs of a and b, before z: [B, ·] each."""
+        """Encoder inputs in both orders and decoder inputs of a and b, before z: [B, ·] each;
+        anchored, also "population": r_θ(x, a) − r_θ(x, b) [B], BT's own pair features."""
         D = pair.e_a.shape[-1]
         e_x = self.null_prompt(pair.e_x, pair.has_prompt)  # [B, D]
         enc = self.pair_encoder.layers[0]
@@ -160,12 +180,15 @@ class VPL(PreferenceModel):
         dec = self.decoder.layers[0]
         dk = dec.kernel[...]  # [2D + L, H_dec]
         dec_x = e_x @ dk[:D] + dec.bias[...][None]
-        return {
+        features = {
             "enc_ab": enc_x + pair.e_a @ ek[D : 2 * D] + pair.e_b @ ek[2 * D :],
             "enc_ba": enc_x + pair.e_b @ ek[D : 2 * D] + pair.e_a @ ek[2 * D :],
             "dec_a": dec_x + pair.e_a @ dk[D : 2 * D],
             "dec_b": dec_x + pair.e_b @ dk[D : 2 * D],
         }
+        if self.settings.anchor:
+            features["population"] = self.population.pair_features(pair)  # [B]
+        return features
 
     # --- encoder: context set -> q(z | C)
     def posterior(self, features: dict, labels: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -205,9 +228,29 @@ class VPL(PreferenceModel):
         z_part = z_part.reshape((1,) * (dec_pre.ndim - z_part.ndim) + z_part.shape)
         return self.decoder.after_first_layer(dec_pre + z_part)[..., 0]
 
+    def _personal(self, z: jax.Array, dec_pre: jax.Array) -> jax.Array:
+        """g = D(z) − D(0) [...], as `_decode`; exactly 0 where n(z) = 0 (see the module docstring)."""
+        moved = self._decode(z, dec_pre)
+        at_zero = self.decoder.after_first_layer(dec_pre)[..., 0]
+        at_zero = at_zero.reshape((1,) * (moved.ndim - at_zero.ndim) + at_zero.shape)
+        nonzero = jnp.any(self.normalize(z) != 0, axis=-1)
+        nonzero = nonzero.reshape((1,) * (moved.ndim - nonzero.ndim) + nonzero.shape)
+        return jnp.where(nonzero, moved - at_zero, 0.0)
+
+    def _latent_reward(self, z: jax.Array, dec_pre: jax.Array, population: jax.Array | None) -> jax.Array:
+        """r(x, y, z) [...]: r_θ (`population`, the shape of the result; None when not anchored) + g,
+        or the paper's D(z)."""
+        if not self.settings.anchor:
+            return self._decode(z, dec_pre)
+        return population + self._personal(z, dec_pre)
+
     def latent_logits(self, z: jax.Array, features: dict) -> jax.Array:
         """Logits of P(a ≻ b | z) for latents z [..., L] broadcast against features [..., ·]."""
-        return self._decode(z, features["dec_a"]) - self._decode(z, features["dec_b"])
+        if not self.settings.anchor:
+            return self._decode(z, features["dec_a"]) - self._decode(z, features["dec_b"])
+        personal = self._personal(z, features["dec_a"]) - self._personal(z, features["dec_b"])  # [..., B]
+        shared = features["population"]  # [B] r_θ(a) − r_θ(b)
+        return shared.reshape((1,) * (personal.ndim - shared.ndim) + shared.shape) + personal
 
     def pair_logits(self, user_state, features):
         return self.latent_logits(user_state[..., : self.settings.latent_dim], features)  # posterior mean
@@ -304,18 +347,22 @@ class VPL(PreferenceModel):
 
     # --- rewards and uncertainty
     def reward(self, user_state, e_x, has_prompt, e_y, reference_y: jax.Array | None = None):
-        """[B] reward r(x, y, n(μ_u)); with `reference_y` [R, D] the *scaled* reward instead:
+        """[B] reward r(x, y, n(μ_u)) (anchored: r_θ + g); with `reference_y` [R, D] the *scaled* reward instead:
         the expected win probability of y against the reference responses under the
         user's latent, mean_j σ(r(x, y, z) − r(x, y_j, z)) ∈ (0, 1), comparable across users."""
         D = e_y.shape[-1]
         dk = self.decoder.layers[0].kernel[...]
         dec_x = self.null_prompt(e_x, has_prompt) @ dk[:D] + self.decoder.layers[0].bias[...][None]  # [B, H]
         mu = user_state[..., : self.settings.latent_dim]
-        r_y = self._decode(mu, dec_x + e_y @ dk[D : 2 * D])  # [B]
+        anchored = self.settings.anchor
+        shared_y = self.population.reward(user_state, e_x, has_prompt, e_y) if anchored else None  # [B] r_θ
+        r_y = self._latent_reward(mu, dec_x + e_y @ dk[D : 2 * D], shared_y)  # [B]
         if reference_y is None:
             return r_y
         ref_pre = dec_x[:, None, :] + (reference_y @ dk[D : 2 * D])[None]  # [B, R, H]
-        r_ref = self._decode(mu[:, None, :], ref_pre)  # [B, R]
+        e_ref = jnp.broadcast_to(reference_y[None], (e_y.shape[0], *reference_y.shape))  # [B, R, D]
+        shared_ref = self.population.rewards(user_state, e_x, has_prompt, e_ref) if anchored else None  # [B, R]
+        r_ref = self._latent_reward(mu[:, None, :], ref_pre, shared_ref)  # [B, R]
         return jnp.mean(jax.nn.sigmoid(r_y[:, None] - r_ref), axis=-1)
 
     def rewards(self, user_state, e_x, has_prompt, e_y):
@@ -325,13 +372,16 @@ class VPL(PreferenceModel):
         dk = self.decoder.layers[0].kernel[...]
         dec_x = self.null_prompt(e_x, has_prompt) @ dk[:D] + self.decoder.layers[0].bias[...][None]  # [B, H]
         mu = user_state[..., : self.settings.latent_dim]
-        return self._decode(mu[:, None, :], dec_x[:, None, :] + e_y @ dk[D : 2 * D])  # [B, N]
+        shared = self.population.rewards(user_state, e_x, has_prompt, e_y) if self.settings.anchor else None  # [B, N] r_θ
+        return self._latent_reward(mu[:, None, :], dec_x[:, None, :] + e_y @ dk[D : 2 * D], shared)  # [B, N]
 
     def describe_user_states(self, states):
         mean, log_variance = self.split_state(states)
         return {
             "posterior_mean": (mean, "μ_u ∈ R^L: mean of q(z | C_u), VPL's posterior over user u's latent given their "
-                                     "training comparisons; the decoder scores responses with n(μ_u)."),
+                                     "training comparisons; responses are scored with n(μ_u) (anchored: the "
+                                     "population BT reward plus the decoder's change from z = 0, so μ_u = 0 is "
+                                     "the population)."),
             "posterior_variance": (jnp.exp(log_variance), "σ²_u ∈ R^L: variance of q(z | C_u) per latent dimension "
                                                            "(small = the context pins the user down)."),
         }

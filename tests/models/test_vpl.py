@@ -1,6 +1,7 @@
 """VPL: shapes, the KL and β schedule, context sampling, amortised inference, rewards,
-save → load, and what it learns end to end (beats BT on hidden types; reduces to BT
-with one type and β = 0). About 30 s on 2 CPU cores."""
+the population anchor (z = 0 is BT exactly; `anchor=False` is the paper's decoder), save → load,
+and what it learns (a short fit personalizes; end to end it beats BT on hidden types and reduces
+to BT with one type and β = 0). About 30 s on 2 CPU cores."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from pluralign.checkpoint_io import restore_pytree, save_pytree
 from pluralign.data.hidden_types import HiddenTypesConfig
 from pluralign.evaluate.fewshot import EvalConfig
-from pluralign.models import BTConfig, base
+from pluralign.evaluate.fewshot import make_adapt_and_predict
+from pluralign.models import BT, BTConfig, base
 from pluralign.models.vpl import VPL, VPLConfig, beta_at, kl_to_standard_normal
+from pluralign.numerics import optimizer_update
 from pluralign.run import RunConfig, run
 from pluralign.train.trainer import TrainConfig
 
@@ -24,13 +28,14 @@ D, L = 8, 3
 
 
 def _model(**overrides) -> VPL:
-    return VPL(VPLConfig(latent_dim=L, pair_dim=8, encoder_hidden=[16], decoder_hidden=[16], **overrides),
-               base.Dims(dim=D, n_users=5), rngs=nnx.Rngs(0))
+    return VPL(VPLConfig(latent_dim=L, pair_dim=8, encoder_hidden=[16], decoder_hidden=[16], population_hidden=[16],
+                         **overrides), base.Dims(dim=D, n_users=5), rngs=nnx.Rngs(0))
 
 
-def _pairs(rng, n) -> base.PairEmbeddings:
+def _pairs(rng, n, prompts: bool = False) -> base.PairEmbeddings:
     return base.PairEmbeddings(
-        e_x=jnp.zeros((n, D)), has_prompt=jnp.zeros((n,), bool),
+        e_x=jnp.asarray(rng.normal(size=(n, D)) if prompts else np.zeros((n, D)), jnp.float32),
+        has_prompt=jnp.asarray(np.arange(n) % 2 == 0 if prompts else np.zeros(n, bool)),
         e_a=jnp.asarray(rng.normal(size=(n, D)), jnp.float32), e_b=jnp.asarray(rng.normal(size=(n, D)), jnp.float32),
     )
 
@@ -143,6 +148,159 @@ def test_amortised_inference_ignores_padding_and_scaled_reward_keeps_the_order()
     np.testing.assert_allclose(padded, cut, rtol=1e-5, atol=1e-6)
     assert ((scaled > 0) & (scaled < 1)).all()
     np.testing.assert_array_equal(np.argsort(raw), np.argsort(scaled))  # σ(r_y − r_ref) is monotone in r_y
+
+
+# --- the population anchor -------------------------------------------------------------
+
+
+def _bt_of(model: VPL) -> BT:
+    """A BT model holding the anchored VPL's shared-reward parameters."""
+    bt = BT(BTConfig(hidden=[16]), base.Dims(dim=D, n_users=5), rngs=nnx.Rngs(1))
+    nnx.update(bt, nnx.state(model.population))
+    return bt
+
+
+def test_anchored_population_is_bt_exactly():
+    model, rng = _model(), np.random.default_rng(4)
+    # Train-like values everywhere, so that the personal part is not trivially 0 at init.
+    graphdef, params = nnx.split(model)
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(7), p.shape, p.dtype), params)
+    model = nnx.merge(graphdef, params)
+    bt, pair, support = _bt_of(model), _pairs(rng, 6, prompts=True), _pairs(rng, 6 * 4, prompts=True)
+    e_items = jnp.asarray(rng.normal(size=(6, 5, D)), jnp.float32)
+
+    @nnx.jit
+    def compute(model, bt, pair, support):
+        feats = jax.tree.map(lambda f: f.reshape(6, 4, -1), model.pair_features(support))
+        empty = model.infer_user(feats, jnp.ones((6, 4)), jnp.zeros((6, 4)))  # 0 shots: no context
+        zero = jnp.broadcast_to(model.population_user_state(), (6, 2 * L))
+        features = model.pair_features(pair)
+        bt_features, no_state = bt.pair_features(pair), jnp.zeros((6, 0))
+        return dict(
+            empty=empty,
+            vpl=(base.logits(model, zero, pair), model.latent_logits(jnp.zeros((3, 6, L)), features),
+                 model.reward(zero, pair.e_x, pair.has_prompt, pair.e_a),
+                 model.rewards(zero, pair.e_x, pair.has_prompt, e_items)),
+            bt=(features["population"], bt.pair_logits(no_state, bt_features),
+                bt.reward(no_state, pair.e_x, pair.has_prompt, pair.e_a), bt.rewards(no_state, pair.e_x, pair.has_prompt, e_items)),
+            moved=base.logits(model, jnp.ones((6, 2 * L)), pair),
+        )
+
+    out = compute(model, bt, pair, support)
+    np.testing.assert_array_equal(out["empty"], 0.0)  # an empty context is the prior: z = 0
+    logits, sampled, reward, rewards = out["vpl"]
+    shared, bt_logits, bt_reward, bt_rewards = out["bt"]
+    np.testing.assert_array_equal(logits, shared)  # z = 0: the model's BT part, bit for bit
+    np.testing.assert_array_equal(logits, bt_logits)  # ... which is BT's own computation
+    np.testing.assert_array_equal(sampled, jnp.broadcast_to(bt_logits, (3, 6)))  # latent_logits with sample axes
+    np.testing.assert_array_equal(reward, bt_reward)
+    np.testing.assert_array_equal(rewards, bt_rewards)
+    assert float(jnp.abs(out["moved"] - bt_logits).min()) > 1e-4  # z ≠ 0 moves every pair
+
+
+def test_anchored_zero_shot_evaluation_is_bt():
+    """The evaluation's 0-shot prediction (make_adapt_and_predict, n_shots = 0) is BT's."""
+    model = _model(normalize_z=True)  # n(0) = 0 also under the normalisation
+    graphdef, params = nnx.split(model)
+    rng = np.random.default_rng(5)
+    tables = base.Tables(items=jnp.asarray(rng.normal(size=(20, D)), jnp.float32), prompts=jnp.zeros((1, D)))
+
+    def batch(u, k):
+        return base.PairBatch(
+            user=jnp.zeros((u, k), jnp.int32), prompt=jnp.full((u, k), -1, jnp.int32),
+            a=jnp.asarray(rng.integers(0, 20, (u, k)), jnp.int32), b=jnp.asarray(rng.integers(0, 20, (u, k)), jnp.int32),
+            label=jnp.ones((u, k), jnp.float32), weight=jnp.ones((u, k), jnp.float32))
+
+    pool, query = batch(3, 4), batch(3, 5)
+    adapt = make_adapt_and_predict(graphdef, steps=5, learning_rate=0.1)
+    seen = jnp.arange(5, dtype=jnp.int32)
+    states, zero_shot = adapt(params, tables, pool, 0, query, 1.0, seen)
+    _, two_shot = adapt(params, tables, pool, 2, query, 1.0, seen)
+    flat = jax.tree.map(lambda x: x.reshape(-1), query)
+    bt = _bt_of(model)
+    expected = base.logits(bt, jnp.zeros((15, 0)), base.gather(tables, flat)).reshape(3, 5)
+    np.testing.assert_array_equal(states, 0.0)
+    np.testing.assert_array_equal(zero_shot, expected)
+    assert not np.array_equal(two_shot, expected)
+
+
+def test_paper_decoder_is_unchanged_without_the_anchor():
+    """anchor=False: the same parameters as the anchored model minus r_θ (drawn identically), and the
+    reward is the decoder alone, r = MLP_dec([ẽ_x; e_y; z])."""
+    paper, anchored, rng = _model(anchor=False), _model(), np.random.default_rng(6)
+    paper_state = nnx.state(paper).flat_state()
+    anchored_state = {k: v for k, v in nnx.state(anchored).flat_state() if k[0] != "population"}
+    assert [k for k, _ in paper_state] == list(anchored_state) and "population" not in nnx.state(paper)
+    for key, value in paper_state:
+        np.testing.assert_array_equal(value[...], anchored_state[key][...])
+    pair, state = _pairs(rng, 6, prompts=True), jnp.asarray(rng.normal(size=(6, 2 * L)), jnp.float32)
+
+    def decoder(e_y):
+        e_x = paper.null_prompt(pair.e_x, pair.has_prompt)
+        return paper.decoder(jnp.concatenate([e_x, e_y, state[:, :L]], axis=-1))[:, 0]
+
+    np.testing.assert_allclose(base.logits(paper, state, pair), decoder(pair.e_a) - decoder(pair.e_b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(paper.reward(state, pair.e_x, pair.has_prompt, pair.e_a), decoder(pair.e_a), rtol=1e-5, atol=1e-5)
+
+
+def _two_type_data(rng, n_users, n_pairs, items):
+    """Users of two types: reward y·(a ± b), the shared direction a and the contested one b."""
+    a, b = np.eye(D)[0] * 2.0, np.eye(D)[1] * 3.0
+    sign = np.where(np.arange(n_users) % 2 == 0, 1.0, -1.0)
+    user = np.repeat(np.arange(n_users), n_pairs)
+    i, j = rng.integers(0, len(items), (2, len(user)))
+    margin = (items[i] - items[j]) @ a + sign[user] * ((items[i] - items[j]) @ b)
+    label = (rng.random(len(user)) < 1 / (1 + np.exp(-margin))).astype(np.float32)
+    return base.PairBatch(user=jnp.asarray(user, jnp.int32), prompt=jnp.full((len(user),), -1, jnp.int32),
+                          a=jnp.asarray(i, jnp.int32), b=jnp.asarray(j, jnp.int32),
+                          label=jnp.asarray(label), weight=jnp.ones((len(user),), jnp.float32))
+
+
+def test_anchored_short_training_personalizes():
+    """A few hundred full-batch steps on two user types: the few-shot posterior mean beats the
+    population decode (z = 0, BT's part) on held-out users' query pairs."""
+    rng, n_users, n_items = np.random.default_rng(0), 40, 60
+    items = rng.normal(size=(n_items, D)).astype(np.float32)
+    tables = base.Tables(items=jnp.asarray(items), prompts=jnp.zeros((1, D)))
+    train = _two_type_data(rng, n_users, 24, items)
+    config = VPLConfig(latent_dim=2, pair_dim=16, encoder_hidden=[32], decoder_hidden=[32], population_hidden=[32],
+                       beta=0.01, beta_schedule="constant", c_min=2, c_max=8)
+    model = VPL(config, base.Dims(dim=D, n_users=n_users), rngs=nnx.Rngs(0))
+    context = model.training_context(train, n_users, seed=0)
+    rows = jnp.arange(train.label.shape[0], dtype=jnp.int32)
+    tx = optax.adam(0.01)
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def train_step(params, opt_state, step):
+        def objective(params):
+            step_info = base.TrainStep(rng=jax.random.fold_in(jax.random.PRNGKey(1), step), step=step, rows=rows, context=context)
+            return nnx.merge(graphdef, params).training_loss(tables, train, step_info)[0]
+
+        grads = jax.grad(objective)(params)
+        updates, opt_state = optimizer_update(tx, grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    opt_state = tx.init(params)
+    for step in range(300):
+        params, opt_state = train_step(params, opt_state, jnp.int32(step))
+    model = nnx.merge(graphdef, params)
+
+    test = _two_type_data(np.random.default_rng(1), 20, 28, items)  # 8 support + 20 query pairs per user
+    feats = jax.tree.map(lambda f: f.reshape(20, 28, *f.shape[1:]), model.pair_features(base.gather(tables, test)))
+    labels = test.label.reshape(20, 28)
+    support, query = jax.tree.map(lambda f: f[:, :8], feats), jax.tree.map(lambda f: f[:, 8:], feats)
+    states = model.infer_user(support, labels[:, :8], jnp.ones((20, 8)))  # [20, 2L]
+
+    def accuracy(states):
+        logits = jax.vmap(lambda s, f: model.pair_logits(jnp.broadcast_to(s, (20, s.shape[0])), f))(states, query)
+        return float(((logits > 0) == (labels[:, 8:] > 0.5)).mean())
+
+    population = accuracy(jnp.zeros_like(states))
+    np.testing.assert_array_equal(jax.vmap(lambda f: model.pair_logits(jnp.zeros((20, 2 * 2)), f))(query),
+                                  query["population"])  # z = 0 decodes BT's part
+    assert population > 0.55  # the shared direction is learned by r_θ
+    assert accuracy(states) > population + 0.1  # and the latent personalizes
 
 
 @pytest.mark.slow
