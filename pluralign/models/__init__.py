@@ -26,6 +26,7 @@ from pluralign.models.vpl import VPL, VPLConfig
 from pluralign.models.dpa import DPA, DPAConfig
 from pluralign.models.linear import LinearBT, LinearConfig, LinearPersonal
 from pluralign.models.lore import LoRe, LoReConfig
+from pluralign.models.residual import BTResidual, BTResidualConfig
 
 # name -> (model class, config class). A model family adds one import above and one line here;
 # `pluralign.config` then registers its schema and `conf/model/<name>.yaml` selects it.
@@ -43,6 +44,7 @@ REGISTRY = {
     "linear_bt": (LinearBT, LinearConfig),
     "linear_personal": (LinearPersonal, LinearConfig),
     "lore": (LoRe, LoReConfig),
+    "bt_residual": (BTResidual, BTResidualConfig),
 }
 
 

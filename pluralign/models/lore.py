@@ -15,6 +15,17 @@ with n_u training pairs); the same penalty on the basis difference ½‖B(a) −
 factorisation from trading a tiny w for a huge basis (as L2 on both factors in matrix
 factorisation).
 
+`residual_dim > 0` adds a full-rank per-user linear term beside the learned basis
+(`pluralign.models.residual`): the state is [w_u (rank); v_u (d)], d = min(D, residual_dim), and
+
+    r_u(x, y) = r_θ(x, y) + w_uᵀ B_θ(x, y) + v_uᵀ P e_y / √d
+
+with P a fixed (whitened-PCA) projection of the item embeddings, fitted before training
+(`prepare_params`), and v_u under its own prior ½λ_v‖v_u‖² per comparison
+(`residual_prior_strength`). The basis captures the few directions users share; v_u whatever
+a user's taste has beyond them. `residual_dim = 0` (the default) is the model without it,
+unchanged.
+
 `formulation: lore` is LoRe's own model without the shared reward, r_u = w_uᵀ B_θ with w_u
 unconstrained (the paper's simplex constraint is not implemented); its population state is then
 the seen users' mean weight vector, not 0.
@@ -30,6 +41,7 @@ from flax import nnx
 
 from pluralign.models.base import MLP, Dims, PairEmbeddings, gather, weighted_metrics
 from pluralign.models.bt import BT, BTConfig
+from pluralign.models.residual import FixedProjection, prepare_projection, projected_dim
 
 FORMULATIONS = ("residual", "lore")
 
@@ -41,13 +53,18 @@ class LoReConfig(BTConfig):
     basis_hidden: list[int] = dataclasses.field(default_factory=list)  # B_θ's hidden layers; [] = linear
     weight_prior_strength: float = 0.01  # λ: Gaussian prior ½λ‖w_u‖² per comparison (and on ΔB)
     formulation: str = "residual"  # residual: r_θ + wᵀB | lore: wᵀB (LoRe without a shared reward)
-    user_init_scale: float = 0.01  # std of the initial w_u
+    user_init_scale: float = 0.01  # std of the initial w_u (and v_u)
+    residual_dim: int = 0  # d of the full-rank residual v_uᵀ P e_y / √d; 0 = off
+    residual_prior_strength: float = 0.001  # λ_v: Gaussian prior ½λ_v‖v_u‖² per comparison
 
     def __post_init__(self):
         if self.formulation not in FORMULATIONS:
             raise ValueError(f"model.formulation must be one of {list(FORMULATIONS)}, got {self.formulation!r}")
         if self.rank < 1 or self.weight_prior_strength < 0:
             raise ValueError(f"model.rank must be >= 1 and model.weight_prior_strength >= 0, got {self.rank}, {self.weight_prior_strength}")
+        if self.residual_dim < 0 or self.residual_prior_strength < 0:
+            raise ValueError(f"model.residual_dim and model.residual_prior_strength must be >= 0, "
+                             f"got {self.residual_dim}, {self.residual_prior_strength}")
 
 
 class LoRe(BT):
@@ -57,7 +74,7 @@ class LoRe(BT):
 
     @classmethod
     def state_dim(cls, config: LoReConfig, dims: Dims) -> int:
-        return config.rank
+        return config.rank + (projected_dim(dims.dim, config.residual_dim) if config.residual_dim > 0 else 0)
 
     def __init__(self, config: LoReConfig, dims: Dims, *, rngs: nnx.Rngs):
         super().__init__(config, dims, rngs=rngs)
@@ -66,6 +83,13 @@ class LoRe(BT):
         self.weight_prior_strength = config.weight_prior_strength
         self.basis_net = MLP(2 * dims.dim, tuple(config.basis_hidden), config.rank, rngs=rngs)  # B_θ
         self.user_weights = nnx.Param(config.user_init_scale * jax.random.normal(rngs.params(), (dims.n_users, config.rank)))
+        self.rank = config.rank
+        self.has_full_rank_term = config.residual_dim > 0
+        if self.has_full_rank_term:
+            self.residual_prior_strength = config.residual_prior_strength
+            self.residual_projection = FixedProjection(dims.dim, config.residual_dim)
+            self.residual_weights = nnx.Param(  # v [n_users, d]
+                config.user_init_scale * jax.random.normal(rngs.params(), (dims.n_users, self.residual_projection.out_dim)))
 
     def basis(self, e_x: jax.Array, has_prompt: jax.Array, e_y: jax.Array) -> jax.Array:
         """[B, D], [B], [B, D] -> B_θ(x, y) [B, rank]."""
@@ -74,40 +98,70 @@ class LoRe(BT):
     def pair_features(self, pair: PairEmbeddings):
         shared = super().pair_features(pair)  # [B] r_θ(x, a) − r_θ(x, b), BT's own computation
         basis_diff = self.basis(pair.e_x, pair.has_prompt, pair.e_a) - self.basis(pair.e_x, pair.has_prompt, pair.e_b)
+        if self.has_full_rank_term:
+            return shared, basis_diff, self.residual_projection(pair.e_a - pair.e_b)  # [B], [B, rank], [B, d]
         return shared, basis_diff  # [B], [B, rank]
 
     def pair_logits(self, user_state, features):
-        shared, basis_diff = features
-        personal = jnp.sum(user_state * basis_diff, axis=-1)  # [B] w_uᵀ (B(a) − B(b))
+        shared, basis_diff = features[:2]
+        personal = jnp.sum(user_state[..., : self.rank] * basis_diff, axis=-1)  # [B] w_uᵀ (B(a) − B(b))
+        if self.has_full_rank_term:  # + v_uᵀ P(e_a − e_b) / √d
+            personal = personal + jnp.sum(user_state[..., self.rank :] * features[2], axis=-1)
         return shared + personal if self.residual else personal
 
     def reward(self, user_state, e_x, has_prompt, e_y):
-        personal = jnp.sum(user_state * self.basis(e_x, has_prompt, e_y), axis=-1)
+        personal = jnp.sum(user_state[..., : self.rank] * self.basis(e_x, has_prompt, e_y), axis=-1)
+        if self.has_full_rank_term:
+            personal = personal + jnp.sum(user_state[..., self.rank :] * self.residual_projection(e_y), axis=-1)
         return super().reward(user_state, e_x, has_prompt, e_y) + personal if self.residual else personal
 
     def rewards(self, user_state, e_x, has_prompt, e_y):
         B, N, D = e_y.shape
         rep = lambda x: jnp.repeat(x, N, axis=0)  # noqa: E731
-        personal = jnp.sum(rep(user_state) * self.basis(rep(e_x), rep(has_prompt), e_y.reshape(B * N, D)), axis=-1)
+        w = user_state[..., : self.rank]
+        personal = jnp.sum(rep(w) * self.basis(rep(e_x), rep(has_prompt), e_y.reshape(B * N, D)), axis=-1)
         personal = personal.reshape(B, N)
+        if self.has_full_rank_term:
+            personal = personal + jnp.einsum("bs,bns->bn", user_state[..., self.rank :], self.residual_projection(e_y))
         return super().rewards(user_state, e_x, has_prompt, e_y) + personal if self.residual else personal
 
     def user_table_state(self, users):
+        if self.has_full_rank_term:  # [B, rank + d]: [w_u; v_u]
+            return jnp.concatenate([self.user_weights[...][users], self.residual_weights[...][users]], axis=-1)
         return self.user_weights[...][users]  # [B, rank]
 
     def population_user_state(self, users=None):
-        if self.residual:  # w = 0 is the population (BT) model by construction
+        if self.residual:  # w = 0 (and v = 0) is the population (BT) model by construction
             return jnp.zeros((self.user_state_dim,), jnp.float32)
+        if self.has_full_rank_term:
+            states = self.user_table_state(jnp.arange(self.user_weights[...].shape[0]) if users is None else users)
+            return states.mean(axis=0)  # [rank + d]
         weights = self.user_weights[...] if users is None else self.user_weights[...][users]
         return weights.mean(axis=0)  # [rank]
 
     def loss(self, tables, batch, rng):
         del rng
         features = self.pair_features(gather(tables, batch))
-        w = self.user_table_state(batch.user)  # [B, rank]
-        metrics = weighted_metrics(self.pair_logits(w, features), batch.label, batch.weight)
+        state = self.user_table_state(batch.user)  # [B, S]
+        w = state[:, : self.rank]  # [B, rank]
+        metrics = weighted_metrics(self.pair_logits(state, features), batch.label, batch.weight)
         # Gaussian prior on each comparison's user weights and on its basis difference.
         total_weight = jnp.maximum(batch.weight.sum(), 1e-9)
         penalty = 0.5 * (jnp.sum(jnp.square(w), axis=-1) + jnp.sum(jnp.square(features[1]), axis=-1))  # [B]
         metrics["weight_penalty"] = jnp.sum(batch.weight * penalty) / total_weight
-        return metrics["loss"] + self.weight_prior_strength * metrics["weight_penalty"], metrics
+        objective = metrics["loss"] + self.weight_prior_strength * metrics["weight_penalty"]
+        if self.has_full_rank_term:  # ... and on the full-rank residual's weights
+            v_penalty = 0.5 * jnp.sum(jnp.square(state[:, self.rank :]), axis=-1)  # [B]
+            metrics["residual_penalty"] = jnp.sum(batch.weight * v_penalty) / total_weight
+            objective = objective + self.residual_prior_strength * metrics["residual_penalty"]
+        return objective, metrics
+
+    @classmethod
+    def prepare_params(cls, config: LoReConfig, dataset, train_items, params):
+        """With the full-rank residual: fits its fixed projection P on `train_items` (whitened PCA,
+        `pluralign.models.residual`). Otherwise nothing."""
+        if config.residual_dim == 0:
+            return params, None
+        params["residual_projection"], summary = prepare_projection(
+            params["residual_projection"], dataset, train_items, config.residual_dim)
+        return params, summary
