@@ -72,7 +72,7 @@ def score(run_dir: pathlib.Path, cache_dir: str, ev: EvalConfig, seeds: list[int
                 adapt, trained.all_params, tables, dataset.comparisons, held_out_rows=held_out, val_users=val,
                 seen_users=jnp.asarray(trained.seen_users), shots=ev.shots, mode=mode, seeds=seeds,
                 settings=shrinkage.grid(model_obj, inference, e.prior_scales, e.prior_strengths), gate=e.gate,
-                min_users=e.gate_min_users, level=e.gate_level)
+                min_users=e.gate_min_users, level=e.gate_level, max_seen=e.calibration_seen_users)
             by_k = {k: d.prior_scale for k, d in decisions.items()}
             curve = fewshot.evaluate_unseen(adapt, trained.all_params, tables, dataset.comparisons, test, mode=mode,
                                             prior_strength=by_k or e.prior_scales[0],

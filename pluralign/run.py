@@ -450,6 +450,7 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
             adapt, params, data.tables, data.comparisons, held_out_rows=calibration_rows(data),
             val_users=split.unseen_val, seen_users=jnp.asarray(split.seen), shots=list(ev.shots), mode=mode,
             seeds=list(config.seeds), settings=settings, gate=ev.gate, min_users=ev.gate_min_users, level=ev.gate_level,
+            max_seen=ev.calibration_seen_users,
         ) if personal else {}
         if decisions[mode]:
             log.info("%s: shrinkage decided in %.0f s: %s", mode, time.perf_counter() - t0, "; ".join(

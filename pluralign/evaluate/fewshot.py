@@ -41,10 +41,6 @@ from pluralign.evaluate import metrics
 from pluralign.models import base
 from pluralign.train.batches import padded_batch
 
-# A prior precision (multiplier) large enough to hold a user at the population state: what a
-# model with a user state predicts for a user it knows nothing about, and the gate's "off".
-POPULATION_PIN = 1e6
-
 
 @dataclasses.dataclass
 class EvalConfig:
@@ -67,18 +63,22 @@ class EvalConfig:
     # estimates). "map": isotropic precisions. The population pin is reached through the gate.
     prior_scales: list[float] = dataclasses.field(
         default_factory=lambda: [0.001, 0.0056, 0.032, 0.18, 1.0, 5.6, 32.0, 180.0, 1000.0])
+    # "map" only: the grid of isotropic prior precisions the scale is fitted on (as prior_scales).
     prior_strengths: list[float] = dataclasses.field(
         default_factory=lambda: [0.01, 0.042, 0.18, 0.75, 3.2, 13.0, 56.0, 240.0, 1000.0])
     # Personalize at a (mode, k) only where the calibration users show a log-loss gain over the
     # population prediction whose paired bootstrap interval (`gate_level`) lies above 0, and no
     # accuracy loss; false: personalize at every k with the fitted scale.
     gate: bool = True
-    gate_level: float = 0.95
+    gate_level: float = 0.95  # level of the gate's paired bootstrap interval over calibration users
     gate_min_users: int = 20  # fewer calibration users reaching a k: no decision there (the nearest k below applies)
+    # At most this many seen users calibrate (a fixed random subset; all unseen-val users do too):
+    # hundreds decide the scale and the gate as well as thousands, at a fraction of the time.
+    calibration_seen_users: int = 400
     inference_steps: int = 100  # optimiser steps of few-shot MAP inference (PAL, DPA, GPM); VPL is amortised
     inference_learning_rate: float = 0.1  # learning rate of few-shot MAP inference
     split_seed: int = 0  # user split and seen-pair split; fixed across training seeds
-    unseen_val_fraction: float = 0.1  # users held out for model selection (the prior strength, sweeps)
+    unseen_val_fraction: float = 0.1  # users held out for model selection (sweeps) and as calibration users
     unseen_test_fraction: float = 0.2  # users held out for the reported unseen-user figures only
     pair_val_fraction: float = 0.1  # seen users' pairs for early stopping
     pair_test_fraction: float = 0.1  # seen users' held-out pairs for the seen-user figures
@@ -94,6 +94,8 @@ class EvalConfig:
             raise ValueError(f"eval.draws must be >= 1, got {self.draws}")
         if self.inference not in ("bayes", "map"):
             raise ValueError(f"eval.inference must be 'bayes' or 'map', got {self.inference!r}")
+        if self.calibration_seen_users < 0:
+            raise ValueError(f"eval.calibration_seen_users must be >= 0, got {self.calibration_seen_users}")
         if not 0.5 <= self.gate_level < 1 or self.gate_min_users < 1:
             raise ValueError(f"eval.gate_level must be in [0.5, 1) and eval.gate_min_users >= 1, "
                              f"got {self.gate_level}, {self.gate_min_users}")
@@ -216,7 +218,8 @@ def evaluate_unseen(
     `prior_strength`: one setting for every k, or {k: setting} (`strength_at` picks a k's).
     `personalize`: the gate's {k: decision} (`pluralign.evaluate.shrinkage`; the entry at the
     largest k' ≤ k applies, the population below all of them); where it is off a user gets the
-    population prediction. None: personalize at every k.
+    population prediction (the 0-shot one: the same model and prior without the answers). None:
+    personalize at every k.
 
     Returns {k: entry} for every requested k, and for the largest k that enough users reach
     when the largest requested one is out of reach (`largest_available: true`). An entry with
@@ -255,13 +258,15 @@ def evaluate_unseen(
         label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
         predict = lambda k, strength: np.asarray(adapt_and_predict(  # noqa: E731
             seed_params, tables, pool, jnp.int32(k), query, jnp.float32(strength), seen_users)[1])
-        zero_shot = None
+        zero_shots = {}  # setting -> the 0-shot (population) prediction: the same model and prior, no answers
         for k in ks:
             if not reached(ep, k):
                 continue
-            # the population prediction: no answers, the user pinned to the population state
-            zero_shot = predict(0, POPULATION_PIN) if zero_shot is None else zero_shot
-            logits = predict(k, strength_at(prior_strength, k)) if gate_at(personalize, k) else zero_shot
+            strength = strength_at(prior_strength, k)
+            if strength not in zero_shots:
+                zero_shots[strength] = predict(0, strength)
+            zero_shot = zero_shots[strength]
+            logits = predict(k, strength) if gate_at(personalize, k) else zero_shot
             w = weight * eligible(ep, k)[:, None]
             runs[k].append(metrics.summary(logits.ravel(), label.ravel(), w.ravel(), user.ravel(), user_group))
             sums[k].append(tuple(metrics.per_user_sums(z.ravel(), label.ravel(), w.ravel(), user.ravel(), ids)

@@ -13,8 +13,9 @@ edge). Here both are decided on hundreds of users:
 validation and test rows: never trained on), plus the unseen-val users on all of theirs. Each is
 treated as a new user: episodes are drawn from those rows in the evaluation's own split mode
 (`fewshot.make_episodes`), the state is inferred from k support pairs by the evaluation's own
-inference (θ frozen, the user's learned state ignored), and the query pairs are scored. One
-episode per training seed, pooled over seeds.
+inference (θ frozen, the user's learned state ignored), and the query pairs are scored. The users
+are dealt out to the training seeds (each scored under one seed's parameters), so the cost does
+not grow with the number of seeds; `eval.calibration_seen_users` caps the seen ones.
 
 **The scale** (per mode and k): each calibration user's query log-loss on a log-spaced grid of
 settings (`eval.prior_scales` / `eval.prior_strengths`, wide: 10⁻³…10³ by default), the pooled
@@ -23,8 +24,9 @@ neighbours), then scored exactly at that setting. The population pin (c → ∞)
 reached through the gate.
 
 **The gate** (per mode and k): personalize only where the calibration users show a gain in
-log-loss over the population prediction (the same model with no answers, pinned to its
-population state; for a population-anchored model that is its shared BT reward) whose paired
+log-loss over the population prediction (the same model and prior with no answers: its 0-shot
+prediction; for a population-anchored model that is its shared BT reward, tempered under
+`bayes` by the prior's spread) whose paired
 bootstrap interval over users lies above zero, and no loss in accuracy. The gain is *cross-fitted*:
 the users are split in two folds and each fold is scored at the scale fitted on the other, so the
 setting is never judged on the users it was fitted to. Where fewer than `eval.gate_min_users`
@@ -44,7 +46,7 @@ import numpy as np
 
 from pluralign.data.format import Comparisons
 from pluralign.evaluate import metrics
-from pluralign.evaluate.fewshot import POPULATION_PIN, Episodes, make_episodes
+from pluralign.evaluate.fewshot import Episodes, make_episodes
 from pluralign.models import base
 from pluralign.train.batches import padded_batch
 
@@ -90,27 +92,39 @@ def setting_at(decisions: dict, k: int) -> tuple[float, bool] | None:
 # --- calibration episodes ------------------------------------------------------------------
 
 
+def calibration_users(comparisons: Comparisons, held_out_rows: np.ndarray, val_users: np.ndarray, *,
+                      max_seen: int | None, seed: int = 0) -> np.ndarray:
+    """The seen users with held-out rows (at most `max_seen` of them, a fixed random subset)."""
+    seen = np.unique(comparisons.user[np.asarray(held_out_rows, np.int64)])
+    if max_seen is not None and len(seen) > max_seen:
+        seen = np.sort(np.random.default_rng(seed).choice(seen, max_seen, replace=False))
+    return seen
+
+
 def calibration_episodes(comparisons: Comparisons, held_out_rows: np.ndarray, val_users: np.ndarray, *,
-                         max_shots: int, mode: str, seed: int) -> tuple[Episodes, np.ndarray]:
+                         max_shots: int, mode: str, seed: int, seen_users: np.ndarray | None = None) -> tuple[Episodes, np.ndarray]:
     """Episodes of the calibration users in `mode`: seen users' episodes drawn from their held-out
-    rows only, unseen-val users' from all their rows; rows index `comparisons`. Returns
-    (episodes, [U] bool: the user is a seen one)."""
+    rows only (those of `seen_users` where given), unseen-val users' from all their rows; rows
+    index `comparisons`. Returns (episodes, [U] bool: the user is a seen one)."""
     held_out_rows = np.asarray(held_out_rows, np.int64)
-    parts = []
+    if seen_users is not None:
+        held_out_rows = held_out_rows[np.isin(comparisons.user[held_out_rows], seen_users)]
+    parts, flags = [], []
     if len(held_out_rows):
         subset = comparisons.take(held_out_rows)
         seen = make_episodes(subset, np.unique(subset.user), max_shots=max_shots, mode=mode, seed=seed)
         to_rows = lambda r: np.where(r >= 0, held_out_rows[np.maximum(r, 0)], -1)  # noqa: E731
         parts.append(dataclasses.replace(seen, pool=to_rows(seen.pool), query=to_rows(seen.query)))
+        flags.append(np.ones(len(seen.users), bool))
     if len(val_users):
         parts.append(make_episodes(comparisons, np.asarray(val_users), max_shots=max_shots, mode=mode, seed=seed + 1))
-    is_seen = np.concatenate([np.full(len(p.users), i == 0 and len(held_out_rows) > 0) for i, p in enumerate(parts)])
+        flags.append(np.zeros(len(val_users), bool))
     width = lambda name: max(getattr(p, name).shape[1] for p in parts)  # noqa: E731
     pad = lambda name: np.concatenate([np.pad(getattr(p, name), ((0, 0), (0, width(name) - getattr(p, name).shape[1])),  # noqa: E731
                                               constant_values=-1) for p in parts])
     episodes = Episodes(users=np.concatenate([p.users for p in parts]), pool=pad("pool"), query=pad("query"),
                         pool_size=np.concatenate([p.pool_size for p in parts]))
-    return episodes, is_seen
+    return episodes, np.concatenate(flags)
 
 
 # --- scoring: per-user sums on the grid -----------------------------------------------------
@@ -118,66 +132,64 @@ def calibration_episodes(comparisons: Comparisons, held_out_rows: np.ndarray, va
 
 @dataclasses.dataclass
 class Scores:
-    """Per-user sums (over seeds) of one (mode, k): the population's, and each grid setting's."""
+    """Per-user sums of one (mode, k) (`metrics.per_user_sums`): each grid setting's k-shot
+    predictions and its 0-shot (population) predictions, the same model and prior without the answers."""
 
     ids: np.ndarray  # [U] calibration users, sorted
     is_seen: np.ndarray  # [U] bool
-    population: dict  # metrics.per_user_sums of the population prediction
-    on_grid: list  # [G] per_user_sums at each grid setting
+    population: list  # [G] per_user_sums of the 0-shot prediction at each grid setting
+    on_grid: list  # [G] per_user_sums of the k-shot prediction at each grid setting
+
+
+class Calibration:
+    """The calibration users' episodes in one split mode, as device batches, split across the
+    training seeds: each user is scored under one seed's parameters (round robin), so the cost does
+    not grow with the number of seeds, and the evidence is pooled over all of them."""
+
+    def __init__(self, adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users,
+                 seen_users, shots: list[int], mode: str, seeds: list[int], max_seen: int | None = None):
+        self.adapt, self.params, self.tables, self.seen_users = adapt_and_predict, params, tables, seen_users
+        seen = calibration_users(comparisons, held_out_rows, val_users, max_seen=max_seen)
+        val_users = np.asarray(val_users)
+        self.batches = []  # (seed index, pool, query, label, user, weight, pool_size, has_query)
+        ids, is_seen = [], []
+        for seed_index, seed in enumerate(seeds):
+            episode_seed = int(np.random.SeedSequence([seed, 7919]).generate_state(1)[0])
+            mine_seen, mine_val = seen[seed_index :: len(seeds)], val_users[seed_index :: len(seeds)]
+            if not len(mine_seen) and not len(mine_val):
+                continue
+            ep, flags = calibration_episodes(comparisons, held_out_rows, mine_val, max_shots=max(shots), mode=mode,
+                                             seed=episode_seed, seen_users=mine_seen)
+            pool, query = padded_batch(comparisons, ep.pool), padded_batch(comparisons, ep.query)
+            label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
+            self.batches.append((seed_index, pool, query, label, user, weight, ep.pool_size, (ep.query >= 0).any(axis=1)))
+            ids.append(ep.users)
+            is_seen.append(flags)
+        ids, is_seen = np.concatenate(ids), np.concatenate(is_seen)
+        order = np.argsort(ids)
+        self.ids, self.is_seen = ids[order], is_seen[order]
+
+    def sums(self, k: int, setting: float, n_shots: int | None = None) -> dict:
+        """Per-user sums over the users who reach k, of predictions from `n_shots` (default k) answers at `setting`."""
+        total = None
+        for seed_index, pool, query, label, user, weight, pool_size, has_query in self.batches:
+            seed_params = jax.tree.map(lambda x: x[seed_index], self.params)
+            z = np.asarray(self.adapt(seed_params, self.tables, pool, jnp.int32(k if n_shots is None else n_shots), query,
+                                      jnp.float32(setting), self.seen_users)[1])
+            w = (weight * ((pool_size >= k) & has_query)[:, None]).ravel()
+            total = _add(total, metrics.per_user_sums(z.ravel(), label.ravel(), w, user.ravel(), self.ids))
+        return total
+
+    def reaches(self, k: int) -> int:
+        return int(sum(((b[6] >= k) & b[7]).sum() for b in self.batches))
+
+    def score_grid(self, k: int, settings: list[float]) -> Scores:
+        return Scores(ids=self.ids, is_seen=self.is_seen, population=[self.sums(k, s, n_shots=0) for s in settings],
+                      on_grid=[self.sums(k, s) for s in settings])
 
 
 def _add(a: dict | None, b: dict) -> dict:
     return dict(b) if a is None else {name: a[name] + b[name] for name in a}
-
-
-def score_grid(adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users, seen_users,
-               shots: list[int], mode: str, seeds: list[int], settings: list[float]) -> dict[int, Scores]:
-    """{k: Scores} for every k some calibration user reaches, pooled over the seeds (params carry
-    a leading seed axis; one episode per seed)."""
-    scores: dict[int, Scores] = {}
-    for seed_index, seed in enumerate(seeds):
-        episode_seed = int(np.random.SeedSequence([seed, 7919]).generate_state(1)[0])
-        ep, is_seen = calibration_episodes(comparisons, held_out_rows, val_users, max_shots=max(shots), mode=mode,
-                                           seed=episode_seed)
-        ids = np.sort(ep.users)
-        is_seen_sorted = is_seen[np.argsort(ep.users)]
-        seed_params = jax.tree.map(lambda x: x[seed_index], params)
-        pool, query = padded_batch(comparisons, ep.pool), padded_batch(comparisons, ep.query)
-        label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
-        predict = lambda k, s: np.asarray(adapt_and_predict(  # noqa: E731
-            seed_params, tables, pool, jnp.int32(k), query, jnp.float32(s), seen_users)[1])
-        population = predict(0, POPULATION_PIN)
-        has_query = (ep.query >= 0).any(axis=1)
-        for k in shots:
-            eligible = (ep.pool_size >= k) & has_query
-            if not eligible.any():
-                continue
-            w = (weight * eligible[:, None]).ravel()
-            sums = lambda z: metrics.per_user_sums(z.ravel(), label.ravel(), w, user.ravel(), ids)  # noqa: E731
-            entry = scores.setdefault(k, Scores(ids=ids, is_seen=is_seen_sorted, population=None, on_grid=[None] * len(settings)))
-            entry.population = _add(entry.population, sums(population))
-            entry.on_grid = [_add(old, sums(predict(k, s))) for old, s in zip(entry.on_grid, settings)]
-    return scores
-
-
-def score_at(adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users, seen_users,
-             k: int, mode: str, seeds: list[int], setting: float, max_shots: int) -> dict:
-    """Per-user sums (over seeds) of k-shot predictions at one setting, on the calibration users
-    (the same episodes as `score_grid`)."""
-    total = None
-    for seed_index, seed in enumerate(seeds):
-        episode_seed = int(np.random.SeedSequence([seed, 7919]).generate_state(1)[0])
-        ep, _ = calibration_episodes(comparisons, held_out_rows, val_users, max_shots=max_shots, mode=mode,
-                                     seed=episode_seed)
-        ids = np.sort(ep.users)
-        seed_params = jax.tree.map(lambda x: x[seed_index], params)
-        pool, query = padded_batch(comparisons, ep.pool), padded_batch(comparisons, ep.query)
-        label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
-        z = np.asarray(adapt_and_predict(seed_params, tables, pool, jnp.int32(k), query, jnp.float32(setting), seen_users)[1])
-        eligible = (ep.pool_size >= k) & (ep.query >= 0).any(axis=1)
-        w = (weight * eligible[:, None]).ravel()
-        total = _add(total, metrics.per_user_sums(z.ravel(), label.ravel(), w, user.ravel(), ids))
-    return total
 
 
 # --- deciding -------------------------------------------------------------------------------
@@ -204,38 +216,47 @@ def refine_minimum(settings: list[float], losses: list[float]) -> float:
     return float(np.exp(np.clip(-b / (2 * a), x[0], x[2])))
 
 
-def _interpolated(scores: Scores, settings: list[float], value: float, name: str) -> np.ndarray:
-    """Per-user sums `name` at `value`, linear in log(setting) between the grid's values."""
+def _interpolated(curves: list, settings: list[float], value: float, name: str) -> np.ndarray:
+    """Per-user sums `name` at `value`, linear in log(setting) between the grid's values
+    (curves: [G] per-user sums); the one curve where the grid has one setting."""
+    if len(settings) == 1:
+        return curves[0][name]
     log_s = np.log(np.asarray(settings, np.float64))
-    stacked = np.stack([g[name] for g in scores.on_grid])  # [G, U]
     order = np.argsort(log_s)
+    stacked = np.stack([curves[g][name] for g in order])  # [G, U]
     x = np.clip(np.log(value), log_s[order][0], log_s[order][-1])
-    return np.array([np.interp(x, log_s[order], stacked[order, u]) for u in range(stacked.shape[1])])
+    j = int(np.clip(np.searchsorted(log_s[order], x) - 1, 0, len(settings) - 2))
+    t = (x - log_s[order][j]) / (log_s[order][j + 1] - log_s[order][j])
+    return (1 - t) * stacked[j] + t * stacked[j + 1]
+
+
+def _fit(settings: list[float], on_grid: list, users: np.ndarray) -> float:
+    return refine_minimum(settings, [_mean_log_loss(g, users) for g in on_grid]) if len(settings) > 1 else settings[0]
 
 
 def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, min_users: int = 20,
-           level: float = 0.95, exact: dict | None = None, setting: float | None = None) -> Decision:
-    """The (mode, k) decision from the calibration users' per-user sums (`score_grid`).
+           level: float = 0.95, exact: tuple[dict, dict] | None = None, setting: float | None = None) -> Decision:
+    """The (mode, k) decision from the calibration users' per-user sums (`Calibration.score_grid`).
 
-    `setting` / `exact`: the refined setting and the per-user sums scored exactly there (else the
-    refined setting's sums are interpolated on the grid)."""
-    users = np.flatnonzero(scores.population["weight"] > 0)
-    population = scores.population
-    grid_loss = [_mean_log_loss(g, users) for g in scores.on_grid]
-    setting = refine_minimum(settings, grid_loss) if setting is None else setting
-    at = exact if exact is not None else {name: _interpolated(scores, settings, setting, name) for name in population}
+    `setting` / `exact`: the refined setting and the (population, personalized) per-user sums scored
+    exactly there (else interpolated on the grid)."""
+    users = np.flatnonzero(scores.on_grid[0]["weight"] > 0)
+    setting = _fit(settings, scores.on_grid, users) if setting is None else setting
+    if exact is None:
+        exact = tuple({name: _interpolated(curves, settings, setting, name) for name in curves[0]}
+                      for curves in (scores.population, scores.on_grid))
+    population, at = exact
 
     # Cross-fitted gain: users in two folds (a fixed random split), each scored at the setting fitted on the other.
     fold = np.random.default_rng(0).permutation(len(scores.ids)) % 2
     gain_ll, gain_correct = np.zeros(len(scores.ids)), np.zeros(len(scores.ids))
     for f in (0, 1):
         mine, other = users[fold[users] == f], users[fold[users] != f]
-        fitted = (refine_minimum(settings, [_mean_log_loss(g, other) for g in scores.on_grid]) if len(settings) > 1
-                  and len(other) else setting)
-        ll = _interpolated(scores, settings, fitted, "log_loss_sum") if len(settings) > 1 else scores.on_grid[0]["log_loss_sum"]
-        correct = _interpolated(scores, settings, fitted, "correct") if len(settings) > 1 else scores.on_grid[0]["correct"]
-        gain_ll[mine] = population["log_loss_sum"][mine] - ll[mine]
-        gain_correct[mine] = correct[mine] - population["correct"][mine]
+        fitted = _fit(settings, scores.on_grid, other) if len(other) else setting
+        pers = {n: _interpolated(scores.on_grid, settings, fitted, n) for n in ("log_loss_sum", "correct")}
+        pop = {n: _interpolated(scores.population, settings, fitted, n) for n in ("log_loss_sum", "correct")}
+        gain_ll[mine] = pop["log_loss_sum"][mine] - pers["log_loss_sum"][mine]
+        gain_correct[mine] = pers["correct"][mine] - pop["correct"][mine]
 
     weight, decided = population["weight"], population["n"]
     gain = float(gain_ll[users].sum() / max(weight[users].sum(), 1e-12))
@@ -259,24 +280,31 @@ def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, 
         log_loss={"population": _mean_log_loss(population, users), "personalized": _mean_log_loss(at, users)},
         accuracy={"population": acc(population), "personalized": acc(at)},
         gain_log_loss=gain, gain_log_loss_ci95=[low, high], gain_accuracy=gain_acc,
-        grid=[float(s) for s in settings], grid_log_loss=grid_loss, reason=reason,
+        grid=[float(s) for s in settings], grid_log_loss=[_mean_log_loss(g, users) for g in scores.on_grid], reason=reason,
     )
 
 
 def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users, seen_users,
               shots: list[int], mode: str, seeds: list[int], settings: list[float], gate: bool = True,
-              min_users: int = 20, level: float = 0.95) -> dict[int, Decision]:
-    """{k: Decision} in `mode` for every k that enough calibration users reach (see the module
-    docstring): the grid scored per user, the setting refined and scored exactly, the gate."""
-    common = dict(held_out_rows=held_out_rows, val_users=val_users, seen_users=seen_users, mode=mode, seeds=seeds)
+              min_users: int = 20, level: float = 0.95, max_seen: int | None = None) -> dict[int, Decision]:
+    """{k: Decision} in `mode` for every k that calibration users reach (see the module
+    docstring): the grid scored per user, the setting refined and scored exactly, the gate. A k
+    that fewer than `min_users` reach is skipped once a smaller k is decided."""
+    calibration = Calibration(adapt_and_predict, params, tables, comparisons, held_out_rows=held_out_rows,
+                              val_users=val_users, seen_users=seen_users, shots=shots, mode=mode, seeds=seeds,
+                              max_seen=max_seen)
     decisions = {}
-    for k, scores in score_grid(adapt_and_predict, params, tables, comparisons, shots=shots, settings=settings,
-                                **common).items():
-        users = np.flatnonzero(scores.population["weight"] > 0)
-        if len(users) < min_users and decisions:
-            continue  # too few users: the nearest decided k below applies
-        setting = refine_minimum(settings, [_mean_log_loss(g, users) for g in scores.on_grid])
-        exact = score_at(adapt_and_predict, params, tables, comparisons, k=k, setting=setting, max_shots=max(shots),
-                         **common) if setting not in settings else scores.on_grid[settings.index(setting)]
+    for k in sorted(shots):
+        n = calibration.reaches(k)
+        if n == 0 or (n < min_users and decisions):
+            continue
+        scores = calibration.score_grid(k, settings)
+        users = np.flatnonzero(scores.on_grid[0]["weight"] > 0)
+        setting = _fit(settings, scores.on_grid, users)
+        if setting in settings:
+            g = settings.index(setting)
+            exact = (scores.population[g], scores.on_grid[g])
+        else:
+            exact = (calibration.sums(k, setting, n_shots=0), calibration.sums(k, setting))
         decisions[k] = decide(k, scores, settings, gate=gate, min_users=min_users, level=level, exact=exact, setting=setting)
     return decisions

@@ -41,7 +41,8 @@ def scores(n_users: int, gain_per_pair, rng, pairs: int = 10, noise: float = 0.3
         g = gain_per_pair(s) * pairs
         on_grid.append({"n": population["n"], "correct": population["correct"] + g * 0.5,
                         "weight": population["weight"], "log_loss_sum": pop_ll - g + noise_u})
-    return Scores(ids=np.arange(n_users), is_seen=np.arange(n_users) < n_users - 20, population=population, on_grid=on_grid)
+    return Scores(ids=np.arange(n_users), is_seen=np.arange(n_users) < n_users - 20,
+                  population=[population] * len(SETTINGS), on_grid=on_grid)
 
 
 def test_gate_personalizes_where_users_gain_and_not_where_they_do_not():
@@ -77,8 +78,8 @@ def test_the_gain_is_cross_fitted():
     # each user's loss is lower than the population at exactly one random grid setting, higher at the others
     best = rng.integers(0, len(SETTINGS), n)
     on_grid = [{**population, "log_loss_sum": 6.0 + np.where(best == g, -1.0, 0.3)} for g in range(len(SETTINGS))]
-    d = shrinkage.decide(3, Scores(ids=np.arange(n), is_seen=np.ones(n, bool), population=population, on_grid=on_grid),
-                         SETTINGS)
+    d = shrinkage.decide(3, Scores(ids=np.arange(n), is_seen=np.ones(n, bool), population=[population] * len(SETTINGS),
+                                   on_grid=on_grid), SETTINGS)
     assert not d.personalize and d.gain_log_loss < 0
 
 
@@ -92,6 +93,20 @@ def test_setting_and_gate_at_k():
     gates = {1: False, 5: True}
     assert [fewshot.gate_at(gates, k) for k in (0, 1, 4, 5, 20)] == [False, False, False, True, True]
     assert fewshot.gate_at(None, 1)
+
+
+def test_the_population_is_the_same_settings_0_shot_prediction():
+    """Under `bayes` the 0-shot prediction depends on the prior's scale (a wide prior tempers it):
+    the gain at a setting is measured against the 0-shot prediction at that same setting."""
+    n = 200
+    base_sums = {"n": np.full(n, 10.0), "correct": np.full(n, 7.0), "weight": np.full(n, 10.0)}
+    # 0-shot log-loss is poor at weak priors (over-tempered) and fine at strong ones; k-shot is 0.02/pair better throughout
+    population = [{**base_sums, "log_loss_sum": np.full(n, 10 * (0.6 + 0.1 / s))} for s in SETTINGS]
+    on_grid = [{**base_sums, "log_loss_sum": p["log_loss_sum"] - 0.2 + np.random.default_rng(0).normal(0, 0.05, n)}
+               for p in population]
+    d = shrinkage.decide(2, Scores(ids=np.arange(n), is_seen=np.ones(n, bool), population=population, on_grid=on_grid),
+                         SETTINGS)
+    assert d.gain_log_loss == pytest.approx(0.02, abs=0.005) and d.personalize
 
 
 def test_calibration_episodes_use_held_out_rows_of_seen_users_and_all_rows_of_val_users(tiny_dataset):
@@ -151,3 +166,36 @@ def test_run_calibrates_on_seen_held_out_and_val_users_and_scores_test_users_wit
     unseen = results["unseen"]
     assert unseen["personalize_by_k"] == {"random": {1: False, 5: True}, "item_disjoint": {1: False, 5: False}}
     assert unseen["shrinkage"]["random"][5]["reason"] == "fake"
+
+
+def test_calibration_deals_users_to_seeds_and_scores_each_once(tiny_dataset):
+    """Every calibration user is scored under exactly one seed's parameters, and a model whose
+    answers tell the truth is personalized while one whose answers are noise is not."""
+    import jax.numpy as jnp
+
+    c = tiny_dataset.comparisons
+    users = np.unique(c.user)
+    seen, val = users[:40], users[40:50]
+    held_out = np.flatnonzero(np.isin(c.user, seen))[::3]
+    used = []
+
+    def adapt(params, tables, pool, k, query, strength, seen_users):  # params: this seed's [] "parameter"
+        used.append(float(params))
+        sign = 2.0 * query.label - 1.0
+        informative = jnp.where(k > 0, params * sign, 0.0)  # the truth's sign with k answers; 0 logit without
+        return None, informative
+
+    params = jnp.asarray([1.0, 2.0, 3.0])  # three seeds
+    calibration = shrinkage.Calibration(adapt, params, None, c, held_out_rows=held_out, val_users=val, seen_users=None,
+                                        shots=[1, 2], mode="random", seeds=[0, 1, 2])
+    assert len(calibration.batches) == 3 and len(np.unique(calibration.ids)) == len(calibration.ids)
+    assert set(calibration.ids) == set(np.unique(c.user[held_out])) | set(val)
+    decisions = shrinkage.calibrate(adapt, params, None, c, held_out_rows=held_out, val_users=val, seen_users=None,
+                                    shots=[1, 2], mode="random", seeds=[0, 1, 2], settings=[1.0])
+    assert decisions[1].personalize and decisions[1].n_users["unseen_val"] == len(val)
+    assert set(used) == {1.0, 2.0, 3.0}  # every seed's parameters scored its share of the users
+    assert decisions[1].accuracy["personalized"] == 1.0
+
+    noise = lambda *a: (None, jnp.where(a[3] > 0, 3.0 * jnp.sin(1e3 * a[4].a.astype(jnp.float32)), 0.0))  # noqa: E731  confident, unrelated
+    assert not shrinkage.calibrate(noise, params, None, c, held_out_rows=held_out, val_users=val, seen_users=None,
+                                   shots=[1], mode="random", seeds=[0, 1, 2], settings=[1.0])[1].personalize
