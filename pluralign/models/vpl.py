@@ -28,6 +28,11 @@ would be lore's head); subtracting D(x, y, 0) only removes its z-independent par
 r_θ carries. g is set to 0 where n(z) = 0 exactly, so z = 0 is BT bit for bit and not up
 to rounding (D(z) and D(0) may be compiled with different shapes). `anchor=False` is the
 paper's decoder, unchanged (same parameters, same numbers).
+Training needs nothing new for the anchor: r_θ gets the gradient of every comparison through
+the same loss, and the KL to N(0, I) already makes z = 0 the centre of the users. It does not
+make r_θ the best *population* guess (the decomposition r_θ + g is only pinned by where the
+posteriors sit); `population_weight` > 0 adds BT's own loss of r_θ alone on each batch, which
+picks, among the equivalent decompositions, the one where r_θ is a BT fit.
 
 Decisions (deviations from the reference code, on purpose):
 - Soft labels: a context pair is encoded in both orders and the two are weighted by
@@ -93,6 +98,7 @@ class VPLConfig:
     normalize_z: bool = False  # n(z): identity, or z/‖z‖·√L (used in training AND evaluation)
     anchor: bool = True  # r = r_θ + D(z) − D(0), z = 0 is BT; False: r = D(z), the paper's decoder
     population_hidden: list[int] = dataclasses.field(default_factory=lambda: [64])  # r_θ's hidden layers (BT's `hidden`)
+    population_weight: float = 0.0  # anchored: + this × BT's loss of r_θ alone on the same comparisons
 
     def __post_init__(self):
         if self.beta_schedule not in ("constant", "linear", "cyclical"):
@@ -103,6 +109,8 @@ class VPLConfig:
             raise ValueError("model.latent_dim, model.pair_dim and model.context_pool must be >= 1")
         if self.logvar_min > self.logvar_max or self.beta < 0:
             raise ValueError("model.logvar_min must be <= model.logvar_max and model.beta >= 0")
+        if self.population_weight < 0 or (self.population_weight > 0 and not self.anchor):
+            raise ValueError("model.population_weight must be >= 0, and 0 without model.anchor (there is no r_θ)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +131,7 @@ class VPLSettings:
     logvar_max: float
     normalize_z: bool
     anchor: bool
+    population_weight: float
 
     @classmethod
     def of(cls, config: VPLConfig) -> VPLSettings:
@@ -339,11 +348,16 @@ class VPL(PreferenceModel):
         rows, mask = self.sample_context(step.context, batch, step.rows, context_key)
         mu, logvar = self.split_state(self._context_state(tables, step.context, rows, mask))  # [B, L] each
         z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(z_key, mu.shape)  # reparameterised
-        logits = self.latent_logits(z, self.pair_features(gather(tables, batch)))  # [B]
+        features = self.pair_features(gather(tables, batch))
+        logits = self.latent_logits(z, features)  # [B]
         metrics = weighted_metrics(logits, batch.label, batch.weight)
         kl = (kl_to_standard_normal(mu, logvar) * batch.weight).sum() / jnp.maximum(batch.weight.sum(), 1e-9)
         objective = metrics["loss"] + beta_at(self.settings, step.step) * kl
-        return objective, {"loss": metrics["loss"], "kl": kl, "accuracy": metrics["accuracy"]}
+        out = {"loss": metrics["loss"], "kl": kl, "accuracy": metrics["accuracy"]}
+        if self.settings.population_weight > 0:  # r_θ alone fitted as BT is fitted: z = 0 the best population guess
+            out["population_loss"] = weighted_metrics(features["population"], batch.label, batch.weight)["loss"]
+            objective = objective + self.settings.population_weight * out["population_loss"]
+        return objective, out
 
     # --- rewards and uncertainty
     def reward(self, user_state, e_x, has_prompt, e_y, reference_y: jax.Array | None = None):

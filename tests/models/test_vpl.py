@@ -104,6 +104,15 @@ def test_loss_is_the_nll_plus_beta_kl():
     objective, metrics = nnx.jit(lambda m, t, b, s: m.training_loss(t, b, s))(model, tables, train, step)
     np.testing.assert_allclose(objective, metrics["loss"] + 0.3 * metrics["kl"], rtol=1e-6)  # "loss": the NLL (BCE)
     assert float(metrics["kl"]) > 0  # the encoder's posterior is not the prior at init
+    # population_weight adds BT's own loss of the shared reward r_θ on the same comparisons.
+    weighted = _model(beta=0.3, beta_schedule="constant", population_weight=0.5)
+    objective, metrics = nnx.jit(lambda m, t, b, s: m.training_loss(t, b, s))(weighted, tables, train, step)
+    bt_loss = base.weighted_metrics(base.logits(_bt_of(weighted), jnp.zeros((15, 0)), base.gather(tables, train)),
+                                    train.label, train.weight)["loss"]
+    np.testing.assert_allclose(metrics["population_loss"], bt_loss, rtol=1e-6)
+    np.testing.assert_allclose(objective, metrics["loss"] + 0.3 * metrics["kl"] + 0.5 * bt_loss, rtol=1e-6)
+    with pytest.raises(ValueError, match="population_weight"):
+        VPLConfig(anchor=False, population_weight=1.0)
 
 
 @pytest.mark.slow
@@ -257,7 +266,7 @@ def _two_type_data(rng, n_users, n_pairs, items):
 
 
 def test_anchored_short_training_personalizes():
-    """A few hundred full-batch steps on two user types: the few-shot posterior mean beats the
+    """120 full-batch steps on two user types: the few-shot posterior mean beats the
     population decode (z = 0, BT's part) on held-out users' query pairs."""
     rng, n_users, n_items = np.random.default_rng(0), 40, 60
     items = rng.normal(size=(n_items, D)).astype(np.float32)
@@ -282,7 +291,7 @@ def test_anchored_short_training_personalizes():
         return optax.apply_updates(params, updates), opt_state
 
     opt_state = tx.init(params)
-    for step in range(300):
+    for step in range(120):
         params, opt_state = train_step(params, opt_state, jnp.int32(step))
     model = nnx.merge(graphdef, params)
 
