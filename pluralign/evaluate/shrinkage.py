@@ -152,6 +152,7 @@ class Calibration:
         seen = calibration_users(comparisons, held_out_rows, val_users, max_seen=max_seen)
         val_users = np.asarray(val_users)
         self.batches = []  # (seed index, pool, query, label, user, weight, pool_size, has_query)
+        self._zero_shot = {}  # (batch, setting) -> 0-shot logits: they do not depend on k
         ids, is_seen = [], []
         for seed_index, seed in enumerate(seeds):
             episode_seed = int(np.random.SeedSequence([seed, 7919]).generate_state(1)[0])
@@ -169,13 +170,24 @@ class Calibration:
         order = np.argsort(ids)
         self.ids, self.is_seen = ids[order], is_seen[order]
 
+    def logits(self, b: int, n_shots: int, setting: float) -> np.ndarray:
+        """Query logits of batch b from `n_shots` answers at `setting` (0-shot ones computed once per setting)."""
+        key = (b, float(setting))
+        if n_shots == 0 and key in self._zero_shot:
+            return self._zero_shot[key]
+        seed_index, pool, query = self.batches[b][:3]
+        seed_params = jax.tree.map(lambda x: x[seed_index], self.params)
+        z = np.asarray(self.adapt(seed_params, self.tables, pool, jnp.int32(n_shots), query, jnp.float32(setting),
+                                  self.seen_users)[1])
+        if n_shots == 0:
+            self._zero_shot[key] = z
+        return z
+
     def sums(self, k: int, setting: float, n_shots: int | None = None) -> dict:
         """Per-user sums over the users who reach k, of predictions from `n_shots` (default k) answers at `setting`."""
         total = None
-        for seed_index, pool, query, label, user, weight, pool_size, has_query in self.batches:
-            seed_params = jax.tree.map(lambda x: x[seed_index], self.params)
-            z = np.asarray(self.adapt(seed_params, self.tables, pool, jnp.int32(k if n_shots is None else n_shots), query,
-                                      jnp.float32(setting), self.seen_users)[1])
+        for b, (_, _, _, label, user, weight, pool_size, has_query) in enumerate(self.batches):
+            z = self.logits(b, k if n_shots is None else n_shots, setting)
             w = (weight * ((pool_size >= k) & has_query)[:, None]).ravel()
             total = _add(total, metrics.per_user_sums(z.ravel(), label.ravel(), w, user.ravel(), self.ids))
         return total

@@ -142,12 +142,21 @@ def make_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
     raise ValueError(f"unknown schedule {config.schedule!r}; use constant, cosine or warmup_cosine")
 
 
+def trainable_mask(params):
+    """The model state's structure with True at nnx.Param leaves, False at other variables."""
+    return jax.tree.map(lambda v: v.replace(isinstance(v, nnx.Param)) if isinstance(v, nnx.Variable) else True, params,
+                        is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
 def make_optimizer(config: TrainConfig, lr: optax.Schedule) -> optax.GradientTransformation:
     """config.optimizer over the learning-rate schedule `lr` (`make_schedule`), after gradient clipping."""
     if config.optimizer == "adam":
         opt = optax.adam(lr)
     elif config.optimizer == "adamw":
-        opt = optax.adamw(lr, weight_decay=config.weight_decay)
+        # Decay trainable parameters only: fixed state fitted before training (DPA's reward
+        # transform, bt_residual's projection) is an nnx.Variable read under stop_gradient, which
+        # Adam leaves alone but a decoupled decay would shrink.
+        opt = optax.adamw(lr, weight_decay=config.weight_decay, mask=trainable_mask)
     elif config.optimizer == "sgd":
         opt = optax.sgd(lr, momentum=0.9)
     else:

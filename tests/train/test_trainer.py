@@ -252,3 +252,22 @@ def test_auto_batch_size_gives_an_epoch_of_many_steps():
         size = auto_batch_size(n)
         assert 16 <= size <= 512 and size & (size - 1) == 0
         assert n // size >= 50 or size == 16
+
+
+def test_adamw_decays_parameters_but_not_fixed_variables():
+    """Fixed state fitted before training (bt_residual's projection, DPA's transform) is an
+    nnx.Variable: adamw's decoupled weight decay must leave it as it is."""
+    import optax
+    from flax import nnx
+
+    from pluralign.models import REGISTRY, Dims
+    from pluralign.numerics import optimizer_update
+    from pluralign.train.trainer import make_optimizer
+
+    cls, cfg = REGISTRY["bt_residual"]
+    _, state = nnx.split(cls(cfg(name="bt_residual"), Dims(dim=8, n_users=4), rngs=nnx.Rngs(0)))
+    tx = make_optimizer(TrainConfig(optimizer="adamw", weight_decay=0.5, grad_clip=1.0), lambda step: jnp.float32(0.1))
+    updates, _ = optimizer_update(tx, jax.tree.map(jnp.zeros_like, state), tx.init(state), state)
+    new = optax.apply_updates(state, updates)
+    np.testing.assert_array_equal(new["residual_projection"]["matrix"][...], state["residual_projection"]["matrix"][...])
+    assert not np.allclose(new["reward_net"]["layers"][0]["kernel"][...], state["reward_net"]["layers"][0]["kernel"][...])
