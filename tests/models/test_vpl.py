@@ -237,8 +237,8 @@ def test_paper_decoder_is_unchanged_without_the_anchor():
     """anchor=False: the same parameters as the anchored model minus r_θ (drawn identically), and the
     reward is the decoder alone, r = MLP_dec([ẽ_x; e_y; z])."""
     paper, anchored, rng = _model(anchor=False), _model(), np.random.default_rng(6)
-    paper_state = nnx.state(paper).flat_state()
-    anchored_state = {k: v for k, v in nnx.state(anchored).flat_state() if k[0] != "population"}
+    paper_state = list(nnx.to_flat_state(nnx.state(paper)))
+    anchored_state = {k: v for k, v in nnx.to_flat_state(nnx.state(anchored)) if k[0] != "population"}
     assert [k for k, _ in paper_state] == list(anchored_state) and "population" not in nnx.state(paper)
     for key, value in paper_state:
         np.testing.assert_array_equal(value[...], anchored_state[key][...])
