@@ -38,7 +38,10 @@ def test_shapes_and_items_reused_from_a_common_pool():
 
 
 def test_default_ceilings_population_below_transferable_below_bayes():
-    truth = make_idiosyncratic(IdiosyncraticConfig()).meta["truth"]
+    default = make_idiosyncratic(IdiosyncraticConfig()).meta["truth"]  # nothing transfers by default
+    assert default["transferable_optimal_accuracy"] == pytest.approx(default["population_optimal_accuracy"])
+    assert default["transferable_optimal_accuracy"] < default["bayes_optimal_accuracy"] - 0.06
+    truth = make_idiosyncratic(IdiosyncraticConfig(deviation_scale=0.6)).meta["truth"]
     population, bayes = truth["population_optimal_accuracy"], truth["bayes_optimal_accuracy"]
     transferable = truth["transferable_optimal_accuracy"]
     assert 0.7 < population < transferable - 0.015                 # v_u is worth a little, on new items too
