@@ -266,12 +266,12 @@ def _two_type_data(rng, n_users, n_pairs, items):
 
 
 def test_anchored_short_training_personalizes():
-    """120 full-batch steps on two user types: the few-shot posterior mean beats the
+    """80 full-batch steps on two user types: the few-shot posterior mean beats the
     population decode (z = 0, BT's part) on held-out users' query pairs."""
     rng, n_users, n_items = np.random.default_rng(0), 40, 60
     items = rng.normal(size=(n_items, D)).astype(np.float32)
     tables = base.Tables(items=jnp.asarray(items), prompts=jnp.zeros((1, D)))
-    train = _two_type_data(rng, n_users, 24, items)
+    train = _two_type_data(rng, n_users, 16, items)
     config = VPLConfig(latent_dim=2, pair_dim=16, encoder_hidden=[32], decoder_hidden=[32], population_hidden=[32],
                        beta=0.01, beta_schedule="constant", c_min=2, c_max=8)
     model = VPL(config, base.Dims(dim=D, n_users=n_users), rngs=nnx.Rngs(0))
@@ -291,7 +291,7 @@ def test_anchored_short_training_personalizes():
         return optax.apply_updates(params, updates), opt_state
 
     opt_state = tx.init(params)
-    for step in range(120):
+    for step in range(80):
         params, opt_state = train_step(params, opt_state, jnp.int32(step))
     model = nnx.merge(graphdef, params)
 
