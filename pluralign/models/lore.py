@@ -23,8 +23,10 @@ factorisation).
 with P a fixed (whitened-PCA) projection of the item embeddings, fitted before training
 (`prepare_params`), and v_u under its own prior ½λ_v‖v_u‖² per comparison
 (`residual_prior_strength`). The basis captures the few directions users share; v_u whatever
-a user's taste has beyond them. `residual_dim = 0` (the default) is the model without it,
-unchanged.
+a user's taste has beyond them: with 20 answers a user can use more than `rank` directions,
+and the few-shot prior's fitted scale and the gate (`pluralign.evaluate.shrinkage`) keep 1-2
+answers from spending it. It is on by default (d = 64); `residual_dim = 0` is the model
+without it (LoRe's own), unchanged.
 
 `formulation: lore` is LoRe's own model without the shared reward, r_u = w_uᵀ B_θ with w_u
 unconstrained (the paper's simplex constraint is not implemented); its population state is then
@@ -54,7 +56,7 @@ class LoReConfig(BTConfig):
     weight_prior_strength: float = 0.01  # λ: Gaussian prior ½λ‖w_u‖² per comparison (and on ΔB)
     formulation: str = "residual"  # residual: r_θ + wᵀB | lore: wᵀB (LoRe without a shared reward)
     user_init_scale: float = 0.01  # std of the initial w_u (and v_u)
-    residual_dim: int = 0  # d of the full-rank residual v_uᵀ P e_y / √d; 0 = off
+    residual_dim: int = 64  # d of the full-rank residual v_uᵀ P e_y / √d; 0 = off (LoRe's model alone)
     residual_prior_strength: float = 0.001  # λ_v: Gaussian prior ½λ_v‖v_u‖² per comparison
 
     def __post_init__(self):

@@ -183,7 +183,7 @@ def test_fewshot_recovers_a_planted_deviation(trained):
 
 def test_lore_residual_dim_zero_is_unchanged_and_positive_adds_the_term():
     dims = Dims(dim=D, n_users=N_USERS)
-    plain = LoRe(LoReConfig(hidden=[16], rank=3), dims, rngs=nnx.Rngs(0))
+    plain = LoRe(LoReConfig(hidden=[16], rank=3, residual_dim=0), dims, rngs=nnx.Rngs(0))
     assert "residual_projection" not in nnx.state(plain) and plain.user_state_dim == 3
     full = LoRe(LoReConfig(hidden=[16], rank=3, residual_dim=4), dims, rngs=nnx.Rngs(0))
     assert full.user_state_dim == 3 + 4
@@ -206,4 +206,4 @@ def test_lore_residual_dim_zero_is_unchanged_and_positive_adds_the_term():
     tables, batch = _tiny()
     assert "residual_penalty" not in plain.loss(tables, batch, None)[1]
     assert "residual_penalty" in full.loss(tables, batch, None)[1]
-    assert LoRe.prepare_params(LoReConfig(), None, None, "untouched") == ("untouched", None)
+    assert LoRe.prepare_params(LoReConfig(residual_dim=0), None, None, "untouched") == ("untouched", None)

@@ -33,7 +33,9 @@ def make_pair(n=6, seed=0) -> base.PairEmbeddings:
 
 
 def make_lore(**overrides) -> LoRe:
-    return LoRe(LoReConfig(hidden=[16], rank=RANK, **overrides), Dims(dim=D, n_users=N_USERS), rngs=nnx.Rngs(0))
+    """The low-rank part alone (residual_dim=0); the full-rank term is tested in test_bt_residual."""
+    return LoRe(LoReConfig(**{"hidden": [16], "rank": RANK, "residual_dim": 0, **overrides}), Dims(dim=D, n_users=N_USERS),
+                rngs=nnx.Rngs(0))
 
 
 def test_shapes():

@@ -107,11 +107,15 @@ def test_state_dim_and_prepare_params_of_every_model(name, cls, no_attributes):
     # S is known from the class and config alone, and agrees with the built model.
     assert cls.state_dim(config, DIMS) == model.user_state_dim
     # `pluralign.run` calls prepare_params unconditionally: a no-op for every family without a
-    # stage before comparison training (DPA's needs rated attributes and refuses data without).
+    # stage before comparison training (DPA's needs rated attributes and refuses data without;
+    # bt_residual and lore fit their fixed projection of the items and say how).
     _, params = nnx.split(model)
     if name == "dpa":
         with pytest.raises(ValueError, match="attribute"):
             cls.prepare_params(config, no_attributes, np.arange(4), params)
+    elif name in ("bt_residual", "lore"):
+        fitted, summary = cls.prepare_params(config, no_attributes, np.arange(4), params)
+        assert jax.tree.structure(fitted) == jax.tree.structure(params) and summary["n_items"] == 4
     else:
         same, summary = cls.prepare_params(config, no_attributes, np.arange(4), params)
         assert same is params and summary is None
