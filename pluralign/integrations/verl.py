@@ -20,7 +20,13 @@ from typing import Any, Sequence
 
 from pluralign.integrations._common import RewardOptions, Users, as_text, check_policy, run_dir_from, scorer_for, to_floats
 
-USERS = Users()  # users the run has not seen, registered with USERS.add(user_id, support=... | state=...)
+_USERS = Users()
+
+
+def add_user(user_id: Any, support: Any = None, *, state: Any = None) -> None:
+    """Registers a user the run has not seen, with a `Support` or a state vector (see
+    `trl.PluralignRewardFunction.add_user`), in this process."""
+    _USERS.add(user_id, support=support, state=state)
 
 
 def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str], ground_truths: Sequence[Any],
@@ -32,7 +38,7 @@ def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str
         return []
     infos = [info or {} for info in extra_infos]
     scorer = scorer_for(run_dir_from(run_dir), RewardOptions(seed=seed, capacity=capacity, split_mode=split_mode))
-    states, unknown = USERS.resolve(scorer, [info.get("user_id") for info in infos],
+    states, unknown = _USERS.resolve(scorer, [info.get("user_id") for info in infos],
                                     check_policy(unknown_user, ("population", "error")))
     prompts = [as_text(info.get("prompt", "")) for info in infos] if use_prompt else None
     rewards = to_floats(scorer.score(prompts, list(solution_strs), states, embed_with_prompt))
