@@ -191,6 +191,12 @@ def test_verl_compute_score(run, monkeypatch):
     batch = verl.compute_score_batch(["tldr"] * 2, RESPONSES[:2], [None, None],
                                      [{"prompt": PROMPTS[0], "user_id": a}, None], run_dir=str(run["run_dir"]))
     np.testing.assert_allclose(batch, [score, expected(reward, "", RESPONSES[1], population(reward))], rtol=1e-6, atol=1e-6)
+    state = np.asarray(reward.user_state(run["seen"][1]))
+    verl.add_user("vector-user", state=state)  # registered in this process
+    np.testing.assert_allclose(
+        verl.compute_score("tldr", RESPONSES[2], None, extra_info={"prompt": PROMPTS[2], "user_id": "vector-user"},
+                           run_dir=str(run["run_dir"])),
+        expected(reward, PROMPTS[2], RESPONSES[2], UserState(state)), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="PLURALIGN_RUN"):
         verl.compute_score("tldr", RESPONSES[0], None, extra_info={"user_id": a})
     with pytest.raises(ValueError, match="unknown_user"):
