@@ -44,7 +44,7 @@ def test_ledoit_wolf_matches_the_formula_and_shrinks_only_when_data_are_few(n):
 
 
 def lore(n_users=40, seed=0, dim=D) -> LoRe:
-    model = LoRe(LoReConfig(hidden=[16], rank=RANK), Dims(dim=dim, n_users=n_users), rngs=nnx.Rngs(seed))
+    model = LoRe(LoReConfig(hidden=[16], rank=RANK, residual_dim=0), Dims(dim=dim, n_users=n_users), rngs=nnx.Rngs(seed))
     spread = jnp.asarray(np.random.default_rng(seed).standard_normal((n_users, RANK)) * [2.0, 1.0, 0.5], jnp.float32)
     model.user_weights[...] = spread
     return model
@@ -168,7 +168,7 @@ def test_exported_reward_infers_new_users_as_the_bayes_evaluation(tmp_path, tiny
     stacked = jax.tree.map(lambda x: x[None], params)
     tables = make_tables(data)
     save_model(
-        tmp_path / "model", model_config=LoReConfig(hidden=[16], rank=RANK), dims=Dims(dim=data.dim, n_users=data.n_users),
+        tmp_path / "model", model_config=LoReConfig(hidden=[16], rank=RANK, residual_dim=0), dims=Dims(dim=data.dim, n_users=data.n_users),
         params=stacked, seen_states=compute_seen_states(graphdef, stacked, tables, data.n_users), seeds=[0],
         dataset_meta=data.meta, seen_users=split.seen, split=split.to_dict(), prior_strength=0.5, inference="bayes",
         inference_steps=20, inference_learning_rate=0.1,

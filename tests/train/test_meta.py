@@ -47,7 +47,7 @@ def test_support_sets_are_the_same_users_other_training_pairs(tiny_dataset):
 
 def test_inner_loop_is_gradient_descent_from_the_meta_init():
     cls = meta.meta_class(LoRe, meta.MetaOptions(inner_steps=1, inner_learning_rate=0.7))
-    model = cls(LoReConfig(hidden=[8], rank=RANK), Dims(dim=D, n_users=4), rngs=nnx.Rngs(0))
+    model = cls(LoReConfig(hidden=[8], rank=RANK, residual_dim=0), Dims(dim=D, n_users=4), rngs=nnx.Rngs(0))
     model.meta_init[...] = jnp.array([0.3, -0.2])
     rng = np.random.default_rng(0)
     pair = PairEmbeddings(e_x=jnp.zeros((5, D)), has_prompt=jnp.zeros(5, bool),
