@@ -75,8 +75,9 @@ class Decision:
 def grid(model: base.PreferenceModel, inference: str, prior_scales, prior_strengths) -> list[float]:
     """The settings to score: the bayes multipliers or the map precisions; one value where the
     model's inference ignores the setting (VPL's amortised encoder), since only the gate is left."""
-    values = list(prior_scales if inference == "bayes" and model.fits_user_state else prior_strengths)
-    return values if model.uses_prior_strength else values[:1]
+    if not model.uses_prior_strength:
+        return [1.0]  # a placeholder the inference never reads
+    return list(prior_scales if inference == "bayes" and model.fits_user_state else prior_strengths)
 
 
 def setting_at(decisions: dict, k: int) -> tuple[float, bool] | None:
