@@ -23,13 +23,16 @@ mean log-loss minimised continuously (a parabola in log c through the best grid 
 neighbours), then scored exactly at that setting. The population pin (c → ∞) is the other limit,
 reached through the gate.
 
-**The gate** (per mode and k): personalize only where the calibration users show a gain in
+**The gate** (per mode and k, smallest k first): personalize only where the calibration users show a gain in
 log-loss over the population prediction (the same model and prior with no answers: its 0-shot
 prediction; for a population-anchored model that is its shared BT reward, tempered under
 `bayes` by the prior's spread) whose paired
 bootstrap interval over users lies above zero, and no loss in accuracy. The gain is *cross-fitted*:
 the users are split in two folds and each fold is scored at the scale fitted on the other, so the
-setting is never judged on the users it was fitted to. Where fewer than `eval.gate_min_users`
+setting is never judged on the users it was fitted to. Once the gate has opened at some k it stays
+open at larger k unless the users there show a loss (interval entirely below 0), or an accuracy
+loss: fewer users reach a larger k, so its own interval is wider, while a posterior predictive
+with a calibrated prior does not get worse in expectation as answers accumulate. Where fewer than `eval.gate_min_users`
 users reach k, no decision is made there and the nearest decided k below applies
 (`setting_at`); below every decided k a new user gets the population.
 
@@ -248,11 +251,16 @@ def _fit(settings: list[float], on_grid: list, users: np.ndarray) -> float:
 
 
 def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, min_users: int = 20,
-           level: float = 0.95, exact: tuple[dict, dict] | None = None, setting: float | None = None) -> Decision:
+           level: float = 0.95, exact: tuple[dict, dict] | None = None, setting: float | None = None,
+           opened_at: int | None = None) -> Decision:
     """The (mode, k) decision from the calibration users' per-user sums (`Calibration.score_grid`).
 
     `setting` / `exact`: the refined setting and the (population, personalized) per-user sums scored
-    exactly there (else interpolated on the grid)."""
+    exactly there (else interpolated on the grid). `opened_at`: the smallest k below this one where
+    the gate opened, if any: then more answers under a prior fitted for them keep it open unless
+    the users here show a loss (interval entirely below 0). Fewer users reach a larger k, so its own
+    interval is wider; a Bayesian posterior predictive with a calibrated prior does not get worse
+    in expectation as answers accumulate, so the evidence at the smaller k carries."""
     users = np.flatnonzero(scores.on_grid[0]["weight"] > 0)
     setting = _fit(settings, scores.on_grid, users) if setting is None else setting
     if exact is None:
@@ -280,6 +288,9 @@ def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, 
         personalize, reason = True, "gate off (eval.gate=false): personalized at every k"
     elif len(users) < min_users:
         personalize, reason = False, f"only {len(users)} calibration users reach k={k} (eval.gate_min_users={min_users})"
+    elif (low is None or low <= 0) and opened_at is not None and high is not None and high > 0 and gain_acc >= 0:
+        personalize, reason = True, (f"log-loss gain {gain:+.4f} [{low:+.4f}, {high:+.4f}], accuracy {gain_acc:+.4f}: "
+                                     f"not a loss, and the gate opened at k={opened_at}")
     elif low is None or low <= 0:
         personalize, reason = False, f"log-loss gain {gain:+.4f}, {level:.0%} interval [{low:+.4f}, {high:+.4f}] not above 0"
     elif gain_acc < 0:
@@ -319,5 +330,7 @@ def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, he
             exact = (scores.population[g], scores.on_grid[g])
         else:
             exact = (calibration.sums(k, setting, n_shots=0), calibration.sums(k, setting))
-        decisions[k] = decide(k, scores, settings, gate=gate, min_users=min_users, level=level, exact=exact, setting=setting)
+        opened = [kk for kk, d in decisions.items() if d.personalize]
+        decisions[k] = decide(k, scores, settings, gate=gate, min_users=min_users, level=level, exact=exact, setting=setting,
+                              opened_at=min(opened) if opened else None)
     return decisions

@@ -199,3 +199,15 @@ def test_calibration_deals_users_to_seeds_and_scores_each_once(tiny_dataset):
     noise = lambda *a: (None, jnp.where(a[3] > 0, 3.0 * jnp.sin(1e3 * a[4].a.astype(jnp.float32)), 0.0))  # noqa: E731  confident, unrelated
     assert not shrinkage.calibrate(noise, params, None, c, held_out_rows=held_out, val_users=val, seen_users=None,
                                    shots=[1], mode="random", seeds=[0, 1, 2], settings=[1.0])[1].personalize
+
+
+def test_an_open_gate_stays_open_at_larger_k_unless_users_there_lose():
+    """Fewer users reach a larger k: a gain there that is positive but not significant keeps the
+    gate opened at a smaller k; a significant loss closes it; without an opening it stays shut."""
+    rng = np.random.default_rng(3)
+    weak = scores(40, lambda s: 0.01, rng, noise=1.0)  # +0.01 per pair, 40 users: not significant alone
+    assert not shrinkage.decide(9, weak, SETTINGS).personalize
+    carried = shrinkage.decide(9, weak, SETTINGS, opened_at=1)
+    assert carried.personalize and "opened at k=1" in carried.reason
+    losing = scores(300, lambda s: -0.05, rng)
+    assert not shrinkage.decide(9, losing, SETTINGS, opened_at=1).personalize
