@@ -45,7 +45,7 @@ from pluralign.jsonio import flatten as _flatten, json_default, nan_to_null, non
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign import rundir
 from pluralign.config_checks import check_run_config
-from pluralign.models import base, model_class
+from pluralign.models import BT, base, model_class
 from pluralign.provenance import provenance
 from pluralign.train import distributed, host_tables, meta
 from pluralign.train.batches import make_tables, to_batch
@@ -310,6 +310,7 @@ class Models:
     graphdef: nnx.GraphDef
     params: Any  # [n_seeds, ...] leaves
     train_keys: jax.Array  # raw [n_seeds, 2]: each seed's training key
+    init_keys: jax.Array  # raw [n_seeds, 2]: each seed's initialisation key (a population stage's BT uses it too)
     stage1: dict | None  # the summary of a stage before comparison training (DPA), for results.json
     context: Any  # the family's `training_context` of the training pairs (VPL, MRM), else None
 
@@ -326,7 +327,8 @@ def build_models(config: RunConfig, data: RunData) -> Models:
     graphdef, params = init_params(cls, config.model, data.dims, init_keys)
     params, stage1 = prepare_stage(cls, config, data, params)
     context = training_context(cls, config, data)
-    return Models(cls=cls, graphdef=graphdef, params=params, train_keys=train_keys, stage1=stage1, context=context)
+    return Models(cls=cls, graphdef=graphdef, params=params, train_keys=train_keys, init_keys=init_keys, stage1=stage1,
+                  context=context)
 
 
 def prepare_stage(cls: type, config: RunConfig, data: RunData, params):
@@ -365,10 +367,40 @@ class Trained:
     summary: dict  # the trainer's summary (epochs, best epochs, ...) for results.json
 
 
+def train_population(config: RunConfig, data: RunData, models: Models, run_dir: pathlib.Path):
+    """A population-anchored model's first stage (`PreferenceModel.population_stage`): BT trained
+    on the same comparisons with its own early stopping (checkpoints in run_dir/population),
+    copied into every seed's shared reward. Returns (params, the state paths to freeze, a summary
+    for results.json) — unchanged params, no paths and None for models without a stage, and
+    under MRM (`train.meta`, whose wrapped state has another layout)."""
+    stage = None if config.train.meta else models.cls.population_stage(config.model)
+    if stage is None:
+        return models.params, (), None
+    # The keys, config, data and trainer of `model=bt` with these seeds: the stage's BT is that run's BT.
+    graphdef, params = init_params(BT, stage.config, data.dims, models.init_keys)
+    trainer = host_tables.make_trainer(graphdef, config.train, len(data.pairs.train), data.tables)
+    log.info("population stage: BT %s on the same %d training pairs, its own early stopping", stage.config.hidden,
+             len(data.pairs.train))
+    keys = jnp.array(models.train_keys, copy=True)  # the trainer donates its state; the model's own run needs the keys
+    state, summary = trainer.fit(trainer.init_state(params, keys), data.tables, data.train, data.val,
+                                 run_dir=run_dir / "population", hparams={"population_stage": dataclasses.asdict(stage.config)})
+    target = models.params
+    for key in stage.path:
+        target = target[key]
+    for name in ("reward_net", "null_prompt"):
+        target[name] = state.best_params[name]
+    record = {"model": dataclasses.asdict(stage.config), "epochs_run": summary["epochs_run"],
+              "best_epoch": summary["best_epoch"], "best_val_loss": np.asarray(state.best_val_loss).tolist()}
+    return models.params, stage.frozen, record
+
+
 def train_models(config: RunConfig, data: RunData, models: Models, run_dir: pathlib.Path, on_epoch_end=None) -> Trained:
     """Trains every seed in one vmapped program, early stopping on seen-user validation loss,
-    with checkpoints and resume in run_dir."""
-    trainer = host_tables.make_trainer(models.graphdef, config.train, len(data.pairs.train), data.tables)
+    with checkpoints and resume in run_dir; a population-anchored model's shared reward first, as
+    BT (`train_population`), then frozen."""
+    params, frozen, population = train_population(config, data, models, run_dir)
+    models = dataclasses.replace(models, params=params)
+    trainer = host_tables.make_trainer(models.graphdef, config.train, len(data.pairs.train), data.tables, frozen)
     log.info("%s on %s: %d users (%d seen), %d training pairs; seeds %s, batch %d, %d steps per epoch", config.model.name,
              data.dataset.name, data.dataset.n_users, len(data.split.seen), len(data.pairs.train), list(config.seeds),
              trainer.batch_size, trainer.steps_per_epoch)
@@ -376,6 +408,8 @@ def train_models(config: RunConfig, data: RunData, models: Models, run_dir: path
         trainer.init_state(models.params, models.train_keys), data.tables, data.train, data.val, run_dir=run_dir,
         on_epoch_end=on_epoch_end, hparams=_fingerprint(config), context=models.context,
     )
+    if population is not None:
+        summary["population_stage"] = population
     return Trained(best_params=state.best_params, best_val_loss=state.best_val_loss, summary=summary)
 
 

@@ -146,6 +146,14 @@ class PreferenceModel(nnx.Module):
         return cls.user_state_dim
 
     @classmethod
+    def population_stage(cls, config: Any) -> Any:
+        """A `pluralign.models.bt.PopulationStage` where the model's shared reward is BT's and is
+        trained first, as BT, with its own early stopping, then frozen while the user terms train
+        (`pluralign.run.train_population`); None (the default) for models without one."""
+        del config
+        return None
+
+    @classmethod
     def prepare_params(cls, config: Any, dataset: Any, train_items: Any, params: Any) -> tuple[Any, dict | None]:
         """A stage before comparison training (DPA's attribute regression), run by
         `pluralign.run` once on the seed-stacked initial `params`, with `train_items` the items

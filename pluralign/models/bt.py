@@ -23,6 +23,25 @@ class BTConfig:
     hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
 
 
+@dataclasses.dataclass(frozen=True)
+class PopulationStage:
+    """How a population-anchored model gets its shared reward r_θ (DESIGN §4, §6): a BT with
+    `config` is trained first on the same comparisons, with its own early stopping, copied into
+    the model at `path` (() = the model's own BT attributes, as for subclasses of BT) and frozen
+    while the user terms train. The model's population prediction is then BT's fit, not only BT's
+    shape: trained jointly, the shared reward keeps fitting as long as the user terms improve
+    (measured on the rail panel: BT's best epoch 1-2, lore's 6-11, VPL's ~60) and its population
+    prediction fell 1-2 points below BT's."""
+
+    config: BTConfig
+    path: tuple[str, ...] = ()
+
+    @property
+    def frozen(self) -> tuple[tuple[str, ...], ...]:
+        """The state paths of the shared reward, held fixed in the second stage."""
+        return (self.path + ("reward_net",), self.path + ("null_prompt",))
+
+
 class BT(PreferenceModel):
     logit_is_reward_difference = True
     user_state_dim = 0

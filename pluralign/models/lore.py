@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pluralign.models.base import MLP, Dims, PairEmbeddings, gather, weighted_metrics
-from pluralign.models.bt import BT, BTConfig
+from pluralign.models.bt import BT, BTConfig, PopulationStage
 from pluralign.models.residual import FixedProjection, prepare_projection, projected_dim
 
 FORMULATIONS = ("residual", "lore")
@@ -55,6 +55,7 @@ class LoReConfig(BTConfig):
     basis_hidden: list[int] = dataclasses.field(default_factory=list)  # B_θ's hidden layers; [] = linear
     weight_prior_strength: float = 0.01  # λ: Gaussian prior ½λ‖w_u‖² per comparison (and on ΔB)
     formulation: str = "residual"  # residual: r_θ + wᵀB | lore: wᵀB (LoRe without a shared reward)
+    population_stage: bool = True  # train r_θ first as BT (own early stopping), then freeze it (models.bt.PopulationStage)
     user_init_scale: float = 0.01  # std of the initial w_u (and v_u)
     residual_dim: int = 64  # d of the full-rank residual v_uᵀ P e_y / √d; 0 = off (LoRe's model alone)
     residual_prior_strength: float = 0.001  # λ_v: Gaussian prior ½λ_v‖v_u‖² per comparison
@@ -73,6 +74,12 @@ class LoRe(BT):
     """BT's shared reward (inherited: null prompt, reward MLP, its pair features) + w_uᵀ B_θ."""
 
     logit_is_reward_difference = True
+
+    @classmethod
+    def population_stage(cls, config: LoReConfig) -> PopulationStage | None:
+        if config.formulation == "residual" and config.population_stage:
+            return PopulationStage(BTConfig(hidden=list(config.hidden)))
+        return None
 
     @classmethod
     def state_dim(cls, config: LoReConfig, dims: Dims) -> int:

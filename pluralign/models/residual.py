@@ -45,7 +45,7 @@ import numpy as np
 from flax import nnx
 
 from pluralign.models.base import Dims, PairEmbeddings, gather, weighted_metrics
-from pluralign.models.bt import BT, BTConfig
+from pluralign.models.bt import BT, BTConfig, PopulationStage
 
 
 def projected_dim(dim: int, residual_dim: int) -> int:
@@ -102,6 +102,7 @@ class BTResidualConfig(BTConfig):
     residual_dim: int = 64  # d: the projected embedding size (PCA above it, the identity at or below it)
     residual_prior_strength: float = 0.001  # λ: Gaussian prior ½λ‖v_u‖² per comparison
     user_init_scale: float = 0.01  # std of the initial v_u
+    population_stage: bool = True  # train r_θ first as BT (own early stopping), then freeze it (models.bt.PopulationStage)
 
     def __post_init__(self):
         if self.residual_dim < 1 or self.residual_prior_strength < 0:
@@ -113,6 +114,10 @@ class BTResidual(BT):
     """BT's shared reward (inherited: null prompt, reward MLP, its pair features) + v_uᵀ P e_y / √d."""
 
     logit_is_reward_difference = True
+
+    @classmethod
+    def population_stage(cls, config: BTResidualConfig) -> PopulationStage | None:
+        return PopulationStage(BTConfig(hidden=list(config.hidden))) if config.population_stage else None
 
     @classmethod
     def state_dim(cls, config: BTResidualConfig, dims: Dims) -> int:

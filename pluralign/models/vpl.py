@@ -74,7 +74,7 @@ from pluralign.models.base import (
     user_context,
     weighted_metrics,
 )
-from pluralign.models.bt import BT, BTConfig
+from pluralign.models.bt import BT, BTConfig, PopulationStage
 from pluralign.numerics import binary_entropy
 
 
@@ -99,6 +99,7 @@ class VPLConfig:
     anchor: bool = True  # r = r_θ + D(z) − D(0), z = 0 is BT; False: r = D(z), the paper's decoder
     population_hidden: list[int] = dataclasses.field(default_factory=lambda: [64])  # r_θ's hidden layers (BT's `hidden`)
     population_weight: float = 0.0  # anchored: + this × BT's loss of r_θ alone on the same comparisons
+    population_stage: bool = True  # anchored: train r_θ first as BT (own early stopping), then freeze it (models.bt.PopulationStage)
 
     def __post_init__(self):
         if self.beta_schedule not in ("constant", "linear", "cyclical"):
@@ -157,6 +158,12 @@ class VPL(PreferenceModel):
     logit_is_reward_difference = True
     uses_prior_strength = False  # amortised inference: the encoder is the posterior
     has_latent_posterior = True  # the state [μ; log σ²] is q(z | C)
+
+    @classmethod
+    def population_stage(cls, config: VPLConfig) -> PopulationStage | None:
+        if config.anchor and config.population_stage:
+            return PopulationStage(BTConfig(hidden=list(config.population_hidden)), path=("population",))
+        return None
 
     @classmethod
     def state_dim(cls, config: VPLConfig, dims: Dims) -> int:

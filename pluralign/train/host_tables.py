@@ -109,8 +109,8 @@ class HostGatherTrainer(Trainer):
     comparisons inside the step) need the whole table on the device and are refused.
     """
 
-    def __init__(self, graphdef, config: TrainConfig, n_train: int, steps_per_dispatch: int = 8):
-        super().__init__(graphdef, config, n_train)
+    def __init__(self, graphdef, config: TrainConfig, n_train: int, steps_per_dispatch: int = 8, frozen: tuple = ()):
+        super().__init__(graphdef, config, n_train, frozen)
         self.steps_per_dispatch = max(1, min(steps_per_dispatch, self.steps_per_epoch))
         self._orders = jax.jit(
             lambda keys, epoch, n: jax.vmap(lambda key: self._epoch_order(key, epoch, n))(keys), static_argnums=2
@@ -182,8 +182,9 @@ class HostGatherTrainer(Trainer):
         return self._validate_on_device(state, val_tables, val_data, epoch, context)
 
 
-def make_trainer(graphdef, config: TrainConfig, n_train: int, tables) -> Trainer:
-    """The trainer for these tables: on-device gather, or host gather for `HostTables`."""
+def make_trainer(graphdef, config: TrainConfig, n_train: int, tables, frozen: tuple = ()) -> Trainer:
+    """The trainer for these tables: on-device gather, or host gather for `HostTables`; `frozen`:
+    state path prefixes the optimiser never updates (`make_optimizer`)."""
     if isinstance(tables, HostTables):
-        return HostGatherTrainer(graphdef, config, n_train, steps_per_dispatch=config.host_steps_per_dispatch)
-    return Trainer(graphdef, config, n_train)
+        return HostGatherTrainer(graphdef, config, n_train, steps_per_dispatch=config.host_steps_per_dispatch, frozen=frozen)
+    return Trainer(graphdef, config, n_train, frozen)

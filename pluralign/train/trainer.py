@@ -148,8 +148,30 @@ def trainable_mask(params):
                         is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def make_optimizer(config: TrainConfig, lr: optax.Schedule) -> optax.GradientTransformation:
-    """config.optimizer over the learning-rate schedule `lr` (`make_schedule`), after gradient clipping."""
+def frozen_labels(params, frozen: tuple[tuple[str, ...], ...]):
+    """The state's structure with "frozen" at the leaves under one of the `frozen` path prefixes
+    and "train" elsewhere (`optax.multi_transform` labels)."""
+    def label(path, leaf):
+        keys = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        is_frozen = any(keys[: len(prefix)] == prefix for prefix in frozen)
+        value = "frozen" if is_frozen else "train"
+        return leaf.replace(value) if isinstance(leaf, nnx.Variable) else value
+
+    return jax.tree_util.tree_map_with_path(label, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def make_optimizer(config: TrainConfig, lr: optax.Schedule,
+                   frozen: tuple[tuple[str, ...], ...] = ()) -> optax.GradientTransformation:
+    """config.optimizer over the learning-rate schedule `lr` (`make_schedule`), after gradient
+    clipping; the state under the `frozen` path prefixes is never updated (a population stage's
+    shared reward, `pluralign.models.bt.PopulationStage`) and not counted in the clipping norm."""
+    tx = _optimizer(config, lr)
+    if frozen:
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, lambda p: frozen_labels(p, frozen))
+    return tx
+
+
+def _optimizer(config: TrainConfig, lr: optax.Schedule) -> optax.GradientTransformation:
     if config.optimizer == "adam":
         opt = optax.adam(lr)
     elif config.optimizer == "adamw":
@@ -196,7 +218,7 @@ def evaluate_seen(graphdef, params, tables: base.Tables, data: base.PairBatch, c
 class Trainer:
     """Trains a model on seen-user comparisons for several seeds at once."""
 
-    def __init__(self, graphdef: nnx.GraphDef, config: TrainConfig, n_train: int):
+    def __init__(self, graphdef: nnx.GraphDef, config: TrainConfig, n_train: int, frozen: tuple = ()):
         self.graphdef = graphdef
         self.config = config
         self.mesh = _data_mesh(config.data_parallel)
@@ -206,7 +228,7 @@ class Trainer:
         self.batch_size = max(n_shards, min(requested, n_train) // n_shards * n_shards)
         self.steps_per_epoch = max(1, n_train // self.batch_size)
         self.schedule = make_schedule(config, config.max_epochs * self.steps_per_epoch)  # also logged with the metrics
-        self.tx = make_optimizer(config, self.schedule)
+        self.tx = make_optimizer(config, self.schedule, frozen)  # `frozen`: state path prefixes never updated
         # (state, tables, data, epoch, context) -> (state, metrics [n_seeds]): one dispatch each;
         # `context` is the model's `training_context` (None for most models).
         self.train_epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, None, None, None, None)), donate_argnums=0)
