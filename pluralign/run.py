@@ -382,6 +382,7 @@ def train_population(config: RunConfig, data: RunData, models: Models, run_dir: 
     log.info("population stage: BT %s on the same %d training pairs, its own early stopping", stage.config.hidden,
              len(data.pairs.train))
     keys = jnp.array(models.train_keys, copy=True)  # the trainer donates its state; the model's own run needs the keys
+    (run_dir / "population").mkdir(parents=True, exist_ok=True)
     state, summary = trainer.fit(trainer.init_state(params, keys), data.tables, data.train, data.val,
                                  run_dir=run_dir / "population", hparams={"population_stage": dataclasses.asdict(stage.config)})
     target = models.params

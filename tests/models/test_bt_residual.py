@@ -207,3 +207,30 @@ def test_lore_residual_dim_zero_is_unchanged_and_positive_adds_the_term():
     assert "residual_penalty" not in plain.loss(tables, batch, None)[1]
     assert "residual_penalty" in full.loss(tables, batch, None)[1]
     assert LoRe.prepare_params(LoReConfig(residual_dim=0), None, None, "untouched") == ("untouched", None)
+
+
+@pytest.mark.slow
+def test_population_stage_is_bts_own_fit_frozen(tmp_path):
+    """With the population stage (the default), a population-anchored model's shared reward is
+    exactly what `model=bt` with the same seeds learns, and the second stage leaves it untouched:
+    its 0-answer predictions are BT's."""
+    import pluralign
+    from pluralign.data.low_rank import SharedPlusLowRankConfig
+    from pluralign.evaluate.fewshot import EvalConfig
+    from pluralign.run import RunConfig, run
+    from pluralign.train.trainer import TrainConfig
+
+    common = dict(data=SharedPlusLowRankConfig(n_users=60, n_items=60, comparisons_per_user=20, dim=8, seed=0),
+                  train=TrainConfig(progress=False, max_epochs=4, batch_size=64, checkpoint=False),
+                  eval=EvalConfig(shots=[1], modes=["random"], draws=1), seeds=[0, 1], cache_dir=str(tmp_path / "cache"))
+    bt = run(RunConfig(model=BTConfig(hidden=[8]), **common), tmp_path / "bt")
+    residual = run(RunConfig(model=BTResidualConfig(hidden=[8], residual_dim=4), **common), tmp_path / "residual")
+    stage = residual["train"]["population_stage"]
+    assert stage["best_epoch"] == bt["train"]["best_epoch"] and stage["model"]["hidden"] == [8]
+    bt_params = pluralign.load(tmp_path / "bt").all_params
+    res_params = pluralign.load(tmp_path / "residual").all_params
+    for name in ("reward_net", "null_prompt"):
+        for a, b in zip(jax.tree.leaves(bt_params[name]), jax.tree.leaves(res_params[name])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # ... and the user terms did train
+    assert float(np.abs(np.asarray(res_params["residual_weights"][...])).max()) > 0.02
