@@ -49,22 +49,17 @@ def test_active_elicitation_beats_random_on_hidden_types(vpl_two_types, tmp_path
     from pluralign.data import split_users
     from pluralign.data.sources import load_dataset
     from pluralign.evaluate.active import evaluate_active, save_active_report
-    from pluralign.models import base
-    from pluralign.models.vpl import VPL
+    import pluralign
     from pluralign.train.batches import make_tables
-    from pluralign.train.trainer import Trainer, init_params, restore_checkpoint
 
-    config, results = vpl_two_types["config"], vpl_two_types["results"]
+    config = vpl_two_types["config"]
     dataset = load_dataset(config.data, config.cache_dir)
-    keys = jnp.stack([jax.random.PRNGKey(0)])
-    graphdef, params = init_params(VPL, config.model, base.Dims(dim=dataset.dim, n_users=dataset.n_users), keys)
-    trainer = Trainer(graphdef, config.train, n_train=results["n_pairs"]["train"])
-    state, _, _ = restore_checkpoint(vpl_two_types["run_dir"], trainer.init_state(params, keys))
+    trained = pluralign.load(vpl_two_types["run_dir"])  # the run's model, as it was saved
     ev = config.eval
     split = split_users(dataset.n_users, seed=ev.split_seed, unseen_val_fraction=ev.unseen_val_fraction,
                         unseen_test_fraction=ev.unseen_test_fraction)
 
-    curve = evaluate_active(graphdef, jax.tree.map(lambda x: x[0], state.best_params), make_tables(dataset),
+    curve = evaluate_active(trained.graphdef, trained.params, make_tables(dataset),
                             dataset.comparisons, split.unseen_test, n_questions=8, pool_size=20, n_samples=16)
     active, random = np.asarray(curve["active"]), np.asarray(curve["random"])
     assert active.shape == random.shape == (9,) and curve["n_users"] == len(split.unseen_test)
