@@ -281,22 +281,26 @@ def evaluate_unseen(
     }
 
 
+def entry_at(by_k: dict, k: int):
+    """The {k: value} entry at the largest k' ≤ k (keys may be ints or, read from JSON, strings);
+    None below every key."""
+    below = [kk for kk in by_k if int(kk) <= k]
+    return by_k[max(below, key=int)] if below else None
+
+
 def strength_at(prior_strength: float | dict[int, float], k: int) -> float:
     """The prior setting for k shots: the one setting, or the {k: setting} entry at the largest
     k' ≤ k (the smallest k' where k is below all of them)."""
     if not isinstance(prior_strength, dict):
         return float(prior_strength)
-    below = [kk for kk in prior_strength if int(kk) <= k]
-    return float(prior_strength[max(below, key=int)] if below else prior_strength[min(prior_strength, key=int)])
+    value = entry_at(prior_strength, k)
+    return float(prior_strength[min(prior_strength, key=int)] if value is None else value)
 
 
 def gate_at(personalize: dict[int, bool] | None, k: int) -> bool:
     """Whether a user with k answers is personalized: the gate's entry at the largest k' ≤ k;
     False below every entry; True without a gate (None)."""
-    if personalize is None:
-        return True
-    below = [kk for kk in personalize if int(kk) <= k]
-    return bool(personalize[max(below, key=int)]) if below else False
+    return True if personalize is None else bool(entry_at(personalize, k))
 
 
 def largest_reachable_k(episodes: list, max_shots: int, min_user_fraction: float) -> int:

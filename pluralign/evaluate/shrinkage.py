@@ -34,7 +34,7 @@ open at larger k unless the users there show a loss (interval entirely below 0),
 loss: fewer users reach a larger k, so its own interval is wider, while a posterior predictive
 with a calibrated prior does not get worse in expectation as answers accumulate. Where fewer than `eval.gate_min_users`
 users reach k, no decision is made there and the nearest decided k below applies
-(`setting_at`); below every decided k a new user gets the population.
+(`fewshot.strength_at`, `fewshot.gate_at`); below every decided k a new user gets the population.
 
 Unseen-val users then only confirm, and unseen-test users are scored with these decisions.
 """
@@ -83,21 +83,11 @@ def grid(model: base.PreferenceModel, inference: str, prior_scales, prior_streng
     return list(prior_scales if inference == "bayes" and model.fits_user_state else prior_strengths)
 
 
-def setting_at(decisions: dict, k: int) -> tuple[float, bool] | None:
-    """(scale, personalize) for a user with k answers: the decision at the largest decided k' ≤ k;
-    None below every decided k (or with no decision), where the population applies."""
-    below = [kk for kk in decisions if int(kk) <= k]
-    if not below:
-        return None
-    d = decisions[max(below, key=int)]
-    return (d.prior_scale, d.personalize) if isinstance(d, Decision) else (float(d["prior_scale"]), bool(d["personalize"]))
-
-
 # --- calibration episodes ------------------------------------------------------------------
 
 
-def calibration_users(comparisons: Comparisons, held_out_rows: np.ndarray, val_users: np.ndarray, *,
-                      max_seen: int | None, seed: int = 0) -> np.ndarray:
+def calibration_users(comparisons: Comparisons, held_out_rows: np.ndarray, *, max_seen: int | None,
+                      seed: int = 0) -> np.ndarray:
     """The seen users with held-out rows (at most `max_seen` of them, a fixed random subset)."""
     seen = np.unique(comparisons.user[np.asarray(held_out_rows, np.int64)])
     if max_seen is not None and len(seen) > max_seen:
@@ -153,7 +143,7 @@ class Calibration:
     def __init__(self, adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users,
                  seen_users, shots: list[int], mode: str, seeds: list[int], max_seen: int | None = None):
         self.adapt, self.params, self.tables, self.seen_users = adapt_and_predict, params, tables, seen_users
-        seen = calibration_users(comparisons, held_out_rows, val_users, max_seen=max_seen)
+        seen = calibration_users(comparisons, held_out_rows, max_seen=max_seen)
         val_users = np.asarray(val_users)
         self.batches = []  # (seed index, pool, query, label, user, weight, pool_size, has_query)
         self._zero_shot = {}  # (batch, setting) -> 0-shot logits: they do not depend on k

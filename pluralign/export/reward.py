@@ -119,30 +119,34 @@ class PersonalizedReward:
         feats = model.pair_features(flat)
         return jax.tree.map(lambda f: f.reshape(*shape, *f.shape[1:]), feats)
 
+    @staticmethod
+    def _per_answers(by_k: dict, weight: jax.Array, below: float | None) -> jax.Array:
+        """[U] the {k: value} entry at the largest k ≤ each user's number of answers in a [U, C]
+        padded support (`fewshot.entry_at`, inside jit); `below` under every k (None: the smallest k's)."""
+        n = jnp.sum((weight > 0).astype(jnp.float32), axis=-1)  # [U]
+        ks = jnp.asarray(sorted(by_k), jnp.float32)
+        values = jnp.asarray([float(by_k[k]) for k in sorted(by_k)], jnp.float32)
+        index = jnp.searchsorted(ks, n, side="right") - 1
+        picked = values[jnp.clip(index, 0, len(ks) - 1)]
+        return picked if below is None else jnp.where(index >= 0, picked, below)
+
     def strength_for(self, weight: jax.Array) -> jax.Array:
         """[U] the few-shot prior setting for each user of a [U, C] padded support: the one the
         evaluation chose for the largest measured k not above the user's number of answers
         (`fewshot.strength_at`), or the run's single setting for artifacts that have no per-k choice."""
-        n = jnp.sum((weight > 0).astype(jnp.float32), axis=-1)  # [U]
         if not self.prior_strength_by_k:
-            return jnp.full(n.shape, self.prior_strength, jnp.float32)
-        ks = jnp.asarray(sorted(self.prior_strength_by_k), jnp.float32)
-        values = jnp.asarray([self.prior_strength_by_k[k] for k in sorted(self.prior_strength_by_k)], jnp.float32)
-        return values[jnp.clip(jnp.searchsorted(ks, n, side="right") - 1, 0, len(ks) - 1)]
+            return jnp.full(weight.shape[:1], self.prior_strength, jnp.float32)
+        return self._per_answers(self.prior_strength_by_k, weight, below=None)
 
     def gate_for(self, weight: jax.Array) -> jax.Array:
         """[U] 1.0 where a user of a [U, C] padded support is personalized, 0.0 where the evaluation's
         gate (`fewshot.gate_at`) gives their number of answers the population (below every decided k
         too); all ones for artifacts without a gate."""
-        n = jnp.sum((weight > 0).astype(jnp.float32), axis=-1)  # [U]
         if self.personalize_by_k is None:
-            return jnp.ones(n.shape, jnp.float32)
+            return jnp.ones(weight.shape[:1], jnp.float32)
         if not self.personalize_by_k:
-            return jnp.zeros(n.shape, jnp.float32)
-        ks = jnp.asarray(sorted(self.personalize_by_k), jnp.float32)
-        values = jnp.asarray([float(self.personalize_by_k[k]) for k in sorted(self.personalize_by_k)], jnp.float32)
-        index = jnp.searchsorted(ks, n, side="right") - 1
-        return jnp.where(index >= 0, values[jnp.clip(index, 0, len(ks) - 1)], 0.0)
+            return jnp.zeros(weight.shape[:1], jnp.float32)
+        return self._per_answers(self.personalize_by_k, weight, below=0.0)
 
     def gated_support(self, weight: jax.Array) -> jax.Array:
         """[U, C] support weights with the gate applied: a user the gate keeps at the population

@@ -84,13 +84,11 @@ def test_the_gain_is_cross_fitted():
 
 
 def test_setting_and_gate_at_k():
-    decision = lambda k, s, on: Decision(k, s, on, {}, 0, {}, {}, 0.0, [0, 0], 0.0, [], [], "")  # noqa: E731
-    decisions = {1: decision(1, 5.0, False), 5: decision(5, 0.5, True)}
-    assert shrinkage.setting_at(decisions, 0) is None  # below every decided k: the population
-    assert shrinkage.setting_at(decisions, 3) == (5.0, False)
-    assert shrinkage.setting_at(decisions, 50) == (0.5, True)
-    assert shrinkage.setting_at({"5": {"prior_scale": 0.5, "personalize": True}}, 7) == (0.5, True)  # results.json form
-    gates = {1: False, 5: True}
+    scales, gates = {1: 5.0, 5: 0.5}, {1: False, 5: True}
+    assert fewshot.entry_at(scales, 0) is None and not fewshot.gate_at(gates, 0)  # below every decided k: the population
+    assert (fewshot.strength_at(scales, 3), fewshot.gate_at(gates, 3)) == (5.0, False)
+    assert (fewshot.strength_at(scales, 50), fewshot.gate_at(gates, 50)) == (0.5, True)
+    assert (fewshot.strength_at({"5": 0.5}, 7), fewshot.gate_at({"5": True}, 7)) == (0.5, True)  # results.json form
     assert [fewshot.gate_at(gates, k) for k in (0, 1, 4, 5, 20)] == [False, False, False, True, True]
     assert fewshot.gate_at(None, 1)
 
