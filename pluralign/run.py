@@ -204,7 +204,7 @@ def drop_held_out_copies(comparisons: Comparisons, pairs):
 
 
 def available_accuracy(curve: dict, key: str = "accuracy") -> dict:
-    """k -> curve[k][key] for the ks that were measured (an unreached k has accuracy None and
+    """k -> `curve[k][key]` for the ks that were measured (an unreached k has accuracy None and
     its reason; `evaluate_unseen`)."""
     return {k: r.get(key) for k, r in curve.items() if r.get("accuracy") is not None}
 
