@@ -113,7 +113,7 @@ def locate(name: str, path: str | os.PathLike | None = None) -> pathlib.Path:
     if path is not None:
         path = pathlib.Path(path).expanduser()
         if not path.exists():
-            raise DatasetError(str(path), f"data.path does not exist (get the {name} data with: {fetch_command(name)})")
+            raise DatasetError(str(path), f"no such file or folder (data.path); get the {name} data with: {fetch_command(name)}")
         return path
     for folder in [data_dir(), *shared_dirs()]:
         if (folder / entry.relpath).exists():

@@ -54,7 +54,7 @@ def test_without_any_copy_the_error_is_one_line_naming_the_fetch_command(no_data
 
 
 def test_an_explicit_missing_path_is_an_error_naming_it_and_the_fetch_command(no_data):
-    with pytest.raises(DatasetError, match=r"nope\.csv\.gz: data\.path does not exist .*pluralign data fetch rail_nl"):
+    with pytest.raises(DatasetError, match=r"nope\.csv\.gz: no such file or folder \(data\.path\).*pluralign data fetch rail_nl"):
         ChoicePanelConfig(panel="rail_nl", path=str(no_data / "nope.csv.gz")).source_path()
 
 
