@@ -19,22 +19,26 @@ import pathlib
 import shutil
 import sys
 
+# Only light imports at module level: `pluralign --help`, `pluralign options ...` and a sweep's
+# callback lookup must not pay for JAX (seconds). The run and the reports import it when used.
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pluralign import rundir
-from pluralign.config import register_configs
-from pluralign.evaluate.report import print_results, write_report
-from pluralign.run import RunConfig, finished_results, run
-from pluralign.train import distributed
 
-register_configs()
+CONF_DIR = pathlib.Path(__file__).parent / "conf"
+HELP_FLAGS = ("-h", "--help")
 
 
 def run_config(cfg: DictConfig) -> RunConfig:
-    """Hydra config -> the library's typed RunConfig."""
+    """Hydra config -> the library's typed RunConfig; a key no schema knows (`+model.hiden=3`:
+    Hydra's `+` adds it) is refused as a typo would be."""
+    from pluralign.config import check_known_keys
+    from pluralign.run import RunConfig
+
+    check_known_keys(cfg)
     return RunConfig(
         model=OmegaConf.to_object(cfg.model),
         data=OmegaConf.to_object(cfg.data),
@@ -49,13 +53,24 @@ def run_config(cfg: DictConfig) -> RunConfig:
 def train_app(cfg: DictConfig) -> float:
     for noisy in ("absl", "jax._src.xla_bridge"):  # orbax logs every checkpoint at INFO; jax its backend probing
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pluralign.data.sources import check_data_source
+    from pluralign.evaluate.report import print_results
+    from pluralign.run import finished_results, run
+    from pluralign.train import distributed
+
     run_dir = pathlib.Path(HydraConfig.get().runtime.output_dir)
     try:
         config = run_config(cfg)
-        results = finished_results(run_dir, config)  # a re-run sweep skips the jobs that finished
+        results, done_in = finished_results(run_dir, config), run_dir  # a re-run sweep skips the jobs that finished
+        legacy = legacy_job_dir(run_dir)
+        if results is None and legacy is not None:  # a sweep started before path values were shortened
+            results, done_in = finished_results(legacy, config), legacy
+            if results is not None:
+                remove_unstarted_run_dir(run_dir)
         if results is not None:
-            print(f"skipped, already complete: {run_dir / 'results.json'}")
+            print(f"skipped, already complete: {done_in / 'results.json'}")
         else:
+            check_data_source(config.data, option_prefix="data.")  # every missing column at once
             results = run(config, run_dir)
     except ValueError as e:  # bad user data (DatasetError) or a bad config value: a message, not a traceback
         if HydraConfig.get().mode.name != "RUN":
@@ -89,12 +104,33 @@ def remove_unstarted_run_dir(run_dir: pathlib.Path) -> None:
             parent.rmdir()
 
 
+def legacy_job_dir(run_dir: pathlib.Path) -> pathlib.Path | None:
+    """Where a sweep job's directory was before path-valued overrides were shortened
+    (`rundir.job_dirname`): `<sweep>/<model>_<data>/<overrides as typed>`, slashes and all; None
+    outside a sweep or where the two names agree."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode.name != "MULTIRUN":
+        return None
+    legacy = run_dir.parent / hydra_cfg.job.override_dirname
+    return legacy if legacy != run_dir else None
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="embed")
 def embed_app(cfg: DictConfig) -> None:
+    from pluralign.config import check_known_keys
     from pluralign.data.embed_table import embed_table
+    from pluralign.data.sources import check_embed_columns
 
-    config = OmegaConf.to_object(cfg)
-    path = embed_table(config)
+    try:
+        check_known_keys(cfg, see="pluralign embed --help")
+        config = OmegaConf.to_object(cfg)
+        check_embed_columns(config)  # every missing column at once, before the encoder loads
+        path = embed_table(config)
+    except (ValueError, OSError) as e:  # bad input (DatasetError is a ValueError): one line, no traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"pluralign embed: error: {e}\n(HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr)
+        sys.exit(1)
     info = json.loads((path / "meta.json").read_text())["embed"]
     print(f"dataset: {path}")
     print(f"texts: {info['texts']:,} ({info['encoded']:,} encoded, {info['reused_from_work_dir']:,} reused) "
@@ -106,24 +142,59 @@ class ResultsTableCallback(Callback):
     """Prints one table of every run when a multirun ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from pluralign.evaluate.report import print_results
+
         sweep_dir = pathlib.Path(config.hydra.sweep.dir)
         print_results(sweep_dir)
         print(f"sweep directory: {sweep_dir}")
 
 
+def help_page() -> str:
+    """`pluralign --help`, from conf/hydra/help/pluralign.yaml and the conf/ folders, without
+    composing a config (which would import every model, and JAX with them)."""
+    import yaml
+
+    from pluralign.options import groups_help
+
+    page = yaml.safe_load((CONF_DIR / "hydra" / "help" / "pluralign.yaml").read_text())
+    return "\n".join([page["header"], "Config groups (pick one option per group: GROUP=OPTION)", "", groups_help(), "",
+                      page["footer"]]).rstrip()
+
+
+def embed_help_page() -> str:
+    """`pluralign embed --help`: the command, every option of conf/embed.yaml with its meaning,
+    the encoders."""
+    from pluralign.data.embed_table import EmbedConfig
+    from pluralign.options import field_docs, groups_help
+
+    usage = [line.removeprefix("#").removeprefix(" ") for line in (CONF_DIR / "embed.yaml").read_text().splitlines()
+             if line.startswith("#")]
+    lines = ["usage: pluralign embed input=TABLE output=DIR [KEY=VALUE ...] [encoder=hf encoder.KEY=VALUE ...]", "",
+             *usage, "", "Options (KEY=VALUE; columns are named with user=, a=, b=, label=, prompt=, ...):"]
+    for f in field_docs(EmbedConfig):
+        if f.name == "encoder":
+            continue
+        lines.append(f"  {f.name + '=' + f.default:<28} {f.doc}".rstrip())
+    lines += ["", groups_help(["encoder"]), "  (pluralign options encoder/NAME lists encoder.* fields)"]
+    return "\n".join(lines)
+
+
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "report":
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command == "report":
         parser = argparse.ArgumentParser(prog="pluralign report", description="Tables and figures of finished runs.")
         parser.add_argument("dir", metavar="RUN_OR_MULTIRUN_DIR")
         parser.add_argument("--out", metavar="DIR", help="where to write them (default: RUN_OR_MULTIRUN_DIR/report)")
         parser.add_argument("--latex", action="store_true", help="also write results.tex (best per column in bold)")
         args = parser.parse_args(sys.argv[2:])
+        from pluralign.evaluate.report import print_results, write_report
+
         if not print_results(args.dir):
             sys.exit(1)
         for kind, path in write_report(args.dir, args.out, latex=args.latex).items():  # markdown + CSV tables, k-shot curves, histograms
             print(f"{kind}: {path}")
         return
-    if len(sys.argv) > 1 and sys.argv[1] == "options":
+    if command == "options":
         from pluralign.options import GROUPS, options_page
 
         parser = argparse.ArgumentParser(prog="pluralign options", description="Every field of a config group or option.")
@@ -134,15 +205,36 @@ def main() -> None:
         except ValueError as e:
             parser.error(str(e))
         return
-    if len(sys.argv) > 1 and sys.argv[1] == "data":  # pluralign data fetch NAME | list (pluralign.data.public)
-        from pluralign.data.public import main as data_main
+    if command == "serve":
+        from pluralign.serve.cli import main as serve_main
 
-        sys.exit(data_main(sys.argv[2:]))
-    if len(sys.argv) > 1 and sys.argv[1] == "embed":
+        serve_main(sys.argv[2:])
+        return
+    if command == "pairs":
+        from pluralign.export.pairs import main as pairs_main
+
+        pairs_main(sys.argv[2:])
+        return
+    if command == "embed":
+        if any(arg in HELP_FLAGS for arg in sys.argv[2:]):
+            print(embed_help_page())
+            return
         del sys.argv[1]  # the rest are Hydra overrides of conf/embed.yaml
+        register_schemas()
         embed_app()
         return
+    if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+        print(help_page())
+        return
+    register_schemas()
     train_app()
+
+
+def register_schemas() -> None:
+    """The structured configs that validate every option (imports every model: seconds)."""
+    from pluralign.config import register_configs
+
+    register_configs()
 
 
 if __name__ == "__main__":

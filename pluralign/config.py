@@ -8,12 +8,14 @@ This module and `pluralign.cli` are the only places that import Hydra.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import pathlib
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from pluralign import rundir
 from pluralign.data.embed_table import EmbedConfig
 from pluralign.data.sources import GENERATORS, DiskDataConfig
 from pluralign.embed.encoders import TransformersEncoderConfig, WordLlamaEncoderConfig
@@ -65,6 +67,15 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("pluralign_groups", lambda: groups_help().replace("$", "$$"))
     if not OmegaConf.has_resolver("pluralign_sqlite"):
         OmegaConf.register_new_resolver("pluralign_sqlite", sqlite_url)
+    if not OmegaConf.has_resolver("pluralign_job_dir"):
+        OmegaConf.register_new_resolver("pluralign_job_dir", job_dirname)
+
+
+def job_dirname(*, _root_) -> str:
+    """`${pluralign_job_dir:}` in conf/config.yaml: a sweep job's directory name, from the job's
+    overrides, path values shortened (`pluralign.rundir.job_dirname`)."""
+    naming = _root_.hydra.job.config.override_dirname
+    return rundir.job_dirname(list(_root_.hydra.overrides.task), list(naming.exclude_keys), naming.kv_sep, naming.item_sep)
 
 
 def sqlite_url(path: str) -> str:
@@ -86,3 +97,35 @@ def model_config(name: str):
         loaded.pop("defaults", None)
         fields.update(loaded)
     return config_cls(**fields)
+
+
+def unknown_keys(cfg: DictConfig, where: str = "") -> list[str]:
+    """`key: no such option ...` for every key of a composed config that its schema does not
+    declare. A plain typo (`model.hiden=3`) already fails in Hydra; `+model.hiden=3` (Hydra's own
+    hint for it) adds the key to the node instead, and `OmegaConf.to_object` would then drop it
+    without a word."""
+    problems = []
+    schema = OmegaConf.get_type(cfg)
+    known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in cfg.keys():
+        path = f"{where}{key}"
+        if key == "hydra" and not where:
+            continue
+        if known is not None and key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean {where}{close[0]}?" if close else ""
+            problems.append(f"{path}: no such option of {schema.__name__}{hint}")
+            continue
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and not node._is_none() and not node._is_missing():
+            problems += unknown_keys(node, f"{path}.")
+    return problems
+
+
+def check_known_keys(cfg: DictConfig, see: str = "pluralign options GROUP/OPTION") -> None:
+    """Raises ValueError listing every key no schema knows (see `unknown_keys`); `see` is where
+    the user finds the real options."""
+    problems = unknown_keys(cfg)
+    if problems:
+        raise ValueError("unknown config key(s), added with '+' but no schema has them, so they would be ignored:\n  "
+                         + "\n  ".join(problems) + f"\n({see} lists every option with its meaning)")

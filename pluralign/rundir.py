@@ -12,6 +12,11 @@ Fault points: `fault_point("name")` marks a moment of the run (between writing t
 the results, mid-training, ...). A test kills the process there by setting
 `PLURALIGN_FAULT=name` (`os._exit`, as abrupt as SIGKILL: no cleanup runs) or, in-process, by
 setting `fault_hook` to a function that raises.
+
+Job names: a sweep job's directory is named by its own overrides (`job_dirname`), so re-running
+the sweep finds it again; a path-valued override (`data.path=/data/sets/mine`) is written as
+its last component plus a hash of the whole value (`data.path=mine-3f1c9a2b`), never as nested
+folders. The full value stays in the job's `.hydra/overrides.yaml` and `results.json` config.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import pathlib
+import re
 import socket
 import threading
 from typing import Callable, Iterator
@@ -87,3 +94,41 @@ def exclusive(run_dir: str | os.PathLike) -> Iterator[pathlib.Path]:
             os.close(fd)  # releases the lock; the file stays, so no one can lock a replaced inode
         with _held_guard:
             _held.discard(key)
+
+
+# A name component longer than ~255 bytes cannot be created on most filesystems.
+MAX_JOB_NAME = 200
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def override_key(line: str) -> str:
+    """The key of a command-line override as Hydra's `key_or_group` gives it (`+model.x=3` -> `model.x`)."""
+    return line.split("=", 1)[0].lstrip("+~")
+
+
+def short_value(value: str) -> str:
+    """A path-valued override value -> `<last component>-<hash of the whole value>`, safe as one
+    directory name; any other value unchanged."""
+    if "/" not in value and "\\" not in value:
+        return value
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", re.split(r"[/\\]", value.rstrip("/\\"))[-1])[:40].strip("_.") or "path"
+    return f"{stem}-{_digest(value)}"
+
+
+def job_dirname(overrides: list[str], exclude_keys: list[str] = (), kv_sep: str = "=", item_sep: str = ",") -> str:
+    """A sweep job's directory name from its overrides: Hydra's `override_dirname` (sorted
+    `key=value` joined by `,`, excluded keys left out), except that path-valued values are
+    shortened (`short_value`) and an over-long name keeps its head plus a hash of the whole. Jobs
+    without path values keep exactly the name Hydra gives them, so older sweeps resume."""
+    lines = sorted(line for line in overrides if override_key(line) not in set(exclude_keys))
+    items = []
+    for line in lines:
+        key, sep, value = line.partition("=")
+        items.append(f"{key}{kv_sep}{short_value(value)}" if sep else line)
+    name = item_sep.join(items)
+    if len(name.encode()) > MAX_JOB_NAME:
+        name = f"{name.encode()[:MAX_JOB_NAME - 9].decode(errors='ignore')}-{_digest(name)}"
+    return name
