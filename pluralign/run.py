@@ -43,6 +43,7 @@ from pluralign.data.sources import dataset_path, load_dataset
 from pluralign.evaluate import fewshot, metrics, shrinkage
 from pluralign.jsonio import flatten as _flatten, json_default, nan_to_null, non_finite_paths, write_json_atomic
 from pluralign.evaluate.fewshot import EvalConfig
+from pluralign.evaluate.sample_size import split_warnings
 from pluralign import rundir
 from pluralign.config_checks import check_run_config
 from pluralign.models import BT, base, model_class
@@ -537,6 +538,7 @@ def assemble_results(config: RunConfig, data: RunData, seen: dict, unseen: dict,
         "bayes_optimal_accuracy": truth.get("bayes_optimal_accuracy"),
         "population_optimal_accuracy": truth.get("population_optimal_accuracy"),
         "n_users": {"seen": len(split.seen), "unseen_val": len(split.unseen_val), "unseen_test": len(split.unseen_test)},
+        "warnings": split_warnings({"unseen_val": len(split.unseen_val), "unseen_test": len(split.unseen_test)}),
         "n_pairs": {"train": len(pairs.train), "val": len(pairs.val), "test": len(pairs.test)},
         "duplicates": data.duplicates,
         "train": train_summary,
