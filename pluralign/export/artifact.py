@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from flax import nnx
 
 from pluralign.checkpoint_io import restore_pytree, save_pytree
+from pluralign.errors import ArtifactError, InputTypeError, UnknownUserError
 from pluralign.atomic import atomic_dir
 from pluralign.rundir import fault_point
 from pluralign.jsonio import json_default, write_json_atomic
@@ -216,15 +217,19 @@ class TrainedModel:
         return dataclasses.replace(self, seed=int(seed))
 
     def user_row(self, user: Any) -> int:
-        """A known user's row in the state table, from its id (as in meta user_ids) or its row number."""
-        ids = self.users["user_id"]
+        """A known user's row in the state table, from its id (as in meta user_ids; an int is an id
+        too, never a row number, which would silently be another user where ids are not 0..n-1)."""
+        if not isinstance(user, (str, int, np.integer)) or isinstance(user, bool):
+            raise InputTypeError(f"user: expected a user id (str or int), a Support, a UserState or an OnlineUser, "
+                                 f"got {type(user).__name__}")
         row = self._row_by_id.get(str(user))
-        if row is None and isinstance(user, (int, np.integer)) and 0 <= int(user) < len(ids):
-            row = int(user)
-        elif row is None:
-            raise KeyError(f"unknown user {user!r}: not a user id of dataset {self.record['dataset']!r}")
+        if row is None:
+            ids = self.users["user_id"]
+            shown = ", ".join(repr(str(u)) for u in ids[:3])
+            raise UnknownUserError(f"user {user!r}: not a user id of dataset {self.record['dataset']!r} "
+                                   f"(its {len(ids)} ids look like {shown}, ...)")
         if self.users["split"][row] != "seen":
-            raise KeyError(
+            raise UnknownUserError(
                 f"user {user!r} (row {row}) was held out of training ({self.users['split'][row]}); its state was "
                 "never learned. Pass its comparisons as pluralign.export.Support to infer it few-shot."
             )
@@ -276,6 +281,25 @@ def compute_seen_states(graphdef: nnx.GraphDef, params: Any, tables: base.Tables
     return np.stack([np.asarray(one(jax.tree.map(lambda x: x[i], params))) for i in range(n_seeds)])
 
 
+def read_artifact_json(file: pathlib.Path) -> dict:
+    """One JSON object of an artifact; a missing, truncated or non-object file is an `ArtifactError` naming it."""
+    try:
+        record = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{file}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{file}: not valid JSON (truncated or corrupt?): {_first_clause(e)}") from None
+    if not isinstance(record, dict):
+        raise ArtifactError(f"{file}: expected a JSON object, found {type(record).__name__}")
+    return record
+
+
+def _first_clause(error: BaseException, limit: int = 200) -> str:
+    """The start of an error's message, on one line."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def load(path: str | os.PathLike, *, seed: int | None = None) -> TrainedModel:
     """Loads an artifact written by `save_model` (a run's `<run_dir>/model`, or the run dir itself)
     onto the default device (CPU or GPU); `seed` picks a trained seed (default: the recorded one)."""
@@ -284,11 +308,15 @@ def load(path: str | os.PathLike, *, seed: int | None = None) -> TrainedModel:
         path = path / MODEL_DIR
     if not (path / "model.json").is_file():
         raise FileNotFoundError(f"{path}: no model.json; not a pluralign model artifact")
-    record = json.loads((path / "model.json").read_text())
+    record = read_artifact_json(path / "model.json")
+    missing = [key for key in ("model", "model_config", "dims", "seeds", "default_seed", "fewshot", "seen_users")
+               if key not in record]
+    if missing:
+        raise ArtifactError(f"{path}/model.json: missing {missing}; the file is incomplete or not a pluralign model")
     if record.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}/model.json: format_version {record['format_version']} is newer than this pluralign")
+        raise ArtifactError(f"{path}/model.json: format_version {record['format_version']} is newer than this pluralign")
     if record["model"] not in REGISTRY:
-        raise ValueError(f"{path}/model.json: unknown model {record['model']!r}; known models: {sorted(REGISTRY)}")
+        raise ArtifactError(f"{path}/model.json: unknown model {record['model']!r}; known models: {sorted(REGISTRY)}")
     cls, config_cls = REGISTRY[record["model"]]
     if record.get("meta") is not None:
         from pluralign.train import meta
@@ -304,15 +332,25 @@ def load(path: str | os.PathLike, *, seed: int | None = None) -> TrainedModel:
     target = {"leaves": [jax.ShapeDtypeStruct((n_seeds, *x.shape), x.dtype, sharding=device) for x in leaves]}
     if S > 0 and dims.n_users > 0:
         target["seen_states"] = jax.ShapeDtypeStruct((n_seeds, dims.n_users, S), jnp.float32, sharding=device)
+    if not (path / "state").is_dir():
+        raise ArtifactError(f"{path}/state: missing; the artifact has no parameters")
     try:
         restored = restore_pytree(path / "state", target)
-    except (ValueError, KeyError, TypeError) as e:
-        raise RuntimeError(f"{path}/state: does not match the model in model.json ({e})") from e
+    except (ValueError, KeyError, TypeError, OSError, RuntimeError) as e:
+        # orbax/TensorStore messages run to thousands of characters (the whole spec): keep the first clause
+        raise ArtifactError(f"{path}/state: cannot be read as the model in model.json describes "
+                            f"(corrupt, truncated or another model's): {_first_clause(e)}") from e
     all_params = jax.tree.unflatten(treedef, [jnp.asarray(x) for x in restored["leaves"]])
-    table = pq.read_table(path / "users.parquet")
+    try:
+        table = pq.read_table(path / "users.parquet")
+    except (OSError, pa.ArrowException) as e:
+        raise ArtifactError(f"{path}/users.parquet: cannot be read (corrupt or truncated?): {_first_clause(e)}") from e
+    if not {"user_id", "split"} <= set(table.column_names) or table.num_rows != dims.n_users:
+        raise ArtifactError(f"{path}/users.parquet: expected columns user_id and split for {dims.n_users} users, "
+                            f"found {table.column_names} for {table.num_rows}")
     users = {name: np.asarray(table.column(name).to_numpy(zero_copy_only=False)) for name in table.column_names}
     loaded = TrainedModel(
-        path=path, record=record, dataset_meta=json.loads((path / "dataset_meta.json").read_text()),
+        path=path, record=record, dataset_meta=read_artifact_json(path / "dataset_meta.json"),
         users=users, graphdef=graphdef, all_params=all_params, all_seen_states=jnp.asarray(restored.get("seen_states", np.zeros((n_seeds, dims.n_users, S), np.float32))),
         seed=int(record["default_seed"]),
     )

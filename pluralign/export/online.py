@@ -35,7 +35,8 @@ from flax import nnx
 
 from pluralign.evaluate.active import label_information_gain
 from pluralign.models import base
-from pluralign.export.reward import PersonalizedReward, StreamingUser, Support
+from pluralign.errors import InputError
+from pluralign.export.reward import PersonalizedReward, StreamingUser, Support, text_shape
 
 
 def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt, e_a, e_b, label, weight, key,
@@ -109,15 +110,20 @@ class OnlineUser(StreamingUser):
         return self.reward.infer_padded(self.reward.params, *(jnp.asarray(x)[None] for x in self._arrays()))[0]
 
     def add(self, e_a, e_b, label: float = 1.0, e_x=None, weight: float = 1.0) -> jax.Array:
-        """Records one comparison (a ≻ b with probability `label`) and returns the updated state [S]."""
+        """Records one comparison (a ≻ b with probability `label`) and returns the updated state [S].
+        `e_a`, `e_b` (and the optional prompt `e_x`) are [D] embeddings or texts, embedded with the
+        run's encoder; all are checked as a `Support`'s are (`PersonalizedReward.support_arrays`)."""
         if self.k == self.capacity:
-            raise ValueError(f"online user buffer is full ({self.capacity} comparisons); create it with a larger capacity")
+            raise InputError(f"OnlineUser.add: the buffer is full ({self.capacity} comparisons); "
+                             "create the OnlineUser with a larger capacity")
+        one = Support(e_a=e_a, e_b=e_b, label=label, e_x=e_x, weight=weight)
+        e_x_row, has_prompt, e_a_row, e_b_row, label_row, weight_row = self.reward.support_arrays(one, where="")
+        if len(e_a_row) != 1:
+            raise InputError(f"e_a: {len(e_a_row)} rows; OnlineUser.add takes one comparison (a [D] embedding or one text)")
         i = self.k
-        self._e_a[i] = np.asarray(e_a, np.float32).reshape(-1)
-        self._e_b[i] = np.asarray(e_b, np.float32).reshape(-1)
-        self._label[i], self._weight[i] = label, weight
-        if e_x is not None:
-            self._e_x[i], self._has_prompt[i] = np.asarray(e_x, np.float32).reshape(-1), True
+        self._e_x[i], self._has_prompt[i] = e_x_row[0], has_prompt[0]
+        self._e_a[i], self._e_b[i] = e_a_row[0], e_b_row[0]
+        self._label[i], self._weight[i] = label_row[0], weight_row[0]
         self.k += 1
         self.state = self._infer()
         return self.state
@@ -143,16 +149,23 @@ class OnlineUser(StreamingUser):
         return label_information_gain(logits)
 
     def information_gain(self, e_a, e_b, e_x=None) -> jax.Array:
-        """[P] expected information gain (nats) about this user's state of asking each candidate pair."""
-        e_a = jnp.asarray(e_a, jnp.float32)
-        e_b = jnp.asarray(e_b, jnp.float32)
+        """[P] expected information gain (nats) about this user's state of asking each candidate pair
+        (e_a, e_b: [P, D] embeddings or P texts; e_x: none, one or P prompts)."""
+        prompt = e_x if e_x is not None and text_shape(e_x) is not None else None
+        e_a = jnp.asarray(self.reward.embeddings(e_a, "e_a", (2,), prompt=prompt))
+        e_b = jnp.asarray(self.reward.embeddings(e_b, "e_b", (2,), prompt=prompt))
         P = e_a.shape[0]
+        if e_b.shape[0] != P:
+            raise InputError(f"e_b: {e_b.shape[0]} candidate pairs but e_a has {P}")
         if self.reward.state_dim == 0:
             return jnp.zeros((P,), jnp.float32)
         if e_x is None:
             e_x, has_prompt = jnp.zeros_like(e_a), jnp.zeros((P,), bool)
         else:
-            e_x, has_prompt = jnp.broadcast_to(jnp.asarray(e_x, jnp.float32), e_a.shape), jnp.ones((P,), bool)
+            e_x = jnp.asarray(self.reward.embeddings(e_x, "e_x", is_prompt=True))
+            if e_x.ndim == 2 and e_x.shape[0] != P:
+                raise InputError(f"e_x: {e_x.shape[0]} prompts for {P} candidate pairs")
+            e_x, has_prompt = jnp.broadcast_to(e_x, e_a.shape), jnp.ones((P,), bool)
         _, samples = self.posterior_samples()
         return self._gain(self.reward.params, samples, e_x, has_prompt, e_a, e_b)
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pluralign.errors import InputError, InputTypeError
 from pluralign.models import base, ranking
 
 # The policy-loop hook's signature: (prompt embeddings [B, D] or None, response embeddings
@@ -43,14 +44,18 @@ RewardFn = Callable[[jax.Array | None, jax.Array], jax.Array]
 class Support:
     """k comparisons of one user: a preferred over b with probability `label`."""
 
-    e_a: Any  # [k, D]
-    e_b: Any  # [k, D]
-    label: Any = None  # [k] P(a ≻ b); None = a was chosen (1.0)
-    e_x: Any = None  # [k, D] or [D] prompt embeddings; None = no prompt
-    weight: Any = None  # [k]; None = 1
+    e_a: Any  # [k, D] embeddings or k texts (embedded with the run's encoder)
+    e_b: Any  # [k, D] or k texts
+    label: Any = None  # [k] P(a ≻ b) in [0, 1]; None = a was chosen (1.0)
+    e_x: Any = None  # [k, D] or [D] prompt embeddings, k texts or one; None = no prompt
+    weight: Any = None  # [k] finite, ≥ 0; None = 1
 
     def __len__(self) -> int:
-        return int(np.shape(self.e_a)[0])
+        texts = text_shape(self.e_a)  # () one text, (k,) k texts
+        if texts is not None:
+            return texts[0] if texts else 1
+        shape = np.shape(self.e_a)  # [k, D], or [D] for one comparison
+        return int(shape[0]) if len(shape) != 1 or shape[0] == 0 else 1
 
 
 @dataclasses.dataclass
@@ -65,6 +70,59 @@ class StreamingUser:
     (`pluralign.export.OnlineUser`); a `PersonalizedReward` scores them with their current `state`."""
 
     state: jax.Array  # [S]
+
+
+def text_shape(x: Any, name: str = "texts") -> tuple[int, ...] | None:
+    """The shape of `x` as texts — () for one text (a str), (n,) for a list of n, (B, N) for B lists
+    of N — or None when `x` is not texts (embeddings). Inside a list a (prompt, response) tuple of two
+    str is one text, as the encoders take it. Decided by the first leaf; a ragged nest is an error."""
+    if isinstance(x, str):
+        return ()
+    if not isinstance(x, (list, tuple)) or not x:
+        return None
+    leaf = x
+    while isinstance(leaf, (list, tuple)) and leaf and not _is_pair(leaf):
+        leaf = leaf[0]
+    if not (isinstance(leaf, str) or _is_pair(leaf)):
+        return None
+    return _nested_shape(x, name)
+
+
+def _is_pair(x: Any) -> bool:
+    return isinstance(x, tuple) and len(x) == 2 and all(isinstance(s, str) for s in x)
+
+
+def _nested_shape(x: Any, name: str) -> tuple[int, ...]:
+    if isinstance(x, str) or _is_pair(x):
+        return ()
+    if not isinstance(x, (list, tuple)):
+        raise InputTypeError(f"{name}: expected texts, found {type(x).__name__} among them")
+    shapes = {_nested_shape(v, name) for v in x}
+    if len(shapes) > 1:
+        raise InputError(f"{name}: texts are ragged: sublists of shapes {sorted(shapes)}")
+    return (len(x), *(shapes.pop() if shapes else ()))
+
+
+def _flatten(x: Any) -> list:
+    return [x] if isinstance(x, str) or _is_pair(x) else [t for v in x for t in _flatten(v)]
+
+
+def check_finite(x: np.ndarray, name: str) -> np.ndarray:
+    """`x`, or an InputError naming the first non-finite entry."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        where = np.unravel_index(int(np.argmax(bad)), x.shape)
+        raise InputError(f"{name}: {x[where]} at index {list(map(int, where))} is not finite")
+    return x
+
+
+def _numbers(x: Any, name: str) -> np.ndarray:
+    """float32 host array of `x` (numbers; a jax or numpy array), or an InputTypeError naming `name`."""
+    try:
+        return np.asarray(x, np.float32)
+    except (TypeError, ValueError) as e:
+        raise InputTypeError(f"{name}: expected numbers (embeddings) or texts, got {type(x).__name__} "
+                             f"({str(e).splitlines()[0]})") from None
 
 
 def _pad_rows(x: np.ndarray, capacity: int) -> np.ndarray:
@@ -184,25 +242,100 @@ class PersonalizedReward:
         model = nnx.merge(self.graphdef, params)
         return ranking.preference_logit_matrix(model, state, e_x, has_prompt, e_y)
 
-    # ------------------------------------------------------------------ users
-    def _padded_support(self, support: Support, capacity: int | None = None):
-        capacity = capacity or self.capacity
-        e_a = np.asarray(support.e_a, np.float32).reshape(-1, self.dim)
-        e_b = np.asarray(support.e_b, np.float32).reshape(-1, self.dim)
+    # ------------------------------------------------------------------ inputs
+    def embeddings(self, x: Any, name: str, ndims: Sequence[int] = (1, 2), prompt: Any = None,
+                   is_prompt: bool = False) -> Any:
+        """float32 embeddings [..., D] of `x`: numbers as given (numpy, jax, lists), or texts (a str, a
+        (prompt, response) pair, nested lists of them) embedded with the run's encoder — each with its
+        `prompt` text (one, or one per leading row) where the run embedded items as (prompt, response)
+        conversations (`items_with_prompt`; prompts themselves, `is_prompt`, are embedded alone).
+        Checked: rank in `ndims`, last size D, finite; else an `InputError` naming `name`."""
+        shape = text_shape(x, name)
+        if shape is not None:
+            texts = _flatten(x)
+            if self.items_with_prompt and not is_prompt:
+                texts = self._with_prompts(texts, shape, prompt, name)
+            e = np.asarray(self.embed_texts(texts), np.float32).reshape(*shape, -1)
+        elif isinstance(x, jax.Array):
+            e = x if x.dtype == jnp.float32 else x.astype(jnp.float32)
+        else:
+            e = _numbers(x, name)
+        if e.ndim == 1 and e.size == 0 and 2 in ndims:  # [] : no rows
+            e = e.reshape(0, self.dim)
+        if e.ndim not in ndims or e.shape[-1] != self.dim:
+            expected = " or ".join({1: "[D]", 2: "[n, D]", 3: "[B, N, D]"}[n] for n in ndims)
+            raise InputError(f"{name}: shape {tuple(e.shape)}; expected {expected} embeddings with D = {self.dim} "
+                             f"(this model's size), or texts")
+        if not bool(jnp.isfinite(e).all() if isinstance(e, jax.Array) else np.isfinite(e).all()):
+            check_finite(np.asarray(e), name)
+        return e
+
+    @property
+    def items_with_prompt(self) -> bool:
+        """Whether the run's items were embedded as (prompt, response) conversations (`embed_with_prompt`)."""
+        config = self.trained.record.get("data_config") or {}
+        return bool(config.get("embed_with_prompt") or self.trained.dataset_meta.get("embed_with_prompt"))
+
+    def _with_prompts(self, texts: list, shape: tuple, prompt: Any, name: str) -> list:
+        """Response texts as (prompt, response) pairs, the prompt texts broadcast over trailing axes."""
+        prompt_shape = None if prompt is None else text_shape(prompt)
+        if prompt_shape is None or prompt_shape != shape[:len(prompt_shape)]:
+            raise InputError(f"{name}: this model's items were embedded together with their prompts "
+                             "(embed_with_prompt); pass the prompt as text too, one per row of responses")
+        prompts = np.repeat(np.asarray(_flatten(prompt), object), int(np.prod(shape[len(prompt_shape):], dtype=int)))
+        return [t if isinstance(t, tuple) else (p, t) for p, t in zip(prompts, texts)]
+
+    def support_arrays(self, support: Support, where: str = "Support.") -> tuple[np.ndarray, ...]:
+        """(e_x [k, D], has_prompt [k], e_a [k, D], e_b [k, D], label [k], weight [k]) of a support, each
+        checked (texts embedded; [k, D] of this model's D; finite; label in [0, 1]; weight ≥ 0), so a
+        bad one is an `InputError` naming the field rather than NaN rewards or a silent reshape."""
+        if not isinstance(support, Support):
+            raise InputTypeError(f"support: expected a pluralign.export.Support, got {type(support).__name__}")
+        prompt = support.e_x if support.e_x is not None and text_shape(support.e_x) is not None else None
+        e_a = np.asarray(self.embeddings(support.e_a, f"{where}e_a", prompt=prompt)).reshape(-1, self.dim)
+        e_b = np.asarray(self.embeddings(support.e_b, f"{where}e_b", prompt=prompt)).reshape(-1, self.dim)
         k = len(e_a)
-        if k > capacity:
-            raise ValueError(f"{k} support comparisons exceed capacity {capacity}; "
-                             "build the reward with reward(capacity=...) large enough")
         if len(e_b) != k:
-            raise ValueError(f"support e_a has {k} rows but e_b has {len(e_b)}")
-        label = np.ones(k, np.float32) if support.label is None else np.asarray(support.label, np.float32).reshape(k)
-        weight = np.ones(k, np.float32) if support.weight is None else np.asarray(support.weight, np.float32).reshape(k)
+            raise InputError(f"{where}e_b: {len(e_b)} rows but {where}e_a has {k}")
+        label = self._per_comparison(support.label, k, f"{where}label")
+        bad = ~((label >= 0) & (label <= 1))
+        if bad.any():
+            raise InputError(f"{where}label: {label[bad.argmax()]} at index {int(bad.argmax())} is outside [0, 1] "
+                             "(a label is the probability that a is preferred to b)")
+        weight = self._per_comparison(support.weight, k, f"{where}weight")
+        if (weight < 0).any():
+            raise InputError(f"{where}weight: {weight[(weight < 0).argmax()]} at index {int((weight < 0).argmax())} "
+                             "is negative (weights must be finite and ≥ 0)")
         if support.e_x is None:
             e_x, has_prompt = np.zeros((k, self.dim), np.float32), np.zeros(k, bool)
         else:
-            e_x = np.broadcast_to(np.asarray(support.e_x, np.float32), (k, self.dim))
-            has_prompt = np.ones(k, bool)
-        return tuple(_pad_rows(x, capacity) for x in (e_x, has_prompt, e_a, e_b, label, weight))
+            e_x = np.asarray(self.embeddings(support.e_x, f"{where}e_x", is_prompt=True))
+            if e_x.ndim == 2 and len(e_x) != k:
+                raise InputError(f"{where}e_x: {len(e_x)} prompts for {k} comparisons (give one, or one per comparison)")
+            e_x, has_prompt = np.broadcast_to(e_x, (k, self.dim)), np.ones(k, bool)
+        return e_x, has_prompt, e_a, e_b, label, weight
+
+    @staticmethod
+    def _per_comparison(x: Any, k: int, name: str) -> np.ndarray:
+        """float32 [k] of a per-comparison number (None: 1; one number: the same for all), finite."""
+        if x is None:
+            return np.ones(k, np.float32)
+        if text_shape(x, name) is not None:
+            raise InputTypeError(f"{name}: expected numbers, got texts")
+        values = _numbers(x, name)
+        if values.shape not in ((), (k,)):
+            raise InputError(f"{name}: shape {values.shape} for {k} comparisons; expected one number or [{k}]")
+        return check_finite(np.broadcast_to(values, (k,)).copy(), name)
+
+    # ------------------------------------------------------------------ users
+    def _padded_support(self, support: Support, capacity: int | None = None):
+        capacity = capacity or self.capacity
+        arrays = self.support_arrays(support)
+        k = len(arrays[0])
+        if k > capacity:
+            raise InputError(f"Support: {k} support comparisons exceed capacity {capacity}; "
+                             "build the reward with reward(capacity=...) large enough")
+        return tuple(_pad_rows(x, capacity) for x in arrays)
 
     def infer(self, support: Support) -> jax.Array:
         """[S] the state of a new user from their comparisons (the evaluation protocol's inference)."""
@@ -214,9 +347,12 @@ class PersonalizedReward:
         if isinstance(user, Support):
             return self.infer(user)
         if isinstance(user, UserState):
-            vector = jnp.asarray(user.vector, jnp.float32)
+            vector = user.vector if isinstance(user.vector, jax.Array) else _numbers(user.vector, "UserState.vector")
+            vector = jnp.asarray(vector, jnp.float32)
             if vector.shape != (self.state_dim,):
-                raise ValueError(f"UserState has shape {vector.shape}; {self.trained.name} states have shape ({self.state_dim},)")
+                raise InputError(f"UserState has shape {vector.shape}; {self.trained.name} states have shape ({self.state_dim},)")
+            if not bool(jnp.isfinite(vector).all()):
+                check_finite(np.asarray(vector), "UserState.vector")
             return vector
         if isinstance(user, StreamingUser):
             return user.state
@@ -231,44 +367,39 @@ class PersonalizedReward:
         if prompt is None:
             n = batch or 1
             return np.zeros((n, self.dim), np.float32), np.zeros((n,), bool)
-        e_x = self._as_embeddings(prompt)
+        e_x = self._as_embeddings(prompt, name="prompt", is_prompt=True)
         return e_x, np.ones((e_x.shape[0],), bool)
 
-    def _as_embeddings(self, x, keep_rank: bool = False):
+    def _as_embeddings(self, x, keep_rank: bool = False, name: str = "responses", prompt: Any = None,
+                       is_prompt: bool = False):
         """Embeddings [..., D] as given (a [D] vector becomes [1, D] unless keep_rank), or texts
-        embedded with the artifact's encoder."""
-        if isinstance(x, str):
-            x = self.embed_texts([x])[0]
-        elif isinstance(x, (list, tuple)) and x and isinstance(x[0], (str, tuple)):
-            x = self.embed_texts(list(x))
-        if not isinstance(x, jax.Array):
-            x = np.asarray(x, np.float32)
-        elif x.dtype != jnp.float32:
-            x = x.astype(jnp.float32)
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"embeddings have size {x.shape[-1]}; this model was trained on D = {self.dim}")
+        embedded with the artifact's encoder (`embeddings`, which checks them)."""
+        x = self.embeddings(x, name, (1, 2, 3), prompt=prompt, is_prompt=is_prompt)
         return x.reshape(1, self.dim) if x.ndim == 1 and not keep_rank else x
 
     def __call__(self, prompt, responses, user) -> jax.Array:
         """Rewards of `responses` for `user`.
 
-        prompt: [D] (or None, or a text) with responses [N, D] -> [N];
-        prompt: [B, D] or [D] (or None) with responses [B, N, D] and `user` one user or a list of B users -> [B, N].
+        prompt: [D] (or None, or a text) with responses [N, D] (or N texts) -> [N];
+        prompt: [B, D] or [D] (or None, or B texts) with responses [B, N, D] (or B lists of N texts) and
+        `user` one user or a list of B users -> [B, N].
         One jitted call per distinct set of shapes; a new N or B compiles once.
         """
         if not self.has_scalar_reward:
             raise TypeError(f"{self.trained.name} has no scalar reward (its preferences may be cyclic): use "
                             "preference_matrix(...), scores(...) or best_of_n(...)")
-        e_y = self._as_embeddings(responses, keep_rank=True)
+        e_y = self._as_embeddings(responses, keep_rank=True, prompt=prompt)
         if e_y.ndim not in (2, 3):
-            raise ValueError(f"responses must be [N, D] or [B, N, D], got shape {e_y.shape}")
-        e_x = None if prompt is None else self._as_embeddings(prompt, keep_rank=True)
+            raise InputError(f"responses: expected [N, D] or [B, N, D] (or N texts, or B lists of N), got shape {tuple(e_y.shape)}")
+        e_x = None if prompt is None else self._as_embeddings(prompt, keep_rank=True, name="prompt", is_prompt=True)
         B = e_y.shape[0] if e_y.ndim == 3 else None
         if e_x is not None and e_x.ndim == 2 and e_x.shape[0] != B:
-            raise ValueError(f"{e_x.shape[0]} prompts for {B or 'a single row of'} responses")
+            raise InputError(f"prompt: {e_x.shape[0]} prompts for {B or 'a single row of'} responses")
+        if e_x is not None and e_x.ndim == 3:
+            raise InputError(f"prompt: expected [D] or [B, D], got shape {tuple(e_x.shape)}")
         if isinstance(user, (list, tuple)):
             if len(user) != B:
-                raise ValueError(f"{len(user)} users for {B or 'a single row of'} responses")
+                raise InputError(f"user: {len(user)} users for {B or 'a single row of'} responses")
             states = self.user_states(user)
         else:
             states = self.user_state(user)
@@ -278,7 +409,7 @@ class PersonalizedReward:
         """[N, N] P(y_i ≻ y_j | x, user), diagonal 0.5, through the model's own pair logits (or
         its `preference_logit_matrix`, GPM's one-matrix-product form). Exact for every model,
         including GPM's skew-symmetric general preferences, which can be intransitive."""
-        e_y = self._as_embeddings(responses)
+        e_y = self.embeddings(responses, "responses", (2,), prompt=prompt)
         e_x, has_prompt = self._prompts(prompt, 1)
         return jax.nn.sigmoid(self._matrix(self.params, self.user_state(user), e_x[0], has_prompt[0], e_y))
 
@@ -295,19 +426,28 @@ class PersonalizedReward:
 
     def best_of_n(self, prompt, candidates, user) -> tuple[int, np.ndarray]:
         """(index of the best candidate, scores [N]) for one prompt and user (`scores`)."""
+        candidates = self.embeddings(candidates, "candidates", (2,), prompt=prompt)  # checked: N finite rows
         r = self.scores(prompt, candidates, user)
+        if not np.isfinite(r).all():  # inputs are checked, so this is the model's own overflow
+            raise FloatingPointError(f"{self.trained.name}: non-finite score for candidate {int((~np.isfinite(r)).argmax())}")
         return int(np.argmax(r)), r
 
     def policy_reward_fn(self, user) -> RewardFn:
         """The hook for a policy-training loop: a pure function
         `fn(prompt_embeddings [B, D] | None, response_embeddings [B, D]) -> rewards [B]`
         for a fixed user, traceable inside the caller's own `jax.jit` (θ and φ_u are
-        closed-over constants, so nothing is recomputed per call but the reward head)."""
+        closed-over constants, so nothing is recomputed per call but the reward head).
+        Called outside jit it also takes texts (B prompts, B responses), embedded with the run's
+        encoder; a PyTorch loop takes `torch_reward_fn`."""
         state = self.user_state(user)
         graphdef, params = self.graphdef, self.params
 
         def reward_fn(prompt_embeddings, response_embeddings):
             model = nnx.merge(graphdef, params)
+            if text_shape(response_embeddings) is not None:
+                response_embeddings = self.embeddings(response_embeddings, "responses", (2,), prompt=prompt_embeddings)
+            if prompt_embeddings is not None and text_shape(prompt_embeddings) is not None:
+                prompt_embeddings = self.embeddings(prompt_embeddings, "prompt", (2,), is_prompt=True)
             e_y = jnp.asarray(response_embeddings, jnp.float32)
             B = e_y.shape[0]
             if prompt_embeddings is None:
@@ -317,6 +457,14 @@ class PersonalizedReward:
             return model.reward(jnp.broadcast_to(state, (B, state.shape[0])), e_x, has_prompt, e_y)
 
         return reward_fn
+
+    def torch_reward_fn(self, user, device: Any = None):
+        """The policy hook for a PyTorch loop: `fn(prompts, responses) -> torch.Tensor [B]` where
+        prompts are None, B texts or a [B, D] tensor and responses B texts or a [B, D] tensor
+        (`pluralign.integrations.pytorch.policy_reward_fn`)."""
+        from pluralign.integrations.pytorch import policy_reward_fn
+
+        return policy_reward_fn(self, user, device=device)
 
     # ------------------------------------------------------------------ text
     def embed_texts(self, texts: Sequence[Any]) -> np.ndarray:
