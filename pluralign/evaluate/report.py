@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pluralign.evaluate.metrics import bootstrap_ratio_interval
+from pluralign.evaluate.sample_size import MIN_USERS_FOR_INTERVAL, too_few_for_interval
 from pluralign.jsonio import flatten
 from pluralign.plotting import pyplot
 
@@ -38,6 +39,14 @@ def _fmt(x, std=None) -> str:
     if x is None:
         return "—"
     return f"{x:.3f}" if std is None else f"{x:.3f} ± {std:.3f}"
+
+
+def _fmt_unseen(x, std, n_users) -> str:
+    """An unseen-user figure: with its ±, or, on too few users for any spread to mean much,
+    with the number of users instead."""
+    if x is not None and too_few_for_interval(n_users):
+        return f"{x:.3f} ({n_users} users)"
+    return _fmt(x, std)
 
 
 def run_variants(results: list[dict]) -> list[str]:
@@ -81,10 +90,11 @@ def results_table(results: list[dict], shots=TABLE_SHOTS) -> Table:
     for r, variant in zip(results, variants):
         at_k = r["unseen"]["accuracy_at_k"]
         std_k = r["unseen"].get("accuracy_std_at_k", {})
+        mode = r["unseen"].get("mode", "random")
         table.add_row(
             r["model"], r["dataset"], *([variant] if with_variant else []), str(len(r["seeds"])),
             _fmt(r["seen"]["accuracy"], r["seen"].get("accuracy_std")),
-            *(_fmt(at_k.get(str(k)), std_k.get(str(k))) for k in shots),
+            *(_fmt_unseen(at_k.get(str(k)), std_k.get(str(k)), _unseen(r, mode, k).get("n_users")) for k in shots),
             _fmt(r.get("bayes_optimal_accuracy")), _fmt(r.get("population_optimal_accuracy")),
             f"{r['wall_seconds']:.0f}",
         )
@@ -99,6 +109,8 @@ def print_results(root: str | pathlib.Path, console: Console | None = None) -> l
         console.print(f"no complete results.json under {root}")
     else:
         console.print(results_table(results))
+        for line in run_warnings(results):
+            console.print(f"[bold yellow]warning[/] {line}", highlight=False)
     missing = incomplete_runs(root, results)
     if missing:
         console.print(f"[bold red]incomplete jobs[/] (no complete results.json; re-run the sweep to finish them): {len(missing)}")
@@ -122,6 +134,18 @@ def print_results(root: str | pathlib.Path, console: Console | None = None) -> l
 _NOT_A_VARIANT = {"seeds", "cache_dir", "train.progress"}
 _NOT_A_RUN_KEY = {"cache_dir", "train.progress"}  # the console table has one row per run: seeds do count
 MODES = ("random", "item_disjoint")
+
+
+def run_warnings(results: list[dict]) -> list[str]:
+    """`<run>: <warning>` for every warning a run recorded in its results.json (`warnings`: a
+    small user split, `pluralign.evaluate.sample_size`), once per distinct warning and run group."""
+    lines = []
+    for r in results:
+        for warning in r.get("warnings", []):
+            line = f"{r['model']} on {r['dataset']}: {warning}"
+            if line not in lines:
+                lines.append(line)
+    return lines
 
 
 def group_runs(results: list[dict]) -> list[dict]:
@@ -225,7 +249,11 @@ def unseen_counts(group: dict, mode: str, k: int, bt: list[dict]) -> dict:
     pooled = pooled_per_user(measured)
     if pooled is None:
         return out
-    out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ratio_interval(pooled["correct"], pooled["n"])
+    few = too_few_for_interval(len(pooled["user"]))
+    if few:  # the point figures stay; no interval over so few users
+        out[f"{name}_no_interval"] = few
+    else:
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ratio_interval(pooled["correct"], pooled["n"])
     for candidate in bt:  # the BT runs that scored the same users on the same queries (same episodes)
         bt_entries = [_unseen(r, mode, k) for r in candidate["runs"]]
         if candidate is group or sorted(e.get("episodes", "") for e in bt_entries) != sorted(e["episodes"] for e in measured):
@@ -234,7 +262,8 @@ def unseen_counts(group: dict, mode: str, k: int, bt: list[dict]) -> dict:
         if base is not None and np.array_equal(base["user"], pooled["user"]) and np.allclose(base["n"], pooled["n"]):
             gain = pooled["correct"] - base["correct"]
             out[f"{name}_vs_bt"] = float(gain.sum() / max(pooled["n"].sum(), 1e-12))
-            out[f"{name}_vs_bt_low"], out[f"{name}_vs_bt_high"] = bootstrap_ratio_interval(gain, pooled["n"])
+            if not few:
+                out[f"{name}_vs_bt_low"], out[f"{name}_vs_bt_high"] = bootstrap_ratio_interval(gain, pooled["n"])
             break
     return out
 
@@ -283,7 +312,11 @@ def _interval(low, high) -> str:
 
 def _difference(row: dict, name: str) -> str:
     d = row.get(f"{name}_vs_bt")
-    return "—" if d is None else f"{d:+.3f} {_interval(row.get(f'{name}_vs_bt_low'), row.get(f'{name}_vs_bt_high'))}"
+    if d is None:
+        return "—"
+    if row.get(f"{name}_no_interval"):
+        return f"{d:+.3f} (no CI: {row.get(f'{name}_n_users')} users)"
+    return f"{d:+.3f} {_interval(row.get(f'{name}_vs_bt_low'), row.get(f'{name}_vs_bt_high'))}"
 
 
 def _counts(row: dict, name: str) -> str:
@@ -306,10 +339,11 @@ def markdown_table(rows: list[dict], shots=TABLE_SHOTS) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cell = lambda name: _fmt(row.get(name), row.get(f"{name}_std"))  # noqa: E731
+        ucell = lambda name: _fmt_unseen(row.get(name), row.get(f"{name}_std"), row.get(f"{name}_n_users"))  # noqa: E731
         lines.append("| " + " | ".join([
             row["model"], row["dataset"], *([row["variant"]] if with_variant else []), str(row["seeds"]),
-            cell("seen_accuracy"), *(cell(f"unseen_random_k{k}") for k in shots),
-            *([cell(f"unseen_item_disjoint_k{disjoint}")] if disjoint else []),
+            cell("seen_accuracy"), *(ucell(f"unseen_random_k{k}") for k in shots),
+            *([ucell(f"unseen_item_disjoint_k{disjoint}")] if disjoint else []),
             *([_difference(row, largest), _counts(row, largest)] if largest else []),
             _fmt(row.get("bayes_optimal_accuracy")), _fmt(row.get("population_optimal_accuracy")),
         ]) + " |")
@@ -334,11 +368,13 @@ def unseen_detail_table(rows: list[dict]) -> str:
                 name = f"{prefix}{k}"
                 if not any(c == name or c.startswith(name + "_") for c in row):
                     continue
-                note = row.get(f"{name}_reason") or ("largest k enough users reach" if row.get(f"{name}_largest_available") else "")
+                note = row.get(f"{name}_reason") or row.get(f"{name}_no_interval") or (
+                    "largest k enough users reach" if row.get(f"{name}_largest_available") else "")
                 over = row.get(f"{name}_std_over", "") if row.get(f"{name}_std") is not None else ""
                 lines.append("| " + " | ".join([
                     row["model"], row["dataset"], *([row["variant"]] if with_variant else []), mode, str(k),
-                    _fmt(row.get(name), row.get(f"{name}_std")), over,
+                    _fmt_unseen(row.get(name), row.get(f"{name}_std"), row.get(f"{name}_n_users")),
+                    "" if row.get(f"{name}_no_interval") else over,
                     _interval(row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")), _difference(row, name),
                     _counts(row, name), note,
                 ]) + " |")
@@ -611,6 +647,10 @@ def write_report(root: str | pathlib.Path, out_dir: str | pathlib.Path | None = 
           "95% bootstrap interval over unseen-test users (1000 resamples); users / query pairs: scored per episode.",
           "Bayes-opt: accuracy of the true model; best non-personal: the best predictor that ignores who the user is (synthetic data).", "",
           markdown_table(rows), "", "## Unseen users, every mode and k", "", unseen_detail_table(rows)]
+    warnings = run_warnings(results)
+    if warnings:
+        md[2:2] = ["**Warnings**", "", *(f"- {w}" for w in warnings),
+                   f"- no interval over users is shown for a figure on fewer than {MIN_USERS_FOR_INTERVAL} users", ""]
     if missing:
         md += ["", f"Incomplete runs (no complete results.json; re-run the sweep to finish them): {len(missing)}", ""]
         md += [f"- {m}" for m in missing]
