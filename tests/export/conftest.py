@@ -1,27 +1,12 @@
-"""A small PAL-A artifact (random θ, D = 8) whose users have ids that are not row numbers, and a
-deterministic stand-in text encoder, shared by the reward input tests."""
+"""A small PAL-A artifact (random θ, D = 8) whose users have ids that are not row numbers, shared by
+the reward input tests (with `helpers.HashEncoder` as its text encoder)."""
 
 from __future__ import annotations
 
-import hashlib
-
 import jax
-import numpy as np
 import pytest
 
-
-class HashEncoder:
-    """Texts -> fixed pseudo-random [8] vectors (a (prompt, response) pair is its own text)."""
-
-    dim = 8
-
-    def encode(self, texts):
-        rows = []
-        for text in texts:
-            key = "\x00".join(text) if isinstance(text, tuple) else text
-            seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
-            rows.append(np.random.default_rng(seed).normal(size=self.dim))
-        return np.asarray(rows, np.float32).reshape(len(rows), self.dim)
+from tests.export.helpers import HashEncoder
 
 
 @pytest.fixture(scope="session")
