@@ -48,7 +48,7 @@ from pluralign import rundir
 from pluralign.config_checks import check_run_config
 from pluralign.models import BT, base, model_class
 from pluralign.provenance import provenance
-from pluralign.train import distributed, host_tables, meta
+from pluralign.train import distributed, host_tables, meta, tracking
 from pluralign.train.batches import make_tables, to_batch
 from pluralign.train.trainer import TrainConfig, init_params, predict_seen
 
@@ -238,6 +238,7 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
     log.info("seen accuracy %.4f; unseen-test accuracy at k %s; %.0f s", seen["accuracy"],
              {k: round(v, 4) for k, v in unseen["accuracy_at_k"].items()}, results["wall_seconds"])
     write_artifacts(run_dir, config, data, models, trained, unseen, results)
+    tracking.log_results(run_dir, results)  # evaluation figures + hyperparameters into <run>/tensorboard/
     distributed.wait_for_all("pluralign.run: written")
     return results
 

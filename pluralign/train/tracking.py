@@ -4,12 +4,20 @@
 trackers here are views of the same numbers for the tools researchers already use:
 
 - TensorBoard event files in `<run>/tensorboard/` through tensorboardX (a dependency; on by
-  default, `train.tensorboard=false` turns it off): `tensorboard --logdir outputs/` or
-  `--logdir multirun/...` compares every run of a sweep.
+  default, `train.tensorboard=false` turns it off). The viewer is the `tensorboard` extra
+  (`pip install "pluralign[tensorboard]"`): `tensorboard --logdir outputs/`, or
+  `--logdir multirun/...` to compare every run of a sweep.
 - Weights & Biases (`train.wandb=true`; `pip install "pluralign[wandb]"`; imported only then).
   Offline runs (`WANDB_MODE=offline`) are synced later with `wandb sync`.
 
 A record's per-seed lists are written as `seed_<i>/<name>` and their mean as `<name>`.
+
+At the end of a run `log_results` adds the evaluation to the same event files
+(docs/how-to/tracking.md): `eval/seen/{accuracy,log_loss}` at the last training step, the
+k-shot curves of unseen-test users `eval/unseen/<mode>/{accuracy,log_loss}` with k as the step
+(`eval/unseen_val/...` for the unseen-val users), the same figures as one scalar per k
+(`eval/unseen/<mode>/accuracy_k<k>`), and the run's hyperparameters (model, data, train and
+eval options, flattened) for TensorBoard's HPARAMS tab, with those scalars as its metrics.
 """
 
 from __future__ import annotations
@@ -92,3 +100,75 @@ class _WandB:
 
     def close(self) -> None:
         self.run.finish()
+
+
+# --- evaluation metrics and hyperparameters at the end of a run -------------------------------
+
+
+def hyperparameters(config: dict) -> dict[str, bool | int | float | str]:
+    """results.json `config` flattened to `model.hidden`-style keys with values TensorBoard's
+    hparams accept: numbers, booleans and strings as they are, lists and None as text."""
+    out = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif isinstance(value, (bool, int, float, str)):
+            out[prefix] = value
+        else:
+            out[prefix] = str(value)
+
+    walk("", config)
+    return out
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def evaluation_scalars(results: dict) -> tuple[dict[str, float], dict[str, list[tuple[int, float]]]]:
+    """(one value per tag, curves {tag: [(k, value)]}) of a results.json dict: seen-user accuracy
+    and log-loss; per split mode and k, the unseen-test (and unseen-val) users' accuracy and
+    log-loss. Undefined figures (a k no user reached, a NaN) are left out, never written as NaN."""
+    values, curves = {}, {}
+    for name in ("accuracy", "log_loss"):
+        if _finite(results.get("seen", {}).get(name)):
+            values[f"eval/seen/{name}"] = float(results["seen"][name])
+    unseen = results.get("unseen", {})
+    for part, by_mode in (("unseen", unseen.get("by_mode", {})), ("unseen_val", unseen.get("val_by_mode", {}))):
+        for mode, curve in by_mode.items():
+            for k, entry in sorted(curve.items(), key=lambda item: int(item[0])):
+                for name in ("accuracy", "log_loss"):
+                    value = entry.get(name)
+                    if _finite(value):
+                        values[f"eval/{part}/{mode}/{name}_k{int(k)}"] = float(value)
+                        curves.setdefault(f"eval/{part}/{mode}/{name}", []).append((int(k), float(value)))
+    return values, curves
+
+
+def log_results(run_dir: pathlib.Path, results: dict) -> pathlib.Path | None:
+    """Writes a finished run's evaluation and hyperparameters into `<run>/tensorboard/` (unless
+    `train.tensorboard` is false in results.json's config); returns that folder, or None."""
+    config = results.get("config", {})
+    if not config.get("train", {}).get("tensorboard", True):
+        return None
+    from tensorboardX import SummaryWriter
+    from tensorboardX.summary import hparams
+
+    folder = pathlib.Path(run_dir) / "tensorboard"
+    values, curves = evaluation_scalars(results)
+    train = results.get("train", {})
+    last_step = int(train.get("epochs_run", 0)) * int(train.get("steps_per_epoch", 0))
+    # Its own file: a second writer in the same second would otherwise replace the training curves'
+    # file (tensorboardX names files by the second and the host).
+    with SummaryWriter(str(folder), filename_suffix=".eval") as writer:
+        for tag, value in values.items():
+            writer.add_scalar(tag, value, global_step=last_step)
+        for tag, points in curves.items():
+            for k, value in points:
+                writer.add_scalar(tag, value, global_step=k)
+        experiment, session_start, session_end = hparams(hyperparameters(config), values)
+        for summary in (experiment, session_start, session_end):
+            writer.file_writer.add_summary(summary)
+    return folder
