@@ -184,16 +184,17 @@ def test_options_page_documents_every_train_and_eval_field():
         options_page("modle")
 
 
-def test_readme_option_tables_are_the_generated_ones():
-    """The README's train.* and eval.* tables are `reference_table`'s output: a field added,
-    renamed or re-documented in the dataclass fails here until the README is regenerated."""
+def test_docs_option_tables_are_the_generated_ones():
+    """The options page's train.* and eval.* tables (docs/reference/options.md) are
+    `reference_table`'s output: a field added, renamed or re-documented in the dataclass fails
+    here until the page is regenerated."""
     from pluralign.evaluate.fewshot import EvalConfig
     from pluralign.options import reference_table
     from pluralign.train.trainer import TrainConfig
 
-    readme = (CONF.parents[1] / "README.md").read_text()
+    page = (CONF.parents[1] / "docs" / "reference" / "options.md").read_text()
     for cls, prefix in ((TrainConfig, "train."), (EvalConfig, "eval.")):
-        assert reference_table(cls, prefix) in readme, f"regenerate the README table: reference_table({cls.__name__}, {prefix!r})"
+        assert reference_table(cls, prefix) in page, f"regenerate the docs table: reference_table({cls.__name__}, {prefix!r})"
 
 
 @pytest.mark.slow
