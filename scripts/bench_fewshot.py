@@ -1,4 +1,4 @@
-"""Benchmark: few-shot adaptation of many unseen users in one batched call (DESIGN §5).
+"""Benchmark: few-shot adaptation of many unseen users in one batched call (docs/design/architecture.md, Training).
 
 Budget: 1,000 unseen users x 20 shots adapted in < 2 s on CPU. Trains PAL-A briefly on
 synthetic data with 1,000+ unseen-test users, then times `adapt_and_predict` (MAP

@@ -1,4 +1,4 @@
-"""Benchmark: the throughput cost of keeping embedding tables on the host (DESIGN §5).
+"""Benchmark: the throughput cost of keeping embedding tables on the host (docs/design/architecture.md, Training).
 
 Trains the same BT head on the same comparisons twice in one run: with the item table on
 the device (gathered inside the jitted step) and with it memory-mapped on the host

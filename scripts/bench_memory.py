@@ -1,4 +1,4 @@
-"""Benchmark: peak host memory of training at scale (DESIGN §5).
+"""Benchmark: peak host memory of training at scale (docs/design/architecture.md, Training).
 
 Budget: 1M users, 10M comparisons and 100k items at D = 1024 (float16 table) train with
 peak memory < 8 GB. A random dataset of that size is written in a child process (so its

@@ -1,4 +1,4 @@
-"""Benchmark: training throughput against baselines measured in the same run (DESIGN §5).
+"""Benchmark: training throughput against baselines measured in the same run (docs/design/architecture.md, Training).
 
   small   D=256, hidden 64 BT head: pairs/s of pluralign's scanned, jitted epoch vs a plain
           eager PyTorch loop of the same shapes (budget >= 3x). Skipped if torch is absent.

@@ -1,4 +1,4 @@
-"""``pluralign embed``: a comparisons or ratings table of texts -> a dataset directory (DESIGN §3).
+"""``pluralign embed``: a comparisons or ratings table of texts -> a dataset directory (docs/design/data-format.md).
 
 The texts are embedded through `pluralign.embed.extract.ResumableEncoder`, so an interrupted
 job resumes from its work directory; the table is read by the importers of
@@ -23,7 +23,7 @@ from pluralign.embed.extract import ResumableEncoder
 
 @dataclasses.dataclass
 class EmbedConfig:
-    """``pluralign embed``: a table of texts -> a dataset directory (DESIGN §3).
+    """``pluralign embed``: a table of texts -> a dataset directory (docs/design/data-format.md).
 
     ``table=comparisons``: one row per judgement, columns ``user``, ``a``, ``b``,
     ``label`` (P(a ≻ b); ``label=null`` for a chosen/rejected layout: ``a=chosen

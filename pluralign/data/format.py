@@ -1,4 +1,4 @@
-"""The on-disk preference dataset (DESIGN.md §3): read, write and validate.
+"""The on-disk preference dataset (docs/design/data-format.md): read, write and validate.
 
 A dataset is a directory holding frozen embeddings (``items.npy``, optional
 ``prompts.npy``), the comparisons that refer to them by row

@@ -2,7 +2,7 @@
 
 On dense rating data a user's few-shot gain can come from remembering how they judged the
 very items that reappear in the query, rather than from learning a taste that transfers
-to new items (DESIGN §6, `item_disjoint`). This generator (`data=idiosyncratic`) plants both
+to new items (docs/design/evaluation-protocol.md, `item_disjoint`). This generator (`data=idiosyncratic`) plants both
 kinds of personal signal, so the two few-shot modes can be told apart against known ceilings:
 
     r_u(i) = β_u · ( s · ⟨w₀, z_i⟩ + ⟨v_u, B z_i⟩ + ε_{u,i} ),     P(a ≻ b | u) = σ(r_u(a) − r_u(b))

@@ -15,7 +15,7 @@ into a feature matrix the caller already computed (``items=`` array or ``.npy`` 
 ``item_ids=`` the id of each row; without it the ids are the row numbers).
 
 User ids of any type are mapped to contiguous ints in sorted order; the map is
-``meta["user_ids"]`` (DESIGN §3). Everything is vectorised (pyarrow compute + numpy):
+``meta["user_ids"]`` (docs/design/data-format.md). Everything is vectorised (pyarrow compute + numpy):
 100k ratings from 1,000 users import in well under a second plus encoding
 (``scripts/bench_import.py``). Bad input raises :class:`DatasetError` naming the file,
 the 0-based data row (header not counted) and the problem.

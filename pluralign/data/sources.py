@@ -39,7 +39,7 @@ from pluralign.data.hub import (
 class DiskDataConfig:
     kind: str = "disk"
     name: str = "disk"
-    path: str = "???"  # a dataset directory in the format of DESIGN §3
+    path: str = "???"  # a dataset directory in the format of docs/design/data-format.md
 
 
 # kind -> (config class, generator). A generator family adds one import above and one line here.

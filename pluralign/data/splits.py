@@ -1,4 +1,4 @@
-"""User-level and pair-level splits (DESIGN.md §3, §6).
+"""User-level and pair-level splits (docs/design/data-format.md, docs/design/evaluation-protocol.md).
 
 Users are split into seen / unseen-val / unseen-test; only seen users'
 comparisons train the shared parameters θ, and each seen user's comparisons are

@@ -1,4 +1,4 @@
-"""Frozen-encoder extraction: texts -> embeddings -> a pluralign dataset (DESIGN §3).
+"""Frozen-encoder extraction: texts -> embeddings -> a pluralign dataset (docs/design/data-format.md).
 
 ``load_encoder`` builds an :class:`Encoder` (the offline ``wordllama`` static encoder,
 or any Hugging Face ``transformers`` model); ``pluralign.embed.extract`` runs it over

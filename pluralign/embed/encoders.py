@@ -1,6 +1,6 @@
 """Frozen text encoders: texts -> one float32 vector per text.
 
-Every model in pluralign is a small head on frozen embeddings (DESIGN §1); this
+Every model in pluralign is a small head on frozen embeddings (docs/design/architecture.md); this
 module is the frozen part. Two encoders share one surface (:class:`Encoder`):
 
 * :class:`WordLlamaEncoder` — the static token-embedding model shipped *inside*

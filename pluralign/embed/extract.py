@@ -1,4 +1,4 @@
-"""Texts -> frozen embeddings -> a dataset (DESIGN §3), resumably.
+"""Texts -> frozen embeddings -> a dataset (docs/design/data-format.md), resumably.
 
 Extraction is the one expensive step of the pipeline (a 7B model over 100k texts is
 hours), so it is built to be interrupted:

@@ -1,4 +1,4 @@
-"""The evaluation protocol shared by every model (DESIGN §6).
+"""The evaluation protocol shared by every model (docs/design/evaluation-protocol.md).
 
 Seen users: accuracy, log-loss, ECE and per-user accuracy on their held-out pairs.
 
@@ -45,7 +45,7 @@ from pluralign.train.batches import padded_batch
 @dataclasses.dataclass
 class EvalConfig:
     shots: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 5, 10, 20, 50])  # k: support comparisons per unseen user
-    # support/query split: random (as in the papers) and/or item_disjoint (no item shared; DESIGN §6)
+    # support/query split: random (as in the papers) and/or item_disjoint (no item shared; docs/design/evaluation-protocol.md)
     modes: list[str] = dataclasses.field(default_factory=lambda: ["random", "item_disjoint"])
     draws: int = 2  # support/query draws per seed
     # A k is reported only where at least this fraction of the users have k support pairs:

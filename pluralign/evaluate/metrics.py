@@ -1,4 +1,4 @@
-"""Metrics of predicted preference probabilities, on host numpy arrays (DESIGN §6).
+"""Metrics of predicted preference probabilities, on host numpy arrays (docs/design/evaluation-protocol.md).
 
 All take logits z of P(a ≻ b), (soft) labels y ∈ [0, 1] and weights w. A comparison
 with y = 0.5 has no correct side and is left out of accuracy (not of log-loss).

@@ -1,4 +1,4 @@
-"""How far to trust a new user's answers, decided from enough evidence (DESIGN §6).
+"""How far to trust a new user's answers, decided from enough evidence (docs/design/evaluation-protocol.md).
 
 A personalized model's few-shot inference has one free setting, the prior's scale: a multiplier
 c of the fitted prior precision (`eval.inference=bayes`) or an isotropic precision (`map`). Too

@@ -1,6 +1,6 @@
 """The surface every pluralign preference model shares.
 
-A model is "shared parameters θ + a per-user state φ_u" (DESIGN §1). Each model is a
+A model is "shared parameters θ + a per-user state φ_u" (docs/design/architecture.md). Each model is a
 Flax NNX module that splits a comparison's logit into two parts:
 
   features = model.pair_features(pair)          # depends on θ only, batched over pairs
@@ -37,7 +37,7 @@ class Tables:
 
 @struct.dataclass
 class PairBatch:
-    """A batch of comparisons as indices into `Tables` (DESIGN §5)."""
+    """A batch of comparisons as indices into `Tables` (docs/design/architecture.md, Training)."""
 
     user: jax.Array  # int32 [B]
     prompt: jax.Array  # int32 [B], -1 = no prompt
@@ -99,7 +99,7 @@ class Dims:
 
 
 def gather(tables: Tables, batch: PairBatch) -> PairEmbeddings:
-    """Looks the batch's embeddings up inside the jitted step (DESIGN §5)."""
+    """Looks the batch's embeddings up inside the jitted step (docs/design/architecture.md, Training)."""
     has_prompt = batch.prompt >= 0
     e_x = tables.prompts[jnp.maximum(batch.prompt, 0)].astype(jnp.float32)
     e_x = jnp.where(has_prompt[:, None], e_x, 0.0)
@@ -293,7 +293,7 @@ class PreferenceModel(nnx.Module):
 
 
 class NullPrompt(nnx.Module):
-    """A learned stand-in for e_x on comparisons with no prompt (DESIGN §4, last paragraph)."""
+    """A learned stand-in for e_x on comparisons with no prompt (docs/design/equations.md, last paragraph)."""
 
     def __init__(self, dim: int, *, rngs: nnx.Rngs):
         self.vector = nnx.Param(0.02 * jax.random.normal(rngs.params(), (dim,)))
@@ -437,7 +437,7 @@ def fit_user_states(
     return jax.vmap(fit_one)(features, labels, weights, strengths)
 
 
-# --- empirical-Bayes few-shot inference (DESIGN §6) ------------------------------------------
+# --- empirical-Bayes few-shot inference (docs/design/evaluation-protocol.md) ------------------------------------------
 
 
 @struct.dataclass
@@ -557,7 +557,7 @@ def infer_user_posterior(
     steps: int,
     learning_rate: float,
 ) -> tuple[jax.Array, jax.Array | None]:
-    """Few-shot inference of new users' states with θ frozen (DESIGN §6), the one used by the
+    """Few-shot inference of new users' states with θ frozen (docs/design/evaluation-protocol.md), the one used by the
     evaluation, the exported reward and the online user: ([U, S] states, [U, S, S] covariances or None).
 
     `inference="bayes"` for a model with `fits_user_state`: the empirical-Bayes prior fitted to

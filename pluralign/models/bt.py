@@ -1,4 +1,4 @@
-"""Bradley–Terry reward model: the non-personalized baseline (DESIGN §4).
+"""Bradley–Terry reward model: the non-personalized baseline (docs/design/equations.md).
 
     r_θ(x, y) = MLP([e_x; e_y]),    P(a ≻ b | x) = σ(r(x, a) − r(x, b))
 
@@ -25,7 +25,7 @@ class BTConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PopulationStage:
-    """How a population-anchored model gets its shared reward r_θ (DESIGN §4, §6): a BT with
+    """How a population-anchored model gets its shared reward r_θ (docs/design/equations.md, docs/design/evaluation-protocol.md): a BT with
     `config` is trained first on the same comparisons, with its own early stopping, copied into
     the model at `path` (() = the model's own BT attributes, as for subclasses of BT) and frozen
     while the user terms train. The model's population prediction is then BT's fit, not only BT's

@@ -1,4 +1,4 @@
-"""DPA: a user is a direction in a multi-objective reward space (DESIGN §4).
+"""DPA: a user is a direction in a multi-objective reward space (docs/design/equations.md).
 
 Follows "Arithmetic Control of LLMs for Diverse User Preferences: Directional
 Preference Alignment with Multi-Objective Rewards" (Wang et al., ACL 2024) and the

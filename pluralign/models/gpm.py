@@ -1,4 +1,4 @@
-"""GPM: general preference embeddings, which can fit cyclic preferences (DESIGN §4).
+"""GPM: general preference embeddings, which can fit cyclic preferences (docs/design/equations.md).
 
 Follows "Beyond Bradley-Terry Models: A General Preference Model for LM Alignment"
 (Zhang et al., 2024; general-preference/general-preference-model), on frozen embeddings.
@@ -23,7 +23,7 @@ The gate λ is non-negative and sums to k, λ = k · softmax(·) as in the refer
   MAP few-shot inference.
 
 Formulation, on purpose: the gate enters once, s = ⟨R^≻ D_λ v_a, v_b⟩, as in the reference
-code and DESIGN §4. The paper writes R^≻(x) = D(x) R^≻ D(x); since the 2×2 blocks λ_l I_2
+code and docs/design/equations.md. The paper writes R^≻(x) = D(x) R^≻ D(x); since the 2×2 blocks λ_l I_2
 commute with [[0, −1], [1, 0]], that is R^≻ D_{λ²}: the same family of functions, the paper's
 λ being the square root of ours (tested). L2 normalisation follows the paper and is on by
 default (`normalize`); the reference code has it commented out, `normalize=false` gives that.

@@ -1,5 +1,5 @@
 """Linear baselines: a global linear reward, and the same plus a per-user linear deviation
-shrunk to it (DESIGN §4, "Linear baselines"). The first thing a statistician fits: logistic
+shrunk to it (docs/models/bt-linear.md). The first thing a statistician fits: logistic
 regression on embedding differences, pooled, and hierarchical with a Gaussian prior.
 
 linear_bt (global, no user state):

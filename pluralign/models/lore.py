@@ -1,4 +1,4 @@
-"""Population-anchored low-rank personal rewards (LoRe-style; DESIGN §4).
+"""Population-anchored low-rank personal rewards (LoRe-style; docs/design/equations.md).
 
 Follows "LoRe: Personalizing LLMs via Low-Rank Reward Modeling" (Bose et al., 2025;
 facebookresearch/LoRe): a user's reward is a combination of a few shared basis rewards.

@@ -1,4 +1,4 @@
-"""PAL: pluralistic alignment through mixtures of ideal points (DESIGN §4).
+"""PAL: pluralistic alignment through mixtures of ideal points (docs/design/equations.md).
 
 Follows "PAL: Sample-Efficient Personalized Reward Modeling for Pluralistic
 Alignment" (Chen et al., ICLR 2025; RamyaLab/pluralistic-alignment). Both variants

@@ -1,4 +1,4 @@
-"""VPL: variational preference learning with a per-user latent (DESIGN §4).
+"""VPL: variational preference learning with a per-user latent (docs/design/equations.md).
 
 Follows "Personalizing Reinforcement Learning from Human Feedback with Variational
 Preference Learning" (Poddar et al., NeurIPS 2024; WEIRDLabUW/vpl_llm,
@@ -19,7 +19,7 @@ set C = {(x_j, a_j, b_j, y_j)} of their comparisons:
 decoder is prompt-aware. r_θ = MLP([ẽ_x; e_y]) is BT's reward, computed by a `BT` module
 (its own null prompt and MLP, BT's code), trained jointly by the same loss on every comparison.
 
-Population anchor (DESIGN §4, §6; the default): g(x, y, 0) = 0, so at z = 0 — the prior
+Population anchor (docs/design/equations.md, docs/design/evaluation-protocol.md; the default): g(x, y, 0) = 0, so at z = 0 — the prior
 mean, the state of a user with no answers (an empty context gives exactly μ = 0) — the
 reward IS r_θ, the population BT model, and a user's latent moves them away from it only as
 far as their context does (LoRe's residual, `lore.py`, with an amortised posterior). The

@@ -1,4 +1,4 @@
-"""The data path from a loaded dataset to what a jitted step reads (DESIGN §5).
+"""The data path from a loaded dataset to what a jitted step reads (docs/design/architecture.md, Training).
 
 A dataset's comparisons become `PairBatch`es of index and label columns, and its item and
 prompt embeddings become `Tables` (on the device, or `HostTables` gathered per step when they

@@ -1,4 +1,4 @@
-"""Data parallelism across processes and hosts with JAX's own runtime (DESIGN §5).
+"""Data parallelism across processes and hosts with JAX's own runtime (docs/design/architecture.md, Training).
 
 One code path for one CPU, one GPU, several GPUs of a host and several hosts. Every
 process runs the same program (multi-controller SPMD): the trainer's `Mesh` spans the

@@ -1,4 +1,4 @@
-"""Embedding tables larger than the device budget: gathered on the host, with prefetch (DESIGN §5).
+"""Embedding tables larger than the device budget: gathered on the host, with prefetch (docs/design/architecture.md, Training).
 
 When the item and prompt tables exceed `train.device_table_budget_mb`, `pluralign.run`
 leaves them where `pluralign.data` put them (memory-mapped `.npy` files) and trains with

@@ -1,7 +1,7 @@
 """Training: one jitted program that trains every seed of a run at once.
 
 The per-seed step is written for one replica and lifted with `jax.vmap`, so a run
-with seeds [0, 1, 2] is one compiled program (DESIGN §5). An epoch is one dispatch:
+with seeds [0, 1, 2] is one compiled program (docs/design/architecture.md, Training). An epoch is one dispatch:
 a `lax.scan` over its batches, each batch a row of a permutation drawn from
 `fold_in(seed_key, epoch)`; the embedding tables are gathered inside the step.
 After every `eval_every` epochs the seen-user validation loss decides early stopping

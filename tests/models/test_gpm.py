@@ -1,4 +1,4 @@
-"""GPM: shapes, the equation of DESIGN §4, exact skew-symmetry, the BT special case, the
+"""GPM: shapes, the equation of docs/design/equations.md, exact skew-symmetry, the BT special case, the
 paper's D R D form, the n×n preference-matrix API, save/load, and what it learns that BT cannot.
 
 Expected values are recomputed in numpy from the module's parameters.

@@ -1,4 +1,4 @@
-"""Behaviour of BT, PAL-A and PAL-B: shapes, the equations of DESIGN §4, losses, null prompts.
+"""Behaviour of BT, PAL-A and PAL-B: shapes, the equations of docs/design/equations.md, losses, null prompts.
 
 Every expected value is recomputed here in numpy from the module's parameters, not
 read back from the module's own forward pass.
