@@ -29,7 +29,7 @@ def split_warnings(n_users: dict) -> list[str]:
             "unseen_val": "the prior scale and personalization gate are decided on them"}
     for part, use in uses.items():
         n = n_users.get(part, 0)
-        if n < MIN_USERS:
+        if 0 < n < MIN_USERS:  # none at all is a choice (eval=deploy trains on every user), not a small sample
             interval = f"; no interval over users is shown below {MIN_USERS_FOR_INTERVAL}" if n < MIN_USERS_FOR_INTERVAL else ""
             warnings.append(f"only {n} {part.replace('_', '-')} user(s) (fewer than {MIN_USERS}): {use}, so they are "
                             f"rough{interval}; add users or raise eval.{part}_fraction")
