@@ -158,10 +158,14 @@ def main() -> None:
     n = sum(len(c[1]) for c in recorded.calls)
     print(f"\nGRPO: {args.steps} steps, {len(recorded.calls)} reward calls, {n} completions scored by {reward_fn.__name__}")
 
+    # What TRL got is the run's own reward of each completion for its row's user.
+    reward = trained.reward()
+    gap = max(abs(r - float(reward(p, [c], u)[0])) for call in recorded.calls for p, c, u, r in zip(*call))
+    print(f"largest |reward TRL got - trained.reward()| over those completions: {gap:.1e}")
+
     # The same completions, scored for both users by the run itself.
     completions = sorted({c for call in recorded.calls for c in call[1]}, key=nature_share)
     prompt = "the sea is"
-    reward = trained.reward()
     both = {u: np.asarray(reward(prompt, completions, u)) for u in users}
     print(f"\nrewards of the same {len(completions)} completions (prompt {prompt!r}) for the two users:")
     print(f"   {'nature share':>12}  {users[0]:>9}  {users[1]:>9}  completion")
