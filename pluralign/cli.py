@@ -109,7 +109,7 @@ def legacy_job_dir(run_dir: pathlib.Path) -> pathlib.Path | None:
     (`rundir.job_dirname`): `<sweep>/<model>_<data>/<overrides as typed>`, slashes and all; None
     outside a sweep or where the two names agree."""
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode.name != "MULTIRUN":
+    if hydra_cfg.mode.name != "MULTIRUN" or "/" not in hydra_cfg.job.override_dirname:
         return None
     legacy = run_dir.parent / hydra_cfg.job.override_dirname
     return legacy if legacy != run_dir else None
