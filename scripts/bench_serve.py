@@ -41,6 +41,7 @@ from pluralign.models import REGISTRY, base
 from pluralign.train.trainer import init_params
 
 from bench_args import parse_args
+from bench_reward import timed
 
 WORDS = ("rice water simmer gravity wave salt wind child earth pull answer short long plain poetry facts "
          "please explain write cook boil minutes sea foam gull voice falls because curvature space time").split()
@@ -65,16 +66,6 @@ def samples(rng: np.random.Generator, B: int, n_users: int = 100) -> tuple[list,
     return [p + text(40) for p in prompts], prompts, [int(u) for u in rng.integers(0, n_users, B)]
 
 
-def best(fn, repeats: int) -> float:
-    """Best-of-`repeats` seconds of fn(): the least disturbed by other processes, for both sides of every ratio."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.min(times))
-
-
 def start_server(run_dir: str, max_batch: int):
     proc = subprocess.Popen([sys.executable, "-m", "pluralign.serve.cli", run_dir, "--port", "0", "--max-batch", str(max_batch),
                              "--answers", os.path.join(run_dir, "bench_answers.jsonl")], stdout=subprocess.PIPE, text=True)
@@ -88,20 +79,19 @@ def start_server(run_dir: str, max_batch: int):
     return proc, line.split("listening on ")[1].split()[0]
 
 
-def concurrently(url: str, bodies: list[dict]) -> list[float]:
-    """Posts every body, one request each, from CLIENTS threads -> per-request seconds."""
-    def client(part: list[dict]) -> list[float]:
+def concurrently(clients: list[httpx.Client], bodies: list[dict]) -> list[float]:
+    """Posts every body, one request each, from the clients' threads at once -> per-request seconds."""
+    def post_all(http: httpx.Client, part: list[dict]) -> list[float]:
         out = []
-        with httpx.Client(base_url=url, timeout=120) as http:
-            for body in part:
-                t0 = time.perf_counter()
-                r = http.post("/get_reward", json=body)
-                out.append(time.perf_counter() - t0)
-                r.raise_for_status()
+        for body in part:
+            t0 = time.perf_counter()
+            http.post("/get_reward", json=body).raise_for_status()
+            out.append(time.perf_counter() - t0)
         return out
 
-    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
-        return [t for part in pool.map(client, [bodies[i::CLIENTS] for i in range(CLIENTS)]) for t in part]
+    n = len(clients)
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        return [t for part in pool.map(post_all, clients, [bodies[i::n] for i in range(n)]) for t in part]
 
 
 def main() -> None:
@@ -112,24 +102,27 @@ def main() -> None:
         run_dir = build(root)
         openrlhf.configure(run_dir)
         proc, url = start_server(run_dir, max_batch=max(args.batches))
+        clients = []
         try:
+            # Clients made once (an httpx.Client costs milliseconds to make), each keeping its connection.
+            clients = [httpx.Client(base_url=url, timeout=120) for _ in range(CLIENTS)]
             with httpx.Client(base_url=url, timeout=120) as http:
                 for B in args.batches:
                     queries, prompts, labels = samples(rng, B)
                     body = {"query": queries, "prompts": prompts, "labels": labels}
                     singles = [{"query": [q], "prompts": [p], "labels": [u]} for q, p, u in zip(queries, prompts, labels)]
                     openrlhf.reward_func(queries, prompts, labels)  # compile and load the encoder
-                    t_in = best(lambda: openrlhf.reward_func(queries, prompts, labels), args.repeats)
+                    t_in = timed(lambda: openrlhf.reward_func(queries, prompts, labels), args.repeats)
                     http.post("/get_reward", json=body).raise_for_status()  # the server's compile for this batch size
-                    t_one = best(lambda: http.post("/get_reward", json=body).raise_for_status(), args.repeats)
-                    concurrently(url, singles)  # its compiles for the batch sizes the batcher forms
-                    t_each = best(lambda: concurrently(url, singles), args.repeats)
+                    t_one = timed(lambda: http.post("/get_reward", json=body).raise_for_status(), args.repeats)
+                    concurrently(clients, singles)  # its compiles for the batch sizes the batcher forms
+                    t_each = timed(lambda: concurrently(clients, singles), args.repeats)
                     print(f"B={B:4d}: in-process {B / t_in:8,.0f} completions/s ({t_in * 1e3:6.1f} ms)   "
                           f"server, one request {B / t_one:8,.0f}/s ({t_one * 1e3:6.1f} ms, {t_in / t_one:.2f}x in-process)   "
                           f"server, {B} single-sample requests from {CLIENTS} clients {B / t_each:8,.0f}/s "
                           f"({t_in / t_each:.2f}x in-process)")
                 queries, prompts, labels = samples(rng, CLIENTS * args.requests)
-                latencies = np.asarray(concurrently(url, [{"query": [q], "prompts": [p], "labels": [u]}
+                latencies = np.asarray(concurrently(clients, [{"query": [q], "prompts": [p], "labels": [u]}
                                                           for q, p, u in zip(queries, prompts, labels)]))
                 health = http.get("/health").json()
             print(f"latency, {CLIENTS} concurrent clients x {args.requests} single-sample requests: "
@@ -137,6 +130,8 @@ def main() -> None:
                   f"the server scored {health['samples']} samples in {health['batches']} model calls "
                   f"({health['samples'] / health['batches']:.1f} per call)")
         finally:
+            for client in clients:
+                client.close()
             proc.kill()
             proc.wait()
 
