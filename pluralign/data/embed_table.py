@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from pluralign.data.format import write_dataset
-from pluralign.data.importers import import_comparisons, import_ratings, read_table
+from pluralign.data.importers import (conversation_texts, import_comparisons, import_ratings, is_conversation_type,
+                                      read_table)
 from pluralign.embed.encoders import Encoder, load_encoder
 from pluralign.embed.extract import ResumableEncoder
 
@@ -29,6 +30,9 @@ class EmbedConfig:
     ``label`` (P(a ≻ b); ``label=null`` for a chosen/rejected layout: ``a=chosen
     b=rejected``), optional ``prompt`` and ``weight``. ``table=ratings``: rows
     ``(user, item, rating[, prompt])`` turned into within-user comparisons.
+    Texts may be conversations, as in TRL's conversational preference format (``prompt``,
+    ``chosen``, ``rejected`` each a list of ``{role, content}`` messages): ``user=user_id
+    a=chosen b=rejected label=null prompt=prompt``; each is embedded as its messages' contents.
     """
 
     encoder: Any = None               # an encoder config (pluralign/conf/encoder/*.yaml)
@@ -64,7 +68,9 @@ def _drop_identical(path: str, a: str, b: str, other_text_columns=()):
     missing = [col for col in (a, b) if col not in table.column_names]
     if missing:  # leave the message to the importer
         return table, 0
-    same = pc.fill_null(pc.equal(table.column(a), table.column(b)), False)
+    a_text, b_text = (conversation_texts(table.column(c), pathlib.Path(path).name, c) if is_conversation_type(table.column(c).type)
+                      else table.column(c) for c in (a, b))  # TRL's conversational format: compare the texts
+    same = pc.fill_null(pc.equal(a_text, b_text), False)
     kept = table.filter(pc.invert(same))
     return kept, table.num_rows - kept.num_rows
 

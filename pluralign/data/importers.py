@@ -102,6 +102,8 @@ def _column(table: pa.Table, file: str, name: str, role: str) -> pa.ChunkedArray
     col = table.column(name)
     if col.null_count:
         raise DatasetError(file, f"column '{name}' is null", _first_true(col.is_null()))
+    if role in _TEXT_ROLES and is_conversation_type(col.type):
+        col = conversation_texts(col, file, name)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         try:  # pyarrow's JSON reader lets invalid UTF-8 into string columns
             col.validate(full=True)
@@ -122,6 +124,43 @@ def _column(table: pa.Table, file: str, name: str, role: str) -> pa.ChunkedArray
         if pc.any(empty).as_py():
             raise DatasetError(file, f"column '{name}' is empty", _first_true(empty))
     return col
+
+
+# Columns that may hold texts, and so conversations: TRL's conversational format, where a prompt
+# or a response is a list of {"role", "content"} messages.
+_TEXT_ROLES = ("a", "b", "prompt", "item")
+
+
+def is_conversation_type(t: pa.DataType) -> bool:
+    """Whether a column type is a list of chat messages (structs with a `content` field)."""
+    return ((pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_struct(t.value_type)
+            and t.value_type.get_field_index("content") >= 0)
+
+
+def conversation_text(messages: Sequence[Any]) -> str:
+    """One conversation as one text: its messages' contents joined by a blank line, roles dropped
+    (a one-message conversation is exactly its text); a content given as parts keeps its text
+    parts. The TRL adapter scores conversations the same way (`integrations._common.as_text`)."""
+    def content(message: Any) -> str:
+        value = message.get("content") if isinstance(message, dict) else None
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (list, tuple)):
+            return "".join(str(p.get("text") or "") for p in value if isinstance(p, dict) and p.get("type", "text") == "text")
+        raise ValueError(f"message {message!r:.80} has no text content")
+
+    return "\n\n".join(content(m) for m in messages)
+
+
+def conversation_texts(col: pa.ChunkedArray, file: str, name: str) -> pa.ChunkedArray:
+    """A column of conversations (lists of {role, content} messages) -> a column of texts."""
+    texts = []
+    for row, messages in enumerate(col.to_pylist()):
+        try:
+            texts.append(conversation_text(messages))
+        except ValueError as e:
+            raise DatasetError(file, f"column '{name}': {e}", row) from None
+    return pa.chunked_array([pa.array(texts, pa.string())])
 
 
 def _decode_utf8(col: pa.ChunkedArray, file: str, name: str) -> pa.ChunkedArray:
@@ -374,7 +413,8 @@ def import_comparisons(source: TableLike, *, user: str = "user", a: str = "a", b
     comparisons = Comparisons.from_arrays(user=users, a=ia.astype(np.int32), b=ib.astype(np.int32), label=labels,
                                           prompt=None if prompt_rows is None else prompt_rows.astype(np.int32),
                                           weight=weights)
-    extra = {"columns": {"user": user, "a": a, "b": b, "label": label, "prompt": prompt, "weight": weight}}
+    extra = {"columns": {"user": user, "a": a, "b": b, "label": label, "prompt": prompt, "weight": weight},
+             "embed_with_prompt": embed_with_prompt}  # how a reward embeds response texts (export.reward)
     if items is not None and item_ids is not None:
         extra["item_ids"] = list(item_ids)
     return PreferenceDataset(items=item_table, comparisons=comparisons, prompts=prompt_table,

@@ -6,13 +6,18 @@ import hashlib
 
 import numpy as np
 
+from pluralign.embed.encoders import Encoder
 
-class HashEncoder:
+
+class HashEncoder(Encoder):
     """Texts -> fixed pseudo-random [8] vectors (a (prompt, response) pair is its own text)."""
 
     dim = 8
 
-    def encode(self, texts):
+    def describe(self) -> dict:
+        return {"kind": "hash", "dim": self.dim}
+
+    def _encode_batch(self, texts: list) -> np.ndarray:
         rows = []
         for text in texts:
             key = "\x00".join(text) if isinstance(text, tuple) else text
