@@ -210,6 +210,10 @@ def main() -> None:
 
         serve_main(sys.argv[2:])
         return
+    if command == "data":  # pluralign data fetch NAME | list (pluralign.data.public)
+        from pluralign.data.public import main as data_main
+
+        sys.exit(data_main(sys.argv[2:]))
     if command == "pairs":
         from pluralign.export.pairs import main as pairs_main
 

@@ -133,6 +133,7 @@ def test_persona_fetch_packs_a_persona_folder(no_data, tmp_path, capsys):
     assert list_traits(PersonaConfig().source_path()) == ["likes-cats", "likes-dogs"]
 
 
+@pytest.mark.slow  # a subprocess that composes the config: ~10 s
 def test_cli_run_without_shared_folder_says_in_one_line_how_to_get_the_file(tmp_path):
     """`pluralign data=swissmetro` from a directory with no ../shared/data and an empty data dir."""
     code = ("import sys; import pluralign.data.public as p; p.shared_dirs = lambda: []; "
@@ -144,3 +145,11 @@ def test_cli_run_without_shared_folder_says_in_one_line_how_to_get_the_file(tmp_
     error = [line for line in proc.stderr.splitlines() if line.startswith("pluralign: error:")]
     assert len(error) == 1 and "pluralign data fetch swissmetro" in error[0], proc.stderr[-2000:]
     assert not (tmp_path / "outputs").exists()  # the failed run left no directory behind
+
+
+def test_the_pluralign_data_command_is_dispatched(no_data):
+    env = {**os.environ, "PLURALIGN_DATA_DIR": str(no_data)}
+    proc = subprocess.run([sys.executable, "-m", "pluralign.cli", "data", "list"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [line.split(":")[0] for line in proc.stdout.splitlines()] == ["swissmetro", "rail_nl", "persona"]
