@@ -176,6 +176,11 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
     to `seen_users`' states (`base.empirical_prior`), `strength` multiplies its precision, the
     states are Laplace posterior means and the logits are posterior-predictive
     (σ(logit) = P(a ≻ b | support)), so a user the support says little about gets cautious odds.
+
+    Many settings in one call: `n_shots` [P] and `strength` [P] (or [P, U]) give [P, U, S] states
+    and [P, U, Q] logits, the P inferences vmapped over one computation of the pair features. The
+    shrinkage grid (every k × every prior setting) is one such call: a few small programs instead
+    of hundreds of dispatches of one (the evaluation's cost on CPU).
     """
     if inference not in ("bayes", "map"):
         raise ValueError(f"unknown few-shot inference {inference!r}; use 'bayes' or 'map'")
@@ -184,14 +189,19 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
     def adapt_and_predict(params, tables, pool: base.PairBatch, n_shots, query: base.PairBatch, strength, seen_users):
         model = nnx.merge(graphdef, params)
         support_feats = user_pair_features(model, tables, pool)
-        # The first n_shots pool pairs are the support; the rest of the pool is masked out.
-        shot_mask = (jnp.arange(pool.label.shape[1])[None, :] < n_shots).astype(pool.weight.dtype)
-        states, covs = base.infer_user_posterior(
-            model, support_feats, pool.label, pool.weight * shot_mask, inference=inference, seen_users=seen_users,
-            strength=strength, steps=steps, learning_rate=learning_rate,
-        )  # [U, S], [U, S, S] or None
-        logits = base.posterior_logits(model, states, covs, user_pair_features(model, tables, query))
-        return base.point_states(model, states, covs), logits
+        query_feats = user_pair_features(model, tables, query)
+
+        def one(n_shots, strength):
+            # The first n_shots pool pairs are the support; the rest of the pool is masked out.
+            shot_mask = (jnp.arange(pool.label.shape[1])[None, :] < n_shots).astype(pool.weight.dtype)
+            states, covs = base.infer_user_posterior(
+                model, support_feats, pool.label, pool.weight * shot_mask, inference=inference, seen_users=seen_users,
+                strength=strength, steps=steps, learning_rate=learning_rate,
+            )  # [U, S], [U, S, S] or None
+            logits = base.posterior_logits(model, states, covs, query_feats)
+            return base.point_states(model, states, covs), logits
+
+        return one(n_shots, strength) if jnp.ndim(n_shots) == 0 else jax.vmap(one)(n_shots, strength)
 
     return adapt_and_predict
 
@@ -256,17 +266,16 @@ def evaluate_unseen(
         seed_params = jax.tree.map(lambda x: x[seed_index], params)
         pool, query = padded_batch(comparisons, ep.pool), padded_batch(comparisons, ep.query)
         label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
-        predict = lambda k, strength: np.asarray(adapt_and_predict(  # noqa: E731
-            seed_params, tables, pool, jnp.int32(k), query, jnp.float32(strength), seen_users)[1])
-        zero_shots = {}  # setting -> the 0-shot (population) prediction: the same model and prior, no answers
-        for k in ks:
-            if not reached(ep, k):
-                continue
+        # Every prediction this episode needs, in one call: each k's k-shot one where the gate is
+        # open, and the 0-shot (population) one at each k's setting (the same model and prior, no answers).
+        wanted = [k for k in ks if reached(ep, k)]
+        needed = sorted({(0, strength_at(prior_strength, k)) for k in wanted}
+                        | {(k, strength_at(prior_strength, k)) for k in wanted if gate_at(personalize, k)})
+        predicted = dict(zip(needed, predict_many(adapt_and_predict, seed_params, tables, pool, query, needed, seen_users)))
+        for k in wanted:
             strength = strength_at(prior_strength, k)
-            if strength not in zero_shots:
-                zero_shots[strength] = predict(0, strength)
-            zero_shot = zero_shots[strength]
-            logits = predict(k, strength) if gate_at(personalize, k) else zero_shot
+            zero_shot = predicted[(0, strength)]
+            logits = predicted[(k, strength)] if gate_at(personalize, k) else zero_shot
             w = weight * eligible(ep, k)[:, None]
             runs[k].append(metrics.summary(logits.ravel(), label.ravel(), w.ravel(), user.ravel(), user_group))
             sums[k].append(tuple(metrics.per_user_sums(z.ravel(), label.ravel(), w.ravel(), user.ravel(), ids)
@@ -279,6 +288,13 @@ def evaluate_unseen(
                          "reason": unreached_reason(k, [ep for _, ep in episodes], eligible, min_user_fraction)}
         for k in ks
     }
+
+
+def predict_many(adapt_and_predict, params, tables, pool, query, needed: list[tuple[int, float]], seen_users) -> np.ndarray:
+    """[P, U, Q] query logits of one batch of users from (n_shots, setting) pairs, in one call."""
+    n_shots = jnp.asarray([k for k, _ in needed], jnp.int32)
+    strengths = jnp.asarray([s for _, s in needed], jnp.float32)
+    return np.asarray(adapt_and_predict(params, tables, pool, n_shots, query, strengths, seen_users)[1])
 
 
 def entry_at(by_k: dict, k: int):

@@ -44,12 +44,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pluralign.data.format import Comparisons
 from pluralign.evaluate import metrics
-from pluralign.evaluate.fewshot import Episodes, make_episodes
+from pluralign.evaluate.fewshot import Episodes, make_episodes, predict_many
 from pluralign.models import base
 from pluralign.train.batches import padded_batch
 
@@ -146,7 +145,7 @@ class Calibration:
         seen = calibration_users(comparisons, held_out_rows, max_seen=max_seen)
         val_users = np.asarray(val_users)
         self.batches = []  # (seed index, pool, query, label, user, weight, pool_size, has_query)
-        self._zero_shot = {}  # (batch, setting) -> 0-shot logits: they do not depend on k
+        self._logits, self._done = {}, set()  # (batch, n_shots, setting) -> query logits; the (n_shots, setting) scored
         ids, is_seen = [], []
         for seed_index, seed in enumerate(seeds):
             episode_seed = int(np.random.SeedSequence([seed, 7919]).generate_state(1)[0])
@@ -164,18 +163,22 @@ class Calibration:
         order = np.argsort(ids)
         self.ids, self.is_seen = ids[order], is_seen[order]
 
+    def predict(self, needed) -> None:
+        """Scores every batch at each (n_shots, setting) of `needed` not scored yet, in one call per
+        batch (`fewshot.predict_many`); `logits` then reads them."""
+        needed = sorted({(int(k), float(s)) for k, s in needed} - self._done)
+        if not needed:
+            return
+        for b, (seed_index, pool, query, *_) in enumerate(self.batches):
+            seed_params = jax.tree.map(lambda x: x[seed_index], self.params)
+            z = predict_many(self.adapt, seed_params, self.tables, pool, query, needed, self.seen_users)
+            self._logits.update({(b, *key): z[i] for i, key in enumerate(needed)})
+        self._done.update(needed)
+
     def logits(self, b: int, n_shots: int, setting: float) -> np.ndarray:
-        """Query logits of batch b from `n_shots` answers at `setting` (0-shot ones computed once per setting)."""
-        key = (b, float(setting))
-        if n_shots == 0 and key in self._zero_shot:
-            return self._zero_shot[key]
-        seed_index, pool, query = self.batches[b][:3]
-        seed_params = jax.tree.map(lambda x: x[seed_index], self.params)
-        z = np.asarray(self.adapt(seed_params, self.tables, pool, jnp.int32(n_shots), query, jnp.float32(setting),
-                                  self.seen_users)[1])
-        if n_shots == 0:
-            self._zero_shot[key] = z
-        return z
+        """Query logits of batch b from `n_shots` answers at `setting`."""
+        self.predict([(n_shots, setting)])
+        return self._logits[(b, int(n_shots), float(setting))]
 
     def sums(self, k: int, setting: float, n_shots: int | None = None) -> dict:
         """Per-user sums over the users who reach k, of predictions from `n_shots` (default k) answers at `setting`."""
@@ -307,20 +310,18 @@ def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, he
     calibration = Calibration(adapt_and_predict, params, tables, comparisons, held_out_rows=held_out_rows,
                               val_users=val_users, seen_users=seen_users, shots=shots, mode=mode, seeds=seeds,
                               max_seen=max_seen)
+    reached = [k for k in sorted(shots) if calibration.reaches(k)]
+    calibration.predict([(n, s) for n in (0, *reached) for s in settings])  # the whole grid: one call per batch
+    scores = {k: calibration.score_grid(k, settings) for k in reached}
+    fitted = {k: _fit(settings, scores[k].on_grid, np.flatnonzero(scores[k].on_grid[0]["weight"] > 0)) for k in reached}
+    calibration.predict([(n, fitted[k]) for k in reached for n in (0, k)])  # each k's refined setting: one more
     decisions = {}
-    for k in sorted(shots):
-        n = calibration.reaches(k)
-        if n == 0 or (n < min_users and decisions):
+    for k in reached:
+        if calibration.reaches(k) < min_users and decisions:
             continue
-        scores = calibration.score_grid(k, settings)
-        users = np.flatnonzero(scores.on_grid[0]["weight"] > 0)
-        setting = _fit(settings, scores.on_grid, users)
-        if setting in settings:
-            g = settings.index(setting)
-            exact = (scores.population[g], scores.on_grid[g])
-        else:
-            exact = (calibration.sums(k, setting, n_shots=0), calibration.sums(k, setting))
+        setting = fitted[k]
+        exact = (calibration.sums(k, setting, n_shots=0), calibration.sums(k, setting))
         opened = [kk for kk, d in decisions.items() if d.personalize]
-        decisions[k] = decide(k, scores, settings, gate=gate, min_users=min_users, level=level, exact=exact, setting=setting,
+        decisions[k] = decide(k, scores[k], settings, gate=gate, min_users=min_users, level=level, exact=exact, setting=setting,
                               opened_at=min(opened) if opened else None)
     return decisions
