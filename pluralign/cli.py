@@ -117,6 +117,12 @@ def legacy_job_dir(run_dir: pathlib.Path) -> pathlib.Path | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="embed")
 def embed_app(cfg: DictConfig) -> None:
+    embed_command(cfg)
+
+
+def embed_command(cfg: DictConfig) -> None:
+    """`pluralign embed` on a composed conf/embed.yaml: the dataset written and its figures
+    printed, or a one-line error and exit status 1."""
     from pluralign.config import check_known_keys
     from pluralign.data.embed_table import embed_table
     from pluralign.data.sources import check_embed_columns

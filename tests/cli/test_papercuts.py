@@ -92,14 +92,13 @@ def test_own_data_files_and_directories_are_checked_too(tmp_path):
         check_data_source(DiskDataConfig(path=str(ratings)))
 
 
-def test_embed_problems_use_its_own_syntax_and_exit_with_one_line(tmp_path, capsys, monkeypatch):
+def test_embed_problems_use_its_own_syntax_and_exit_with_one_line(tmp_path, capsys):
     path = _table(tmp_path)
     with pytest.raises(DatasetError, match=r"\n  a=a: no column 'a'; did you mean a=response_a\?"):
         check_embed_columns(EmbedConfig(input=str(path), output=str(tmp_path / "ds")))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["pluralign", "embed", f"input={path}", f"output={tmp_path / 'ds'}"])
+    cfg = _compose([f"input={path}", f"output={tmp_path / 'ds'}"], name="embed")
     with pytest.raises(SystemExit) as e:
-        cli.main()
+        cli.embed_command(cfg)
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("pluralign embed: error: ") and "Traceback" not in err
