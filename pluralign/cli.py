@@ -61,7 +61,8 @@ def train_app(cfg: DictConfig) -> float:
     run_dir = pathlib.Path(HydraConfig.get().runtime.output_dir)
     try:
         config = run_config(cfg)
-        results, done_in = finished_results(run_dir, config), run_dir  # a re-run sweep skips the jobs that finished
+        done_in = run_dir  # where the results are: run_dir, or a finished job's directory under its old name
+        results = finished_results(run_dir, config)  # a re-run sweep skips the jobs that finished
         legacy = legacy_job_dir(run_dir)
         if results is None and legacy is not None:  # a sweep started before path values were shortened
             results, done_in = finished_results(legacy, config), legacy
@@ -80,9 +81,9 @@ def train_app(cfg: DictConfig) -> float:
             raise  # failed while training: the whole traceback
         print(f"pluralign: error: {e}\n(HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr)
         sys.exit(1)
-    print(f"results: {run_dir / 'results.json'}")
+    print(f"results: {done_in / 'results.json'}")
     if HydraConfig.get().mode.name == "RUN" and distributed.is_primary():  # process 0 wrote the results
-        print_results(run_dir)
+        print_results(done_in)
     # What sweepers maximise: unseen-*val* accuracy (never test), averaged over k.
     val = {k: v for k, v in results["unseen"]["val_accuracy_at_k"].items() if v is not None}  # null: undefined
     # NaN when no unseen-val user reaches any k (tiny data): Optuna records the trial as failed.
