@@ -401,6 +401,8 @@ def latex_table(rows: list[dict], shots=TABLE_SHOTS) -> str:
         value, std = row.get(name), row.get(f"{name}_std")
         if value is None:
             return "--"
+        if too_few_for_interval(row.get(f"{name}_n_users")):  # no spread over so few users
+            std = None
         text = f"{value:.3f}" + (f" \\pm {std:.3f}" if std is not None else "")
         return f"$\\mathbf{{{text}}}$" if round(value, 3) == best[(row["dataset"], name)] else f"${text}$"
 

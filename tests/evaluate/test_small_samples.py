@@ -71,7 +71,9 @@ def _sweep(root: pathlib.Path, n_users: int) -> pathlib.Path:
 
 def test_report_on_two_users_shows_no_interval_and_says_why(tmp_path):
     root = _sweep(tmp_path / "sweep", n_users=2)
-    md = pathlib.Path(write_report(root)["markdown"]).read_text()
+    paths = write_report(root, latex=True)
+    md = pathlib.Path(paths["markdown"]).read_text()
+    assert "\\pm" not in pathlib.Path(paths["latex"]).read_text()
     assert "**Warnings**" in md and "only 2 unseen-test user(s)" in md and "only 1 unseen-val user(s)" in md
     pal = next(line for line in md.splitlines() if line.startswith("| pal_a | mine |"))
     assert "0.917 (2 users)" in pal and "±" not in pal.split("|")[5]  # the unseen figure: no spread
