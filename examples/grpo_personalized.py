@@ -5,9 +5,9 @@ reward, each prompt's completions scored for the user of its dataset row.
     python examples/grpo_personalized.py --server http://127.0.0.1:8000   # score through `pluralign serve`
 
 1. Trains (or loads) a PAL-A reward on a made-up comparisons table of short texts built from two
-   word lists: half of the 40 users prefer texts with more *nature* words (sea, rain, tree, ...),
+   word lists: half of the 100 users prefer texts with more *nature* words (sea, rain, tree, ...),
    the other half texts with more *tech* words (code, server, bug, ...). Texts are embedded with
-   the offline WordLlama encoder (no download); about a minute on a laptop CPU.
+   the offline WordLlama encoder (no download); a few minutes on a laptop CPU.
 2. Builds a tiny GPT-2 from a config in code (random weights) with a word-level tokenizer over the
    same words (`tokenizers` wrapped in `PreTrainedTokenizerFast`; no hub), and runs a few GRPO steps
    on CPU, its dataset rows alternating between a nature user and a tech user.
@@ -46,7 +46,7 @@ def nature_share(text: str) -> float:
     return sum(w in NATURE for w in words) / len(words) if words else 0.0
 
 
-def comparisons_table(path: pathlib.Path, n_users: int = 40, per_user: int = 40, seed: int = 0) -> None:
+def comparisons_table(path: pathlib.Path, n_users: int = 100, per_user: int = 40, seed: int = 0) -> None:
     """Writes a CSV of (user, a, b, label): user `nature-i` prefers the text with more nature words,
     `tech-i` the one with more tech words (P(a ≻ b) = σ(±6 · difference of nature shares))."""
     import csv
@@ -80,7 +80,7 @@ def train_or_load(run_dir: pathlib.Path):
             data=ComparisonsTableConfig(name="nature_vs_tech", path=str(table), encoder="wordllama"),
             seeds=[0],
             train=TrainConfig(progress=False, max_epochs=60, batch_size=128, learning_rate=0.02, patience=10, checkpoint=False),
-            eval=EvalConfig(shots=[1, 5], modes=["random"], draws=1, prior_strengths=[1.0, 10.0]),
+            eval=EvalConfig(shots=[1, 5, 10], modes=["random"], draws=1, prior_strengths=[1.0, 10.0]),
             cache_dir=str(run_dir / "cache"),
         )
         results = run(config, run_dir)
@@ -143,7 +143,8 @@ def main() -> None:
     args = parser.parse_args()
 
     trained = train_or_load(pathlib.Path(args.run_dir))
-    users = ["nature-0", "tech-0"]
+    seen = [str(u) for u, split in zip(trained.users["user_id"], trained.users["split"]) if split == "seen"]
+    users = [next(u for u in seen if u.startswith(kind)) for kind in ("nature", "tech")]  # one seen user of each type
     if args.server:
         from pluralign.integrations.http import HTTPRewardFunction
 

@@ -151,7 +151,7 @@ def export_user_embeddings(trained, out_dir: str | os.PathLike, *, new_users: Ma
     plt.close(fig)
 
     lines = [f"# User embeddings of a `{trained.name}` model (seed {trained.seed})", "",
-             f"{len(rows)} seen users and {n_new} new users; row i of every `.npy` is the user in row i of "
+             f"{len(rows)} seen user(s) and {n_new} new user(s); row i of every `.npy` is the user in row i of "
              "`users.parquet` (`row` = index in the model's user table, -1 for a new user; `user_id` = the "
              "dataset's id, or the new user's; `kind` = seen (the learned state) or new (inferred from the "
              "user's answered comparisons by the evaluation's few-shot inference)"

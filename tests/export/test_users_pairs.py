@@ -112,7 +112,7 @@ def test_new_user_embeddings_are_the_evaluation_inference(run, tmp_path):
         np.testing.assert_allclose(array[n_seen:], spaces[name][0], rtol=1e-5, atol=1e-5)  # the evaluation's states
         seen = describe_user_states(trained.model, trained.seen_states[jnp.asarray(split.seen)])[name][0]
         np.testing.assert_allclose(array[:n_seen], seen, rtol=1e-6, atol=1e-6)  # seen users: their learned states
-    assert "3 new users" in (tmp_path / "README.md").read_text()
+    assert "3 new user(s)" in (tmp_path / "README.md").read_text()
     with pytest.raises(ValueError, match="are ids of the run's dataset"):
         export_user_embeddings(trained, tmp_path / "clash", new_users={"user-0": supports["new-0"]})
 
