@@ -30,7 +30,6 @@ from pluralign.export.users import describe_user_states, export_user_embeddings,
 from pluralign.models import REGISTRY, base
 from pluralign.train.batches import make_tables, padded_batch
 
-pytestmark = pytest.mark.slow  # each test takes 10-15 s here (WordLlama load, JAX compiles)
 STEPS = 10  # few-shot inference steps recorded in the artifact
 ANSWERS = [  # (user_id, prompt, chosen, rejected): two new users with opposite tastes
     ("007", "Describe the sea.", "Waves and salt.", "The ocean is a vast body of salt water covering most of the planet."),
