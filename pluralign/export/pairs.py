@@ -149,6 +149,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--with-rewards", action="store_true", help="add chosen_reward and rejected_reward columns")
     parser.add_argument("--seed", type=int, default=None, help="a trained seed (default: the artifact's)")
     args = parser.parse_args(argv)
+    if pathlib.Path(args.out).suffix not in (".jsonl", ".parquet"):
+        parser.error(f"--out {args.out}: use a .jsonl or .parquet file")
     try:
         trained = pluralign.load(args.run_dir, seed=args.seed)
         if args.users is not None:
