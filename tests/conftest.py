@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
-import jax
-import pytest
+import atexit
+import os
+import shutil
+import tempfile
+
+# JAX's persistent compilation cache for the whole test session and the subprocesses it spawns
+# (they inherit os.environ): every test builds its own model and jitted step, so the same small
+# programs come back again and again; with the cache each is compiled once per run. The cache is
+# a fresh temporary directory per run (a clean clone still starts cold, a stale cache can never
+# hide a change), removed at exit by the process that made it; pytest-xdist workers inherit the
+# controller's. Set before jax is imported: jax reads these variables at import time.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _JAX_CACHE = tempfile.mkdtemp(prefix="pluralign-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
+    atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # cache every program, not only slow ones
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")  # and every size
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# In case a plugin imported jax before this file: the same settings, for this process.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 # Implicit rank promotion hides broadcasting bugs ([B] against [B, 1] silently gives [B, B]);
 # implicit dtype promotion hides precision bugs (a float16 table times a float32 weight, an

@@ -172,9 +172,14 @@ def test_fewshot_recovers_a_planted_deviation(trained):
     reshape = lambda f, r: jax.tree.map(lambda x: x.reshape(*r.shape, *x.shape[1:]), f)  # noqa: E731
     support, query = reshape(feats(support_rows), support_rows), reshape(feats(query_rows), query_rows)
     labels = jnp.asarray(c.label[support_rows])
-    states, covs = base.infer_user_posterior(model, support, labels, jnp.ones_like(labels), inference="bayes",
-                                             seen_users=jnp.asarray(trained["seen"]), strength=1.0, steps=50, learning_rate=0.1)
-    personal = np.asarray(base.posterior_logits(model, states, covs, query))
+
+    @jax.jit  # one program instead of thousands of eager dispatches (the library jits it the same way)
+    def personal_logits(support, labels, seen, query):
+        states, covs = base.infer_user_posterior(model, support, labels, jnp.ones_like(labels), inference="bayes",
+                                                 seen_users=seen, strength=1.0, steps=50, learning_rate=0.1)
+        return base.posterior_logits(model, states, covs, query)
+
+    personal = np.asarray(personal_logits(support, labels, jnp.asarray(trained["seen"]), query))
     population = np.asarray(query[0])  # v = 0: BT's Δr
     y = c.label[query_rows] > 0.5
     acc_personal, acc_population = np.mean((personal > 0) == y), np.mean((population > 0) == y)
