@@ -487,18 +487,22 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
             adapt, params, data.tables, data.comparisons, held_out_rows=calibration_rows(data),
             val_users=split.unseen_val, seen_users=jnp.asarray(split.seen), shots=list(ev.shots), mode=mode,
             seeds=list(config.seeds), settings=settings, gate=ev.gate, min_users=ev.gate_min_users, level=ev.gate_level,
-            max_seen=ev.calibration_seen_users,
+            max_seen=ev.calibration_seen_users, scale_by_k=ev.scale_by_k,
         ) if personal else {}
         if decisions[mode]:
             log.info("%s: shrinkage decided in %.0f s: %s", mode, time.perf_counter() - t0, "; ".join(
-                f"k={k} {'personalize' if d.personalize else 'population'} (scale {d.prior_scale:.3g}, "
+                f"k={k} {'personalize' if d.personalize else 'population'} (scale {d.prior_scale:.3g}"
+                f"{'' if d.scale_from == 'this k' else ' pooled over k'}, "
                 f"log-loss gain {d.gain_log_loss:+.4f}, {sum(d.n_users.values())} users)" for k, d in decisions[mode].items()))
         chosen = dict(prior_strength={k: d.prior_scale for k, d in decisions[mode].items()} or settings[0],
                       personalize={k: d.personalize for k, d in decisions[mode].items()} if personal else None)
+        t0 = time.perf_counter()
         val_curves[mode] = fewshot.evaluate_unseen(adapt, params, data.tables, data.comparisons, split.unseen_val,
                                                    mode=mode, **chosen, **common)
         by_mode[mode] = fewshot.evaluate_unseen(adapt, params, data.tables, data.comparisons, split.unseen_test,
                                                 mode=mode, **chosen, **common)
+        log.info("%s: %d unseen-val and %d unseen-test users scored at k %s in %.0f s", mode, len(split.unseen_val),
+                 len(split.unseen_test), list(ev.shots), time.perf_counter() - t0)
     primary_mode = "random" if "random" in by_mode else next(iter(by_mode))
     primary = by_mode[primary_mode]
     strengths_by_k = {m: {k: d.prior_scale for k, d in ds.items()} for m, ds in decisions.items()}

@@ -70,6 +70,11 @@ class EvalConfig:
     # population prediction whose paired bootstrap interval (`gate_level`) lies above 0, and no
     # accuracy loss; false: personalize at every k with the fitted scale.
     gate: bool = True
+    # Where the scale is fitted: "per_k" = on each k's own calibration users; "pooled" = one scale
+    # per mode, on every k's users pooled; "evidence" = the pooled one, and a k's own only where
+    # it beats the pooled one on cross-fitted log-loss (paired interval above 0 at `gate_level`).
+    # On a sparse panel a large k that a few dozen users reach picks its own scale by noise.
+    scale_by_k: str = "per_k"
     gate_level: float = 0.95  # level of the gate's paired bootstrap interval over calibration users
     gate_min_users: int = 20  # fewer calibration users reaching a k: no decision there (the nearest k below applies)
     # At most this many seen users calibrate (a fixed random subset; all unseen-val users do too):
@@ -94,6 +99,8 @@ class EvalConfig:
             raise ValueError(f"eval.draws must be >= 1, got {self.draws}")
         if self.inference not in ("bayes", "map"):
             raise ValueError(f"eval.inference must be 'bayes' or 'map', got {self.inference!r}")
+        if self.scale_by_k not in ("evidence", "per_k", "pooled"):
+            raise ValueError(f"eval.scale_by_k must be 'evidence', 'per_k' or 'pooled', got {self.scale_by_k!r}")
         if self.calibration_seen_users < 0:
             raise ValueError(f"eval.calibration_seen_users must be >= 0, got {self.calibration_seen_users}")
         if not 0.5 <= self.gate_level < 1 or self.gate_min_users < 1:
@@ -264,18 +271,19 @@ def evaluate_unseen(
     fingerprint = {k: hashlib.sha1() for k in ks}
     for seed_index, ep in episodes:
         seed_params = jax.tree.map(lambda x: x[seed_index], params)
-        pool, query = padded_batch(comparisons, ep.pool), padded_batch(comparisons, ep.query)
+        query = padded_batch(comparisons, ep.query)
         label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
-        # Every prediction this episode needs, in one call: each k's k-shot one where the gate is
-        # open, and the 0-shot (population) one at each k's setting (the same model and prior, no answers).
-        wanted = [k for k in ks if reached(ep, k)]
-        needed = sorted({(0, strength_at(prior_strength, k)) for k in wanted}
-                        | {(k, strength_at(prior_strength, k)) for k in wanted if gate_at(personalize, k)})
-        predicted = dict(zip(needed, predict_many(adapt_and_predict, seed_params, tables, pool, query, needed, seen_users)))
-        for k in wanted:
-            strength = strength_at(prior_strength, k)
-            zero_shot = predicted[(0, strength)]
-            logits = predicted[(k, strength)] if gate_at(personalize, k) else zero_shot
+        for k in ks:
+            if not reached(ep, k):
+                continue
+            # The users who reach k, from k answers and from none (the population prediction: the
+            # same model and prior without the answers), in one call; the others are not scored.
+            strength, rows = strength_at(prior_strength, k), np.flatnonzero(eligible(ep, k))
+            zero_shot, logits = np.zeros((2, *label.shape), np.float32)
+            zero_shot[rows], logits[rows] = predict_users(adapt_and_predict, seed_params, tables, comparisons, ep, rows,
+                                                          [(0, strength), (k, strength)], seen_users)
+            if not gate_at(personalize, k):
+                logits = zero_shot
             w = weight * eligible(ep, k)[:, None]
             runs[k].append(metrics.summary(logits.ravel(), label.ravel(), w.ravel(), user.ravel(), user_group))
             sums[k].append(tuple(metrics.per_user_sums(z.ravel(), label.ravel(), w.ravel(), user.ravel(), ids)
@@ -295,6 +303,40 @@ def predict_many(adapt_and_predict, params, tables, pool, query, needed: list[tu
     n_shots = jnp.asarray([k for k, _ in needed], jnp.int32)
     strengths = jnp.asarray([s for _, s in needed], jnp.float32)
     return np.asarray(adapt_and_predict(params, tables, pool, n_shots, query, strengths, seen_users)[1])
+
+
+CHUNK_USERS = 128  # users per few-shot call: one compiled size, whatever the number of users
+
+
+def _width(n_shots: int) -> int:
+    """The support width a k-shot call is compiled for: the power of 8 ≥ k (1, 8, 64, ...), so a
+    run compiles a handful of programs while a small k does not pay for the pool's width."""
+    width = 1
+    while width < n_shots:
+        width *= 8
+    return width
+
+
+def predict_users(adapt_and_predict, params, tables, comparisons: Comparisons, episodes: Episodes, rows: np.ndarray,
+                  needed: list[tuple[int, float]], seen_users) -> np.ndarray:
+    """[P, len(rows), Q] query logits of the episodes' users `rows` from each (n_shots, setting) of
+    `needed`: one call per `CHUNK_USERS` users, each with only the pool's first max(n_shots)
+    pairs (the support; the rest would be masked out). A k-shot prediction thus costs k support
+    pairs (rounded up to `_width`) per user who reaches k, not the pool's width for every user,
+    and the calls share a few compiled shapes."""
+    width, n_query = _width(max(k for k, _ in needed)), episodes.query.shape[1]
+    out = np.zeros((len(needed), len(rows), n_query), np.float32)
+    for start in range(0, len(rows), CHUNK_USERS):
+        chunk = rows[start : start + CHUNK_USERS]
+        pool = np.full((CHUNK_USERS, width), -1, np.int64)
+        cut = episodes.pool[chunk, :width]
+        pool[: len(chunk), : cut.shape[1]] = cut
+        query = np.full((CHUNK_USERS, 1 << max(n_query - 1, 0).bit_length()), -1, np.int64)  # a power of two wide
+        query[: len(chunk), :n_query] = episodes.query[chunk]
+        z = predict_many(adapt_and_predict, params, tables, padded_batch(comparisons, pool),
+                         padded_batch(comparisons, query), needed, seen_users)
+        out[:, start : start + len(chunk)] = z[:, : len(chunk), :n_query]
+    return out
 
 
 def entry_at(by_k: dict, k: int):

@@ -17,10 +17,15 @@ inference (θ frozen, the user's learned state ignored), and the query pairs are
 are dealt out to the training seeds (each scored under one seed's parameters), so the cost does
 not grow with the number of seeds; `eval.calibration_seen_users` caps the seen ones.
 
-**The scale** (per mode and k): each calibration user's query log-loss on a log-spaced grid of
-settings (`eval.prior_scales` / `eval.prior_strengths`, wide: 10⁻³…10³ by default), the pooled
-mean log-loss minimised continuously (a parabola in log c through the best grid point and its
-neighbours), then scored exactly at that setting. The population pin (c → ∞) is the other limit,
+**The scale** (per mode, and per k where the evidence says so): each calibration user's query
+log-loss on a log-spaced grid of settings (`eval.prior_scales` / `eval.prior_strengths`, wide:
+10⁻³…10³ by default), the mean log-loss minimised continuously (a parabola in log c through the
+best grid point and its neighbours); the figures there are interpolated in log c between the
+grid's (the reported unseen users are scored exactly at it). The mean pools every
+k's users (one scale per mode, hundreds of users); a k keeps its own fit only where that fit,
+cross-fitted, beats the pooled one on its users with a paired interval above 0
+(`eval.scale_by_k=evidence`; `per_k` and `pooled` are the two limits): a large k that a few
+dozen users reach would otherwise choose by noise. The population pin (c → ∞) is the other limit,
 reached through the gate.
 
 **The gate** (per mode and k, smallest k first): personalize only where the calibration users show a gain in
@@ -48,7 +53,7 @@ import numpy as np
 
 from pluralign.data.format import Comparisons
 from pluralign.evaluate import metrics
-from pluralign.evaluate.fewshot import Episodes, make_episodes, predict_many
+from pluralign.evaluate.fewshot import Episodes, make_episodes, predict_users
 from pluralign.models import base
 from pluralign.train.batches import padded_batch
 
@@ -69,6 +74,8 @@ class Decision:
     grid: list  # the settings scored
     grid_log_loss: list  # pooled mean log-loss at each
     reason: str  # the decision in words
+    scale_from: str = "this k"  # "this k" (its own users' fit) or "pooled over k" (eval.scale_by_k)
+    pooled_scale: float | None = None  # the mode's scale fitted on every k's calibration users
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -142,9 +149,10 @@ class Calibration:
     def __init__(self, adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users,
                  seen_users, shots: list[int], mode: str, seeds: list[int], max_seen: int | None = None):
         self.adapt, self.params, self.tables, self.seen_users = adapt_and_predict, params, tables, seen_users
+        self.comparisons = comparisons
         seen = calibration_users(comparisons, held_out_rows, max_seen=max_seen)
         val_users = np.asarray(val_users)
-        self.batches = []  # (seed index, pool, query, label, user, weight, pool_size, has_query)
+        self.batches = []  # (seed index, episodes, label, user, weight, pool_size, has_query)
         self._logits, self._done = {}, set()  # (batch, n_shots, setting) -> query logits; the (n_shots, setting) scored
         ids, is_seen = [], []
         for seed_index, seed in enumerate(seeds):
@@ -154,9 +162,9 @@ class Calibration:
                 continue
             ep, flags = calibration_episodes(comparisons, held_out_rows, mine_val, max_shots=max(shots), mode=mode,
                                              seed=episode_seed, seen_users=mine_seen)
-            pool, query = padded_batch(comparisons, ep.pool), padded_batch(comparisons, ep.query)
+            query = padded_batch(comparisons, ep.query)
             label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
-            self.batches.append((seed_index, pool, query, label, user, weight, ep.pool_size, (ep.query >= 0).any(axis=1)))
+            self.batches.append((seed_index, ep, label, user, weight, ep.pool_size, (ep.query >= 0).any(axis=1)))
             ids.append(ep.users)
             is_seen.append(flags)
         ids, is_seen = np.concatenate(ids), np.concatenate(is_seen)
@@ -164,15 +172,20 @@ class Calibration:
         self.ids, self.is_seen = ids[order], is_seen[order]
 
     def predict(self, needed) -> None:
-        """Scores every batch at each (n_shots, setting) of `needed` not scored yet, in one call per
-        batch (`fewshot.predict_many`); `logits` then reads them."""
+        """Scores every batch at each (n_shots, setting) of `needed` not scored yet: one call per
+        batch and n_shots (`fewshot.predict_users`), over the users who reach n_shots (every user
+        with a query for 0); `logits` then reads them (0 for users not scored: outside every sum)."""
         needed = sorted({(int(k), float(s)) for k, s in needed} - self._done)
-        if not needed:
-            return
-        for b, (seed_index, pool, query, *_) in enumerate(self.batches):
-            seed_params = jax.tree.map(lambda x: x[seed_index], self.params)
-            z = predict_many(self.adapt, seed_params, self.tables, pool, query, needed, self.seen_users)
-            self._logits.update({(b, *key): z[i] for i, key in enumerate(needed)})
+        for k in sorted({k for k, _ in needed}):
+            at_k = [(kk, s) for kk, s in needed if kk == k]
+            for b, (seed_index, ep, label, _, _, pool_size, has_query) in enumerate(self.batches):
+                rows = np.flatnonzero(has_query & (pool_size >= k))
+                z = np.zeros((len(at_k), *label.shape), np.float32)
+                if len(rows):
+                    seed_params = jax.tree.map(lambda x: x[seed_index], self.params)
+                    z[:, rows] = predict_users(self.adapt, seed_params, self.tables, self.comparisons, ep, rows, at_k,
+                                               self.seen_users)
+                self._logits.update({(b, *key): z[i] for i, key in enumerate(at_k)})
         self._done.update(needed)
 
     def logits(self, b: int, n_shots: int, setting: float) -> np.ndarray:
@@ -183,14 +196,14 @@ class Calibration:
     def sums(self, k: int, setting: float, n_shots: int | None = None) -> dict:
         """Per-user sums over the users who reach k, of predictions from `n_shots` (default k) answers at `setting`."""
         total = None
-        for b, (_, _, _, label, user, weight, pool_size, has_query) in enumerate(self.batches):
+        for b, (_, _, label, user, weight, pool_size, has_query) in enumerate(self.batches):
             z = self.logits(b, k if n_shots is None else n_shots, setting)
             w = (weight * ((pool_size >= k) & has_query)[:, None]).ravel()
             total = _add(total, metrics.per_user_sums(z.ravel(), label.ravel(), w, user.ravel(), self.ids))
         return total
 
     def reaches(self, k: int) -> int:
-        return int(sum(((b[6] >= k) & b[7]).sum() for b in self.batches))
+        return int(sum(((pool_size >= k) & has_query).sum() for *_, pool_size, has_query in self.batches))
 
     def score_grid(self, k: int, settings: list[float]) -> Scores:
         return Scores(ids=self.ids, is_seen=self.is_seen, population=[self.sums(k, s, n_shots=0) for s in settings],
@@ -243,9 +256,60 @@ def _fit(settings: list[float], on_grid: list, users: np.ndarray) -> float:
     return refine_minimum(settings, [_mean_log_loss(g, users) for g in on_grid]) if len(settings) > 1 else settings[0]
 
 
+def pooled_over_k(scores: list[Scores]) -> list[dict]:
+    """[G] per-user sums over every k's users and queries (each k's own episodes), for one scale per mode."""
+    return [_add_all([sc.on_grid[g] for sc in scores]) for g in range(len(scores[0].on_grid))]
+
+
+def _add_all(sums: list[dict]) -> dict:
+    total = None
+    for s in sums:
+        total = _add(total, s)
+    return total
+
+
+def _folds(n: int) -> np.ndarray:
+    """The fixed random split of the calibration users in two folds (cross-fitting)."""
+    return np.random.default_rng(0).permutation(n) % 2
+
+
+def choose_scale(scores: Scores, pooled: list[dict], settings: list[float], *, rule: str = "per_k",
+                 level: float = 0.95) -> tuple[float, str, tuple[float, float]]:
+    """A k's setting under `eval.scale_by_k` (`rule`): (setting, "this k" or "pooled over k", the
+    setting each fold of users gets when scored cross-fitted, i.e. fitted on the other fold).
+
+    "evidence": the pooled fit unless the k's own fit, cross-fitted, lowers its users' log-loss
+    with a paired bootstrap interval above 0. Few users reach a large k (on a sparse panel a
+    couple of dozen): alone they pick a scale by noise, e.g. the population pin, which then holds
+    every larger k back; pooled, hundreds of users decide it."""
+    users = np.flatnonzero(scores.on_grid[0]["weight"] > 0)
+    pooled_users = np.flatnonzero(pooled[0]["weight"] > 0)
+    fold = _folds(len(scores.ids))
+    own = _fit(settings, scores.on_grid, users)
+    own_folds, pooled_folds = [], []
+    for f in (0, 1):
+        own_folds.append(_fit(settings, scores.on_grid, users[fold[users] != f]) if (fold[users] != f).any() else own)
+        other = pooled_users[fold[pooled_users] != f]
+        pooled_folds.append(_fit(settings, pooled, other) if len(other) else own_folds[f])
+    if rule == "per_k" or len(settings) == 1:
+        return own, "this k", tuple(own_folds)
+    shared = _fit(settings, pooled, pooled_users)
+    if rule == "pooled":
+        return shared, "pooled over k", tuple(pooled_folds)
+    gain, weight = np.zeros(len(scores.ids)), scores.on_grid[0]["weight"]
+    for f in (0, 1):
+        mine = users[fold[users] == f]
+        at = lambda s: _interpolated(scores.on_grid, settings, s, "log_loss_sum")[mine]  # noqa: E731
+        gain[mine] = at(pooled_folds[f]) - at(own_folds[f])
+    low, _ = metrics.bootstrap_ratio_interval(gain[users], weight[users], level=level)
+    if low is not None and low > 0:
+        return own, "this k", tuple(own_folds)
+    return shared, "pooled over k", tuple(pooled_folds)
+
+
 def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, min_users: int = 20,
            level: float = 0.95, exact: tuple[dict, dict] | None = None, setting: float | None = None,
-           opened_at: int | None = None) -> Decision:
+           opened_at: int | None = None, fold_settings: tuple[float, float] | None = None) -> Decision:
     """The (mode, k) decision from the calibration users' per-user sums (`Calibration.score_grid`).
 
     `setting` / `exact`: the refined setting and the (population, personalized) per-user sums scored
@@ -253,7 +317,9 @@ def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, 
     the gate opened, if any: then more answers under a prior fitted for them keep it open unless
     the users here show a loss (interval entirely below 0). Fewer users reach a larger k, so its own
     interval is wider; a Bayesian posterior predictive with a calibrated prior does not get worse
-    in expectation as answers accumulate, so the evidence at the smaller k carries."""
+    in expectation as answers accumulate, so the evidence at the smaller k carries.
+    `fold_settings`: the setting each fold of users is scored at (fitted on the other fold;
+    `choose_scale`); default: this k's own fit on the other fold."""
     users = np.flatnonzero(scores.on_grid[0]["weight"] > 0)
     setting = _fit(settings, scores.on_grid, users) if setting is None else setting
     if exact is None:
@@ -262,11 +328,14 @@ def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, 
     population, at = exact
 
     # Cross-fitted gain: users in two folds (a fixed random split), each scored at the setting fitted on the other.
-    fold = np.random.default_rng(0).permutation(len(scores.ids)) % 2
+    fold = _folds(len(scores.ids))
     gain_ll, gain_correct = np.zeros(len(scores.ids)), np.zeros(len(scores.ids))
     for f in (0, 1):
         mine, other = users[fold[users] == f], users[fold[users] != f]
-        fitted = _fit(settings, scores.on_grid, other) if len(other) else setting
+        if fold_settings is not None:
+            fitted = fold_settings[f]
+        else:
+            fitted = _fit(settings, scores.on_grid, other) if len(other) else setting
         pers = {n: _interpolated(scores.on_grid, settings, fitted, n) for n in ("log_loss_sum", "correct")}
         pop = {n: _interpolated(scores.population, settings, fitted, n) for n in ("log_loss_sum", "correct")}
         gain_ll[mine] = pop["log_loss_sum"][mine] - pers["log_loss_sum"][mine]
@@ -303,9 +372,10 @@ def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, 
 
 def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users, seen_users,
               shots: list[int], mode: str, seeds: list[int], settings: list[float], gate: bool = True,
-              min_users: int = 20, level: float = 0.95, max_seen: int | None = None) -> dict[int, Decision]:
+              min_users: int = 20, level: float = 0.95, max_seen: int | None = None,
+              scale_by_k: str = "per_k") -> dict[int, Decision]:
     """{k: Decision} in `mode` for every k that calibration users reach (see the module
-    docstring): the grid scored per user, the setting refined and scored exactly, the gate. A k
+    docstring): the grid scored per user (one call per seed batch and k), the setting refined, the gate. A k
     that fewer than `min_users` reach is skipped once a smaller k is decided."""
     calibration = Calibration(adapt_and_predict, params, tables, comparisons, held_out_rows=held_out_rows,
                               val_users=val_users, seen_users=seen_users, shots=shots, mode=mode, seeds=seeds,
@@ -313,15 +383,16 @@ def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, he
     reached = [k for k in sorted(shots) if calibration.reaches(k)]
     calibration.predict([(n, s) for n in (0, *reached) for s in settings])  # the whole grid: one call per batch
     scores = {k: calibration.score_grid(k, settings) for k in reached}
-    fitted = {k: _fit(settings, scores[k].on_grid, np.flatnonzero(scores[k].on_grid[0]["weight"] > 0)) for k in reached}
-    calibration.predict([(n, fitted[k]) for k in reached for n in (0, k)])  # each k's refined setting: one more
+    pooled = pooled_over_k(list(scores.values())) if reached else None
+    chosen = {k: choose_scale(scores[k], pooled, settings, rule=scale_by_k, level=level) for k in reached}
+    shared = _fit(settings, pooled, np.flatnonzero(pooled[0]["weight"] > 0)) if reached and len(settings) > 1 else None
     decisions = {}
     for k in reached:
         if calibration.reaches(k) < min_users and decisions:
             continue
-        setting = fitted[k]
-        exact = (calibration.sums(k, setting, n_shots=0), calibration.sums(k, setting))
+        setting, source, fold_settings = chosen[k]
         opened = [kk for kk, d in decisions.items() if d.personalize]
-        decisions[k] = decide(k, scores[k], settings, gate=gate, min_users=min_users, level=level, exact=exact, setting=setting,
-                              opened_at=min(opened) if opened else None)
+        decision = decide(k, scores[k], settings, gate=gate, min_users=min_users, level=level,
+                          setting=setting, opened_at=min(opened) if opened else None, fold_settings=fold_settings)
+        decisions[k] = dataclasses.replace(decision, scale_from=source, pooled_scale=shared)
     return decisions
