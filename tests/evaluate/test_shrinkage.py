@@ -209,3 +209,27 @@ def test_an_open_gate_stays_open_at_larger_k_unless_users_there_lose():
     assert carried.personalize and "opened at k=1" in carried.reason
     losing = scores(300, lambda s: -0.05, rng)
     assert not shrinkage.decide(9, losing, SETTINGS, opened_at=1).personalize
+
+
+def test_scale_pooled_over_k_unless_a_k_shows_its_own_is_better():
+    """eval.scale_by_k=evidence: a k that a few users reach keeps the scale fitted on every k's
+    users pooled, even where its own noisy curve points elsewhere; a k whose many users clearly
+    prefer another scale keeps its own. per_k and pooled are the two limits."""
+    rng = np.random.default_rng(0)
+    peaked = lambda best: (lambda s: 0.05 - 0.01 * (np.log10(s) - np.log10(best)) ** 2)  # noqa: E731
+    many = scores(400, peaked(1.0), rng, noise=0.3)
+    few = scores(400, lambda s: 0.0, rng, noise=0.3)  # 20 users reach this k; their curve is flat but noisy
+    for on_grid in few.on_grid:
+        on_grid["weight"] = np.where(np.arange(400) < 20, on_grid["weight"], 0.0)
+        on_grid["log_loss_sum"] = on_grid["log_loss_sum"] + rng.normal(0, 1.0, 400)
+    pooled = shrinkage.pooled_over_k([many, few])
+    own = shrinkage.choose_scale(few, pooled, SETTINGS, rule="per_k")[0]
+    setting, source, folds = shrinkage.choose_scale(few, pooled, SETTINGS, rule="evidence")
+    assert source == "pooled over k" and setting == pytest.approx(1.0, rel=0.3) and len(folds) == 2
+    assert not own == pytest.approx(setting, rel=0.3)  # alone it would have chosen by noise
+
+    other = scores(400, peaked(0.01), rng, noise=0.3)  # 400 users whose best scale is 100x smaller
+    setting, source, _ = shrinkage.choose_scale(other, shrinkage.pooled_over_k([many, many, other]), SETTINGS,
+                                                rule="evidence")
+    assert source == "this k" and setting < 0.05
+    assert shrinkage.choose_scale(other, pooled, SETTINGS, rule="pooled")[1] == "pooled over k"
