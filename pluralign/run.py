@@ -480,15 +480,25 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
         warn_if_degenerate_seen_states(first_model, jnp.asarray(split.seen))
     settings = shrinkage.grid(first_model, ev.inference, ev.prior_scales, ev.prior_strengths)
     personal = first_model.user_state_dim > 0
-    by_mode, decisions, val_curves = {}, {}, {}
+    by_mode, decisions, val_curves, warnings = {}, {}, {}, []
     for mode in ev.modes:
         t0 = time.perf_counter()
+        if personal:
+            log.info("%s: deciding the prior's scale and the gate at k %s on %d settings (calibration users: "
+                     "seen users' held-out pairs and %d unseen-val users)", mode, list(ev.shots), len(settings),
+                     len(split.unseen_val))
         decisions[mode] = shrinkage.calibrate(
             adapt, params, data.tables, data.comparisons, held_out_rows=calibration_rows(data),
             val_users=split.unseen_val, seen_users=jnp.asarray(split.seen), shots=list(ev.shots), mode=mode,
             seeds=list(config.seeds), settings=settings, gate=ev.gate, min_users=ev.gate_min_users, level=ev.gate_level,
             max_seen=ev.calibration_seen_users, scale_by_k=ev.scale_by_k,
         ) if personal else {}
+        if personal and not decisions[mode]:
+            warnings.append(f"{mode}: no calibration user (seen users' held-out pairs, unseen-val users) reaches "
+                            f"k={min(ev.shots)} with a query: nothing decides the prior's scale or the gate, so every "
+                            f"new user gets the population prediction; hold out more pairs (eval.pair_val_fraction, "
+                            f"eval.pair_test_fraction) or users (eval.unseen_val_fraction), or ask for smaller eval.shots")
+            log.warning(warnings[-1])
         if decisions[mode]:
             log.info("%s: shrinkage decided in %.0f s: %s", mode, time.perf_counter() - t0, "; ".join(
                 f"k={k} {'personalize' if d.personalize else 'population'} (scale {d.prior_scale:.3g}"
@@ -523,6 +533,7 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
         "val_by_mode": {m: {k: {n: e.get(n) for n in ("accuracy", "log_loss", "n_users", "ci95")}
                             for k, e in curve.items()} for m, curve in val_curves.items()},
         "by_mode": by_mode,
+        "warnings": warnings,
     }
 
 
@@ -543,7 +554,8 @@ def assemble_results(config: RunConfig, data: RunData, seen: dict, unseen: dict,
         "bayes_optimal_accuracy": truth.get("bayes_optimal_accuracy"),
         "population_optimal_accuracy": truth.get("population_optimal_accuracy"),
         "n_users": {"seen": len(split.seen), "unseen_val": len(split.unseen_val), "unseen_test": len(split.unseen_test)},
-        "warnings": split_warnings({"unseen_val": len(split.unseen_val), "unseen_test": len(split.unseen_test)}),
+        "warnings": split_warnings({"unseen_val": len(split.unseen_val), "unseen_test": len(split.unseen_test)})
+        + unseen.get("warnings", []),
         "n_pairs": {"train": len(pairs.train), "val": len(pairs.val), "test": len(pairs.test)},
         "duplicates": data.duplicates,
         "train": train_summary,

@@ -370,6 +370,10 @@ class Trainer:
                 if on_epoch_end is not None:
                     on_epoch_end(epoch)
                 if all_stopped:
+                    message = (f"early stopping at epoch {epoch + 1} of {cfg.max_epochs}: no seed improved its validation "
+                               f"loss for {cfg.patience} validations (best epochs {(np.asarray(state.best_epoch) + 1).tolist()})")
+                    progress.update(task, description=f"train: stopped early (epoch {epoch + 1})")
+                    logger.info(message)
                     break
             if manager is not None:
                 manager.wait_until_finished()

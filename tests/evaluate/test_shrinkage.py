@@ -233,3 +233,27 @@ def test_scale_pooled_over_k_unless_a_k_shows_its_own_is_better():
                                                 rule="evidence")
     assert source == "this k" and setting < 0.05
     assert shrinkage.choose_scale(other, pooled, SETTINGS, rule="pooled")[1] == "pooled over k"
+
+
+def test_a_run_says_when_no_calibration_user_decides(monkeypatch, tmp_path):
+    """No calibration user reaching the smallest k leaves nothing to fit the scale or open the
+    gate on: every new user gets the population, and the run says so in its log and results.json."""
+    from pluralign.data.synthetic import IdealPointConfig
+    from pluralign.evaluate import fewshot
+    from pluralign.evaluate.fewshot import EvalConfig
+    from pluralign.models.pal import PALConfig
+    from pluralign.run import RunConfig, run
+    from pluralign.train.trainer import TrainConfig
+
+    monkeypatch.setattr(shrinkage, "calibrate", lambda *a, **k: {})
+    monkeypatch.setattr(fewshot, "evaluate_unseen", lambda *a, shots, **k: {s: {"accuracy": 0.5, "log_loss": 0.7,
+                                                                               "n_users": 1} for s in shots})
+    config = RunConfig(
+        model=PALConfig(name="pal_a", n_prototypes=2, latent_dim=4),
+        data=IdealPointConfig(n_users=40, n_items=100, comparisons_per_user=20, dim=16, seed=0),
+        train=TrainConfig(progress=False, max_epochs=1, batch_size=128, checkpoint=False),
+        eval=EvalConfig(shots=[3], modes=["random"], draws=1, inference="map"),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    results = run(config, tmp_path / "run")
+    assert any("nothing decides the prior's scale or the gate" in w for w in results["warnings"])
