@@ -14,6 +14,11 @@ reward, each prompt's completions scored for the user of its dataset row.
 3. Shows the two users' rewards for the same completions: the nature user's reward rises with a
    completion's share of nature words, the tech user's falls.
 
+It prints the reward calls' share of the training time. The reward is warmed up with one call
+before training (the encoder's load and the first compile, ~0.6-1 s here); `--no-warm-up` leaves
+that to the first GRPO step. Measured on a shared 2-core CPU: 1-3 % of training warm (in-process
+or `--server`), about 20 % of a 4-step run cold, all of it the first call.
+
 With --server, the reward comes from a running `pluralign serve RUN` through
 `pluralign.integrations.http.HTTPRewardFunction` (OpenRLHF's `/get_reward` JSON) instead of the run
 loaded in this process.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import tempfile
+import time
 
 import numpy as np
 
@@ -38,6 +44,7 @@ NATURE = "sea rain tree river leaf forest bird flower stone moon".split()
 TECH = "code data server network bug compiler laptop robot chip cable".split()
 WORDS = NATURE + TECH
 TEXT_LENGTH = 6  # words per text of the comparisons table
+BATCH_SIZE = 2  # completions per GRPO step, all scored in one reward call
 
 
 def nature_share(text: str) -> float:
@@ -106,33 +113,59 @@ def tiny_policy(seed: int = 0):
 
 
 class Recorded:
-    """A reward function that keeps every (completion, user, reward) TRL scored with it (picklable
-    like the function it wraps, with the same `__name__`)."""
+    """A reward function that keeps every (completion, user, reward) TRL scored with it and the
+    wall time of each call (picklable like the function it wraps, with the same `__name__`)."""
 
     def __init__(self, reward_fn, user_column: str = "user_id"):
         self.reward_fn, self.user_column, self.__name__ = reward_fn, user_column, reward_fn.__name__
         self.calls: list[tuple[list, list, list, list]] = []
+        self.seconds: list[float] = []  # wall time of each call
 
     def __call__(self, prompts=None, completions=(), completion_ids=None, **kwargs):
+        start = time.perf_counter()
         rewards = self.reward_fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        self.seconds.append(time.perf_counter() - start)
         self.calls.append((list(prompts), list(completions), list(kwargs[self.user_column]), list(rewards)))
         return rewards
 
 
-def grpo(reward_fn, users: list[str], steps: int, out_dir: str):
-    """Runs `steps` GRPO steps of the tiny policy on CPU; prompts alternate between `users`."""
+def grpo(reward_fn, users: list[str], steps: int, out_dir: str) -> tuple[float, list[float]]:
+    """Runs `steps` GRPO steps of the tiny policy on CPU; prompts alternate between `users`.
+    Returns the seconds `trainer.train()` took and each step's (TRL's `step_time`: generation,
+    reward and update)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     model, tokenizer = tiny_policy()
     prompts = ["the sea is", "the code is", "the moon is about", "the server is about"]
     dataset = Dataset.from_dict({"prompt": [prompts[i % 4] for i in range(16)], "user_id": [users[i % 2] for i in range(16)]})
-    args = GRPOConfig(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=2, num_generations=2,
+    args = GRPOConfig(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=BATCH_SIZE, num_generations=2,
                       max_completion_length=8, learning_rate=1e-3, use_vllm=False, bf16=False, use_cpu=True,
                       report_to="none", logging_steps=1, save_strategy="no", seed=0)
     trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=[reward_fn], args=args, train_dataset=dataset)
+    start = time.perf_counter()
     trainer.train()
-    return trainer
+    return time.perf_counter() - start, [h["step_time"] for h in trainer.state.log_history if "step_time" in h]
+
+
+def warm_up(reward_fn, user: str) -> float:
+    """Scores one batch of the size GRPO's calls have, so the reward's one-off costs (the encoder's
+    load, the scoring program's compile; in a server, its own) are paid before training; returns
+    the seconds it took."""
+    start = time.perf_counter()
+    reward_fn(prompts=["the sea is"] * BATCH_SIZE, completions=["sea"] * BATCH_SIZE, user_id=[user] * BATCH_SIZE)
+    return time.perf_counter() - start
+
+
+def reward_share(reward_seconds: list[float], train_seconds: float, step_seconds: list[float]) -> str:
+    """Two lines: the reward calls' share of the training time, in all and per step; and of the
+    steps after the first (which also pays the policy's own first-call costs)."""
+    spent, steps = sum(reward_seconds), len(step_seconds)
+    later, later_steps = sum(reward_seconds[1:]), sum(step_seconds[1:])
+    return (f"reward time {spent:.2f} s of {train_seconds:.2f} s training ({100 * spent / train_seconds:.1f} %), "
+            f"per step {spent / steps:.3f} s of {train_seconds / steps:.2f} s\n"
+            f"first step: reward {reward_seconds[0]:.3f} s of {step_seconds[0]:.2f} s; the {steps - 1} others: "
+            f"reward {later:.3f} s of {later_steps:.2f} s ({100 * later / max(later_steps, 1e-9):.1f} %)")
 
 
 def main() -> None:
@@ -140,6 +173,7 @@ def main() -> None:
     parser.add_argument("--run-dir", default="runs/grpo_words")
     parser.add_argument("--steps", type=int, default=4, help="GRPO steps")
     parser.add_argument("--server", default=None, help="score through a running `pluralign serve` at this URL")
+    parser.add_argument("--no-warm-up", action="store_true", help="leave the reward's first call (load, compile) to training")
     args = parser.parse_args()
 
     trained = train_or_load(pathlib.Path(args.run_dir))
@@ -153,11 +187,14 @@ def main() -> None:
         from pluralign.integrations.trl import reward_function
 
         reward_fn = reward_function(trained)
+    if not args.no_warm_up:
+        print(f"reward warm-up before training: {warm_up(reward_fn, users[0]):.2f} s (the encoder's load, the first compile)")
     recorded = Recorded(reward_fn)
     with tempfile.TemporaryDirectory() as out_dir:
-        grpo(recorded, users, args.steps, out_dir)
+        train_seconds, step_seconds = grpo(recorded, users, args.steps, out_dir)
     n = sum(len(c[1]) for c in recorded.calls)
     print(f"\nGRPO: {args.steps} steps, {len(recorded.calls)} reward calls, {n} completions scored by {reward_fn.__name__}")
+    print(reward_share(recorded.seconds, train_seconds, step_seconds))
 
     # What TRL got is the run's own reward of each completion for its row's user.
     reward = trained.reward()
