@@ -5,7 +5,7 @@ can tell a bad request from a fault of its own with one `except`.
 outside [0, 1], an unknown user. Its message is one line naming the argument and the problem
 (a server answers it with a 4xx). `ArtifactError` is a model directory that cannot be loaded
 (a truncated or corrupt file, named): the deployment's fault, not the request's.
-Imported data has its own `pluralign.data.format.DatasetError` (file, row, problem).
+Imported data's `pluralign.data.format.DatasetError` (file, row, problem) is an InputError too.
 """
 
 from __future__ import annotations

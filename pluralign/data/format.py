@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pluralign.atomic import atomic_dir
+from pluralign.errors import InputError
 from pluralign.jsonio import json_default
 
 FORMAT_VERSION = 1
@@ -34,8 +35,9 @@ _COLUMNS = {"user": np.int32, "prompt": np.int32, "a": np.int32, "b": np.int32,
 _REQUIRED_COLUMNS = ("user", "prompt", "a", "b", "label")
 
 
-class DatasetError(ValueError):
-    """An invalid dataset; ``str(e)`` is ``"<file> row <row>: <problem>"``."""
+class DatasetError(InputError):
+    """An invalid dataset; ``str(e)`` is ``"<file> row <row>: <problem>"``. An `InputError` (so a
+    ValueError), so a caller catches every bad input, data or argument, with one class."""
 
     def __init__(self, file: str, problem: str, row: int | None = None) -> None:
         self.file, self.problem, self.row = file, problem, row

@@ -137,19 +137,23 @@ def is_conversation_type(t: pa.DataType) -> bool:
             and t.value_type.get_field_index("content") >= 0)
 
 
-def conversation_text(messages: Sequence[Any]) -> str:
-    """One conversation as one text: its messages' contents joined by a blank line, roles dropped
-    (a one-message conversation is exactly its text); a content given as parts keeps its text
-    parts. The TRL adapter scores conversations the same way (`integrations._common.as_text`)."""
-    def content(message: Any) -> str:
-        value = message.get("content") if isinstance(message, dict) else None
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (list, tuple)):
-            return "".join(str(p.get("text") or "") for p in value if isinstance(p, dict) and p.get("type", "text") == "text")
-        raise ValueError(f"message {message!r:.80} has no text content")
+def message_text(message: Any) -> str:
+    """The text of one chat message: its `content`, a str or a list of parts whose text parts are
+    kept (images and other parts dropped); a message given as a bare str is its own text."""
+    content = message.get("content") if isinstance(message, dict) else message
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        return "".join(p if isinstance(p, str) else str(p.get("text") or "") for p in content
+                       if isinstance(p, str) or isinstance(p, dict) and p.get("type", "text") == "text")
+    raise ValueError(f"message {message!r:.80} has no text content")
 
-    return "\n\n".join(content(m) for m in messages)
+
+def conversation_text(messages: Sequence[Any], separator: str = "\n\n") -> str:
+    """One conversation as one text: its messages' texts (`message_text`) joined by `separator`, a
+    blank line by default, roles dropped (a one-message conversation is exactly its text). The RLHF
+    adapters score conversations with this function too (`integrations._common.as_text`)."""
+    return separator.join(message_text(m) for m in messages)
 
 
 def conversation_texts(col: pa.ChunkedArray, file: str, name: str) -> pa.ChunkedArray:

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pluralign.data.importers import conversation_text, message_text
+
 RUN_ENV = "PLURALIGN_RUN"  # the run directory, for adapters the framework builds by import path
 UNKNOWN_POLICIES = ("population", "none", "error")
 
@@ -80,28 +82,17 @@ def scorer_for(run_dir: str | os.PathLike, options: RewardOptions, trained: Any 
 
 # ------------------------------------------------------------------ texts
 
-def message_text(message: Any) -> str:
-    """The text of one chat message: its `content`, a str or a list of parts whose `text` is kept
-    (images and other non-text parts are dropped)."""
-    content = message.get("content", "") if isinstance(message, dict) else message
-    if isinstance(content, str):
-        return content
-    if isinstance(content, (list, tuple)):
-        return "".join(p if isinstance(p, str) else str(p.get("text", "")) for p in content
-                       if isinstance(p, str) or p.get("type", "text") == "text")
-    raise TypeError(f"cannot read text from message {message!r:.80}")
-
-
 def as_text(x: Any, separator: str = "\n\n") -> str:
-    """A prompt or completion as one string: a str as it is; a conversation (a list of
-    `{"role", "content"}` messages) as its messages' contents joined by `separator`, roles dropped
-    — so a one-turn conversation gives exactly its text, as a plain-text dataset has it."""
+    """A prompt or completion as one string: a str as it is; one message as its text; a
+    conversation (a list of `{"role", "content"}` messages) as its messages' contents joined by
+    `separator`, roles dropped — so a one-turn conversation gives exactly its text, as a plain-text
+    dataset has it, and the same text the importers give it (`pluralign.data.importers`)."""
     if isinstance(x, str):
         return x
     if isinstance(x, dict):
         return message_text(x)
     if isinstance(x, (list, tuple)):
-        return separator.join(message_text(m) for m in x)
+        return conversation_text(x, separator)
     raise TypeError(f"expected a text or a list of chat messages, got {type(x).__name__}")
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from pluralign.data import FORMAT_VERSION, Comparisons, DatasetError, PreferenceDataset, read_dataset, validate_dataset
 from pluralign.data import write_dataset
+from pluralign.errors import InputError
 
 
 def _parts(dtype=np.float32, with_prompts=True):
@@ -117,6 +118,7 @@ def test_invalid_comparisons_are_not_written(tmp_path, change, message):
         write_dataset(tmp_path / "ds", items, _replace(c, **change), prompts=prompts,
                       meta={"n_users": 3})
     assert info.value.file == "comparisons.parquet" and isinstance(info.value.row, int)
+    assert isinstance(info.value, InputError)  # a caller catches bad data and bad arguments alike
     assert list(tmp_path.iterdir()) == []
 
 

@@ -44,6 +44,11 @@ def test_conversation_text_is_the_adapters_text():
                                                       {"type": "text", "text": "sorted()."}]}]
     assert conversation_text(conversation) == as_text(conversation) == "Be brief.\n\nSort?\n\nUse sorted()."
     assert conversation_text(messages("user", "Hi")) == "Hi"
+    assert conversation_text(conversation, " | ") == as_text(conversation, " | ") == "Be brief. | Sort? | Use sorted()."
+    # A bare str is its own message or part; a part with no text adds nothing.
+    assert as_text(["Hi", {"content": ["a", {"type": "text", "text": None}, {"type": "text", "text": "b"}]}]) == "Hi\n\nab"
+    with pytest.raises(ValueError, match="has no text content"):
+        as_text([{"role": "user", "text": "no content field"}])
 
 
 def test_trl_conversational_jsonl_imports(tmp_path):
