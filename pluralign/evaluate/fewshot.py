@@ -185,7 +185,7 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
     (σ(logit) = P(a ≻ b | support)), so a user the support says little about gets cautious odds.
 
     Many settings in one call: `n_shots` [P] and `strength` [P] (or [P, U]) give [P, U, S] states
-    and [P, U, Q] logits, the P inferences vmapped over one computation of the pair features. The
+    and [P, U, Q] logits, the P inferences run in turn on one computation of the pair features. The
     shrinkage grid (every k × every prior setting) is one such call: a few small programs instead
     of hundreds of dispatches of one (the evaluation's cost on CPU).
     """
@@ -208,7 +208,12 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
             logits = base.posterior_logits(model, states, covs, query_feats)
             return base.point_states(model, states, covs), logits
 
-        return one(n_shots, strength) if jnp.ndim(n_shots) == 0 else jax.vmap(one)(n_shots, strength)
+        if jnp.ndim(n_shots) == 0:
+            return one(n_shots, strength)
+        # One setting after another inside the program (not vmapped): vmapping the P settings over
+        # the users' batched Laplace fits gave wrong logits for settings past the 4th on XLA:CPU
+        # (PAL-B, 128 users; measured 2026-12-04), and the sequential map costs the same work.
+        return jax.lax.map(lambda args: one(*args), (n_shots, strength))
 
     return adapt_and_predict
 

@@ -240,3 +240,26 @@ def test_adapt_and_predict_uses_only_the_first_k_shots(tiny_dataset):
     assert not np.allclose(np.asarray(states6_flipped), np.asarray(states6))
 
 
+
+
+@pytest.mark.parametrize("name", ["pal_a", "pal_b"])
+def test_many_settings_in_one_call_equal_one_at_a_time(tiny_dataset, name):
+    """`predict_users` scores a grid of (k, setting) pairs in one call and trims the pool to the
+    support: each entry equals that setting alone on the whole pool (a vmap over the settings
+    gave wrong logits past the 4th on XLA:CPU; this guards the replacement)."""
+    from pluralign.models import PALB
+
+    cls = PALA if name == "pal_a" else PALB
+    model = cls(PALConfig(name=name, n_prototypes=3, latent_dim=4), Dims(tiny_dataset.dim, tiny_dataset.n_users), rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    tables, c = make_tables(tiny_dataset), tiny_dataset.comparisons
+    ep = make_episodes(c, np.unique(c.user)[:20], max_shots=10, mode="random", seed=0)
+    adapt = fewshot.make_adapt_and_predict(graphdef, 30, 0.1, "bayes")
+    seen = jnp.arange(20, 60)
+    settings = [0.001, 0.03, 0.3, 1.0, 3.0, 30.0, 1000.0]
+    rows = np.arange(len(ep.users))
+    many = fewshot.predict_users(adapt, params, tables, c, ep, rows, [(3, s) for s in settings], seen)
+    pool, query = padded_batch(c, ep.pool), padded_batch(c, ep.query)
+    for i, s in enumerate(settings):
+        alone = np.asarray(adapt(params, tables, pool, jnp.int32(3), query, jnp.float32(s), seen)[1])
+        np.testing.assert_allclose(many[i], alone, atol=2e-3, err_msg=f"setting {s}")
