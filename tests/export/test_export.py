@@ -106,10 +106,10 @@ def test_fewshot_inference_is_the_evaluation_protocol(setup):
 
 
 @pytest.mark.parametrize("inference", ["bayes", "map"])
-def test_reward_uses_the_prior_chosen_for_the_number_of_answers(inference, tmp_path):
+def test_reward_uses_the_prior_chosen_for_the_number_of_answers(inference, tmp_path, tmp_path_factory):
     """An artifact with a per-k prior choice: a new user with n answers is inferred with the setting
     chosen at the largest k ≤ n (the evaluation's `strength_at`), in the primary or the asked split mode."""
-    b = bundle("pal_a", str(tmp_path / "base"))
+    b = bundle("pal_a", str(tmp_path_factory.getbasetemp() / "export_artifacts"))  # the shared one: read only here
     data, split, trained = b["data"], b["split"], pluralign.load(b["path"])
     by_k = {"random": {1: 1000.0, 4: 0.3}, "item_disjoint": {1: 0.3}}
     path = save_model(
@@ -144,10 +144,10 @@ def test_reward_uses_the_prior_chosen_for_the_number_of_answers(inference, tmp_p
     assert np.abs(pinned - population).max() < 0.05 * max(np.abs(population).max(), 1.0)
 
 
-def test_reward_follows_the_gate(tmp_path):
+def test_reward_follows_the_gate(tmp_path, tmp_path_factory):
     """An artifact whose gate keeps 1-2 answers at the population and personalizes from 3: a new
     user with 2 answers gets exactly the population state, one with 3 the evaluation's inference."""
-    b = bundle("pal_a", str(tmp_path / "base"))
+    b = bundle("pal_a", str(tmp_path_factory.getbasetemp() / "export_artifacts"))  # the shared one: read only here
     data, split, trained = b["data"], b["split"], pluralign.load(b["path"])
     path = save_model(
         tmp_path / "gated", model_config=model_config("pal_a"), dims=base.Dims(dim=data.dim, n_users=data.n_users),
