@@ -226,12 +226,19 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
     _check_resumable(run_dir, config)
     data = load_and_split(config, run_dir)
     models = build_models(config, data)
+    seconds = {"prepare": time.perf_counter() - t0}
     trained = train_models(config, data, models, run_dir, on_epoch_end)
+    seconds["train"] = time.perf_counter() - t0 - sum(seconds.values())
+    log.info("trained in %.0f s", seconds["train"])
     data = evaluation_data(data)
     seen = evaluate_seen_users(models, trained.best_params, data, len(config.seeds))
     trained.summary["warnings"] = training_warnings(trained.summary, config.train, seen["accuracy"])
+    seconds["evaluate_seen"] = time.perf_counter() - t0 - sum(seconds.values())
     unseen = evaluate_unseen_users(models.graphdef, trained.best_params, data, config)
+    seconds["evaluate_unseen"] = time.perf_counter() - t0 - sum(seconds.values())
+    log.info("unseen users evaluated in %.0f s (scale and gate decided, val and test users scored)", seconds["evaluate_unseen"])
     results = assemble_results(config, data, seen, unseen, trained.summary, models.stage1, t0)
+    results["seconds"] = seconds  # where the wall time went: prepare, train, evaluate_seen, evaluate_unseen
     if not distributed.is_primary():  # with several processes process 0 writes the model and the results
         distributed.wait_for_all("pluralign.run: written")
         return results
