@@ -11,24 +11,18 @@ import json
 import pathlib
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 import pluralign
-from pluralign.config import model_config
-from pluralign.data.splits import split_users
-from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
-from pluralign.embed.encoders import load_encoder
 from pluralign.evaluate import fewshot
-from pluralign.export import Support, save_model
-from pluralign.export.artifact import compute_seen_states
+from pluralign.export import Support
 from pluralign.export.pairs import main as pairs_main
 from pluralign.export.users import describe_user_states, export_user_embeddings, main as users_main, new_user_states
-from pluralign.models import REGISTRY, base
 from pluralign.train.batches import make_tables, padded_batch
+from tests.text_run import text_run as make_text_run
 
 STEPS = 10  # few-shot inference steps recorded in the artifact
 ANSWERS = [  # (user_id, prompt, chosen, rejected): two new users with opposite tastes
@@ -47,20 +41,7 @@ CANDIDATES = [
 @functools.cache
 def text_run(root: str):
     """(run directory, dataset, split) of a PAL-A artifact over WordLlama 64-d text embeddings."""
-    encoder = load_encoder("wordllama", trunc_dim=64)
-    data = make_ideal_point(IdealPointConfig(n_users=12, n_items=40, comparisons_per_user=8, dim=encoder.dim, n_groups=2, seed=0))
-    data.meta.update(encoder=encoder.describe(), user_ids=[f"user-{i}" for i in range(data.n_users)])
-    split = split_users(data.n_users, seed=0, unseen_val_fraction=0.15, unseen_test_fraction=0.25)
-    cls, config = REGISTRY["pal_a"][0], model_config("pal_a")
-    dims = base.Dims(dim=data.dim, n_users=data.n_users)
-    graphdef, one = base.init(cls, config, dims, jax.random.PRNGKey(0))
-    params = jax.tree.map(lambda x: x[None], one)
-    path = pathlib.Path(root) / "pairs_run" / "model"
-    save_model(path, model_config=config, dims=dims, params=params, seeds=[0], dataset_meta=data.meta,
-               seen_states=compute_seen_states(graphdef, params, make_tables(data), data.n_users),
-               seen_users=split.seen, split=split.to_dict(), prior_strength=3.0, inference_steps=STEPS,
-               inference_learning_rate=0.1)
-    return path.parent, data, split
+    return make_text_run(pathlib.Path(root) / "pairs_run", inference_steps=STEPS)
 
 
 @pytest.fixture

@@ -7,20 +7,12 @@ from __future__ import annotations
 import pathlib
 import pickle
 
-import jax
 import numpy as np
 import pytest
 
 import pluralign
-from pluralign.config import model_config
-from pluralign.data.splits import split_users
-from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
-from pluralign.embed.encoders import load_encoder
-from pluralign.export import save_model
-from pluralign.export.artifact import compute_seen_states
 from pluralign.integrations.trl import reward_function
-from pluralign.models import REGISTRY, base
-from pluralign.train.batches import make_tables
+from tests.text_run import text_run
 
 WORDS = "rice sea gravity waves foam salt wind gull boil water wait earth pulls things fall down".split()
 
@@ -28,19 +20,7 @@ WORDS = "rice sea gravity waves foam salt wind gull boil water wait earth pulls 
 def text_artifact(root: pathlib.Path) -> pathlib.Path:
     """A PAL-A run over 64-d WordLlama text embeddings, users with string ids (random θ: what is
     tested is that TRL gets the library's rewards, not what they are)."""
-    encoder = load_encoder("wordllama", trunc_dim=64)
-    data = make_ideal_point(IdealPointConfig(n_users=8, n_items=30, comparisons_per_user=6, dim=encoder.dim, n_groups=2, seed=0))
-    data.meta.update(encoder=encoder.describe(), user_ids=[f"user-{i}" for i in range(data.n_users)])
-    split = split_users(data.n_users, seed=0, unseen_val_fraction=0.15, unseen_test_fraction=0.25)
-    cls, config = REGISTRY["pal_a"][0], model_config("pal_a")
-    dims = base.Dims(dim=data.dim, n_users=data.n_users)
-    graphdef, one = base.init(cls, config, dims, jax.random.PRNGKey(0))
-    params = jax.tree.map(lambda x: x[None], one)
-    path = root / "grpo_run" / "model"
-    save_model(path, model_config=config, dims=dims, params=params, seeds=[0], dataset_meta=data.meta,
-               seen_states=compute_seen_states(graphdef, params, make_tables(data), data.n_users),
-               seen_users=split.seen, split=split.to_dict(), prior_strength=3.0, inference_steps=10, inference_learning_rate=0.1)
-    return path.parent
+    return text_run(root / "grpo_run", n_users=8, n_items=30, comparisons_per_user=6)[0]
 
 
 def tiny_policy():

@@ -10,21 +10,14 @@ import functools
 import pathlib
 import pickle
 
-import jax
 import numpy as np
 import pytest
 
 import pluralign
-from pluralign.config import model_config
-from pluralign.data.splits import split_users
-from pluralign.data.synthetic import IdealPointConfig, make_ideal_point
-from pluralign.embed.encoders import load_encoder
-from pluralign.export import Support, UserState, save_model
-from pluralign.export.artifact import compute_seen_states
+from pluralign.export import Support, UserState
 from pluralign.integrations import openrlhf, verl
 from pluralign.integrations.trl import reward_function
-from pluralign.models import REGISTRY, base
-from pluralign.train.batches import make_tables
+from tests.text_run import text_run
 
 PROMPTS = ["How do I cook rice?", "Write a haiku about the sea.", "Explain gravity to a child."]
 RESPONSES = ["Rinse it, then simmer for twenty minutes.", "Waves fold into foam / salt wind carries gull voices",
@@ -34,22 +27,8 @@ RESPONSES = ["Rinse it, then simmer for twenty minutes.", "Waves fold into foam 
 
 @functools.cache
 def artifact(root: str) -> pathlib.Path:
-    """A PAL-A artifact over 64-d WordLlama text embeddings, users with string ids (random θ, as
-    tests/export's `bundle`: training is not what is tested)."""
-    encoder = load_encoder("wordllama", trunc_dim=64)
-    data = make_ideal_point(IdealPointConfig(n_users=12, n_items=40, comparisons_per_user=8, dim=encoder.dim, n_groups=2, seed=0))
-    data.meta.update(encoder=encoder.describe(), user_ids=[f"user-{i}" for i in range(data.n_users)])
-    split = split_users(data.n_users, seed=0, unseen_val_fraction=0.15, unseen_test_fraction=0.25)
-    cls, config = REGISTRY["pal_a"][0], model_config("pal_a")
-    dims = base.Dims(dim=data.dim, n_users=data.n_users)
-    graphdef, one = base.init(cls, config, dims, jax.random.PRNGKey(0))
-    params = jax.tree.map(lambda x: x[None], one)
-    seen_states = compute_seen_states(graphdef, params, make_tables(data), data.n_users)
-    path = pathlib.Path(root) / "text_run" / "model"
-    save_model(path, model_config=config, dims=dims, params=params, seen_states=seen_states, seeds=[0],
-               dataset_meta=data.meta, seen_users=split.seen, split=split.to_dict(), prior_strength=3.0,
-               inference_steps=10, inference_learning_rate=0.1)
-    return path.parent
+    """A PAL-A artifact over 64-d WordLlama text embeddings, users with string ids (`tests.text_run`)."""
+    return text_run(pathlib.Path(root) / "text_run")[0]
 
 
 @pytest.fixture
