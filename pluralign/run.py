@@ -46,7 +46,7 @@ from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.evaluate.sample_size import split_warnings
 from pluralign import rundir
 from pluralign.config_checks import check_run_config
-from pluralign.models import BT, base, model_class
+from pluralign.models import BT, LoReConfig, base, model_class
 from pluralign.provenance import provenance
 from pluralign.train import distributed, host_tables, meta, tracking
 from pluralign.train.batches import make_tables, to_batch
@@ -83,7 +83,7 @@ DATA_FINGERPRINT = "dataset_fingerprint"  # run_config.json's record of the data
 def _check_resumable(run_dir: pathlib.Path, config: RunConfig) -> None:
     """A run directory with checkpoints resumes only the same config; otherwise fail clearly."""
     path = run_dir / RUN_CONFIG_FILE
-    if path.exists() and (run_dir / "checkpoints").exists():
+    if path.exists() and holds_checkpoints(run_dir):
         old, new = json.loads(path.read_text()), _fingerprint(config)
         old.pop(DATA_FINGERPRINT, None)
         if old != new:
@@ -95,12 +95,18 @@ def _check_resumable(run_dir: pathlib.Path, config: RunConfig) -> None:
             )
 
 
+def holds_checkpoints(run_dir: pathlib.Path) -> bool:
+    """Whether a run directory holds training checkpoints: the model's, the population stage's or a
+    rank candidate's (`train_rank_candidates`)."""
+    return any((d / "checkpoints").exists() for d in (run_dir, run_dir / "population", *run_dir.glob("rank_*")))
+
+
 def _check_same_data(run_dir: pathlib.Path, config: RunConfig, data_dir: pathlib.Path) -> None:
     """A run directory with checkpoints resumes only on the same data (by content, not by path);
     records the config and the data's fingerprint for the next resume and `finished_results`."""
     path = run_dir / RUN_CONFIG_FILE
     fingerprint = content_fingerprint(data_dir)
-    if path.exists() and (run_dir / "checkpoints").exists():
+    if path.exists() and holds_checkpoints(run_dir):
         old = json.loads(path.read_text()).get(DATA_FINGERPRINT)
         if old is not None and old != fingerprint:
             raise ValueError(
@@ -225,9 +231,14 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resumable(run_dir, config)
     data = load_and_split(config, run_dir)
-    models = build_models(config, data)
-    seconds = {"prepare": time.perf_counter() - t0}
-    trained = train_models(config, data, models, run_dir, on_epoch_end)
+    rank_selection = None
+    if isinstance(config.model, LoReConfig) and config.model.rank_candidates:  # one lore per rank, the best kept
+        seconds = {"prepare": time.perf_counter() - t0}
+        config, models, trained, rank_selection = train_rank_candidates(config, data, run_dir, on_epoch_end)
+    else:
+        models = build_models(config, data)
+        seconds = {"prepare": time.perf_counter() - t0}
+        trained = train_models(config, data, models, run_dir, on_epoch_end)
     seconds["train"] = time.perf_counter() - t0 - sum(seconds.values())
     log.info("trained in %.0f s", seconds["train"])
     data = evaluation_data(data)
@@ -239,6 +250,8 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
     log.info("unseen users evaluated in %.0f s (scale and gate decided, val and test users scored)", seconds["evaluate_unseen"])
     results = assemble_results(config, data, seen, unseen, trained.summary, models.stage1, t0)
     results["seconds"] = seconds  # where the wall time went: prepare, train, evaluate_seen, evaluate_unseen
+    if rank_selection is not None:
+        results["rank_selection"] = rank_selection
     if not distributed.is_primary():  # with several processes process 0 writes the model and the results
         distributed.wait_for_all("pluralign.run: written")
         return results
@@ -404,11 +417,12 @@ def train_population(config: RunConfig, data: RunData, models: Models, run_dir: 
     return models.params, stage.frozen, record
 
 
-def train_models(config: RunConfig, data: RunData, models: Models, run_dir: pathlib.Path, on_epoch_end=None) -> Trained:
+def train_models(config: RunConfig, data: RunData, models: Models, run_dir: pathlib.Path, on_epoch_end=None,
+                 population_dir: pathlib.Path | None = None) -> Trained:
     """Trains every seed in one vmapped program, early stopping on seen-user validation loss,
     with checkpoints and resume in run_dir; a population-anchored model's shared reward first, as
-    BT (`train_population`), then frozen."""
-    params, frozen, population = train_population(config, data, models, run_dir)
+    BT (`train_population`, in population_dir/population; default run_dir), then frozen."""
+    params, frozen, population = train_population(config, data, models, population_dir or run_dir)
     models = dataclasses.replace(models, params=params)
     trainer = host_tables.make_trainer(models.graphdef, config.train, len(data.pairs.train), data.tables, frozen)
     log.info("%s on %s: %d users (%d seen), %d training pairs; seeds %s, batch %d, %d steps per epoch", config.model.name,
@@ -421,6 +435,30 @@ def train_models(config: RunConfig, data: RunData, models: Models, run_dir: path
     if population is not None:
         summary["population_stage"] = population
     return Trained(best_params=state.best_params, best_val_loss=state.best_val_loss, summary=summary)
+
+
+def train_rank_candidates(config: RunConfig, data: RunData, run_dir: pathlib.Path, on_epoch_end=None):
+    """lore's rank chosen on held-out likelihood (`model.rank_candidates`): one model per candidate
+    rank, built and trained as the run would (`build_models`, `train_models`) in run_dir/rank_<r>
+    with its own checkpoints; the population stage is the run's one (run_dir/population: trained
+    once, and restored from its finished checkpoint by later candidates, or retrained where
+    train.checkpoint is off). Keeps the rank with the lowest seen-user validation loss (the
+    trainer's `best_val_loss`, mean over seeds; never test pairs or unseen users).
+    Returns (the config with the chosen rank, its Models, its Trained, the evidence for results.json)."""
+    losses, best = {}, None
+    for rank in config.model.rank_candidates:
+        candidate = dataclasses.replace(config, model=dataclasses.replace(config.model, rank=rank))
+        log.info("rank candidate %d of %s", rank, list(config.model.rank_candidates))
+        models = build_models(candidate, data)
+        (run_dir / f"rank_{rank}").mkdir(parents=True, exist_ok=True)
+        trained = train_models(candidate, data, models, run_dir / f"rank_{rank}", on_epoch_end, population_dir=run_dir)
+        losses[rank] = float(np.mean(np.asarray(trained.best_val_loss)))
+        if best is None or losses[rank] < losses[best[0].model.rank]:
+            best = (candidate, models, trained)
+    chosen = best[0].model.rank
+    log.info("rank chosen on seen users' validation loss: %d (%s)", chosen,
+             ", ".join(f"rank {r}: {v:.4f}" for r, v in losses.items()))
+    return (*best, {"candidates": losses, "chosen": chosen})
 
 
 def evaluation_data(data: RunData) -> RunData:

@@ -59,6 +59,8 @@ class LoReConfig(BTConfig):
     user_init_scale: float = 0.01  # std of the initial w_u (and v_u)
     residual_dim: int = 64  # d of the full-rank residual v_uᵀ P e_y / √d; 0 = off (LoRe's model alone)
     residual_prior_strength: float = 0.001  # λ_v: Gaussian prior ½λ_v‖v_u‖² per comparison
+    # [] = `rank` as given; else one model per rank, the lowest seen-user validation loss kept (pluralign.run)
+    rank_candidates: list[int] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         if self.formulation not in FORMULATIONS:
@@ -68,6 +70,9 @@ class LoReConfig(BTConfig):
         if self.residual_dim < 0 or self.residual_prior_strength < 0:
             raise ValueError(f"model.residual_dim and model.residual_prior_strength must be >= 0, "
                              f"got {self.residual_dim}, {self.residual_prior_strength}")
+        candidates = list(self.rank_candidates)
+        if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in candidates) or len(set(candidates)) < len(candidates):
+            raise ValueError(f"model.rank_candidates must be distinct positive integers, got {candidates}")
 
 
 class LoRe(BT):
