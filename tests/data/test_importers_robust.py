@@ -117,6 +117,19 @@ def csv_bytes(header: list[str], rows: list[list[bytes]]) -> bytes:
     return b"\n".join([",".join(header).encode()] + [b",".join(row) for row in rows]) + b"\n"
 
 
+def expected_label(cell: bytes, rows) -> float:
+    """P(a ≻ b) as the importer reads a label cell: a number, or, in a column that is not all
+    numbers (label_format=auto), a winner word ('a' / 'b' / 'tie' / 'draw', any case)."""
+    def number(c):
+        try:
+            return float(c)
+        except ValueError:
+            return None
+    if all(number(r[3]) is not None for r in rows):
+        return float(cell)
+    return {"a": 1.0, "b": 0.0, "tie": 0.5, "draw": 0.5}[cell.decode().strip().lower()]
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=tables(USERS, ["0", "1", "2"], ["0", "1", "2"], ["0", "1", "0.5", "0.25"]))
 def test_any_comparisons_csv_is_imported_exactly_or_refused_with_a_dataset_error(tmp_path_factory, rows):
@@ -134,7 +147,7 @@ def test_any_comparisons_csv_is_imported_exactly_or_refused_with_a_dataset_error
     assert [ds.meta["user_ids"][u] for u in ds.comparisons.user] == users
     np.testing.assert_array_equal(ds.comparisons.a, [int(r[1]) for r in rows])
     np.testing.assert_array_equal(ds.comparisons.b, [int(r[2]) for r in rows])
-    np.testing.assert_array_equal(ds.comparisons.label, np.float32([float(r[3]) for r in rows]))
+    np.testing.assert_array_equal(ds.comparisons.label, np.float32([expected_label(r[3], rows) for r in rows]))
     out = write_dataset(root / "out", ds.items, ds.comparisons, meta=ds.meta)  # valid: writes and reads back
     np.testing.assert_array_equal(read_dataset(out).comparisons.user, ds.comparisons.user)
 
