@@ -31,7 +31,7 @@ def tiny_config(tmp_path, **model) -> RunConfig:
     )
 
 
-@pytest.mark.slow  # ~25 s on 2 shared cores: three trainers and the evaluation compile
+@pytest.mark.slow  # ~30 s on 2 shared cores: three trainers and the evaluation compile, then a resume
 def test_run_trains_every_candidate_and_exports_the_lowest_validation_loss(tmp_path):
     run_dir = tmp_path / "run"
     run(tiny_config(tmp_path, rank_candidates=[1, 3]), run_dir)
@@ -51,6 +51,14 @@ def test_run_trains_every_candidate_and_exports_the_lowest_validation_loss(tmp_p
     loaded = pluralign.load(run_dir)
     assert loaded.record["model_config"]["rank"] == selection["chosen"]
     assert loaded.model.user_weights[...].shape == (30, selection["chosen"])
+    # a second run resumes every candidate from its finished checkpoints (no epoch trained again) ...
+    lines = {r: (run_dir / f"rank_{r}" / "metrics.jsonl").read_text() for r in losses}
+    again = run(tiny_config(tmp_path, rank_candidates=[1, 3]), run_dir)
+    assert again["rank_selection"] == {"candidates": pytest.approx(losses), "chosen": selection["chosen"]}
+    assert lines == {r: (run_dir / f"rank_{r}" / "metrics.jsonl").read_text() for r in losses}
+    # ... and other candidates are another config, refused in this directory
+    with pytest.raises(ValueError, match="differs in: model.rank_candidates"):
+        run(tiny_config(tmp_path, rank_candidates=[1, 3, 5]), run_dir)
 
 
 @pytest.mark.parametrize("losses", [{2: 0.6, 4: 0.4, 8: 0.5}, {2: 0.3, 4: 0.4, 8: 0.5}, {2: 0.6, 4: 0.7, 8: 0.5}])
