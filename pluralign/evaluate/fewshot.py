@@ -329,6 +329,14 @@ def predict_users(adapt_and_predict, params, tables, comparisons: Comparisons, e
     pairs (the support; the rest would be masked out). A k-shot prediction thus costs k support
     pairs (rounded up to `_width`) per user who reaches k, not the pool's width for every user,
     and the calls share a few compiled shapes."""
+    zero = [i for i, (k, _) in enumerate(needed) if k == 0]
+    if zero and len(zero) < len(needed):  # 0-shot predictions need no support: a width-1 call of their own
+        some = [i for i in range(len(needed)) if i not in zero]
+        out = np.zeros((len(needed), len(rows), episodes.query.shape[1]), np.float32)
+        for part in (zero, some):
+            out[part] = predict_users(adapt_and_predict, params, tables, comparisons, episodes, rows,
+                                      [needed[i] for i in part], seen_users)
+        return out
     width, n_query = _width(max(k for k, _ in needed)), episodes.query.shape[1]
     out = np.zeros((len(needed), len(rows), n_query), np.float32)
     for start in range(0, len(rows), CHUNK_USERS):
@@ -336,7 +344,7 @@ def predict_users(adapt_and_predict, params, tables, comparisons: Comparisons, e
         pool = np.full((CHUNK_USERS, width), -1, np.int64)
         cut = episodes.pool[chunk, :width]
         pool[: len(chunk), : cut.shape[1]] = cut
-        query = np.full((CHUNK_USERS, 1 << max(n_query - 1, 0).bit_length()), -1, np.int64)  # a power of two wide
+        query = np.full((CHUNK_USERS, _width(n_query)), -1, np.int64)  # a power of 8 wide, as the support
         query[: len(chunk), :n_query] = episodes.query[chunk]
         z = predict_many(adapt_and_predict, params, tables, padded_batch(comparisons, pool),
                          padded_batch(comparisons, query), needed, seen_users)
