@@ -47,6 +47,7 @@ Unseen-val users then only confirm, and unseen-test users are scored with these 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -258,14 +259,7 @@ def _fit(settings: list[float], on_grid: list, users: np.ndarray) -> float:
 
 def pooled_over_k(scores: list[Scores]) -> list[dict]:
     """[G] per-user sums over every k's users and queries (each k's own episodes), for one scale per mode."""
-    return [_add_all([sc.on_grid[g] for sc in scores]) for g in range(len(scores[0].on_grid))]
-
-
-def _add_all(sums: list[dict]) -> dict:
-    total = None
-    for s in sums:
-        total = _add(total, s)
-    return total
+    return [functools.reduce(_add, [sc.on_grid[g] for sc in scores], None) for g in range(len(scores[0].on_grid))]
 
 
 def _folds(n: int) -> np.ndarray:
@@ -273,29 +267,34 @@ def _folds(n: int) -> np.ndarray:
     return np.random.default_rng(0).permutation(n) % 2
 
 
-def choose_scale(scores: Scores, pooled: list[dict], settings: list[float], *, rule: str = "per_k",
-                 level: float = 0.95) -> tuple[float, str, tuple[float, float]]:
+def cross_fit(settings: list[float], curves: list[dict]) -> tuple[float, list[float | None]]:
+    """The setting fitted on every user with weight in `curves` ([G] per-user sums), and the one
+    fitted on each fold's complement (None where the other fold has no user)."""
+    users = np.flatnonzero(curves[0]["weight"] > 0)
+    fold = _folds(len(curves[0]["weight"]))
+    others = [users[fold[users] != f] for f in (0, 1)]
+    return _fit(settings, curves, users), [_fit(settings, curves, o) if len(o) else None for o in others]
+
+
+def choose_scale(scores: Scores, pooled: tuple[float, list[float | None]] | None, settings: list[float], *,
+                 rule: str = "per_k", level: float = 0.95) -> tuple[float, str, tuple[float, float]]:
     """A k's setting under `eval.scale_by_k` (`rule`): (setting, "this k" or "pooled over k", the
     setting each fold of users gets when scored cross-fitted, i.e. fitted on the other fold).
+    `pooled`: `cross_fit` of every k's users pooled (`pooled_over_k`; unused under "per_k").
 
     "evidence": the pooled fit unless the k's own fit, cross-fitted, lowers its users' log-loss
     with a paired bootstrap interval above 0. Few users reach a large k (on a sparse panel a
     couple of dozen): alone they pick a scale by noise, e.g. the population pin, which then holds
     every larger k back; pooled, hundreds of users decide it."""
-    users = np.flatnonzero(scores.on_grid[0]["weight"] > 0)
-    pooled_users = np.flatnonzero(pooled[0]["weight"] > 0)
-    fold = _folds(len(scores.ids))
-    own = _fit(settings, scores.on_grid, users)
-    own_folds, pooled_folds = [], []
-    for f in (0, 1):
-        own_folds.append(_fit(settings, scores.on_grid, users[fold[users] != f]) if (fold[users] != f).any() else own)
-        other = pooled_users[fold[pooled_users] != f]
-        pooled_folds.append(_fit(settings, pooled, other) if len(other) else own_folds[f])
+    own, own_folds = cross_fit(settings, scores.on_grid)
+    own_folds = [own if f is None else f for f in own_folds]
     if rule == "per_k" or len(settings) == 1:
         return own, "this k", tuple(own_folds)
-    shared = _fit(settings, pooled, pooled_users)
+    shared, pooled_folds = pooled
+    pooled_folds = [own_folds[f] if s is None else s for f, s in enumerate(pooled_folds)]
     if rule == "pooled":
         return shared, "pooled over k", tuple(pooled_folds)
+    users, fold = np.flatnonzero(scores.on_grid[0]["weight"] > 0), _folds(len(scores.ids))
     gain, weight = np.zeros(len(scores.ids)), scores.on_grid[0]["weight"]
     for f in (0, 1):
         mine = users[fold[users] == f]
@@ -329,13 +328,11 @@ def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, 
 
     # Cross-fitted gain: users in two folds (a fixed random split), each scored at the setting fitted on the other.
     fold = _folds(len(scores.ids))
+    if fold_settings is None:
+        fold_settings = [setting if s is None else s for s in cross_fit(settings, scores.on_grid)[1]]
     gain_ll, gain_correct = np.zeros(len(scores.ids)), np.zeros(len(scores.ids))
     for f in (0, 1):
-        mine, other = users[fold[users] == f], users[fold[users] != f]
-        if fold_settings is not None:
-            fitted = fold_settings[f]
-        else:
-            fitted = _fit(settings, scores.on_grid, other) if len(other) else setting
+        mine, fitted = users[fold[users] == f], fold_settings[f]
         pers = {n: _interpolated(scores.on_grid, settings, fitted, n) for n in ("log_loss_sum", "correct")}
         pop = {n: _interpolated(scores.population, settings, fitted, n) for n in ("log_loss_sum", "correct")}
         gain_ll[mine] = pop["log_loss_sum"][mine] - pers["log_loss_sum"][mine]
@@ -383,9 +380,9 @@ def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, he
     reached = [k for k in sorted(shots) if calibration.reaches(k)]
     calibration.predict([(n, s) for n in (0, *reached) for s in settings])  # the whole grid: one call per batch
     scores = {k: calibration.score_grid(k, settings) for k in reached}
-    pooled = pooled_over_k(list(scores.values())) if reached else None
+    pooled = cross_fit(settings, pooled_over_k(list(scores.values()))) if reached and len(settings) > 1 else None
     chosen = {k: choose_scale(scores[k], pooled, settings, rule=scale_by_k, level=level) for k in reached}
-    shared = _fit(settings, pooled, np.flatnonzero(pooled[0]["weight"] > 0)) if reached and len(settings) > 1 else None
+    shared = pooled[0] if pooled else None
     decisions = {}
     for k in reached:
         if calibration.reaches(k) < min_users and decisions:

@@ -222,15 +222,15 @@ def test_scale_pooled_over_k_unless_a_k_shows_its_own_is_better():
     for on_grid in few.on_grid:
         on_grid["weight"] = np.where(np.arange(400) < 20, on_grid["weight"], 0.0)
         on_grid["log_loss_sum"] = on_grid["log_loss_sum"] + rng.normal(0, 1.0, 400)
-    pooled = shrinkage.pooled_over_k([many, few])
+    pooled = shrinkage.cross_fit(SETTINGS, shrinkage.pooled_over_k([many, few]))
     own = shrinkage.choose_scale(few, pooled, SETTINGS, rule="per_k")[0]
     setting, source, folds = shrinkage.choose_scale(few, pooled, SETTINGS, rule="evidence")
     assert source == "pooled over k" and setting == pytest.approx(1.0, rel=0.3) and len(folds) == 2
     assert not own == pytest.approx(setting, rel=0.3)  # alone it would have chosen by noise
 
     other = scores(400, peaked(0.01), rng, noise=0.3)  # 400 users whose best scale is 100x smaller
-    setting, source, _ = shrinkage.choose_scale(other, shrinkage.pooled_over_k([many, many, other]), SETTINGS,
-                                                rule="evidence")
+    pooled_with_other = shrinkage.cross_fit(SETTINGS, shrinkage.pooled_over_k([many, many, other]))
+    setting, source, _ = shrinkage.choose_scale(other, pooled_with_other, SETTINGS, rule="evidence")
     assert source == "this k" and setting < 0.05
     assert shrinkage.choose_scale(other, pooled, SETTINGS, rule="pooled")[1] == "pooled over k"
 
