@@ -241,7 +241,7 @@ def _run(config: RunConfig, run_dir: pathlib.Path, on_epoch_end=None) -> dict:
         trained = train_models(config, data, models, run_dir, on_epoch_end)
     seconds["train"] = time.perf_counter() - t0 - sum(seconds.values())
     log.info("trained in %.0f s", seconds["train"])
-    data = evaluation_data(data)
+    data = evaluation_data(data, config)
     seen = evaluate_seen_users(models, trained.best_params, data, len(config.seeds))
     trained.summary["warnings"] = training_warnings(trained.summary, config.train, seen["accuracy"])
     seconds["evaluate_seen"] = time.perf_counter() - t0 - sum(seconds.values())
@@ -461,13 +461,17 @@ def train_rank_candidates(config: RunConfig, data: RunData, run_dir: pathlib.Pat
     return (*best, {"candidates": losses, "chosen": chosen})
 
 
-def evaluation_data(data: RunData) -> RunData:
+def evaluation_data(data: RunData, config: RunConfig) -> RunData:
     """With tables on the host (`HostTables`), evaluation reads only the rows it needs, placed
     on the device (comparisons renumbered into them); device tables are used as they are."""
     if not isinstance(data.tables, host_tables.HostTables):
         return data
     unseen = np.concatenate([data.split.unseen_val, data.split.unseen_test])
     eval_rows = np.concatenate([calibration_rows(data), np.flatnonzero(np.isin(data.comparisons.user, unseen))])
+    if config.eval.calibration_support == "training":  # the calibration users' training pairs: their support
+        users = shrinkage.calibration_users(data.comparisons, calibration_rows(data), max_seen=config.eval.calibration_seen_users)
+        train = np.asarray(data.pairs.train, np.int64)
+        eval_rows = np.concatenate([eval_rows, train[np.isin(data.comparisons.user[train], users)]])
     tables, comparisons = host_tables.restrict(data.tables, data.comparisons, eval_rows)
     return dataclasses.replace(data, tables=tables, comparisons=comparisons, test=to_batch(comparisons.take(data.pairs.test)))
 
@@ -529,14 +533,16 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
     for mode in ev.modes:
         t0 = time.perf_counter()
         if personal:
-            log.info("%s: deciding the prior's scale and the gate at k %s on %d settings (calibration users: "
-                     "seen users' held-out pairs and %d unseen-val users)", mode, list(ev.shots), len(settings),
-                     len(split.unseen_val))
+            log.info("%s: deciding the prior's scale and the gate at k %s on %d settings (calibration users: seen "
+                     "users, support from their %s pairs, query their held-out pairs; and %d unseen-val users)", mode,
+                     list(ev.shots), len(settings), ev.calibration_support.replace("_", "-"), len(split.unseen_val))
         decisions[mode] = shrinkage.calibrate(
             adapt, params, data.tables, data.comparisons, held_out_rows=calibration_rows(data),
             val_users=split.unseen_val, seen_users=jnp.asarray(split.seen), shots=list(ev.shots), mode=mode,
             seeds=list(config.seeds), settings=settings, gate=ev.gate, min_users=ev.gate_min_users, level=ev.gate_level,
+            accuracy_margin=ev.gate_accuracy_margin,
             max_seen=ev.calibration_seen_users, scale_by_k=ev.scale_by_k,
+            train_rows=data.pairs.train if ev.calibration_support == "training" else None,
         ) if personal else {}
         if personal and not decisions[mode]:
             warnings.append(f"{mode}: no calibration user (seen users' held-out pairs, unseen-val users) reaches "

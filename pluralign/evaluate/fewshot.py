@@ -77,9 +77,17 @@ class EvalConfig:
     scale_by_k: str = "per_k"
     gate_level: float = 0.95  # level of the gate's paired bootstrap interval over calibration users
     gate_min_users: int = 20  # fewer calibration users reaching a k: no decision there (the nearest k below applies)
+    # The gate opens only where the calibration users' accuracy gain has its `gate_level` lower
+    # bound above −margin: a log-loss gain that may cost more accuracy than this is not taken.
+    gate_accuracy_margin: float = 0.003
     # At most this many seen users calibrate (a fixed random subset; all unseen-val users do too):
     # hundreds decide the scale and the gate as well as thousands, at a fraction of the time.
     calibration_seen_users: int = 400
+    # Where a seen calibration user's support comes from (the query is always their held-out
+    # pairs): "training" = their training pairs, so hundreds of users reach every k (θ has seen
+    # that support: pluralign.evaluate.shrinkage says what that does); "held_out" = their held-out
+    # pairs too, never trained on, but on a sparse panel they stop at k = 1 or 2.
+    calibration_support: str = "training"
     inference_steps: int = 100  # optimiser steps of few-shot MAP inference (PAL, DPA, GPM); VPL is amortised
     inference_learning_rate: float = 0.1  # learning rate of few-shot MAP inference
     split_seed: int = 0  # user split and seen-pair split; fixed across training seeds
@@ -101,11 +109,13 @@ class EvalConfig:
             raise ValueError(f"eval.inference must be 'bayes' or 'map', got {self.inference!r}")
         if self.scale_by_k not in ("evidence", "per_k", "pooled"):
             raise ValueError(f"eval.scale_by_k must be 'evidence', 'per_k' or 'pooled', got {self.scale_by_k!r}")
+        if self.calibration_support not in ("held_out", "training"):
+            raise ValueError(f"eval.calibration_support must be 'held_out' or 'training', got {self.calibration_support!r}")
         if self.calibration_seen_users < 0:
             raise ValueError(f"eval.calibration_seen_users must be >= 0, got {self.calibration_seen_users}")
-        if not 0.5 <= self.gate_level < 1 or self.gate_min_users < 1:
-            raise ValueError(f"eval.gate_level must be in [0.5, 1) and eval.gate_min_users >= 1, "
-                             f"got {self.gate_level}, {self.gate_min_users}")
+        if not 0.5 <= self.gate_level < 1 or self.gate_min_users < 1 or not 0 <= self.gate_accuracy_margin < 1:
+            raise ValueError(f"eval.gate_level must be in [0.5, 1), eval.gate_min_users >= 1 and eval.gate_accuracy_margin "
+                             f"in [0, 1), got {self.gate_level}, {self.gate_min_users}, {self.gate_accuracy_margin}")
         if not self.prior_scales or any(s <= 0 for s in self.prior_scales):
             raise ValueError(f"eval.prior_scales must be a non-empty list of values > 0, got {self.prior_scales}")
         if not self.prior_strengths or any(s <= 0 for s in self.prior_strengths):
@@ -201,10 +211,15 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
         def one(n_shots, strength):
             # The first n_shots pool pairs are the support; the rest of the pool is masked out.
             shot_mask = (jnp.arange(pool.label.shape[1])[None, :] < n_shots).astype(pool.weight.dtype)
-            states, covs = base.infer_user_posterior(
+            fit = lambda: base.infer_user_posterior(  # noqa: E731
                 model, support_feats, pool.label, pool.weight * shot_mask, inference=inference, seen_users=seen_users,
                 strength=strength, steps=steps, learning_rate=learning_rate,
             )  # [U, S], [U, S, S] or None
+            if inference == "bayes" and model.fits_user_state:  # no answers: the posterior is the prior, no fit to run
+                states, covs = jax.lax.cond(n_shots > 0, fit, lambda: base.prior_posterior(
+                    model, seen_users, strength, pool.label.shape[0]))
+            else:
+                states, covs = fit()
             logits = base.posterior_logits(model, states, covs, query_feats)
             return base.point_states(model, states, covs), logits
 

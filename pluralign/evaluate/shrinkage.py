@@ -9,13 +9,25 @@ only in idiosyncratic item effects. Choosing either on ~25 unseen-val users from
 is noise (measured on held-back real text data: 3.8 points below BT, the choice on the grid's
 edge). Here both are decided on hundreds of users:
 
-**Calibration users.** Every seen user, scored on their *held-out* comparisons (the seen-pair
-validation and test rows: never trained on), plus the unseen-val users on all of theirs. Each is
-treated as a new user: episodes are drawn from those rows in the evaluation's own split mode
-(`fewshot.make_episodes`), the state is inferred from k support pairs by the evaluation's own
-inference (θ frozen, the user's learned state ignored), and the query pairs are scored. The users
-are dealt out to the training seeds (each scored under one seed's parameters), so the cost does
-not grow with the number of seeds; `eval.calibration_seen_users` caps the seen ones.
+**Calibration users.** Every seen user (up to `eval.calibration_seen_users`), plus the unseen-val
+users. Each is treated as a new user: episodes are drawn in the evaluation's own split mode, the
+state is inferred from k support pairs by the evaluation's own inference (θ frozen, the user's
+learned state ignored), and the query pairs are scored. A seen user's query is always their
+*held-out* comparisons (the seen-pair validation and test rows: never trained on); their support
+(`eval.calibration_support`) is by default their *training* comparisons (`training_support_episodes`;
+item split: support and query on disjoint halves of the user's items), so that hundreds of users
+reach every k. With `held_out` the support comes from the held-out rows too (`make_episodes` on
+them): nothing θ was trained on, but a seen user holds out ~20 % of their pairs, so on a sparse
+panel (rail: 5-19 choices) their episodes stop at k = 1 or 2 and every larger k is decided on a
+few dozen unseen-val users, that is, by noise. θ has seen a training support, and that cuts both
+ways: the shared reward already fits those pairs (less left to learn from them: a pessimistic
+bias), and a learned basis such as lore's B may have co-adapted to them (optimistic). Measured
+(2026-12-04, 3 seeds): the two agree where both reach k (shared_plus_low_rank, Swissmetro:
+fitted scales within ~10 %, gains within 0.003); on rail the training-support gains (+0.010,
++0.019, +0.038 at k = 2, 4, 6) were *below* the unseen-test users' (+0.013, +0.033, +0.056); on
+`idiosyncratic` item split, where there is nothing to gain, both keep the gate shut. Unseen-val
+users' episodes use all their rows. The users are dealt out to the training seeds (each scored
+under one seed's parameters), so the cost does not grow with the number of seeds.
 
 **The scale** (per mode, and per k where the evidence says so): each calibration user's query
 log-loss on a log-spaced grid of settings (`eval.prior_scales` / `eval.prior_strengths`, wide:
@@ -32,7 +44,10 @@ reached through the gate.
 log-loss over the population prediction (the same model and prior with no answers: its 0-shot
 prediction; for a population-anchored model that is its shared BT reward, tempered under
 `bayes` by the prior's spread) whose paired
-bootstrap interval over users lies above zero, and no loss in accuracy. The gain is *cross-fitted*:
+bootstrap interval over users lies above zero, and no loss in accuracy: the accuracy gain's
+interval at the same level must rule out a loss larger than `eval.gate_accuracy_margin` (0.3
+points; a sharper posterior that flips close calls can lower log-loss and accuracy together, so
+log-loss alone is not enough for "never worse than the population"). The gain is *cross-fitted*:
 the users are split in two folds and each fold is scored at the scale fitted on the other, so the
 setting is never judged on the users it was fitted to. Once the gate has opened at some k it stays
 open at larger k unless the users there show a loss (interval entirely below 0), or an accuracy
@@ -54,7 +69,9 @@ import numpy as np
 
 from pluralign.data.format import Comparisons
 from pluralign.evaluate import metrics
-from pluralign.evaluate.fewshot import Episodes, make_episodes, predict_users
+from pluralign.data.duplicates import comparison_keys
+from pluralign.data.splits import rows_by_user
+from pluralign.evaluate.fewshot import Episodes, _pad, make_episodes, predict_users
 from pluralign.models import base
 from pluralign.train.batches import padded_batch
 
@@ -77,6 +94,7 @@ class Decision:
     reason: str  # the decision in words
     scale_from: str = "this k"  # "this k" (its own users' fit) or "pooled over k" (eval.scale_by_k)
     pooled_scale: float | None = None  # the mode's scale fitted on every k's calibration users
+    gain_accuracy_ci95: list | None = None  # the accuracy gain's paired bootstrap interval over users
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -102,16 +120,58 @@ def calibration_users(comparisons: Comparisons, held_out_rows: np.ndarray, *, ma
     return seen
 
 
+def training_support_episodes(comparisons: Comparisons, train_rows: np.ndarray, held_out_rows: np.ndarray,
+                              users: np.ndarray, *, max_shots: int, mode: str, seed: int) -> Episodes:
+    """Seen users' episodes whose support pool is drawn from their *training* rows and whose query
+    is their held-out rows (`eval.calibration_support=training`). `random`: the pool is the
+    training rows in random order (less any copy of a query comparison), the query every held-out
+    row; `item_disjoint`: the user's items (over both) in two random halves, the pool the training
+    rows within the first, the query the held-out rows within the second. Rows index `comparisons`."""
+    if mode not in ("random", "item_disjoint"):
+        raise ValueError(f"unknown few-shot mode {mode!r}; use 'random' or 'item_disjoint'")
+    rng = np.random.default_rng(seed)
+    by_user = []
+    for rows in (np.asarray(train_rows, np.int64), np.asarray(held_out_rows, np.int64)):
+        order, offsets = rows_by_user(comparisons.take(rows), users)
+        by_user.append([rows[order[offsets[i] : offsets[i + 1]]] for i in range(len(users))])
+    pools, queries = [], []
+    for train, held_out in zip(*by_user):
+        if mode == "random":
+            query, pool = rng.permutation(held_out), rng.permutation(train)
+            keys = comparison_keys(comparisons, np.concatenate([query, pool]))
+            pool = pool[~np.isin(keys[len(query):], keys[: len(query)])]
+        else:
+            both = np.concatenate([train, held_out])
+            items = rng.permutation(np.union1d(comparisons.a[both], comparisons.b[both]))
+            first = items[: len(items) // 2]
+            inside = lambda r: np.isin(comparisons.a[r], first) & np.isin(comparisons.b[r], first)  # noqa: E731
+            outside = lambda r: ~np.isin(comparisons.a[r], first) & ~np.isin(comparisons.b[r], first)  # noqa: E731
+            pool, query = rng.permutation(train[inside(train)]), rng.permutation(held_out[outside(held_out)])
+        pools.append(pool[:max_shots])
+        queries.append(query)
+    return Episodes(users=np.asarray(users), pool=_pad(pools, max_shots),
+                    query=_pad(queries, max((len(q) for q in queries), default=1)),
+                    pool_size=np.array([len(p) for p in pools]))
+
+
 def calibration_episodes(comparisons: Comparisons, held_out_rows: np.ndarray, val_users: np.ndarray, *,
-                         max_shots: int, mode: str, seed: int, seen_users: np.ndarray | None = None) -> tuple[Episodes, np.ndarray]:
+                         max_shots: int, mode: str, seed: int, seen_users: np.ndarray | None = None,
+                         train_rows: np.ndarray | None = None) -> tuple[Episodes, np.ndarray]:
     """Episodes of the calibration users in `mode`: seen users' episodes drawn from their held-out
-    rows only (those of `seen_users` where given), unseen-val users' from all their rows; rows
-    index `comparisons`. Returns (episodes, [U] bool: the user is a seen one)."""
+    rows only (those of `seen_users` where given), or, with `train_rows`, their support from their
+    training rows and their query from their held-out rows (`training_support_episodes`);
+    unseen-val users' from all their rows; rows index `comparisons`. Returns (episodes, [U] bool:
+    the user is a seen one)."""
     held_out_rows = np.asarray(held_out_rows, np.int64)
     if seen_users is not None:
         held_out_rows = held_out_rows[np.isin(comparisons.user[held_out_rows], seen_users)]
     parts, flags = [], []
-    if len(held_out_rows):
+    if len(held_out_rows) and train_rows is not None:
+        users = np.unique(comparisons.user[held_out_rows])
+        parts.append(training_support_episodes(comparisons, train_rows, held_out_rows, users, max_shots=max_shots,
+                                               mode=mode, seed=seed))
+        flags.append(np.ones(len(users), bool))
+    elif len(held_out_rows):
         subset = comparisons.take(held_out_rows)
         seen = make_episodes(subset, np.unique(subset.user), max_shots=max_shots, mode=mode, seed=seed)
         to_rows = lambda r: np.where(r >= 0, held_out_rows[np.maximum(r, 0)], -1)  # noqa: E731
@@ -148,7 +208,8 @@ class Calibration:
     not grow with the number of seeds, and the evidence is pooled over all of them."""
 
     def __init__(self, adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users,
-                 seen_users, shots: list[int], mode: str, seeds: list[int], max_seen: int | None = None):
+                 seen_users, shots: list[int], mode: str, seeds: list[int], max_seen: int | None = None,
+                 train_rows: np.ndarray | None = None):
         self.adapt, self.params, self.tables, self.seen_users = adapt_and_predict, params, tables, seen_users
         self.comparisons = comparisons
         seen = calibration_users(comparisons, held_out_rows, max_seen=max_seen)
@@ -162,7 +223,7 @@ class Calibration:
             if not len(mine_seen) and not len(mine_val):
                 continue
             ep, flags = calibration_episodes(comparisons, held_out_rows, mine_val, max_shots=max(shots), mode=mode,
-                                             seed=episode_seed, seen_users=mine_seen)
+                                             seed=episode_seed, seen_users=mine_seen, train_rows=train_rows)
             query = padded_batch(comparisons, ep.query)
             label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
             self.batches.append((seed_index, ep, label, user, weight, ep.pool_size, (ep.query >= 0).any(axis=1)))
@@ -307,7 +368,7 @@ def choose_scale(scores: Scores, pooled: tuple[float, list[float | None]] | None
 
 
 def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, min_users: int = 20,
-           level: float = 0.95, exact: tuple[dict, dict] | None = None, setting: float | None = None,
+           level: float = 0.95, accuracy_margin: float = 0.003, exact: tuple[dict, dict] | None = None, setting: float | None = None,
            opened_at: int | None = None, fold_settings: tuple[float, float] | None = None) -> Decision:
     """The (mode, k) decision from the calibration users' per-user sums (`Calibration.score_grid`).
 
@@ -342,41 +403,46 @@ def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, 
     gain = float(gain_ll[users].sum() / max(weight[users].sum(), 1e-12))
     low, high = metrics.bootstrap_ratio_interval(gain_ll[users], weight[users], level=level)
     gain_acc = float(gain_correct[users].sum() / max(decided[users].sum(), 1e-12))
+    acc_low, acc_high = metrics.bootstrap_ratio_interval(gain_correct[users], decided[users], level=level)
+    acc_text = f"accuracy {gain_acc:+.4f} [{acc_low:+.4f}, {acc_high:+.4f}]" if acc_low is not None else f"accuracy {gain_acc:+.4f}"
     n_users = {"seen": int(scores.is_seen[users].sum()), "unseen_val": int((~scores.is_seen[users]).sum())}
     if not gate:
         personalize, reason = True, "gate off (eval.gate=false): personalized at every k"
     elif len(users) < min_users:
         personalize, reason = False, f"only {len(users)} calibration users reach k={k} (eval.gate_min_users={min_users})"
     elif (low is None or low <= 0) and opened_at is not None and high is not None and high > 0 and gain_acc >= 0:
-        personalize, reason = True, (f"log-loss gain {gain:+.4f} [{low:+.4f}, {high:+.4f}], accuracy {gain_acc:+.4f}: "
+        personalize, reason = True, (f"log-loss gain {gain:+.4f} [{low:+.4f}, {high:+.4f}], {acc_text}: "
                                      f"not a loss, and the gate opened at k={opened_at}")
     elif low is None or low <= 0:
         personalize, reason = False, f"log-loss gain {gain:+.4f}, {level:.0%} interval [{low:+.4f}, {high:+.4f}] not above 0"
     elif gain_acc < 0:
-        personalize, reason = False, f"log-loss gain {gain:+.4f} [{low:+.4f}, {high:+.4f}] but accuracy {gain_acc:+.4f}"
+        personalize, reason = False, f"log-loss gain {gain:+.4f} [{low:+.4f}, {high:+.4f}] but {acc_text}"
+    elif acc_low is not None and acc_low < -accuracy_margin:
+        personalize, reason = False, (f"log-loss gain {gain:+.4f} [{low:+.4f}, {high:+.4f}] but {acc_text}: "
+                                      f"an accuracy loss over {accuracy_margin:.1%} not ruled out (eval.gate_accuracy_margin)")
     else:
-        personalize, reason = True, f"log-loss gain {gain:+.4f} [{low:+.4f}, {high:+.4f}], accuracy {gain_acc:+.4f}"
+        personalize, reason = True, f"log-loss gain {gain:+.4f} [{low:+.4f}, {high:+.4f}], {acc_text}"
     acc = lambda s: float(s["correct"][users].sum() / max(s["n"][users].sum(), 1e-12))  # noqa: E731
     return Decision(
         k=int(k), prior_scale=float(setting), personalize=bool(personalize), n_users=n_users,
         n_query_pairs=int(round(decided[users].sum())),
         log_loss={"population": _mean_log_loss(population, users), "personalized": _mean_log_loss(at, users)},
         accuracy={"population": acc(population), "personalized": acc(at)},
-        gain_log_loss=gain, gain_log_loss_ci95=[low, high], gain_accuracy=gain_acc,
+        gain_log_loss=gain, gain_log_loss_ci95=[low, high], gain_accuracy=gain_acc, gain_accuracy_ci95=[acc_low, acc_high],
         grid=[float(s) for s in settings], grid_log_loss=[_mean_log_loss(g, users) for g in scores.on_grid], reason=reason,
     )
 
 
 def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users, seen_users,
               shots: list[int], mode: str, seeds: list[int], settings: list[float], gate: bool = True,
-              min_users: int = 20, level: float = 0.95, max_seen: int | None = None,
-              scale_by_k: str = "per_k") -> dict[int, Decision]:
+              min_users: int = 20, level: float = 0.95, accuracy_margin: float = 0.003, max_seen: int | None = None,
+              scale_by_k: str = "per_k", train_rows: np.ndarray | None = None) -> dict[int, Decision]:
     """{k: Decision} in `mode` for every k that calibration users reach (see the module
     docstring): the grid scored per user (one call per seed batch and k), the setting refined, the gate. A k
     that fewer than `min_users` reach is skipped once a smaller k is decided."""
     calibration = Calibration(adapt_and_predict, params, tables, comparisons, held_out_rows=held_out_rows,
                               val_users=val_users, seen_users=seen_users, shots=shots, mode=mode, seeds=seeds,
-                              max_seen=max_seen)
+                              max_seen=max_seen, train_rows=train_rows)
     reached = [k for k in sorted(shots) if calibration.reaches(k)]
     calibration.predict([(n, s) for n in (0, *reached) for s in settings])  # the whole grid: one call per batch
     scores = {k: calibration.score_grid(k, settings) for k in reached}
@@ -389,7 +455,7 @@ def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, he
             continue
         setting, source, fold_settings = chosen[k]
         opened = [kk for kk, d in decisions.items() if d.personalize]
-        decision = decide(k, scores[k], settings, gate=gate, min_users=min_users, level=level,
+        decision = decide(k, scores[k], settings, gate=gate, min_users=min_users, level=level, accuracy_margin=accuracy_margin,
                           setting=setting, opened_at=min(opened) if opened else None, fold_settings=fold_settings)
         decisions[k] = dataclasses.replace(decision, scale_from=source, pooled_scale=shared)
     return decisions

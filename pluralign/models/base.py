@@ -545,6 +545,16 @@ def laplace_posterior(
     return jax.vmap(fit_one)(features, labels, weights, scales)
 
 
+def prior_posterior(model: PreferenceModel, seen_users: jax.Array, precision_scale: float | jax.Array,
+                    n_users: int) -> tuple[jax.Array, jax.Array]:
+    """`laplace_posterior` with no answers, in closed form: every user's posterior is the prior
+    N(m, Σ/c), ([U, S] means, [U, S, S] covariances)."""
+    prior = empirical_prior(model, seen_users)
+    S = prior.mean.shape[0]
+    scales = jnp.broadcast_to(jnp.asarray(precision_scale, jnp.float32), (n_users,))
+    return jnp.broadcast_to(prior.mean, (n_users, S)), prior.cov[None] / scales[:, None, None]
+
+
 def infer_user_posterior(
     model: PreferenceModel,
     features: Any,

@@ -263,3 +263,26 @@ def test_many_settings_in_one_call_equal_one_at_a_time(tiny_dataset, name):
     for i, s in enumerate(settings):
         alone = np.asarray(adapt(params, tables, pool, jnp.int32(3), query, jnp.float32(s), seen)[1])
         np.testing.assert_allclose(many[i], alone, atol=2e-3, err_msg=f"setting {s}")
+
+
+def test_no_answers_is_the_prior_in_closed_form(tiny_dataset):
+    """A 0-shot call skips the fit (`base.prior_posterior`): its states and posterior-predictive
+    logits equal a Laplace fit on a support whose weights are all 0, at each prior scale."""
+    from pluralign.models import base
+
+    model = pal_a(n_users=tiny_dataset.n_users)
+    graphdef, params = nnx.split(model)
+    tables, c = make_tables(tiny_dataset), tiny_dataset.comparisons
+    ep = make_episodes(c, np.arange(8), max_shots=5, mode="random", seed=0)
+    pool, query = padded_batch(c, ep.pool), padded_batch(c, ep.query)
+    seen = jnp.arange(10, 60)
+    adapt = fewshot.make_adapt_and_predict(graphdef, 30, 0.1, "bayes")
+    for scale in (0.01, 1.0, 100.0):
+        states, logits = adapt(params, tables, pool, jnp.int32(0), query, jnp.float32(scale), seen)
+        fitted = base.laplace_posterior(model, fewshot.user_pair_features(model, tables, pool), pool.label,
+                                        jnp.zeros_like(pool.weight), base.empirical_prior(model, seen),
+                                        precision_scale=scale, steps=30)
+        expected = base.posterior_logits(model, *fitted, fewshot.user_pair_features(model, tables, query))
+        np.testing.assert_allclose(np.asarray(states), np.asarray(model.canonical_user_state(fitted[0])), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-5, err_msg=f"scale {scale}")
+        assert np.std(np.asarray(logits)) > 0  # not a constant: the population's own predictions

@@ -68,6 +68,28 @@ def test_gate_personalizes_where_users_gain_and_not_where_they_do_not():
     assert shrinkage.decide(5, scores(300, lambda s: -0.02, rng), SETTINGS, gate=False).personalize
 
 
+def test_gate_needs_an_accuracy_loss_ruled_out_beyond_the_margin():
+    """A clear log-loss gain whose accuracy gain is zero on average but noisy per user (a few
+    close calls flipped either way) does not open the gate: an accuracy loss beyond
+    eval.gate_accuracy_margin is not ruled out. The same log-loss gain with a clear accuracy
+    gain does, and so does the noisy one with a margin wide enough."""
+    rng = np.random.default_rng(3)
+    n, pairs = 300, 10.0
+    population = {"n": np.full(n, pairs), "correct": np.full(n, 7.0), "weight": np.full(n, pairs),
+                  "log_loss_sum": np.full(n, 6.0)}
+
+    def case(accuracy_shift):
+        on_grid = [{**population, "log_loss_sum": 6.0 - 0.3 + rng.normal(0, 0.2, n),
+                    "correct": 7.0 + accuracy_shift + rng.choice([-1.0, 0.0, 1.0], n)} for _ in SETTINGS]
+        return Scores(ids=np.arange(n), is_seen=np.ones(n, bool), population=[population] * len(SETTINGS), on_grid=on_grid)
+
+    flat = shrinkage.decide(2, case(0.0), SETTINGS)
+    assert flat.gain_log_loss_ci95[0] > 0 and not flat.personalize and "gate_accuracy_margin" in flat.reason
+    assert flat.gain_accuracy_ci95[0] < -0.003 < flat.gain_accuracy_ci95[1]
+    assert shrinkage.decide(2, case(0.5), SETTINGS).personalize
+    assert shrinkage.decide(2, case(0.0), SETTINGS, accuracy_margin=0.5).personalize
+
+
 def test_the_gain_is_cross_fitted():
     """A setting that wins on every user only through each user's own noise draw gives no
     cross-fitted gain: with one fold's best setting scored on the other, the noise does not pay."""
@@ -122,6 +144,33 @@ def test_calibration_episodes_use_held_out_rows_of_seen_users_and_all_rows_of_va
             assert set(rows) <= set(held_out) if flag else True
             assert not set(pool[pool >= 0]) & set(query[query >= 0])
         assert (~is_seen).sum() == len(val)
+
+
+def test_training_support_episodes_take_support_from_training_rows_and_query_from_held_out(tiny_dataset):
+    """eval.calibration_support=training: a seen user's support pool is their training rows, the
+    query their held-out rows; item split keeps the two on disjoint items, random drops a pool
+    copy of a query comparison; many more users then reach a large k than from held-out rows alone."""
+    from pluralign.data.duplicates import comparison_keys
+
+    c = tiny_dataset.comparisons
+    users = np.unique(c.user)
+    seen, val = users[:40], users[40:45]
+    seen_rows = np.flatnonzero(np.isin(c.user, seen))
+    held_out = np.sort(np.random.default_rng(0).choice(seen_rows, len(seen_rows) // 5, replace=False))
+    train = np.setdiff1d(seen_rows, held_out)
+    for mode in ("random", "item_disjoint"):
+        ep, is_seen = shrinkage.calibration_episodes(c, held_out, val, max_shots=10, mode=mode, seed=0, train_rows=train)
+        assert set(ep.users[is_seen]) == set(seen) and set(ep.users[~is_seen]) == set(val)
+        for u, pool, query in zip(ep.users[is_seen], ep.pool[is_seen], ep.query[is_seen]):
+            pool, query = pool[pool >= 0], query[query >= 0]
+            assert set(pool) <= set(train) and set(query) <= set(held_out) and (c.user[np.r_[pool, query]] == u).all()
+            if mode == "item_disjoint":
+                assert not (set(c.a[pool]) | set(c.b[pool])) & (set(c.a[query]) | set(c.b[query]))
+            else:
+                keys = comparison_keys(c, np.r_[pool, query])
+                assert not set(keys[: len(pool)]) & set(keys[len(pool):])
+        held_out_only, flags = shrinkage.calibration_episodes(c, held_out, val, max_shots=10, mode=mode, seed=0)
+        assert (ep.pool_size[is_seen] >= 5).sum() > 3 * max(1, (held_out_only.pool_size[flags] >= 5).sum())
 
 
 def test_run_calibrates_on_seen_held_out_and_val_users_and_scores_test_users_with_its_decisions(tmp_path, monkeypatch):
