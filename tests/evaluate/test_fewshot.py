@@ -277,12 +277,17 @@ def test_no_answers_is_the_prior_in_closed_form(tiny_dataset):
     pool, query = padded_batch(c, ep.pool), padded_batch(c, ep.query)
     seen = jnp.arange(10, 60)
     adapt = fewshot.make_adapt_and_predict(graphdef, 30, 0.1, "bayes")
-    for scale in (0.01, 1.0, 100.0):
-        states, logits = adapt(params, tables, pool, jnp.int32(0), query, jnp.float32(scale), seen)
+
+    @jax.jit  # the reference, compiled once for the three scales (op by op it cost ~10 s of dispatch)
+    def reference(scale):
         fitted = base.laplace_posterior(model, fewshot.user_pair_features(model, tables, pool), pool.label,
                                         jnp.zeros_like(pool.weight), base.empirical_prior(model, seen),
                                         precision_scale=scale, steps=30)
-        expected = base.posterior_logits(model, *fitted, fewshot.user_pair_features(model, tables, query))
-        np.testing.assert_allclose(np.asarray(states), np.asarray(model.canonical_user_state(fitted[0])), atol=1e-6)
+        return model.canonical_user_state(fitted[0]), base.posterior_logits(model, *fitted, fewshot.user_pair_features(model, tables, query))
+
+    for scale in (0.01, 1.0, 100.0):
+        states, logits = adapt(params, tables, pool, jnp.int32(0), query, jnp.float32(scale), seen)
+        fitted_states, expected = reference(jnp.float32(scale))
+        np.testing.assert_allclose(np.asarray(states), np.asarray(fitted_states), atol=1e-6)
         np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-5, err_msg=f"scale {scale}")
         assert np.std(np.asarray(logits)) > 0  # not a constant: the population's own predictions
