@@ -150,17 +150,24 @@ def item_split(comparisons: Comparisons, rows: np.ndarray, rng: np.random.Genera
     return rng.permutation(rows[in_a & in_b]), rng.permutation(rows[~in_a & ~in_b])
 
 
-def make_episodes(comparisons: Comparisons, users: np.ndarray, *, max_shots: int, mode: str, seed: int) -> Episodes:
+def check_mode(mode: str) -> None:
     if mode not in ("random", "item_disjoint"):
         raise ValueError(f"unknown few-shot mode {mode!r}; use 'random' or 'item_disjoint'")
+
+
+def make_episodes(comparisons: Comparisons, users: np.ndarray, *, max_shots: int, mode: str, seed: int) -> Episodes:
+    check_mode(mode)
     split = random_split if mode == "random" else item_split
     rng = np.random.default_rng(seed)
     order, offsets = rows_by_user(comparisons, users)
-    pools, queries = [], []
-    for i in range(len(users)):
-        pool, query = split(comparisons, order[offsets[i] : offsets[i + 1]], rng)
-        pools.append(pool[:max_shots])
-        queries.append(query)
+    splits = [split(comparisons, order[offsets[i] : offsets[i + 1]], rng) for i in range(len(users))]
+    return episodes_from(users, [pool for pool, _ in splits], [query for _, query in splits], max_shots)
+
+
+def episodes_from(users: np.ndarray, pools: list[np.ndarray], queries: list[np.ndarray], max_shots: int) -> Episodes:
+    """Episodes from each user's (pool, query) rows: the pool cut to its first `max_shots`, both
+    padded with -1."""
+    pools = [pool[:max_shots] for pool in pools]
     return Episodes(
         users=np.asarray(users),
         pool=_pad(pools, max_shots),

@@ -67,11 +67,11 @@ import functools
 import jax
 import numpy as np
 
-from pluralign.data.format import Comparisons
-from pluralign.evaluate import metrics
 from pluralign.data.duplicates import comparison_keys
+from pluralign.data.format import Comparisons
 from pluralign.data.splits import rows_by_user
-from pluralign.evaluate.fewshot import Episodes, _pad, make_episodes, predict_users
+from pluralign.evaluate import metrics
+from pluralign.evaluate.fewshot import Episodes, check_mode, episodes_from, make_episodes, predict_users
 from pluralign.models import base
 from pluralign.train.batches import padded_batch
 
@@ -127,8 +127,7 @@ def training_support_episodes(comparisons: Comparisons, train_rows: np.ndarray, 
     training rows in random order (less any copy of a query comparison), the query every held-out
     row; `item_disjoint`: the user's items (over both) in two random halves, the pool the training
     rows within the first, the query the held-out rows within the second. Rows index `comparisons`."""
-    if mode not in ("random", "item_disjoint"):
-        raise ValueError(f"unknown few-shot mode {mode!r}; use 'random' or 'item_disjoint'")
+    check_mode(mode)
     rng = np.random.default_rng(seed)
     by_user = []
     for rows in (np.asarray(train_rows, np.int64), np.asarray(held_out_rows, np.int64)):
@@ -147,11 +146,9 @@ def training_support_episodes(comparisons: Comparisons, train_rows: np.ndarray, 
             inside = lambda r: np.isin(comparisons.a[r], first) & np.isin(comparisons.b[r], first)  # noqa: E731
             outside = lambda r: ~np.isin(comparisons.a[r], first) & ~np.isin(comparisons.b[r], first)  # noqa: E731
             pool, query = rng.permutation(train[inside(train)]), rng.permutation(held_out[outside(held_out)])
-        pools.append(pool[:max_shots])
+        pools.append(pool)
         queries.append(query)
-    return Episodes(users=np.asarray(users), pool=_pad(pools, max_shots),
-                    query=_pad(queries, max((len(q) for q in queries), default=1)),
-                    pool_size=np.array([len(p) for p in pools]))
+    return episodes_from(users, pools, queries, max_shots)
 
 
 def calibration_episodes(comparisons: Comparisons, held_out_rows: np.ndarray, val_users: np.ndarray, *,
