@@ -207,11 +207,11 @@ class Calibration:
     def __init__(self, adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users,
                  seen_users, shots: list[int], mode: str, seeds: list[int], max_seen: int | None = None,
                  train_rows: np.ndarray | None = None):
-        self.adapt, self.params, self.tables, self.seen_users = adapt_and_predict, params, tables, seen_users
+        self.adapt, self.tables, self.seen_users = adapt_and_predict, tables, seen_users
         self.comparisons = comparisons
         seen = calibration_users(comparisons, held_out_rows, max_seen=max_seen)
         val_users = np.asarray(val_users)
-        self.batches = []  # (seed index, episodes, label, user, weight, pool_size, has_query)
+        self.batches = []  # (that seed's parameters, episodes, label, user, weight, pool_size, has_query)
         self._logits, self._done = {}, set()  # (batch, n_shots, setting) -> query logits; the (n_shots, setting) scored
         ids, is_seen = [], []
         for seed_index, seed in enumerate(seeds):
@@ -223,7 +223,8 @@ class Calibration:
                                              seed=episode_seed, seen_users=mine_seen, train_rows=train_rows)
             query = padded_batch(comparisons, ep.query)
             label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
-            self.batches.append((seed_index, ep, label, user, weight, ep.pool_size, (ep.query >= 0).any(axis=1)))
+            seed_params = jax.tree.map(lambda x: x[seed_index], params)  # sliced once, used at every k
+            self.batches.append((seed_params, ep, label, user, weight, ep.pool_size, (ep.query >= 0).any(axis=1)))
             ids.append(ep.users)
             is_seen.append(flags)
         ids, is_seen = np.concatenate(ids), np.concatenate(is_seen)
@@ -237,11 +238,10 @@ class Calibration:
         needed = sorted({(int(k), float(s)) for k, s in needed} - self._done)
         for k in sorted({k for k, _ in needed}):
             at_k = [(kk, s) for kk, s in needed if kk == k]
-            for b, (seed_index, ep, label, _, _, pool_size, has_query) in enumerate(self.batches):
+            for b, (seed_params, ep, label, _, _, pool_size, has_query) in enumerate(self.batches):
                 rows = np.flatnonzero(has_query & (pool_size >= k))
                 z = np.zeros((len(at_k), *label.shape), np.float32)
                 if len(rows):
-                    seed_params = jax.tree.map(lambda x: x[seed_index], self.params)
                     z[:, rows] = predict_users(self.adapt, seed_params, self.tables, self.comparisons, ep, rows, at_k,
                                                self.seen_users)
                 self._logits.update({(b, *key): z[i] for i, key in enumerate(at_k)})
