@@ -68,26 +68,33 @@ def test_gate_personalizes_where_users_gain_and_not_where_they_do_not():
     assert shrinkage.decide(5, scores(300, lambda s: -0.02, rng), SETTINGS, gate=False).personalize
 
 
-def test_gate_needs_an_accuracy_loss_ruled_out_beyond_the_margin():
-    """A clear log-loss gain whose accuracy gain is zero on average but noisy per user (a few
-    close calls flipped either way) does not open the gate: an accuracy loss beyond
-    eval.gate_accuracy_margin is not ruled out. The same log-loss gain with a clear accuracy
-    gain does, and so does the noisy one with a margin wide enough."""
-    rng = np.random.default_rng(3)
-    n, pairs = 300, 10.0
+def accuracy_case(accuracy_shift, rng, n=300, pairs=10.0):
+    """A clear log-loss gain for every user; each user's correct count moves by `accuracy_shift` on
+    average, plus a close call flipped either way (half the users each way: the accuracy gain's noise)."""
     population = {"n": np.full(n, pairs), "correct": np.full(n, 7.0), "weight": np.full(n, pairs),
                   "log_loss_sum": np.full(n, 6.0)}
+    flips = rng.permutation(np.arange(n) % 2 * 2.0 - 1.0)
+    on_grid = [{**population, "log_loss_sum": 6.0 - 0.3 + rng.normal(0, 0.2, n), "correct": 7.0 + accuracy_shift + flips}
+               for _ in SETTINGS]
+    return Scores(ids=np.arange(n), is_seen=np.ones(n, bool), population=[population] * len(SETTINGS), on_grid=on_grid)
 
-    def case(accuracy_shift):
-        on_grid = [{**population, "log_loss_sum": 6.0 - 0.3 + rng.normal(0, 0.2, n),
-                    "correct": 7.0 + accuracy_shift + rng.choice([-1.0, 0.0, 1.0], n)} for _ in SETTINGS]
-        return Scores(ids=np.arange(n), is_seen=np.ones(n, bool), population=[population] * len(SETTINGS), on_grid=on_grid)
 
-    flat = shrinkage.decide(2, case(0.0), SETTINGS)
-    assert flat.gain_log_loss_ci95[0] > 0 and not flat.personalize and "gate_accuracy_margin" in flat.reason
-    assert flat.gain_accuracy_ci95[0] < -0.003 < flat.gain_accuracy_ci95[1]
-    assert shrinkage.decide(2, case(0.5), SETTINGS).personalize
-    assert shrinkage.decide(2, case(0.0), SETTINGS, accuracy_margin=0.5).personalize
+def test_gate_asks_accuracy_for_no_loss_on_average_and_optionally_a_margin():
+    """A clear log-loss gain opens the gate unless the accuracy gain is negative on average; the
+    accuracy interval's width does not block it by default (on a sparse panel it is points wide).
+    With eval.gate_accuracy_margin the interval must rule out a loss beyond the margin."""
+    rng = np.random.default_rng(3)
+    losing = shrinkage.decide(2, accuracy_case(-0.2, rng), SETTINGS)
+    assert losing.gain_log_loss_ci95[0] > 0 and losing.gain_accuracy < 0
+    assert not losing.personalize and "accuracy loss on average" in losing.reason
+    few = accuracy_case(0.1, rng, n=100)  # +1 point on average, an interval points wide
+    slight = shrinkage.decide(2, few, SETTINGS)
+    assert slight.gain_accuracy > 0 and slight.gain_accuracy_ci95[0] < -0.003 and slight.personalize
+
+    margin = shrinkage.decide(2, few, SETTINGS, accuracy_margin=0.003)
+    assert not margin.personalize and "gate_accuracy_margin" in margin.reason
+    assert shrinkage.decide(2, few, SETTINGS, accuracy_margin=0.5).personalize
+    assert shrinkage.decide(2, accuracy_case(0.5, rng), SETTINGS, accuracy_margin=0.003).personalize
 
 
 def test_the_gain_is_cross_fitted():
@@ -250,7 +257,8 @@ def test_calibration_deals_users_to_seeds_and_scores_each_once(tiny_dataset):
 
 def test_an_open_gate_stays_open_at_larger_k_unless_users_there_lose():
     """Fewer users reach a larger k: a gain there that is positive but not significant keeps the
-    gate opened at a smaller k; a significant loss closes it; without an opening it stays shut."""
+    gate opened at a smaller k, and so does an accuracy gain that is not significantly negative; a
+    significant loss in log-loss or in accuracy closes it; without an opening it stays shut."""
     rng = np.random.default_rng(3)
     weak = scores(40, lambda s: 0.01, rng, noise=1.0)  # +0.01 per pair, 40 users: not significant alone
     assert not shrinkage.decide(9, weak, SETTINGS).personalize
@@ -258,6 +266,11 @@ def test_an_open_gate_stays_open_at_larger_k_unless_users_there_lose():
     assert carried.personalize and "opened at k=1" in carried.reason
     losing = scores(300, lambda s: -0.05, rng)
     assert not shrinkage.decide(9, losing, SETTINGS, opened_at=1).personalize
+    noisy_accuracy = shrinkage.decide(9, accuracy_case(-0.02, rng, n=40), SETTINGS, opened_at=1)
+    assert noisy_accuracy.gain_accuracy_ci95[0] < 0 < noisy_accuracy.gain_accuracy_ci95[1] and noisy_accuracy.personalize
+    fewer_correct = shrinkage.decide(9, accuracy_case(-1.0, rng), SETTINGS, opened_at=1)
+    assert fewer_correct.gain_log_loss_ci95[0] > 0 and fewer_correct.gain_accuracy_ci95[1] < 0
+    assert not fewer_correct.personalize and "a loss" in fewer_correct.reason
 
 
 def test_scale_pooled_over_k_unless_a_k_shows_its_own_is_better():
