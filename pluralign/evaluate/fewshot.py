@@ -205,9 +205,9 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
     (σ(logit) = P(a ≻ b | support)), so a user the support says little about gets cautious odds.
 
     Many settings in one call: `n_shots` [P] and `strength` [P] (or [P, U]) give [P, U, S] states
-    and [P, U, Q] logits, the P inferences run in turn on one computation of the pair features. The
-    shrinkage grid (every k × every prior setting) is one such call: a few small programs instead
-    of hundreds of dispatches of one (the evaluation's cost on CPU).
+    and [P, U, Q] logits, the P inferences run in turn on one computation of the pair features.
+    The evaluation (`predict_many`) calls it with P = 1, one setting per call: every P is a
+    program of its own, and a compile (~2 s on CPU) costs more than the shared features save.
     """
     if inference not in ("bayes", "map"):
         raise ValueError(f"unknown few-shot inference {inference!r}; use 'bayes' or 'map'")
