@@ -342,9 +342,11 @@ CHUNK_USERS = 128  # users per few-shot call: one compiled size, whatever the nu
 
 
 def _width(n_shots: int) -> int:
-    """The support width a k-shot call is compiled for: the power of 8 ≥ k (1, 8, 64, ...), so a
-    run compiles a handful of programs while a small k does not pay for the pool's width."""
-    width = 1
+    """The support width a k-shot call is compiled for: the power of 8 ≥ k, at least 8 (8, 64,
+    512, ...), so a run compiles a handful of programs while a small k does not pay for the pool's
+    width. 0 and 1 answers share the 8-wide program: a program of their own costs a compile (~2 s
+    on CPU) and saves less than that (0 answers run no fit at all)."""
+    width = 8
     while width < n_shots:
         width *= 8
     return width
@@ -358,7 +360,7 @@ def predict_users(adapt_and_predict, params, tables, comparisons: Comparisons, e
     pairs (rounded up to `_width`) per user who reaches k, not the pool's width for every user,
     and the calls share a few compiled shapes."""
     zero = [i for i, (k, _) in enumerate(needed) if k == 0]
-    if zero and len(zero) < len(needed):  # 0-shot predictions need no support: a width-1 call of their own
+    if zero and len(zero) < len(needed):  # 0-shot predictions need no support: the narrowest call
         some = [i for i in range(len(needed)) if i not in zero]
         out = np.zeros((len(needed), len(rows), episodes.query.shape[1]), np.float32)
         for part in (zero, some):

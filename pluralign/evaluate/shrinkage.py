@@ -76,7 +76,7 @@ from pluralign.data.duplicates import comparison_keys
 from pluralign.data.format import Comparisons
 from pluralign.data.splits import rows_by_user
 from pluralign.evaluate import metrics
-from pluralign.evaluate.fewshot import Episodes, check_mode, episodes_from, make_episodes, predict_users
+from pluralign.evaluate.fewshot import CHUNK_USERS, Episodes, check_mode, episodes_from, make_episodes, predict_users
 from pluralign.models import base
 from pluralign.train.batches import padded_batch
 
@@ -204,9 +204,22 @@ class Scores:
     on_grid: list  # [G] per_user_sums of the k-shot prediction at each grid setting
 
 
+def deal_to_seeds(n_users: int, n_seeds: int, chunk: int = CHUNK_USERS) -> np.ndarray:
+    """[n_users] the training seed each calibration user is scored under: the users (in a fixed
+    random order) cut into C = max(⌈n / chunk⌉, n_seeds) near-equal blocks, block c to seed
+    c mod n_seeds. Few-shot calls take `chunk` users at a time, so a seed's users cost
+    ⌈its users / chunk⌉ calls: dealt one by one, 450 users over 3 seeds are 3 × 150 = six
+    128-user calls, in blocks they are four. Every seed scores some users while there are
+    enough (n_users ≥ n_seeds)."""
+    n_blocks = min(max(-(-n_users // chunk), n_seeds), max(n_users, 1))
+    block = np.empty(n_users, np.int64)
+    block[np.random.default_rng(0).permutation(n_users)] = np.arange(n_users) * n_blocks // max(n_users, 1)
+    return block % n_seeds
+
+
 class Calibration:
     """The calibration users' episodes in one split mode, as device batches, split across the
-    training seeds: each user is scored under one seed's parameters (round robin), so the cost does
+    training seeds: each user is scored under one seed's parameters (in blocks, `deal_to_seeds`), so the cost does
     not grow with the number of seeds, and the evidence is pooled over all of them."""
 
     def __init__(self, adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users,
@@ -219,9 +232,10 @@ class Calibration:
         self.batches = []  # (that seed's parameters, episodes, label, user, weight, pool_size, has_query)
         self._logits, self._done = {}, set()  # (batch, n_shots, setting) -> query logits; the (n_shots, setting) scored
         ids, is_seen = [], []
+        owner = deal_to_seeds(len(seen) + len(val_users), len(seeds))
         for seed_index, seed in enumerate(seeds):
             episode_seed = int(np.random.SeedSequence([seed, 7919]).generate_state(1)[0])
-            mine_seen, mine_val = seen[seed_index :: len(seeds)], val_users[seed_index :: len(seeds)]
+            mine_seen, mine_val = seen[owner[: len(seen)] == seed_index], val_users[owner[len(seen) :] == seed_index]
             if not len(mine_seen) and not len(mine_val):
                 continue
             ep, flags = calibration_episodes(comparisons, held_out_rows, mine_val, max_shots=max(shots), mode=mode,

@@ -255,6 +255,18 @@ def test_calibration_deals_users_to_seeds_and_scores_each_once(tiny_dataset):
                                    shots=[1], mode="random", seeds=[0, 1, 2], settings=[1.0])[1].personalize
 
 
+@pytest.mark.parametrize("n_users,n_seeds", [(450, 3), (188, 3), (1000, 3), (129, 1), (2, 3)])
+def test_users_are_dealt_to_seeds_in_blocks_that_fill_the_calls(n_users, n_seeds):
+    """Each user goes to one seed; every seed gets users while there are enough; the seeds' shares
+    take as few `CHUNK_USERS`-wide calls as the users need (round robin: 450 over 3 seeds = 6)."""
+    owner = shrinkage.deal_to_seeds(n_users, n_seeds)
+    counts = np.bincount(owner, minlength=n_seeds)
+    assert owner.shape == (n_users,) and counts.sum() == n_users
+    assert (counts > 0).sum() == min(n_users, n_seeds)
+    calls = sum(-(-c // fewshot.CHUNK_USERS) for c in counts)
+    assert calls == max(-(-n_users // fewshot.CHUNK_USERS), min(n_users, n_seeds))
+
+
 def test_an_open_gate_stays_open_at_larger_k_unless_users_there_lose():
     """Fewer users reach a larger k: a gain there that is positive but not significant keeps the
     gate opened at a smaller k, and so does an accuracy gain that is not significantly negative; a
