@@ -204,10 +204,10 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
     states are Laplace posterior means and the logits are posterior-predictive
     (σ(logit) = P(a ≻ b | support)), so a user the support says little about gets cautious odds.
 
-    Many settings in one call: `n_shots` [P] and `strength` [P] (or [P, U]) give [P, U, S] states
-    and [P, U, Q] logits, the P inferences run in turn on one computation of the pair features.
-    The evaluation (`predict_many`) calls it with P = 1, one setting per call: every P is a
-    program of its own, and a compile (~2 s on CPU) costs more than the shared features save.
+    One (n_shots, strength) per call: `predict_users` loops over the settings it needs. A [P] axis
+    of settings inside one program (tried: a lax.map over them) saves only the pair features' work
+    and costs a compile per P (~2 s on CPU); a vmap over them gave wrong logits for settings past
+    the 4th on XLA:CPU (PAL-B, 128 users; measured 2026-12-04).
     """
     if inference not in ("bayes", "map"):
         raise ValueError(f"unknown few-shot inference {inference!r}; use 'bayes' or 'map'")
@@ -233,12 +233,7 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
             logits = base.posterior_logits(model, states, covs, query_feats)
             return base.point_states(model, states, covs), logits
 
-        if jnp.ndim(n_shots) == 0:
-            return one(n_shots, strength)
-        # One setting after another inside the program (not vmapped): vmapping the P settings over
-        # the users' batched Laplace fits gave wrong logits for settings past the 4th on XLA:CPU
-        # (PAL-B, 128 users; measured 2026-12-04), and the sequential map costs the same work.
-        return jax.lax.map(lambda args: one(*args), (n_shots, strength))
+        return one(n_shots, strength)
 
     return adapt_and_predict
 
@@ -329,13 +324,9 @@ def evaluate_unseen(
 
 
 def predict_many(adapt_and_predict, params, tables, pool, query, needed: list[tuple[int, float]], seen_users) -> np.ndarray:
-    """[P, U, Q] query logits of one batch of users from (n_shots, setting) pairs: one call of the
-    P = 1 program each. One program for the calibration grid (P = 9) and another for the unseen
-    users' single settings would be two compiles of the same fit (~2 s each on CPU) for no saving:
-    `make_adapt_and_predict` runs the P settings one after another either way."""
-    return np.concatenate([np.asarray(adapt_and_predict(params, tables, pool, jnp.asarray([k], jnp.int32), query,
-                                                        jnp.asarray([s], jnp.float32), seen_users)[1])
-                           for k, s in needed])
+    """[P, U, Q] query logits of one batch of users from (n_shots, setting) pairs, one call each."""
+    return np.stack([np.asarray(adapt_and_predict(params, tables, pool, jnp.int32(k), query, jnp.float32(s), seen_users)[1])
+                     for k, s in needed])
 
 
 CHUNK_USERS = 128  # users per few-shot call: one compiled size, whatever the number of users

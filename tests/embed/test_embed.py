@@ -197,6 +197,7 @@ def test_embed_ratings_table(wordllama, tmp_path):
     assert ds.n_items == 4 and len(ds.comparisons) == 3 + 6 and ds.meta["encoder"]["dim"] == 256
 
 
+@pytest.mark.slow
 def test_cli_embed(tmp_path):
     _write_table(tmp_path / "prefs.csv", n_users=3, per_user=4)
     env = {**os.environ, "JAX_NUMPY_RANK_PROMOTION": "raise", "JAX_NUMPY_DTYPE_PROMOTION": "strict", "HF_HUB_OFFLINE": "1"}

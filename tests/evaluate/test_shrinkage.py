@@ -233,10 +233,10 @@ def test_calibration_deals_users_to_seeds_and_scores_each_once(tiny_dataset):
     held_out = np.flatnonzero(np.isin(c.user, seen))[::3]
     used = []
 
-    def adapt(params, tables, pool, k, query, strength, seen_users):  # params: this seed's [] "parameter"; k: [P]
+    def adapt(params, tables, pool, k, query, strength, seen_users):  # params: this seed's [] "parameter"; k: []
         used.append(float(params))
         sign = 2.0 * query.label - 1.0
-        informative = jnp.where(k[:, None, None] > 0, params * sign, 0.0)  # the truth's sign with k answers; 0 logit without
+        informative = jnp.where(k > 0, params * sign, 0.0)  # the truth's sign with k answers; 0 logit without
         return None, informative
 
     params = jnp.asarray([1.0, 2.0, 3.0])  # three seeds
@@ -250,7 +250,7 @@ def test_calibration_deals_users_to_seeds_and_scores_each_once(tiny_dataset):
     assert set(used) == {1.0, 2.0, 3.0}  # every seed's parameters scored its share of the users
     assert decisions[1].accuracy["personalized"] == 1.0
 
-    noise = lambda *a: (None, jnp.where(a[3][:, None, None] > 0, 3.0 * jnp.sin(1e3 * a[4].a.astype(jnp.float32)), 0.0))  # noqa: E731  confident, unrelated
+    noise = lambda *a: (None, jnp.where(a[3] > 0, 3.0 * jnp.sin(1e3 * a[4].a.astype(jnp.float32)), 0.0))  # noqa: E731  confident, unrelated
     assert not shrinkage.calibrate(noise, params, None, c, held_out_rows=held_out, val_users=val, seen_users=None,
                                    shots=[1], mode="random", seeds=[0, 1, 2], settings=[1.0])[1].personalize
 

@@ -5,7 +5,8 @@ from its true parameters: the Bayes-optimal accuracy (the true model) and the ac
 the best non-personalized predictor. PAL should come close to the first; BT, which has one
 reward for everybody, cannot beat the second; and few-shot inference of an unseen user's
 state should lift PAL above its 1-shot accuracy in both support/query modes.
-About 50 s of CPU time for the three trained runs (measured 2026-12-04).
+About 25 s on 2 cores for the three trained runs (measured 2026-12-04): every test here is in the
+`slow` tier, with the other full runs (lore's, VPL's, DPA's planted-structure tests).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def test_bt_learns_the_majority_but_not_more(results):
     assert len(set(r["unseen"]["accuracy_at_k"].values())) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,share", [("pal_a", 0.5), ("pal_b", 0.4)])
 def test_pal_beats_bt_on_seen_users(results, name, share):
     """PAL wins a good share of what personalization can win over the single reward."""
@@ -92,6 +94,7 @@ def test_pal_beats_bt_on_seen_users(results, name, share):
     assert results[name]["seen"]["accuracy"] >= bt["seen"]["accuracy"] + share * personalization_gap(bt)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pal_a", "pal_b"])
 @pytest.mark.parametrize("mode", ["random", "item_disjoint"])
 def test_few_shot_inference_helps_unseen_users(results, name, mode):
