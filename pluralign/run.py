@@ -80,8 +80,16 @@ RUN_CONFIG_FILE = "run_config.json"
 DATA_FINGERPRINT = "dataset_fingerprint"  # run_config.json's record of the data's content
 
 
+# The eval.* fields that decide which pairs train the model; every other eval.* field acts only
+# after training, so a finished run re-evaluates under a change of them instead of refusing it.
+SPLIT_FIELDS = ("eval.split_seed", "eval.unseen_val_fraction", "eval.unseen_test_fraction", "eval.pair_val_fraction",
+                "eval.pair_test_fraction")
+
+
 def _check_resumable(run_dir: pathlib.Path, config: RunConfig) -> None:
-    """A run directory with checkpoints resumes only the same config; otherwise fail clearly."""
+    """A run directory with checkpoints resumes only the same training config; otherwise fail
+    clearly. Evaluation settings (eval.* but the split) may differ: the trained checkpoints are
+    restored and evaluated under the new ones (a re-run with other eval.shots, say)."""
     path = run_dir / RUN_CONFIG_FILE
     if path.exists() and holds_checkpoints(run_dir):
         old, new = json.loads(path.read_text()), _fingerprint(config)
@@ -89,9 +97,14 @@ def _check_resumable(run_dir: pathlib.Path, config: RunConfig) -> None:
         if old != new:
             flat_old, flat_new = _flatten(old), _flatten(new)
             diff = sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k))
+            if all(k.startswith("eval.") and k not in SPLIT_FIELDS for k in diff):
+                log.info("%s: resuming the trained checkpoints under changed evaluation settings (%s)", run_dir,
+                         ", ".join(diff))
+                return
             raise ValueError(
                 f"{run_dir}: holds checkpoints of a run with a different config (differs in: {', '.join(diff)}). "
-                "Resume only with the same config; start a changed config in a new run directory."
+                "Resume only with the same training config (eval.* settings other than the split may change: the "
+                "trained run is evaluated again); start a changed config in a new run directory."
             )
 
 

@@ -135,6 +135,25 @@ def test_a_run_in_a_bracketed_directory_resumes_and_loads(tmp_path, finished):
     assert model.record["seeds"] == [0, 1]
 
 
+@pytest.mark.slow
+def test_changed_evaluation_settings_re_evaluate_the_trained_run_and_a_changed_split_is_refused(tmp_path, finished):
+    """Other eval.shots: the finished checkpoints are restored (no epoch trained again) and scored
+    at the new k; results.json and run_config.json say so. Another split is another training set."""
+    import dataclasses
+
+    config, _, reference = finished
+    run_dir = copy_of(finished, tmp_path)
+    epochs = []
+    other = dataclasses.replace(config, eval=dataclasses.replace(config.eval, shots=[1, 3]))
+    again = run(other, run_dir, on_epoch_end=epochs.append)
+    assert epochs == [] and again["seen"]["accuracy"] == reference["seen"]["accuracy"]
+    assert set(again["unseen"]["accuracy_at_k"]) == {1, 3}
+    assert json.loads((run_dir / "run_config.json").read_text())["eval"]["shots"] == [1, 3]
+    split = dataclasses.replace(other, eval=dataclasses.replace(other.eval, split_seed=1))
+    with pytest.raises(ValueError, match="differs in: eval.split_seed"):
+        run(split, run_dir)
+
+
 # ----------------------------------------------------------------- complete = results + model
 
 
