@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
 from pluralign.embed import Encoder, WordLlamaEncoder, load_encoder
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+# Skipped without torch and transformers, which are imported by the tests that use them, not at
+# collection: every pytest-xdist worker collects every module, and torch takes ~2 s to import.
+pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("torch", "transformers")),
+                                reason="needs torch and transformers (pip install '.[embed]')")
 
 TEXTS = ["the cat sat on the mat", "dog", ("what do you like", "a red dog runs fast"),
          "tell me a story about a blue cat please", "good"]
@@ -20,6 +24,8 @@ def _hf(path, **options):
 
 def _reference_hidden(encoder, text: str):
     """Hidden states of one unpadded text, straight from the model: [L + 1, T, D]."""
+    import torch
+
     ids = encoder.tokenizer(text, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         out = encoder.model(input_ids=ids, output_hidden_states=True)
@@ -90,7 +96,7 @@ def test_chat_template_and_pairs(tiny_llama):
 def test_auto_dtype_is_float32_on_cpu_and_recorded(tiny_llama):
     enc = _hf(tiny_llama)  # encoder.dtype defaults to auto: bfloat16 on a GPU, float32 on CPU
     assert enc.config.dtype == "auto" and enc.describe()["dtype"] == "float32"
-    assert next(enc.model.parameters()).dtype == torch.float32
+    assert str(next(enc.model.parameters()).dtype) == "torch.float32"
 
 
 def test_half_precision_is_close_to_float32(tiny_llama):
