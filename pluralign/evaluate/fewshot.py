@@ -135,22 +135,36 @@ class Episodes:
     pool_size: np.ndarray  # [U]
 
 
+def without_copies(comparisons: Comparisons, pool: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """The pool rows less any copy of a query comparison (same user, prompt and item pair)."""
+    keys = comparison_keys(comparisons, np.concatenate([query, pool]))
+    return pool[~np.isin(keys[len(query):], keys[: len(query)])]
+
+
 def random_split(comparisons: Comparisons, rows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """`random` mode for one user's rows: (pool, query); no copy of a query comparison in the pool."""
     rows = rng.permutation(rows)
     n_query = max(1, (len(rows) + 1) // 2)
     query, pool = rows[:n_query], rows[n_query:]
-    keys = comparison_keys(comparisons, np.concatenate([query, pool]))
-    return pool[~np.isin(keys[n_query:], keys[:n_query])], query
+    return without_copies(comparisons, pool, query), query
+
+
+def item_halves_split(comparisons: Comparisons, pool_rows: np.ndarray, query_rows: np.ndarray,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The user's items (over both row sets) in two random halves; (the `pool_rows` within the
+    first half, the `query_rows` within the second), each in random order."""
+    rows = np.concatenate([pool_rows, query_rows])
+    items = rng.permutation(np.union1d(comparisons.a[rows], comparisons.b[rows]))
+    support_items = items[: len(items) // 2]
+    inside = lambda r: np.isin(comparisons.a[r], support_items) & np.isin(comparisons.b[r], support_items)  # noqa: E731
+    outside = lambda r: ~np.isin(comparisons.a[r], support_items) & ~np.isin(comparisons.b[r], support_items)  # noqa: E731
+    return rng.permutation(pool_rows[inside(pool_rows)]), rng.permutation(query_rows[outside(query_rows)])
 
 
 def item_split(comparisons: Comparisons, rows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """`item_disjoint` mode for one user's rows: the user's items in two random halves; (pool
     within the first half, query within the second), each in random order."""
-    items = rng.permutation(np.union1d(comparisons.a[rows], comparisons.b[rows]))
-    support_items = items[: len(items) // 2]
-    in_a, in_b = np.isin(comparisons.a[rows], support_items), np.isin(comparisons.b[rows], support_items)
-    return rng.permutation(rows[in_a & in_b]), rng.permutation(rows[~in_a & ~in_b])
+    return item_halves_split(comparisons, rows, rows, rng)
 
 
 def check_mode(mode: str) -> None:

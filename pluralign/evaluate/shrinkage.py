@@ -72,11 +72,11 @@ import functools
 import jax
 import numpy as np
 
-from pluralign.data.duplicates import comparison_keys
 from pluralign.data.format import Comparisons
 from pluralign.data.splits import rows_by_user
 from pluralign.evaluate import metrics
-from pluralign.evaluate.fewshot import CHUNK_USERS, Episodes, check_mode, episodes_from, make_episodes, predict_users
+from pluralign.evaluate.fewshot import (CHUNK_USERS, Episodes, check_mode, episodes_from, item_halves_split, make_episodes,
+                                        predict_users, without_copies)
 from pluralign.models import base
 from pluralign.train.batches import padded_batch
 
@@ -142,15 +142,9 @@ def training_support_episodes(comparisons: Comparisons, train_rows: np.ndarray, 
     for train, held_out in zip(*by_user):
         if mode == "random":
             query, pool = rng.permutation(held_out), rng.permutation(train)
-            keys = comparison_keys(comparisons, np.concatenate([query, pool]))
-            pool = pool[~np.isin(keys[len(query):], keys[: len(query)])]
+            pool = without_copies(comparisons, pool, query)
         else:
-            both = np.concatenate([train, held_out])
-            items = rng.permutation(np.union1d(comparisons.a[both], comparisons.b[both]))
-            first = items[: len(items) // 2]
-            inside = lambda r: np.isin(comparisons.a[r], first) & np.isin(comparisons.b[r], first)  # noqa: E731
-            outside = lambda r: ~np.isin(comparisons.a[r], first) & ~np.isin(comparisons.b[r], first)  # noqa: E731
-            pool, query = rng.permutation(train[inside(train)]), rng.permutation(held_out[outside(held_out)])
+            pool, query = item_halves_split(comparisons, train, held_out, rng)
         pools.append(pool)
         queries.append(query)
     return episodes_from(users, pools, queries, max_shots)
@@ -251,8 +245,8 @@ class Calibration:
         self.ids, self.is_seen = ids[order], is_seen[order]
 
     def predict(self, needed) -> None:
-        """Scores every batch at each (n_shots, setting) of `needed` not scored yet: one call per
-        batch and n_shots (`fewshot.predict_users`), over the users who reach n_shots (every user
+        """Scores every batch at each (n_shots, setting) of `needed` not scored yet: one
+        `fewshot.predict_users` per batch and n_shots (a call per 128 users and setting), over the users who reach n_shots (every user
         with a query for 0); `logits` then reads them (0 for users not scored: outside every sum)."""
         needed = sorted({(int(k), float(s)) for k, s in needed} - self._done)
         for k in sorted({k for k, _ in needed}):
@@ -457,13 +451,13 @@ def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, he
               min_users: int = 20, level: float = 0.95, accuracy_margin: float | None = None, max_seen: int | None = None,
               scale_by_k: str = "per_k", train_rows: np.ndarray | None = None) -> dict[int, Decision]:
     """{k: Decision} in `mode` for every k that calibration users reach (see the module
-    docstring): the grid scored per user (one call per seed batch and k), the setting refined, the gate. A k
+    docstring): the grid scored per user (one call per seed batch, k and setting), the setting refined, the gate. A k
     that fewer than `min_users` reach is skipped once a smaller k is decided."""
     calibration = Calibration(adapt_and_predict, params, tables, comparisons, held_out_rows=held_out_rows,
                               val_users=val_users, seen_users=seen_users, shots=shots, mode=mode, seeds=seeds,
                               max_seen=max_seen, train_rows=train_rows)
     reached = [k for k in sorted(shots) if calibration.reaches(k)]
-    calibration.predict([(n, s) for n in (0, *reached) for s in settings])  # the whole grid: one call per batch
+    calibration.predict([(n, s) for n in (0, *reached) for s in settings])  # the whole grid, before any decision
     scores = {k: calibration.score_grid(k, settings) for k in reached}
     pooled = cross_fit(settings, pooled_over_k(list(scores.values()))) if reached and len(settings) > 1 else None
     chosen = {k: choose_scale(scores[k], pooled, settings, rule=scale_by_k, level=level) for k in reached}
