@@ -520,6 +520,11 @@ def per_user_histogram(per_user: np.ndarray) -> dict:
 # --- evaluate unseen users: shrinkage decided on calibration users, reported on unseen-test --
 
 
+def residual_ratio_of(decisions: dict) -> float:
+    """A mode's residual ratio ρ (one per mode, on every decision; 1.0 where nothing was decided)."""
+    return float(next(iter(decisions.values())).residual_ratio) if decisions else 1.0
+
+
 def calibration_rows(data: RunData) -> np.ndarray:
     """Seen users' held-out comparisons (the seen-pair validation and test rows, never trained
     on): with unseen-val users, the calibration users of `pluralign.evaluate.shrinkage`."""
@@ -542,6 +547,8 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
         warn_if_degenerate_seen_states(first_model, jnp.asarray(split.seen))
     settings = shrinkage.grid(first_model, ev.inference, ev.prior_scales, ev.prior_strengths)
     personal = first_model.user_state_dim > 0
+    has_block = ev.inference == "bayes" and first_model.fits_user_state and first_model.residual_block() is not None
+    ratio = (ev.residual_ratio if has_block else 1.0)  # None: fitted per mode (shrinkage.search_ratio)
     by_mode, decisions, val_curves, warnings = {}, {}, {}, []
     for mode in ev.modes:
         t0 = time.perf_counter()
@@ -555,7 +562,7 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
             seeds=list(config.seeds), settings=settings, gate=ev.gate, min_users=ev.gate_min_users, level=ev.gate_level,
             accuracy_margin=ev.gate_accuracy_margin,
             max_seen=ev.calibration_seen_users, scale_by_k=ev.scale_by_k,
-            train_rows=data.pairs.train if ev.calibration_support == "training" else None,
+            train_rows=data.pairs.train if ev.calibration_support == "training" else None, residual_ratio=ratio,
         ) if personal else {}
         if personal and not decisions[mode]:
             warnings.append(f"{mode}: no calibration user (seen users' held-out pairs, unseen-val users) reaches "
@@ -568,8 +575,13 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
                 f"k={k} {'personalize' if d.personalize else 'population'} (scale {d.prior_scale:.3g}"
                 f"{'' if d.scale_from == 'this k' else ' pooled over k'}, "
                 f"log-loss gain {d.gain_log_loss:+.4f}, {sum(d.n_users.values())} users)" for k, d in decisions[mode].items()))
+            if has_block:
+                first = next(iter(decisions[mode].values()))
+                log.info("%s: residual ratio %g%s", mode, first.residual_ratio, "" if first.residual_ratio_log_loss is None else
+                         " (pooled log-loss " + ", ".join(f"ρ={r}: {v:.4f}" for r, v in first.residual_ratio_log_loss.items()) + ")")
         chosen = dict(prior_strength={k: d.prior_scale for k, d in decisions[mode].items()} or settings[0],
-                      personalize={k: d.personalize for k, d in decisions[mode].items()} if personal else None)
+                      personalize={k: d.personalize for k, d in decisions[mode].items()} if personal else None,
+                      residual_ratio=residual_ratio_of(decisions[mode]))
         t0 = time.perf_counter()
         val_curves[mode] = fewshot.evaluate_unseen(adapt, params, data.tables, data.comparisons, split.unseen_val,
                                                    mode=mode, **chosen, **common)
@@ -580,6 +592,7 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
     primary_mode = "random" if "random" in by_mode else next(iter(by_mode))
     primary = by_mode[primary_mode]
     strengths_by_k = {m: {k: d.prior_scale for k, d in ds.items()} for m, ds in decisions.items()}
+    ratios = {m: residual_ratio_of(ds) for m, ds in decisions.items()}
     overall = {m: (float(np.exp(np.mean(np.log(list(by_k.values()))))) if by_k else settings[0])
                for m, by_k in strengths_by_k.items()}  # a summary only: inference uses the per-k settings
     return {
@@ -591,6 +604,7 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
         "prior_strength_by_mode": overall,
         "prior_strength_by_k": strengths_by_k,  # the fitted setting at each k (on the calibration users)
         "personalize_by_k": {m: {k: d.personalize for k, d in ds.items()} for m, ds in decisions.items()},
+        "residual_ratio_by_mode": ratios,  # ρ of the prior's residual block (1: none, or not fitted)
         "shrinkage": {m: {k: d.to_dict() for k, d in ds.items()} for m, ds in decisions.items()},
         "prior_grid": settings,  # one value where inference ignores the prior (BT, VPL)
         "val_accuracy_at_k": available_accuracy(val_curves[primary_mode]),
@@ -647,7 +661,7 @@ def write_artifacts(run_dir: pathlib.Path, config: RunConfig, data: RunData, mod
         seeds=list(config.seeds), dataset_meta=data.dataset.meta, seen_users=data.split.seen, split=data.split.to_dict(),
         best_val_loss=trained.best_val_loss, prior_strength=unseen["prior_strength"],
         prior_strength_by_k=unseen["prior_strength_by_k"], prior_strength_by_mode=unseen["prior_strength_by_mode"],
-        personalize_by_k=unseen["personalize_by_k"],
+        personalize_by_k=unseen["personalize_by_k"], residual_ratio_by_mode=unseen.get("residual_ratio_by_mode"),
         prior_mode=unseen["mode"], inference=ev.inference,
         inference_steps=ev.inference_steps, inference_learning_rate=ev.inference_learning_rate,
         data_config=config.data, meta_options=meta.MetaOptions.of(config.train) if config.train.meta else None,

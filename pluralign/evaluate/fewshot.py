@@ -90,6 +90,11 @@ class EvalConfig:
     # that support: pluralign.evaluate.shrinkage says what that does); "held_out" = their held-out
     # pairs too, never trained on, but on a sparse panel they stop at k = 1 or 2.
     calibration_support: str = "training"
+    # "bayes", models whose state has a residual block (lore with residual_dim > 0): that block's
+    # prior variance relative to the rest, ρ. null = fitted per split mode on the calibration users
+    # (factors of 4 from 1, pluralign.evaluate.shrinkage.search_ratio); a number fixes it (1 = the
+    # seen states' scatter as it is). The others ignore it.
+    residual_ratio: float | None = None
     inference_steps: int = 100  # optimiser steps of few-shot MAP inference (PAL, DPA, GPM); VPL is amortised
     inference_learning_rate: float = 0.1  # learning rate of few-shot MAP inference
     split_seed: int = 0  # user split and seen-pair split; fixed across training seeds
@@ -113,6 +118,8 @@ class EvalConfig:
             raise ValueError(f"eval.scale_by_k must be 'evidence', 'per_k' or 'pooled', got {self.scale_by_k!r}")
         if self.calibration_support not in ("held_out", "training"):
             raise ValueError(f"eval.calibration_support must be 'held_out' or 'training', got {self.calibration_support!r}")
+        if self.residual_ratio is not None and not self.residual_ratio > 0:
+            raise ValueError(f"eval.residual_ratio must be null (fitted) or > 0, got {self.residual_ratio}")
         if self.calibration_seen_users < 0:
             raise ValueError(f"eval.calibration_seen_users must be >= 0, got {self.calibration_seen_users}")
         margin = self.gate_accuracy_margin
@@ -208,7 +215,7 @@ def user_pair_features(model, tables, batch):
 
 
 def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: float, inference: str = "map"):
-    """Returns a jitted fn: (params, tables, pool, n_shots, query, strength, seen_users)
+    """Returns a jitted fn: (params, tables, pool, n_shots, query, strength, seen_users[, residual_ratio])
     -> (states [U, S], query logits [U, Q]).
 
     `inference="map"`: MAP states under an isotropic prior of precision `strength` around the
@@ -216,7 +223,8 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
     with `fits_user_state`; the others fall back to their own `infer_user`): the prior is fitted
     to `seen_users`' states (`base.empirical_prior`), `strength` multiplies its precision, the
     states are Laplace posterior means and the logits are posterior-predictive
-    (σ(logit) = P(a ≻ b | support)), so a user the support says little about gets cautious odds.
+    (σ(logit) = P(a ≻ b | support)), so a user the support says little about gets cautious odds;
+    `residual_ratio` rescales the prior's `residual_block` (`base.empirical_prior`; 1 = as fitted).
 
     One (n_shots, strength) per call: `predict_users` loops over the settings it needs. A [P] axis
     of settings inside one program (tried: a lax.map over them) saves only the pair features' work
@@ -227,7 +235,8 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
         raise ValueError(f"unknown few-shot inference {inference!r}; use 'bayes' or 'map'")
 
     @jax.jit
-    def adapt_and_predict(params, tables, pool: base.PairBatch, n_shots, query: base.PairBatch, strength, seen_users):
+    def adapt_and_predict(params, tables, pool: base.PairBatch, n_shots, query: base.PairBatch, strength, seen_users,
+                          residual_ratio=1.0):
         model = nnx.merge(graphdef, params)
         support_feats = user_pair_features(model, tables, pool)
         query_feats = user_pair_features(model, tables, query)
@@ -237,11 +246,11 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
             shot_mask = (jnp.arange(pool.label.shape[1])[None, :] < n_shots).astype(pool.weight.dtype)
             fit = lambda: base.infer_user_posterior(  # noqa: E731
                 model, support_feats, pool.label, pool.weight * shot_mask, inference=inference, seen_users=seen_users,
-                strength=strength, steps=steps, learning_rate=learning_rate,
+                strength=strength, steps=steps, learning_rate=learning_rate, residual_ratio=residual_ratio,
             )  # [U, S], [U, S, S] or None
             if inference == "bayes" and model.fits_user_state:  # no answers: the posterior is the prior, no fit to run
                 states, covs = jax.lax.cond(n_shots > 0, fit, lambda: base.prior_posterior(
-                    model, seen_users, strength, pool.label.shape[0]))
+                    model, seen_users, strength, pool.label.shape[0], residual_ratio))
             else:
                 states, covs = fit()
             logits = base.posterior_logits(model, states, covs, query_feats)
@@ -268,6 +277,7 @@ def evaluate_unseen(
     personalize: dict[int, bool] | None = None,
     min_user_fraction: float = 0.5,
     user_group: np.ndarray | None = None,
+    residual_ratio: float = 1.0,
 ) -> dict:
     """k-shot metrics on unseen users for every seed (params carry a leading seed axis) and draw.
 
@@ -275,7 +285,7 @@ def evaluate_unseen(
     `personalize`: the gate's {k: decision} (`pluralign.evaluate.shrinkage`; the entry at the
     largest k' ≤ k applies, the population below all of them); where it is off a user gets the
     population prediction (the 0-shot one: the same model and prior without the answers). None:
-    personalize at every k.
+    personalize at every k. `residual_ratio`: the mode's fitted ρ (`base.empirical_prior`).
 
     Returns {k: entry} for every requested k, and for the largest k that enough users reach
     when the largest requested one is out of reach (`largest_available: true`). An entry with
@@ -320,7 +330,7 @@ def evaluate_unseen(
             strength, rows = strength_at(prior_strength, k), np.flatnonzero(eligible(ep, k))
             zero_shot, logits = np.zeros((2, *label.shape), np.float32)
             zero_shot[rows], logits[rows] = predict_users(adapt_and_predict, seed_params, tables, comparisons, ep, rows,
-                                                          [(0, strength), (k, strength)], seen_users)
+                                                          [(0, strength), (k, strength)], seen_users, residual_ratio)
             if not gate_at(personalize, k):
                 logits = zero_shot
             w = weight * eligible(ep, k)[:, None]
@@ -337,10 +347,12 @@ def evaluate_unseen(
     }
 
 
-def predict_many(adapt_and_predict, params, tables, pool, query, needed: list[tuple[int, float]], seen_users) -> np.ndarray:
+def predict_many(adapt_and_predict, params, tables, pool, query, needed: list[tuple[int, float]], seen_users,
+                 residual_ratio: float = 1.0) -> np.ndarray:
     """[P, U, Q] query logits of one batch of users from (n_shots, setting) pairs, one call each."""
-    return np.stack([np.asarray(adapt_and_predict(params, tables, pool, jnp.int32(k), query, jnp.float32(s), seen_users)[1])
-                     for k, s in needed])
+    ratio = jnp.float32(residual_ratio)
+    return np.stack([np.asarray(adapt_and_predict(params, tables, pool, jnp.int32(k), query, jnp.float32(s), seen_users,
+                                                  ratio)[1]) for k, s in needed])
 
 
 CHUNK_USERS = 128  # users per few-shot call: one compiled size, whatever the number of users
@@ -358,9 +370,9 @@ def _width(n_shots: int) -> int:
 
 
 def predict_users(adapt_and_predict, params, tables, comparisons: Comparisons, episodes: Episodes, rows: np.ndarray,
-                  needed: list[tuple[int, float]], seen_users) -> np.ndarray:
+                  needed: list[tuple[int, float]], seen_users, residual_ratio: float = 1.0) -> np.ndarray:
     """[P, len(rows), Q] query logits of the episodes' users `rows` from each (n_shots, setting) of
-    `needed`: one call per `CHUNK_USERS` users, each with only the pool's first max(n_shots)
+    `needed` (under `residual_ratio`, `make_adapt_and_predict`): one call per `CHUNK_USERS` users, each with only the pool's first max(n_shots)
     pairs (the support; the rest would be masked out). A k-shot prediction thus costs k support
     pairs (rounded up to `_width`) per user who reaches k, not the pool's width for every user,
     and the calls share a few compiled shapes."""
@@ -370,7 +382,7 @@ def predict_users(adapt_and_predict, params, tables, comparisons: Comparisons, e
         out = np.zeros((len(needed), len(rows), episodes.query.shape[1]), np.float32)
         for part in (zero, some):
             out[part] = predict_users(adapt_and_predict, params, tables, comparisons, episodes, rows,
-                                      [needed[i] for i in part], seen_users)
+                                      [needed[i] for i in part], seen_users, residual_ratio)
         return out
     width, n_query = _width(max(k for k, _ in needed)), episodes.query.shape[1]
     out = np.zeros((len(needed), len(rows), n_query), np.float32)
@@ -382,7 +394,7 @@ def predict_users(adapt_and_predict, params, tables, comparisons: Comparisons, e
         query = np.full((CHUNK_USERS, _width(n_query)), -1, np.int64)  # a power of 8 wide, as the support
         query[: len(chunk), :n_query] = episodes.query[chunk]
         z = predict_many(adapt_and_predict, params, tables, padded_batch(comparisons, pool),
-                         padded_batch(comparisons, query), needed, seen_users)
+                         padded_batch(comparisons, query), needed, seen_users, residual_ratio)
         out[:, start : start + len(chunk)] = z[:, : len(chunk), :n_query]
     return out
 

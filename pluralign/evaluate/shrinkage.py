@@ -100,6 +100,8 @@ class Decision:
     scale_from: str = "this k"  # "this k" (its own users' fit) or "pooled over k" (eval.scale_by_k)
     pooled_scale: float | None = None  # the mode's scale fitted on every k's calibration users
     gain_accuracy_ci95: list | None = None  # the accuracy gain's paired bootstrap interval over users
+    residual_ratio: float = 1.0  # the mode's ρ: the prior's residual-block variance multiplier (base.empirical_prior)
+    residual_ratio_log_loss: dict | None = None  # {ρ: pooled mean query log-loss at its fitted scale}: the search
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -221,10 +223,11 @@ class Calibration:
                  train_rows: np.ndarray | None = None):
         self.adapt, self.tables, self.seen_users = adapt_and_predict, tables, seen_users
         self.comparisons = comparisons
+        self.residual_ratio = 1.0  # the ρ predictions are made under (`base.empirical_prior`); part of every key
         seen = calibration_users(comparisons, held_out_rows, max_seen=max_seen)
         val_users = np.asarray(val_users)
         self.batches = []  # (that seed's parameters, episodes, label, user, weight, pool_size, has_query)
-        self._logits, self._done = {}, set()  # (batch, n_shots, setting) -> query logits; the (n_shots, setting) scored
+        self._logits, self._done = {}, set()  # (ρ, batch, n_shots, setting) -> query logits; the (ρ, n_shots, setting) scored
         ids, is_seen = [], []
         owner = deal_to_seeds(len(seen) + len(val_users), len(seeds))
         for seed_index, seed in enumerate(seeds):
@@ -248,7 +251,8 @@ class Calibration:
         """Scores every batch at each (n_shots, setting) of `needed` not scored yet: one
         `fewshot.predict_users` per batch and n_shots (a call per 128 users and setting), over the users who reach n_shots (every user
         with a query for 0); `logits` then reads them (0 for users not scored: outside every sum)."""
-        needed = sorted({(int(k), float(s)) for k, s in needed} - self._done)
+        ratio = self.residual_ratio
+        needed = sorted({(int(k), float(s)) for k, s in needed} - {key[1:] for key in self._done if key[0] == ratio})
         for k in sorted({k for k, _ in needed}):
             at_k = [(kk, s) for kk, s in needed if kk == k]
             for b, (seed_params, ep, label, _, _, pool_size, has_query) in enumerate(self.batches):
@@ -256,14 +260,14 @@ class Calibration:
                 z = np.zeros((len(at_k), *label.shape), np.float32)
                 if len(rows):
                     z[:, rows] = predict_users(self.adapt, seed_params, self.tables, self.comparisons, ep, rows, at_k,
-                                               self.seen_users)
-                self._logits.update({(b, *key): z[i] for i, key in enumerate(at_k)})
-        self._done.update(needed)
+                                               self.seen_users, ratio)
+                self._logits.update({(ratio, b, *key): z[i] for i, key in enumerate(at_k)})
+        self._done.update((ratio, *key) for key in needed)
 
     def logits(self, b: int, n_shots: int, setting: float) -> np.ndarray:
-        """Query logits of batch b from `n_shots` answers at `setting`."""
+        """Query logits of batch b from `n_shots` answers at `setting` (under `residual_ratio`)."""
         self.predict([(n_shots, setting)])
-        return self._logits[(b, int(n_shots), float(setting))]
+        return self._logits[(self.residual_ratio, b, int(n_shots), float(setting))]
 
     def sums(self, k: int, setting: float, n_shots: int | None = None) -> dict:
         """Per-user sums over the users who reach k, of predictions from `n_shots` (default k) answers at `setting`."""
@@ -280,6 +284,17 @@ class Calibration:
     def score_grid(self, k: int, settings: list[float]) -> Scores:
         return Scores(ids=self.ids, is_seen=self.is_seen, population=[self.sums(k, s, n_shots=0) for s in settings],
                       on_grid=[self.sums(k, s) for s in settings])
+
+    def pooled_log_loss(self, reached: list[int], settings: list[float]) -> float:
+        """The mean query log-loss of every reached k's users pooled, at the scale fitted to them
+        (`refine_minimum`; interpolated in log c between the grid's): how well the prior under the
+        current `residual_ratio` does when its scale is fitted. Scores the k-shot grid only."""
+        self.predict([(k, s) for k in reached for s in settings])
+        curves = functools.reduce(lambda a, b: [_add(x, y) for x, y in zip(a, b)],
+                                  [[self.sums(k, s) for s in settings] for k in reached])
+        users = np.flatnonzero(curves[0]["weight"] > 0)
+        best = _fit(settings, curves, users)
+        return float(_interpolated(curves, settings, best, "log_loss_sum")[users].sum() / max(curves[0]["weight"][users].sum(), 1e-12))
 
 
 def _add(a: dict | None, b: dict) -> dict:
@@ -446,17 +461,55 @@ def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, 
     )
 
 
+RATIO_STEP = 4.0  # the factor between the residual ratios tried (`search_ratio`)
+RATIO_MAX_STEPS = 3  # at most this many steps from ρ = 1 in the direction that pays: ρ within [4⁻³, 4³]
+
+
+def search_ratio(loss, step: float = RATIO_STEP, max_steps: int = RATIO_MAX_STEPS) -> tuple[float, dict[float, float]]:
+    """The residual ratio ρ with the lowest `loss(ρ)`, on factors of `step` from ρ = 1: ρ = step
+    and, if that does not pay, 1/step; then further in the direction that paid until the loss rises
+    (at most `max_steps` steps). Returns (ρ, {ρ: loss} of every ρ tried). The loss is flat near its
+    minimum (measured: rail_nl and `idiosyncratic` within 0.001 between ρ = 4 and 16), so the
+    factor-of-4 resolution costs little, and each ρ tried costs one scoring of the calibration grid."""
+    tried = {1.0: loss(1.0)}
+    for direction in (step, 1.0 / step):
+        tried[direction] = loss(direction)
+        if tried[direction] < tried[1.0]:
+            break
+    else:
+        return 1.0, tried
+    best = direction
+    for _ in range(max_steps - 1):
+        candidate = best * direction
+        tried[candidate] = loss(candidate)
+        if tried[candidate] >= tried[best]:
+            break
+        best = candidate
+    return best, tried
+
+
 def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, held_out_rows, val_users, seen_users,
               shots: list[int], mode: str, seeds: list[int], settings: list[float], gate: bool = True,
               min_users: int = 20, level: float = 0.95, accuracy_margin: float | None = None, max_seen: int | None = None,
-              scale_by_k: str = "per_k", train_rows: np.ndarray | None = None) -> dict[int, Decision]:
+              scale_by_k: str = "per_k", train_rows: np.ndarray | None = None,
+              residual_ratio: float | None = 1.0) -> dict[int, Decision]:
     """{k: Decision} in `mode` for every k that calibration users reach (see the module
     docstring): the grid scored per user (one call per seed batch, k and setting), the setting refined, the gate. A k
-    that fewer than `min_users` reach is skipped once a smaller k is decided."""
+    that fewer than `min_users` reach is skipped once a smaller k is decided. `residual_ratio`: the
+    prior's residual-block ratio ρ (`base.empirical_prior`); None = fitted per mode (`search_ratio`
+    on the pooled log-loss of every k's users, each ρ at its own fitted scale), for a model with a
+    `residual_block` only (pass 1.0 for the others)."""
     calibration = Calibration(adapt_and_predict, params, tables, comparisons, held_out_rows=held_out_rows,
                               val_users=val_users, seen_users=seen_users, shots=shots, mode=mode, seeds=seeds,
                               max_seen=max_seen, train_rows=train_rows)
     reached = [k for k in sorted(shots) if calibration.reaches(k)]
+    ratio_losses = None
+    if residual_ratio is None and reached and len(settings) > 1:
+        def loss(ratio):
+            calibration.residual_ratio = ratio
+            return calibration.pooled_log_loss(reached, settings)
+        residual_ratio, ratio_losses = search_ratio(loss)
+    calibration.residual_ratio = 1.0 if residual_ratio is None else float(residual_ratio)
     calibration.predict([(n, s) for n in (0, *reached) for s in settings])  # the whole grid, before any decision
     scores = {k: calibration.score_grid(k, settings) for k in reached}
     pooled = cross_fit(settings, pooled_over_k(list(scores.values()))) if reached and len(settings) > 1 else None
@@ -470,5 +523,8 @@ def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, he
         opened = [kk for kk, d in decisions.items() if d.personalize]
         decision = decide(k, scores[k], settings, gate=gate, min_users=min_users, level=level, accuracy_margin=accuracy_margin,
                           setting=setting, opened_at=min(opened) if opened else None, fold_settings=fold_settings)
-        decisions[k] = dataclasses.replace(decision, scale_from=source, pooled_scale=shared)
+        decisions[k] = dataclasses.replace(decision, scale_from=source, pooled_scale=shared,
+                                           residual_ratio=calibration.residual_ratio,
+                                           residual_ratio_log_loss=None if ratio_losses is None else {
+                                               f"{r:g}": v for r, v in sorted(ratio_losses.items())})
     return decisions

@@ -86,6 +86,7 @@ def save_model(
     prior_strength_by_k: dict | None = None,
     prior_strength_by_mode: dict | None = None,
     personalize_by_k: dict | None = None,
+    residual_ratio_by_mode: dict | None = None,
     prior_mode: str | None = None,
     inference: str = "map",
     inference_steps: int = 100,
@@ -119,6 +120,9 @@ def save_model(
             "personalize_by_k": None if personalize_by_k is None else {
                 str(m): {str(k): bool(v) for k, v in by_k.items()} for m, by_k in personalize_by_k.items()},
             "prior_strength_by_mode": {str(m): float(v) for m, v in (prior_strength_by_mode or {}).items()},  # over all k
+            # {split mode: ρ}: the fitted variance ratio of the prior's residual block (base.empirical_prior);
+            # absent in older artifacts and 1 for models without one (the prior as the seen states give it)
+            "residual_ratio_by_mode": {str(m): float(v) for m, v in (residual_ratio_by_mode or {}).items()},
             "mode": prior_mode,
             "inference": inference,
             "steps": int(inference_steps),

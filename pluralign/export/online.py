@@ -50,6 +50,7 @@ def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt,
     states, covs = base.infer_user_posterior(
         model, feats, label[None], weight[None], inference=reward.inference, seen_users=reward.seen_users,
         strength=strength, steps=reward.inference_steps, learning_rate=reward.inference_learning_rate,
+        residual_ratio=reward.residual_ratio,
     )
     state = states[0]
     if covs is not None:  # the evaluation's empirical-Bayes Laplace posterior

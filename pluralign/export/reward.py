@@ -152,6 +152,7 @@ class PersonalizedReward:
         self.split_mode = split_mode or fewshot.get("mode") or next(iter(by_mode), None)
         self.prior_strength = float((fewshot.get("prior_strength_by_mode") or {}).get(self.split_mode, fewshot["prior_strength"]))
         self.prior_strength_by_k = {int(k): float(v) for k, v in by_mode.get(self.split_mode, {}).items()}
+        self.residual_ratio = float((fewshot.get("residual_ratio_by_mode") or {}).get(self.split_mode, 1.0))
         gates = fewshot.get("personalize_by_k")  # None: an older artifact, which always personalizes
         self.personalize_by_k = None if gates is None else {int(k): bool(v) for k, v in gates.get(self.split_mode, {}).items()}
         self.inference = fewshot.get("inference", "map")
@@ -218,7 +219,7 @@ class PersonalizedReward:
         states, covs = base.infer_user_posterior(
             model, self.support_features(model, e_x, has_prompt, e_a, e_b), label, self.gated_support(weight),
             inference=self.inference, seen_users=self.seen_users, strength=strength,
-            steps=self.inference_steps, learning_rate=self.inference_learning_rate,
+            steps=self.inference_steps, learning_rate=self.inference_learning_rate, residual_ratio=self.residual_ratio,
         )
         return base.point_states(model, states, covs)
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 
@@ -227,6 +228,13 @@ class PreferenceModel(nnx.Module):
         """
         prior_mean = self.population_user_state() if prior_mean is None else prior_mean
         return fit_user_states(self, support_features, labels, weights, prior_mean, **options)
+
+    def residual_block(self) -> np.ndarray | None:
+        """[S] bool: the state coordinates of a second block whose prior variance the evaluation
+        fits separately from the rest (`empirical_prior`'s `residual_ratio`): lore's full-rank
+        residual v_u beside its learned basis weights w_u. None (the default): one block, the
+        fitted prior's shape is kept as it is."""
+        return None
 
     def canonical_user_state(self, user_state: jax.Array) -> jax.Array:
         """[..., S] -> the same states in coordinates where a Gaussian over users is meaningful,
@@ -467,13 +475,21 @@ def ledoit_wolf(deviations: jax.Array) -> jax.Array:
     return alpha * mu * jnp.eye(s) + (1.0 - alpha) * sample
 
 
-def empirical_prior(model: PreferenceModel, seen_users: jax.Array, variance_floor: float = 1e-3) -> GaussianPrior:
+def empirical_prior(model: PreferenceModel, seen_users: jax.Array, variance_floor: float = 1e-3,
+                    residual_ratio: float | jax.Array = 1.0) -> GaussianPrior:
     """The prior over user states fitted to `seen_users`' learned states (empirical Bayes).
 
     Mean: `population_user_state(seen_users)` (so 0 shots is the population model); covariance:
     the seen states' scatter about that mean in `canonical_user_state` coordinates, Ledoit–Wolf
     shrunk, plus `variance_floor`·(mean variance) on the diagonal so that directions in which the
     seen users do not vary (PAL's softmax shift, collapsed prototypes) keep a small, finite prior.
+
+    `residual_ratio` ρ, for a model with a `residual_block`: that block's variances times ρ (its
+    covariances with the rest times √ρ: Σ ↦ DΣD, D = diag(1, √ρ), still positive definite). The
+    seen states of two blocks trained jointly are shrunk by different amounts (lore's learned basis
+    takes most of what seen users share in training, leaving its full-rank residual a scatter 4-10×
+    smaller than `bt_residual`'s on the same users), so one multiplier of the whole prior cannot
+    fit both; the evaluation fits ρ (`pluralign.evaluate.shrinkage`). Ignored without a block.
     """
     mean = model.canonical_user_state(model.population_user_state(seen_users))  # [S]
     states = model.canonical_user_state(model.user_table_state(seen_users))  # [N, S]
@@ -482,7 +498,12 @@ def empirical_prior(model: PreferenceModel, seen_users: jax.Array, variance_floo
     cov = ledoit_wolf(deviations)
     scale = jnp.maximum(jnp.trace(cov) / S, 1e-6)
     sample_eigenvalues = jnp.linalg.eigvalsh(deviations.T @ deviations / deviations.shape[0])
-    return GaussianPrior(mean=mean, cov=cov + variance_floor * scale * jnp.eye(S), sample_eigenvalues=sample_eigenvalues)
+    cov = cov + variance_floor * scale * jnp.eye(S)
+    block = model.residual_block()
+    if block is not None:
+        d = jnp.where(jnp.asarray(block), jnp.sqrt(jnp.asarray(residual_ratio, jnp.float32)), 1.0)  # [S]
+        cov = cov * d[:, None] * d[None, :]
+    return GaussianPrior(mean=mean, cov=cov, sample_eigenvalues=sample_eigenvalues)
 
 
 def laplace_posterior(
@@ -546,10 +567,10 @@ def laplace_posterior(
 
 
 def prior_posterior(model: PreferenceModel, seen_users: jax.Array, precision_scale: float | jax.Array,
-                    n_users: int) -> tuple[jax.Array, jax.Array]:
+                    n_users: int, residual_ratio: float | jax.Array = 1.0) -> tuple[jax.Array, jax.Array]:
     """`laplace_posterior` with no answers, in closed form: every user's posterior is the prior
     N(m, Σ/c), ([U, S] means, [U, S, S] covariances)."""
-    prior = empirical_prior(model, seen_users)
+    prior = empirical_prior(model, seen_users, residual_ratio=residual_ratio)
     S = prior.mean.shape[0]
     scales = jnp.broadcast_to(jnp.asarray(precision_scale, jnp.float32), (n_users,))
     return jnp.broadcast_to(prior.mean, (n_users, S)), prior.cov[None] / scales[:, None, None]
@@ -566,6 +587,7 @@ def infer_user_posterior(
     strength: float | jax.Array,
     steps: int,
     learning_rate: float,
+    residual_ratio: float | jax.Array = 1.0,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Few-shot inference of new users' states with θ frozen (docs/design/evaluation-protocol.md), the one used by the
     evaluation, the exported reward and the online user: ([U, S] states, [U, S, S] covariances or None).
@@ -576,10 +598,11 @@ def infer_user_posterior(
     a prior of strength `strength` around the seen users' population state, or VPL's encoder), and
     no covariance. `strength`: one value or [U], one per user (the setting chosen for each user's
     number of answers). features: pytree of [U, k, ...]; labels, weights: [U, k].
+    `residual_ratio`: the fitted variance ratio of the prior's `residual_block` (bayes only).
     """
     options = dict(steps=steps, learning_rate=learning_rate)
     if inference == "bayes" and model.fits_user_state:
-        prior = empirical_prior(model, seen_users)
+        prior = empirical_prior(model, seen_users, residual_ratio=residual_ratio)
         return laplace_posterior(model, features, labels, weights, prior, precision_scale=strength, **options)
     states = model.infer_user(features, labels, weights, prior_mean=model.population_user_state(seen_users),
                               prior_strength=strength, **options)

@@ -26,7 +26,9 @@ with P a fixed (whitened-PCA) projection of the item embeddings, fitted before t
 a user's taste has beyond them: with 20 answers a user can use more than `rank` directions,
 and the few-shot prior's fitted scale and the gate (`pluralign.evaluate.shrinkage`) keep 1-2
 answers from spending it. It is on by default (d = 64); `residual_dim = 0` is the model
-without it (LoRe's own), unchanged.
+without it (LoRe's own), unchanged. The two blocks are the prior's `residual_block`: the evaluation
+fits the v block's prior variance relative to w's (`base.empirical_prior`'s `residual_ratio`), as
+joint training shrinks the seen v_u more than a new user's answers warrant.
 
 `formulation: lore` is LoRe's own model without the shared reward, r_u = w_uᵀ B_θ with w_u
 unconstrained (the paper's simplex constraint is not implemented); its population state is then
@@ -39,6 +41,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from pluralign.models.base import MLP, Dims, PairEmbeddings, gather, weighted_metrics
@@ -138,6 +141,11 @@ class LoRe(BT):
         if self.has_full_rank_term:
             personal = personal + jnp.einsum("bs,bns->bn", user_state[..., self.rank :], self.residual_projection(e_y))
         return super().rewards(user_state, e_x, has_prompt, e_y) + personal if self.residual else personal
+
+    def residual_block(self):
+        if self.has_full_rank_term:  # v_u: the last d coordinates, after w_u
+            return np.arange(self.user_state_dim) >= self.rank
+        return None
 
     def user_table_state(self, users):
         if self.has_full_rank_term:  # [B, rank + d]: [w_u; v_u]

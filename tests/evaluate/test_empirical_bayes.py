@@ -191,3 +191,60 @@ def test_exported_reward_infers_new_users_as_the_bayes_evaluation(tmp_path, tiny
     for a, b, y in zip(items[sub.a], items[sub.b], sub.label):
         online.add(a, b, y)
     np.testing.assert_allclose(online.state, states[len(users) - 1], rtol=1e-3, atol=5e-4)
+
+
+def lore_with_residual(n_users, v_std, seed=0, rank=1, dim=D):
+    """A lore with the full-rank residual (d = D): seen w_u ~ N(0, 1), seen v_u ~ N(0, v_std²)."""
+    model = LoRe(LoReConfig(hidden=[16], rank=rank, residual_dim=dim), Dims(dim=dim, n_users=n_users), rngs=nnx.Rngs(seed))
+    rng = np.random.default_rng(seed)
+    model.user_weights[...] = jnp.asarray(rng.standard_normal((n_users, rank)), jnp.float32)
+    model.residual_weights[...] = jnp.asarray(rng.standard_normal((n_users, dim)) * v_std, jnp.float32)
+    return model
+
+
+def test_residual_ratio_scales_only_the_residual_block():
+    """Σ ↦ DΣD, D = diag(1, √ρ): the residual block's variances × ρ, its covariances with the basis
+    weights × √ρ, the basis block as fitted; a model without a residual block ignores ρ."""
+    model, seen = lore_with_residual(60, 0.3), jnp.arange(60)
+    block = model.residual_block()
+    assert block.tolist() == [False] + [True] * D
+    plain, scaled = (np.asarray(base.empirical_prior(model, seen, residual_ratio=r).cov) for r in (1.0, 9.0))
+    np.testing.assert_allclose(scaled[np.ix_(~block, ~block)], plain[np.ix_(~block, ~block)], rtol=1e-6)
+    np.testing.assert_allclose(scaled[np.ix_(block, block)], 9.0 * plain[np.ix_(block, block)], rtol=1e-5)
+    np.testing.assert_allclose(scaled[np.ix_(~block, block)], 3.0 * plain[np.ix_(~block, block)], rtol=1e-5, atol=1e-7)
+    no_block = lore(n_users=30)
+    assert no_block.residual_block() is None
+    np.testing.assert_array_equal(base.empirical_prior(no_block, jnp.arange(30), residual_ratio=9.0).cov,
+                                  base.empirical_prior(no_block, jnp.arange(30)).cov)
+
+
+@pytest.mark.parametrize("seen_v_std, expect", [(0.1, (16.0, 64.0)), (1.0, (0.25, 4.0))])
+def test_fitted_residual_ratio_undoes_a_shrunk_residual_block(seen_v_std, expect):
+    """New users' v_u ~ N(0, I) while the seen states' v_u are 10× too small (jointly trained blocks
+    shrink unequally): the query log-loss, minimised over ρ by `shrinkage.search_ratio`, restores
+    the residual block's variance (ρ ≈ 100 on factors of 4, capped at 64); with seen states of the
+    right size it stays within a factor 4 of 1."""
+    from pluralign.evaluate.shrinkage import search_ratio
+
+    U, k, q = 200, 12, 12
+    model = lore_with_residual(300, seen_v_std)
+    rng = np.random.default_rng(5)
+    truth = jnp.asarray(np.concatenate([rng.standard_normal((U, 1)), rng.standard_normal((U, D))], axis=1), jnp.float32)
+
+    def pairs(n):
+        feats = support(model, U, n, seed=int(rng.integers(1 << 30)))
+        logits = jax.vmap(lambda s, f: model.pair_logits(jnp.broadcast_to(s, (n, s.shape[0])), f))(truth, feats)
+        labels = jnp.asarray(rng.random((U, n)) < np.asarray(jax.nn.sigmoid(logits)), jnp.float32)
+        return feats, labels
+
+    (s_feats, s_labels), (q_feats, q_labels) = pairs(k), pairs(q)
+
+    def loss(ratio):
+        prior = base.empirical_prior(model, jnp.arange(300), residual_ratio=ratio)
+        states, covs = base.laplace_posterior(model, s_feats, s_labels, jnp.ones((U, k)), prior, steps=50)
+        z = base.posterior_logits(model, states, covs, q_feats)
+        return float(jnp.mean(base.preference_loss(z, q_labels, jnp.ones_like(q_labels))))
+
+    ratio, tried = search_ratio(loss)
+    assert expect[0] <= ratio <= expect[1], tried
+    assert tried[ratio] == min(tried.values()) and tried[ratio] <= tried[1.0]

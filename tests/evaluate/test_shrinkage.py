@@ -233,7 +233,7 @@ def test_calibration_deals_users_to_seeds_and_scores_each_once(tiny_dataset):
     held_out = np.flatnonzero(np.isin(c.user, seen))[::3]
     used = []
 
-    def adapt(params, tables, pool, k, query, strength, seen_users):  # params: this seed's [] "parameter"; k: []
+    def adapt(params, tables, pool, k, query, strength, seen_users, residual_ratio=1.0):  # params: this seed's [] "parameter"; k: []
         used.append(float(params))
         sign = 2.0 * query.label - 1.0
         informative = jnp.where(k > 0, params * sign, 0.0)  # the truth's sign with k answers; 0 logit without
@@ -331,3 +331,16 @@ def test_a_run_says_when_no_calibration_user_decides(monkeypatch, tmp_path):
     )
     results = run(config, tmp_path / "run")
     assert any("nothing decides the prior's scale or the gate" in w for w in results["warnings"])
+
+
+@pytest.mark.parametrize("best, expect_tried", [
+    (1.0, [0.25, 1.0, 4.0]),  # neither direction pays: 3 evaluations
+    (16.0, [1.0, 4.0, 16.0, 64.0]),  # up until the loss rises
+    (1 / 16, [1 / 64, 1 / 16, 0.25, 1.0, 4.0]),  # 4 does not pay, so down
+    (1e4, [1.0, 4.0, 16.0, 64.0]),  # at most RATIO_MAX_STEPS steps
+])
+def test_search_ratio_walks_factors_of_four_towards_the_minimum(best, expect_tried):
+    ratio, tried = shrinkage.search_ratio(lambda r: (np.log(r) - np.log(best)) ** 2)
+    assert sorted(tried) == pytest.approx(expect_tried)
+    assert ratio == pytest.approx(min(tried, key=tried.get))
+    assert ratio == pytest.approx(min(expect_tried, key=lambda r: abs(np.log(r) - np.log(best))))

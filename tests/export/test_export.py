@@ -328,3 +328,32 @@ def test_texts_are_embedded_with_the_recorded_encoder():
 def test_load_rejects_a_directory_that_is_not_an_artifact(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a pluralign model artifact"):
         pluralign.load(tmp_path)
+
+
+def test_reward_uses_the_fitted_residual_ratio(tmp_path, tmp_path_factory):
+    """A lore artifact records each mode's residual ratio ρ; `reward.infer` infers a new user under
+    the primary mode's ρ, as the evaluation's `adapt_and_predict` does, and a different ρ changes it."""
+    b = bundle("lore", str(tmp_path_factory.getbasetemp() / "export_artifacts"))  # the shared one: read only here
+    data, split, trained = b["data"], b["split"], pluralign.load(b["path"])
+    path = save_model(
+        tmp_path / "ratio", model_config=model_config("lore"), dims=base.Dims(dim=data.dim, n_users=data.n_users),
+        params=b["params"], seen_states=np.stack([trained.seen_states] * 2), seeds=SEEDS, dataset_meta=data.meta,
+        seen_users=split.seen, split=split.to_dict(), best_val_loss=np.array([0.7, 0.6]), prior_strength=1.0,
+        prior_strength_by_k={"random": {1: 1.0}, "item_disjoint": {1: 1.0}}, residual_ratio_by_mode={"random": 16.0},
+        prior_mode="random", inference="bayes", inference_steps=STEPS, inference_learning_rate=0.1,
+    )
+    loaded = pluralign.load(path)
+    reward, item_reward = loaded.reward(capacity=8), loaded.reward(capacity=8, split_mode="item_disjoint")
+    assert (reward.residual_ratio, item_reward.residual_ratio) == (16.0, 1.0)  # a mode without one: the prior as fitted
+    episodes = fewshot.make_episodes(data.comparisons, split.unseen_test[:2], max_shots=4, mode="random", seed=1)
+    adapt = fewshot.make_adapt_and_predict(loaded.graphdef, STEPS, 0.1, "bayes")
+    support, query = padded_batch(data.comparisons, episodes.pool), padded_batch(data.comparisons, episodes.query)
+    expected = {r: adapt(loaded.params, b["tables"], support, jnp.int32(4), query, jnp.float32(1.0), jnp.asarray(split.seen),
+                         jnp.float32(r))[0] for r in (1.0, 16.0)}
+    items = np.asarray(data.items, np.float32)
+    for u in range(2):
+        c = data.comparisons.take(episodes.pool[u, :4])
+        new_user = Support(e_a=items[c.a], e_b=items[c.b], label=c.label)
+        np.testing.assert_allclose(reward.infer(new_user), expected[16.0][u], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(item_reward.infer(new_user), expected[1.0][u], rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(expected[16.0]) - np.asarray(expected[1.0])).max() > 1e-3
