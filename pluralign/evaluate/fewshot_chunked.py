@@ -18,11 +18,12 @@ from pluralign.models import base
 
 def adapt_and_predict_chunked(
     adapt_and_predict, params, tables: base.Tables, pool: base.PairBatch, n_shots: int,
-    query: base.PairBatch, prior_strength: float, seen_users, *, chunk_users: int = 8192,
+    query: base.PairBatch, prior_strength: float, seen_users, *, chunk_users: int = 8192, residual_ratio: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`adapt_and_predict` (from `fewshot.make_adapt_and_predict`) over [U, ...] support pools (the
     first n_shots pairs of each are the support) and query batches, `chunk_users` users per call:
-    (states [U, S], query logits [U, Q]) as numpy arrays."""
+    (states [U, S], query logits [U, Q]) as numpy arrays. `residual_ratio`: the prior's residual-block
+    ratio (`base.empirical_prior`; a run's results.json `unseen.residual_ratio_by_mode`)."""
     n_users = pool.label.shape[0]
     chunk = max(1, min(chunk_users, n_users))
     n_chunks = -(-n_users // chunk)
@@ -39,7 +40,7 @@ def adapt_and_predict_chunked(
     for c in range(n_chunks):
         start = c * chunk
         s, q = adapt_and_predict(params, tables, rows(pool, start), jnp.int32(n_shots), rows(query, start),
-                                 jnp.float32(prior_strength), seen_users)
+                                 jnp.float32(prior_strength), seen_users, jnp.float32(residual_ratio))
         keep = min(chunk, n_users - start)
         states.append(s[:keep])  # fetched at the end: the next chunk is dispatched without waiting
         logits.append(q[:keep])
