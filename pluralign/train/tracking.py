@@ -17,7 +17,9 @@ At the end of a run `log_results` adds the evaluation to the same event files
 k-shot curves of unseen-test users `eval/unseen/<mode>/{accuracy,log_loss}` with k as the step
 (`eval/unseen_val/...` for the unseen-val users), the same figures as one scalar per k
 (`eval/unseen/<mode>/accuracy_k<k>`), and the run's hyperparameters (model, data, train and
-eval options, flattened) for TensorBoard's HPARAMS tab, with those scalars as its metrics.
+eval options, flattened) for TensorBoard's HPARAMS tab, with those scalars as its metrics. With
+`train.wandb=true` the same figures go to the run's W&B run: summary values, a k-shot table per
+split mode, the hyperparameters in its config (`log_results_wandb`).
 """
 
 from __future__ import annotations
@@ -149,8 +151,11 @@ def evaluation_scalars(results: dict) -> tuple[dict[str, float], dict[str, list[
 
 def log_results(run_dir: pathlib.Path, results: dict) -> pathlib.Path | None:
     """Writes a finished run's evaluation and hyperparameters into `<run>/tensorboard/` (unless
-    `train.tensorboard` is false in results.json's config); returns that folder, or None."""
+    `train.tensorboard` is false in results.json's config), and into the run's W&B run where
+    `train.wandb` is true (`log_results_wandb`); returns the TensorBoard folder, or None."""
     config = results.get("config", {})
+    if config.get("train", {}).get("wandb", False):
+        log_results_wandb(run_dir, results)
     if not config.get("train", {}).get("tensorboard", True):
         return None
     from tensorboardX import SummaryWriter
@@ -172,3 +177,27 @@ def log_results(run_dir: pathlib.Path, results: dict) -> pathlib.Path | None:
         for summary in (experiment, session_start, session_end):
             writer.file_writer.add_summary(summary)
     return folder
+
+
+def log_results_wandb(run_dir: pathlib.Path, results: dict) -> None:
+    """A finished run's evaluation in its W&B run (the one training logged to: same id, resumed):
+    every `evaluation_scalars` value in the run summary, the k-shot curves as one table per split
+    mode and user group (columns k, accuracy, log_loss), and the flattened hyperparameters in the
+    run config."""
+    values, curves = evaluation_scalars(results)
+    run = _WandB(run_dir, hyperparameters(results.get("config", {})))
+    try:
+        import wandb
+
+        run.run.summary.update(values)
+        tables = {}
+        for tag, points in curves.items():
+            prefix, name = tag.rsplit("/", 1)  # eval/unseen/random, accuracy
+            for k, value in points:
+                tables.setdefault(prefix, {}).setdefault(k, {})[name] = value
+        run.run.log({f"{prefix}/by_k": wandb.Table(columns=["k", "accuracy", "log_loss"],
+                                                   data=[[k, row.get("accuracy"), row.get("log_loss")]
+                                                         for k, row in sorted(by_k.items())])
+                     for prefix, by_k in tables.items()})
+    finally:
+        run.close()

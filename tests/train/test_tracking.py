@@ -121,3 +121,45 @@ def test_no_evaluation_event_files_when_tensorboard_is_off(tmp_path):
 def test_hyperparameters_flatten_to_values_tensorboard_accepts():
     flat = hyperparameters({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": "x", "f": False})
     assert flat == {"a.b": 1, "a.c": "[1, 2]", "d": "None", "e": "x", "f": False}
+
+
+def test_final_evaluation_goes_to_the_wandb_run_training_used(tmp_path, monkeypatch):
+    """train.wandb: the run's W&B run (same id as training's) gets the evaluation scalars in its
+    summary, a k table per mode and user group, and the hyperparameters; with tensorboard off too.
+    A stand-in `wandb` module records the calls (the real one is an extra)."""
+    import sys
+    import types
+
+    calls = {"init": [], "log": [], "summary": {}, "finished": 0}
+
+    class Run:
+        summary = types.SimpleNamespace(update=lambda values: calls["summary"].update(values))
+
+        def log(self, values, step=None):
+            calls["log"].append(values)
+
+        def finish(self):
+            calls["finished"] += 1
+
+    class Table:
+        def __init__(self, columns, data):
+            self.columns, self.data = columns, data
+
+    fake = types.SimpleNamespace(init=lambda **kw: calls["init"].append(kw) or Run(), Table=Table)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    with Trackers(tmp_path, tensorboard=False, wandb=True) as trackers:  # training
+        trackers.log({"epoch": 0, "val_loss": [0.6]}, step=10)
+    config = {**RESULTS["config"], "train": {"tensorboard": False, "wandb": True}}
+    assert log_results(tmp_path, {**RESULTS, "config": config}) is None  # no TensorBoard folder
+    assert not (tmp_path / "tensorboard").exists()
+    training, final = calls["init"]
+    assert final["id"] == training["id"] and final["resume"] == "allow"
+    assert final["config"]["model.name"] == "pal_b" and final["config"]["train.wandb"] is True
+    assert calls["summary"]["eval/seen/accuracy"] == pytest.approx(0.71)
+    assert calls["summary"]["eval/unseen/random/accuracy_k5"] == pytest.approx(0.7)
+    assert not any("k20" in tag for tag in calls["summary"])
+    table = calls["log"][-1]["eval/unseen/random/by_k"]
+    assert table.columns == ["k", "accuracy", "log_loss"]
+    assert table.data == [[1, pytest.approx(0.6), pytest.approx(0.66)], [5, pytest.approx(0.7), pytest.approx(0.6)]]
+    assert calls["log"][-1]["eval/unseen_val/random/by_k"].data == [[1, pytest.approx(0.62), None]]  # NaN log-loss left out
+    assert calls["finished"] == 2
