@@ -253,7 +253,11 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
                     model, seen_users, strength, pool.label.shape[0], residual_ratio))
             else:
                 states, covs = fit()
-            logits = base.posterior_logits(model, states, covs, query_feats)
+            prior = None
+            if inference == "bayes" and model.fits_user_state and model.population_is_marginal:
+                fitted = base.empirical_prior(model, seen_users, residual_ratio=residual_ratio)
+                prior = (fitted.mean, fitted.cov / strength)  # the prior the posteriors came from
+            logits = base.posterior_logits(model, states, covs, query_feats, prior)
             return base.point_states(model, states, covs), logits
 
         return one(n_shots, strength)

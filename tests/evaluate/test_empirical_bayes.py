@@ -43,8 +43,9 @@ def test_ledoit_wolf_matches_the_formula_and_shrinks_only_when_data_are_few(n):
         np.testing.assert_allclose(got, true, rtol=0.15, atol=0.05)
 
 
-def lore(n_users=40, seed=0, dim=D) -> LoRe:
-    model = LoRe(LoReConfig(hidden=[16], rank=RANK, residual_dim=0), Dims(dim=dim, n_users=n_users), rngs=nnx.Rngs(seed))
+def lore(n_users=40, seed=0, dim=D, population_stage=True) -> LoRe:
+    model = LoRe(LoReConfig(hidden=[16], rank=RANK, residual_dim=0, population_stage=population_stage),
+                 Dims(dim=dim, n_users=n_users), rngs=nnx.Rngs(seed))
     spread = jnp.asarray(np.random.default_rng(seed).standard_normal((n_users, RANK)) * [2.0, 1.0, 0.5], jnp.float32)
     model.user_weights[...] = spread
     return model
@@ -123,8 +124,38 @@ def test_predictive_logits_match_monte_carlo_and_keep_the_sign():
     np.testing.assert_allclose(base.predictive_logits(model, mean, jnp.zeros((RANK, RANK)), feats), point, rtol=1e-6)
 
 
-def test_bayes_adaptation_at_zero_shots_is_the_population_model(tiny_dataset):
-    model = lore(n_users=tiny_dataset.n_users, dim=tiny_dataset.dim)
+def test_predictive_logits_keep_a_marginal_population_model_untempered():
+    """A population logit l₀ that is a marginal fit (BT's, `population_is_marginal`): the users' mean
+    logit is l̄ = l₀√(1 + πv₀/8), so that E σ(l̄ + δ) over the prior is σ(l₀); the predictive under
+    a posterior N(mean, cov) is E σ(l̄ + l(φ) − l₀), checked by Monte Carlo; under the prior itself
+    it is l₀ exactly."""
+    model = lore()
+    feats = jax.tree.map(lambda f: f[0], support(model, 1, 50))
+    zero, prior_cov = jnp.zeros(RANK), jnp.asarray(np.diag([2.0, 1.0, 0.5]), jnp.float32)
+    head = lambda phi: model.pair_logits(jnp.broadcast_to(phi, (50, RANK)), feats)  # noqa: E731
+    l0 = np.asarray(head(zero))
+    np.testing.assert_allclose(base.predictive_logits(model, zero, prior_cov, feats, prior=(zero, prior_cov)), l0, rtol=1e-5)
+    rng = np.random.default_rng(0)
+    grad = np.asarray(jax.jacfwd(head)(zero))
+    centre = l0 * np.sqrt(1 + np.pi * np.einsum("qs,st,qt->q", grad, np.asarray(prior_cov), grad) / 8)
+    prior_draws = rng.multivariate_normal(np.zeros(RANK), np.asarray(prior_cov), size=20000)
+    marginal = np.mean(jax.nn.sigmoid(centre[None] + prior_draws @ grad.T), axis=0)
+    np.testing.assert_allclose(marginal, jax.nn.sigmoid(l0), atol=0.02)  # l̄ is the centre whose marginal is BT's
+    mean, cov = jnp.array([0.5, -1.0, 0.3]), jnp.asarray(np.diag([0.5, 0.2, 0.4]), jnp.float32)
+    out = np.asarray(base.predictive_logits(model, mean, cov, feats, prior=(zero, prior_cov)))
+    draws = jnp.asarray(rng.multivariate_normal(np.asarray(mean), np.asarray(cov), size=20000), jnp.float32)
+    mc = np.mean(jax.nn.sigmoid(centre[None] + np.asarray(jax.vmap(head)(draws)) - l0[None]), axis=0)
+    np.testing.assert_allclose(jax.nn.sigmoid(out), mc, atol=0.02)
+    assert np.abs(jax.nn.sigmoid(out) - jax.nn.sigmoid(base.predictive_logits(model, mean, cov, feats))).max() > 0.01
+
+
+@pytest.mark.parametrize("population_stage", [True, False])
+def test_bayes_adaptation_at_zero_shots_is_the_population_model(tiny_dataset, population_stage):
+    """No answers: BT's own logits where the shared reward was trained alone as BT (a fit of the
+    population's marginal, `population_is_marginal`); BT's predictions with cautious odds (the
+    prior predictive) where it was trained jointly with the user terms (the users' mean logit)."""
+    model = lore(n_users=tiny_dataset.n_users, dim=tiny_dataset.dim, population_stage=population_stage)
+    assert model.population_is_marginal == population_stage
     graphdef, params = nnx.split(model)
     tables = make_tables(tiny_dataset)
     c = tiny_dataset.comparisons
@@ -136,10 +167,14 @@ def test_bayes_adaptation_at_zero_shots_is_the_population_model(tiny_dataset):
     np.testing.assert_array_equal(states, np.zeros((6, RANK)))
     flat = jax.tree.map(lambda x: x.reshape(-1), query)
     bt_logits = np.asarray(model.pair_features(base.gather(tables, flat))[0]).reshape(query.label.shape)
-    np.testing.assert_array_equal(np.sign(logits), np.sign(bt_logits))  # BT's predictions, with cautious odds
-    assert np.all(np.abs(np.asarray(logits)) <= np.abs(bt_logits) + 1e-6)
-    states5, _ = adapt(params, tables, support_batch, jnp.int32(5), query, jnp.float32(1.0), seen)
-    assert not np.allclose(states5, 0.0)
+    if population_stage:
+        np.testing.assert_allclose(logits, bt_logits, rtol=1e-5, atol=1e-6)  # the population model itself
+    else:
+        np.testing.assert_array_equal(np.sign(logits), np.sign(bt_logits))  # BT's predictions, with cautious odds
+        assert np.all(np.abs(np.asarray(logits)) <= np.abs(bt_logits) + 1e-6)
+        assert np.abs(np.asarray(logits) - bt_logits).max() > 1e-3
+    states5, logits5 = adapt(params, tables, support_batch, jnp.int32(5), query, jnp.float32(1.0), seen)
+    assert not np.allclose(states5, 0.0) and not np.allclose(logits5, logits)
 
 
 def test_collapsed_seen_states_are_reported(caplog):
