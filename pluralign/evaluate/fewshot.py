@@ -223,7 +223,9 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
     with `fits_user_state`; the others fall back to their own `infer_user`): the prior is fitted
     to `seen_users`' states (`base.empirical_prior`), `strength` multiplies its precision, the
     states are Laplace posterior means and the logits are posterior-predictive
-    (σ(logit) = P(a ≻ b | support)), so a user the support says little about gets cautious odds;
+    (σ(logit) = P(a ≻ b | support)), so a user the support says little about gets cautious odds
+    (a model whose population prediction is a marginal fit keeps it exactly at 0 answers: `prior`
+    of `base.posterior_logits`);
     `residual_ratio` rescales the prior's `residual_block` (`base.empirical_prior`; 1 = as fitted).
 
     One (n_shots, strength) per call: `predict_users` loops over the settings it needs. A [P] axis
