@@ -255,11 +255,16 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
                     model, seen_users, strength, pool.label.shape[0], residual_ratio))
             else:
                 states, covs = fit()
-            prior = None
-            if inference == "bayes" and model.fits_user_state and model.population_is_marginal:
-                fitted = base.empirical_prior(model, seen_users, residual_ratio=residual_ratio)
-                prior = (fitted.mean, fitted.cov / strength)  # the prior the posteriors came from
-            logits = base.posterior_logits(model, states, covs, query_feats, prior)
+            if not (inference == "bayes" and model.fits_user_state and model.population_is_marginal):
+                return base.point_states(model, states, covs), base.posterior_logits(model, states, covs, query_feats)
+            # A marginal population model (BT's fit, `base.predictive_logits`): its own prediction with
+            # no answers, and with answers the predictive centred where the seen users' spread (the
+            # fitted prior as it is, not the few-shot setting) makes BT the marginal.
+            fitted = base.empirical_prior(model, seen_users)
+            logits = base.posterior_logits(model, states, covs, query_feats, (fitted.mean, fitted.cov))
+            q = query.label.shape[1]
+            population = jax.vmap(lambda m, f: model.pair_logits(jnp.broadcast_to(m, (q, m.shape[0])), f))(states, query_feats)
+            logits = jnp.where(n_shots > 0, logits, population)
             return base.point_states(model, states, covs), logits
 
         return one(n_shots, strength)
