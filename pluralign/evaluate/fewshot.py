@@ -224,8 +224,8 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
     to `seen_users`' states (`base.empirical_prior`), `strength` multiplies its precision, the
     states are Laplace posterior means and the logits are posterior-predictive
     (σ(logit) = P(a ≻ b | support)), so a user the support says little about gets cautious odds
-    (a model whose population prediction is a marginal fit keeps it exactly at 0 answers: `prior`
-    of `base.posterior_logits`);
+    (a model whose population prediction is a marginal fit, `population_is_marginal`, gives it
+    exactly at 0 answers);
     `residual_ratio` rescales the prior's `residual_block` (`base.empirical_prior`; 1 = as fitted).
 
     One (n_shots, strength) per call: `predict_users` loops over the settings it needs. A [P] axis
@@ -255,16 +255,14 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
                     model, seen_users, strength, pool.label.shape[0], residual_ratio))
             else:
                 states, covs = fit()
-            if not (inference == "bayes" and model.fits_user_state and model.population_is_marginal):
-                return base.point_states(model, states, covs), base.posterior_logits(model, states, covs, query_feats)
-            # A marginal population model (BT's fit, `base.predictive_logits`): its own prediction with
-            # no answers, and with answers the predictive centred where the seen users' spread (the
-            # fitted prior as it is, not the few-shot setting) makes BT the marginal.
-            fitted = base.empirical_prior(model, seen_users)
-            logits = base.posterior_logits(model, states, covs, query_feats, (fitted.mean, fitted.cov))
-            q = query.label.shape[1]
-            population = jax.vmap(lambda m, f: model.pair_logits(jnp.broadcast_to(m, (q, m.shape[0])), f))(states, query_feats)
-            logits = jnp.where(n_shots > 0, logits, population)
+            logits = base.posterior_logits(model, states, covs, query_feats)
+            if inference == "bayes" and model.fits_user_state and model.population_is_marginal:
+                # No answers: the population model's own prediction. BT's σ(r) is already the users'
+                # marginal; the prior predictive would temper it again by their spread.
+                q = query.label.shape[1]
+                population = jax.vmap(lambda m, f: model.pair_logits(jnp.broadcast_to(m, (q, m.shape[0])), f))(
+                    states, query_feats)
+                logits = jnp.where(n_shots > 0, logits, population)
             return base.point_states(model, states, covs), logits
 
         return one(n_shots, strength)

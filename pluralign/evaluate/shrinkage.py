@@ -43,7 +43,7 @@ reached through the gate.
 **The gate** (per mode and k, smallest k first): personalize only where the calibration users show a gain in
 log-loss over the population prediction (the same model and prior with no answers: its 0-shot
 prediction; for a population-anchored model with its BT population stage that is BT's own
-prediction, exactly: `base.predictive_logits` does not temper a marginal fit again) whose paired
+prediction, exactly: `base.PreferenceModel.population_is_marginal`) whose paired
 bootstrap interval over users lies above zero, and no loss in accuracy on average (a sharper
 posterior that flips close calls can lower log-loss and accuracy together, so log-loss alone is
 not enough for "never worse than the population"). Accuracy is asked for its point estimate, not

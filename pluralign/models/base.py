@@ -140,8 +140,9 @@ class PreferenceModel(nnx.Module):
     has_latent_posterior: ClassVar[bool] = False
     # True where the population state's prediction is a fit of the population's *marginal*
     # preference, P(a ≻ b) over users: the shared reward of a population-anchored model trained
-    # first as BT (lore, bt_residual with their population stage). Its σ(r) already averages
-    # over users, so the posterior predictive must not temper it again (`predictive_logits`).
+    # first as BT (lore, bt_residual with their population stage). Its σ(r) already averages over
+    # users, so a new user with no answers gets it as it is, not the prior predictive, which would
+    # temper it again by the users' spread (`fewshot.make_adapt_and_predict`).
     population_is_marginal: bool = False
 
     @classmethod
@@ -621,56 +622,26 @@ def point_states(model: PreferenceModel, states: jax.Array, covs: jax.Array | No
     return states if covs is None else model.canonical_user_state(states)
 
 
-def posterior_logits(model: PreferenceModel, states: jax.Array, covs: jax.Array | None, features: Any,
-                     prior: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+def posterior_logits(model: PreferenceModel, states: jax.Array, covs: jax.Array | None, features: Any) -> jax.Array:
     """[U, Q] logits of each user's pairs from `infer_user_posterior`'s output: posterior-predictive
-    (`predictive_logits`) where there are covariances, the point state's otherwise. features: [U, Q, ...].
-    `prior`: (mean [S], covariance [S, S] or [U, S, S]) of the prior the posteriors came from, for a
-    model whose population prediction is a marginal fit (`predictive_logits`)."""
+    (`predictive_logits`) where there are covariances, the point state's otherwise. features: [U, Q, ...]."""
     if covs is not None:
-        if prior is None or not model.population_is_marginal:
-            return jax.vmap(lambda m, c, f: predictive_logits(model, m, c, f))(states, covs, features)
-        prior_covs = jnp.broadcast_to(prior[1], covs.shape)
-        return jax.vmap(lambda m, c, c0, f: predictive_logits(model, m, c, f, prior=(prior[0], c0)))(
-            states, covs, prior_covs, features)
+        return jax.vmap(lambda m, c, f: predictive_logits(model, m, c, f))(states, covs, features)
     q = jax.tree.leaves(features)[0].shape[1]
     return jax.vmap(lambda s, f: model.pair_logits(jnp.broadcast_to(s, (q, s.shape[0])), f))(states, features)
 
 
-def predictive_logits(model: PreferenceModel, mean: jax.Array, cov: jax.Array, features: Any,
-                      prior: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+def predictive_logits(model: PreferenceModel, mean: jax.Array, cov: jax.Array, features: Any) -> jax.Array:
     """Posterior-predictive logits of one user's pairs: σ(output) ≈ E[σ(logit)] under φ ~ N(mean, cov).
 
     The logit is linearised at the mean, l(φ) ≈ μ + gᵀ(φ − mean), so l ~ N(μ, v) with v = gᵀ cov g,
     and E[σ(l)] ≈ σ(μ / √(1 + πv/8)) (the probit approximation, MacKay 1992). The sign, hence the
     predicted preference, is the MAP's; the confidence shrinks where the user is uncertain.
     mean [S], cov [S, S], features [Q, ...] -> [Q].
-
-    `prior` = (m₀, Σ₀) for a model whose population prediction l₀ = l(m₀) is a fit of the marginal
-    (`population_is_marginal`: BT's reward, trained on every user's pairs, already estimates
-    E_u σ(l_u), not σ(E_u l_u)). Tempering it again by the users' spread would make a new user's
-    prediction less confident than the population model it starts from (measured: gated cells up
-    to 0.015 log-loss above BT's). So the users' mean logit is taken to be the one whose prior
-    predictive is BT's, l̄₀ = l₀ √(1 + πv₀/8) with v₀ = g₀ᵀ Σ₀ g₀, and the user's logit l̄₀ + (μ − l₀):
-
-        σ((μ + l₀ (√(1 + πv₀/8) − 1)) / √(1 + πv/8))
-
-    Under mean = m₀, cov = Σ₀ that is σ(l₀) exactly; as answers shrink v it moves to the plug-in
-    logit of the users' mean plus the user's shift. The evaluation passes Σ₀ = the fitted prior as
-    it is (the seen users' spread), not the few-shot setting's rescaling of it: tied to the setting,
-    the centre moved with it and the setting fitted at large k traded shrinkage against the centre
-    (Swissmetro lore k = 9: +0.074 over BT instead of +0.082), and gives a new user with no answers
-    the population model's own prediction (`fewshot.make_adapt_and_predict`).
     """
     q = jax.tree.leaves(features)[0].shape[0]
     head = lambda phi: model.pair_logits(jnp.broadcast_to(phi, (q, phi.shape[0])), features)  # noqa: E731
-
-    def spread(m, c):  # [Q] √(1 + πv/8), v = gᵀ c g with g the logits' gradient at m
-        grad = jax.jacfwd(head)(m)  # [Q, S]
-        return jnp.sqrt(1.0 + jnp.pi * jnp.maximum(jnp.einsum("qs,st,qt->q", grad, c, grad), 0.0) / 8.0)
-
     mu = head(mean)  # [Q]
-    if prior is not None:
-        base_logit = head(prior[0])  # [Q] the population model's
-        mu = mu + base_logit * (spread(prior[0], prior[1]) - 1.0)
-    return mu / spread(mean, cov)
+    grad = jax.jacfwd(head)(mean)  # [Q, S]
+    variance = jnp.einsum("qs,st,qt->q", grad, cov, grad)
+    return mu / jnp.sqrt(1.0 + jnp.pi * jnp.maximum(variance, 0.0) / 8.0)

@@ -97,7 +97,7 @@ class LoRe(BT):
         super().__init__(config, dims, rngs=rngs)
         self.user_state_dim = self.state_dim(config, dims)
         self.residual = config.formulation == "residual"
-        # r_θ trained first as BT, alone: its prediction is the population's marginal (base.predictive_logits)
+        # r_θ trained first as BT, alone: its prediction is the population's marginal (base.PreferenceModel.population_is_marginal)
         self.population_is_marginal = self.residual and config.population_stage
         self.weight_prior_strength = config.weight_prior_strength
         self.basis_net = MLP(2 * dims.dim, tuple(config.basis_hidden), config.rank, rngs=rngs)  # B_θ

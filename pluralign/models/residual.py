@@ -127,7 +127,7 @@ class BTResidual(BT):
         super().__init__(config, dims, rngs=rngs)
         self.user_state_dim = self.state_dim(config, dims)
         self.residual_prior_strength = config.residual_prior_strength
-        # r_θ trained first as BT, alone: its prediction is the population's marginal (base.predictive_logits)
+        # r_θ trained first as BT, alone: its prediction is the population's marginal (base.PreferenceModel.population_is_marginal)
         self.population_is_marginal = config.population_stage
         self.residual_projection = FixedProjection(dims.dim, config.residual_dim)
         self.residual_weights = nnx.Param(  # v [n_users, d]

@@ -124,31 +124,6 @@ def test_predictive_logits_match_monte_carlo_and_keep_the_sign():
     np.testing.assert_allclose(base.predictive_logits(model, mean, jnp.zeros((RANK, RANK)), feats), point, rtol=1e-6)
 
 
-def test_predictive_logits_keep_a_marginal_population_model_untempered():
-    """A population logit l₀ that is a marginal fit (BT's, `population_is_marginal`): the users' mean
-    logit is l̄ = l₀√(1 + πv₀/8), so that E σ(l̄ + δ) over the prior is σ(l₀); the predictive under
-    a posterior N(mean, cov) is E σ(l̄ + l(φ) − l₀), checked by Monte Carlo; under the prior itself
-    it is l₀ exactly."""
-    model = lore()
-    feats = jax.tree.map(lambda f: f[0], support(model, 1, 50))
-    zero, prior_cov = jnp.zeros(RANK), jnp.asarray(np.diag([2.0, 1.0, 0.5]), jnp.float32)
-    head = lambda phi: model.pair_logits(jnp.broadcast_to(phi, (50, RANK)), feats)  # noqa: E731
-    l0 = np.asarray(head(zero))
-    np.testing.assert_allclose(base.predictive_logits(model, zero, prior_cov, feats, prior=(zero, prior_cov)), l0, rtol=1e-5)
-    rng = np.random.default_rng(0)
-    grad = np.asarray(jax.jacfwd(head)(zero))
-    centre = l0 * np.sqrt(1 + np.pi * np.einsum("qs,st,qt->q", grad, np.asarray(prior_cov), grad) / 8)
-    prior_draws = rng.multivariate_normal(np.zeros(RANK), np.asarray(prior_cov), size=20000)
-    marginal = np.mean(jax.nn.sigmoid(centre[None] + prior_draws @ grad.T), axis=0)
-    np.testing.assert_allclose(marginal, jax.nn.sigmoid(l0), atol=0.02)  # l̄ is the centre whose marginal is BT's
-    mean, cov = jnp.array([0.5, -1.0, 0.3]), jnp.asarray(np.diag([0.5, 0.2, 0.4]), jnp.float32)
-    out = np.asarray(base.predictive_logits(model, mean, cov, feats, prior=(zero, prior_cov)))
-    draws = jnp.asarray(rng.multivariate_normal(np.asarray(mean), np.asarray(cov), size=20000), jnp.float32)
-    mc = np.mean(jax.nn.sigmoid(centre[None] + np.asarray(jax.vmap(head)(draws)) - l0[None]), axis=0)
-    np.testing.assert_allclose(jax.nn.sigmoid(out), mc, atol=0.02)
-    assert np.abs(jax.nn.sigmoid(out) - jax.nn.sigmoid(base.predictive_logits(model, mean, cov, feats))).max() > 0.01
-
-
 @pytest.mark.parametrize("population_stage", [True, False])
 def test_bayes_adaptation_at_zero_shots_is_the_population_model(tiny_dataset, population_stage):
     """No answers: BT's own logits where the shared reward was trained alone as BT (a fit of the
