@@ -71,6 +71,7 @@ def test_seed_and_seeds():
     assert cli.run_config(_compose(["seeds=[1,2]"])).seeds == [1, 2]
 
 
+@pytest.mark.slow
 def test_run_from_composed_config_writes_results(tmp_path):
     config = cli.run_config(_compose(["model=pal_a", f"cache_dir={tmp_path / 'cache'}", *TINY]))
     results = run(config, tmp_path / "run")

@@ -84,7 +84,8 @@ def test_zero_shots_give_the_prior_itself():
     model = lore()
     prior = base.empirical_prior(model, jnp.arange(40))
     feats = support(model, 2, 5)
-    means, covs = base.laplace_posterior(model, feats, jnp.ones((2, 5)), jnp.zeros((2, 5)), prior, precision_scale=2.0)
+    fit = jax.jit(lambda f, y, w: base.laplace_posterior(model, f, y, w, prior, precision_scale=2.0))  # one program, not eager ops
+    means, covs = fit(feats, jnp.ones((2, 5)), jnp.zeros((2, 5)))
     np.testing.assert_array_equal(means, np.zeros((2, RANK)))
     np.testing.assert_allclose(covs, np.broadcast_to(np.asarray(prior.cov) / 2.0, (2, RANK, RANK)), rtol=1e-4, atol=1e-6)
 
@@ -97,7 +98,7 @@ def test_laplace_is_the_exact_map_and_hessian_for_a_head_linear_in_the_state():
     U, k = 3, 12
     feats = support(model, U, k)
     labels = jnp.asarray(np.random.default_rng(3).random((U, k)) < 0.5, jnp.float32)
-    means, covs = base.laplace_posterior(model, feats, labels, jnp.ones((U, k)), prior, precision_scale=1.0)
+    means, covs = jax.jit(lambda f, y, w: base.laplace_posterior(model, f, y, w, prior))(feats, labels, jnp.ones((U, k)))
     shared, diff = (np.asarray(f, np.float64) for f in feats)
     precision = np.linalg.inv(np.asarray(prior.cov, np.float64))
     for u in range(U):
@@ -249,11 +250,14 @@ def test_fitted_residual_ratio_undoes_a_shrunk_residual_block(seen_v_std, expect
 
     (s_feats, s_labels), (q_feats, q_labels) = pairs(k), pairs(q)
 
-    def loss(ratio):
+    @jax.jit
+    def query_loss(ratio):  # one program for every ρ
         prior = base.empirical_prior(model, jnp.arange(300), residual_ratio=ratio)
         states, covs = base.laplace_posterior(model, s_feats, s_labels, jnp.ones((U, k)), prior, steps=50)
         z = base.posterior_logits(model, states, covs, q_feats)
-        return float(jnp.mean(base.preference_loss(z, q_labels, jnp.ones_like(q_labels))))
+        return jnp.mean(base.preference_loss(z, q_labels, jnp.ones_like(q_labels)))
+
+    loss = lambda ratio: float(query_loss(jnp.float32(ratio)))  # noqa: E731
 
     ratio, tried = search_ratio(loss)
     assert expect[0] <= ratio <= expect[1], tried
