@@ -64,6 +64,20 @@ def bundle(name: str, root: str):
                 reward=reward)
 
 
+def resave(name: str, path, tmp_path_factory, **fewshot):
+    """The shared bundle's model of `name` saved again at `path` with other few-shot choices
+    (`save_model`'s keywords `fewshot`): (bundle, the shared artifact loaded, the new path)."""
+    b = bundle(name, str(tmp_path_factory.getbasetemp() / "export_artifacts"))  # the shared one: read only here
+    data, split, trained = b["data"], b["split"], pluralign.load(b["path"])
+    path = save_model(
+        path, model_config=model_config(name), dims=base.Dims(dim=data.dim, n_users=data.n_users), params=b["params"],
+        seen_states=np.stack([trained.seen_states] * 2), seeds=SEEDS, dataset_meta=data.meta, seen_users=split.seen,
+        split=split.to_dict(), best_val_loss=np.array([0.7, 0.6]), inference_steps=STEPS, inference_learning_rate=0.1,
+        **fewshot,
+    )
+    return b, trained, path
+
+
 @pytest.fixture(params=sorted(REGISTRY))
 def setup(request, tmp_path_factory):
     root = tmp_path_factory.getbasetemp() / "export_artifacts"
@@ -109,15 +123,10 @@ def test_fewshot_inference_is_the_evaluation_protocol(setup):
 def test_reward_uses_the_prior_chosen_for_the_number_of_answers(inference, tmp_path, tmp_path_factory):
     """An artifact with a per-k prior choice: a new user with n answers is inferred with the setting
     chosen at the largest k ≤ n (the evaluation's `strength_at`), in the primary or the asked split mode."""
-    b = bundle("pal_a", str(tmp_path_factory.getbasetemp() / "export_artifacts"))  # the shared one: read only here
-    data, split, trained = b["data"], b["split"], pluralign.load(b["path"])
     by_k = {"random": {1: 1000.0, 4: 0.3}, "item_disjoint": {1: 0.3}}
-    path = save_model(
-        tmp_path / "per_k", model_config=model_config("pal_a"), dims=base.Dims(dim=data.dim, n_users=data.n_users),
-        params=b["params"], seen_states=np.stack([trained.seen_states] * 2), seeds=SEEDS, dataset_meta=data.meta,
-        seen_users=split.seen, split=split.to_dict(), best_val_loss=np.array([0.7, 0.6]), prior_strength=3.0,
-        prior_strength_by_k=by_k, prior_mode="random", inference=inference, inference_steps=STEPS, inference_learning_rate=0.1,
-    )
+    b, _, path = resave("pal_a", tmp_path / "per_k", tmp_path_factory, prior_strength=3.0, prior_strength_by_k=by_k,
+                        prior_mode="random", inference=inference)
+    data, split = b["data"], b["split"]
     loaded = pluralign.load(path)
     reward, item_reward = loaded.reward(capacity=8), loaded.reward(capacity=8, split_mode="item_disjoint")
     with pytest.raises(ValueError, match="split mode 'nope'"):
@@ -147,15 +156,10 @@ def test_reward_uses_the_prior_chosen_for_the_number_of_answers(inference, tmp_p
 def test_reward_follows_the_gate(tmp_path, tmp_path_factory):
     """An artifact whose gate keeps 1-2 answers at the population and personalizes from 3: a new
     user with 2 answers gets exactly the population state, one with 3 the evaluation's inference."""
-    b = bundle("pal_a", str(tmp_path_factory.getbasetemp() / "export_artifacts"))  # the shared one: read only here
-    data, split, trained = b["data"], b["split"], pluralign.load(b["path"])
-    path = save_model(
-        tmp_path / "gated", model_config=model_config("pal_a"), dims=base.Dims(dim=data.dim, n_users=data.n_users),
-        params=b["params"], seen_states=np.stack([trained.seen_states] * 2), seeds=SEEDS, dataset_meta=data.meta,
-        seen_users=split.seen, split=split.to_dict(), best_val_loss=np.array([0.7, 0.6]), prior_strength=1.0,
-        prior_strength_by_k={"random": {1: 1.0, 3: 0.3}}, personalize_by_k={"random": {1: False, 3: True}},
-        prior_mode="random", inference="bayes", inference_steps=STEPS, inference_learning_rate=0.1,
-    )
+    b, trained, path = resave("pal_a", tmp_path / "gated", tmp_path_factory, prior_strength=1.0,
+                              prior_strength_by_k={"random": {1: 1.0, 3: 0.3}}, personalize_by_k={"random": {1: False, 3: True}},
+                              prior_mode="random", inference="bayes")
+    data, split = b["data"], b["split"]
     reward = pluralign.load(path).reward(capacity=8)
     items = np.asarray(data.items, np.float32)
     population = np.asarray(reward.infer(Support(e_a=items[:0], e_b=items[:0])))
@@ -333,15 +337,10 @@ def test_load_rejects_a_directory_that_is_not_an_artifact(tmp_path):
 def test_reward_uses_the_fitted_residual_ratio(tmp_path, tmp_path_factory):
     """A lore artifact records each mode's residual ratio ρ; `reward.infer` infers a new user under
     the primary mode's ρ, as the evaluation's `adapt_and_predict` does, and a different ρ changes it."""
-    b = bundle("lore", str(tmp_path_factory.getbasetemp() / "export_artifacts"))  # the shared one: read only here
-    data, split, trained = b["data"], b["split"], pluralign.load(b["path"])
-    path = save_model(
-        tmp_path / "ratio", model_config=model_config("lore"), dims=base.Dims(dim=data.dim, n_users=data.n_users),
-        params=b["params"], seen_states=np.stack([trained.seen_states] * 2), seeds=SEEDS, dataset_meta=data.meta,
-        seen_users=split.seen, split=split.to_dict(), best_val_loss=np.array([0.7, 0.6]), prior_strength=1.0,
-        prior_strength_by_k={"random": {1: 1.0}, "item_disjoint": {1: 1.0}}, residual_ratio_by_mode={"random": 16.0},
-        prior_mode="random", inference="bayes", inference_steps=STEPS, inference_learning_rate=0.1,
-    )
+    b, _, path = resave("lore", tmp_path / "ratio", tmp_path_factory, prior_strength=1.0,
+                        prior_strength_by_k={"random": {1: 1.0}, "item_disjoint": {1: 1.0}},
+                        residual_ratio_by_mode={"random": 16.0}, prior_mode="random", inference="bayes")
+    data, split = b["data"], b["split"]
     loaded = pluralign.load(path)
     reward, item_reward = loaded.reward(capacity=8), loaded.reward(capacity=8, split_mode="item_disjoint")
     assert (reward.residual_ratio, item_reward.residual_ratio) == (16.0, 1.0)  # a mode without one: the prior as fitted
