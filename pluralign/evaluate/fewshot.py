@@ -259,9 +259,7 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
             if inference == "bayes" and model.fits_user_state and model.population_is_marginal:
                 # No answers: the population model's own prediction. BT's σ(r) is already the users'
                 # marginal; the prior predictive would temper it again by their spread.
-                q = query.label.shape[1]
-                population = jax.vmap(lambda m, f: model.pair_logits(jnp.broadcast_to(m, (q, m.shape[0])), f))(
-                    states, query_feats)
+                population = base.posterior_logits(model, states, None, query_feats)  # the point state's
                 logits = jnp.where(n_shots > 0, logits, population)
             return base.point_states(model, states, covs), logits
 

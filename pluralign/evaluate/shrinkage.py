@@ -290,11 +290,10 @@ class Calibration:
         (`refine_minimum`; interpolated in log c between the grid's): how well the prior under the
         current `residual_ratio` does when its scale is fitted. Scores the k-shot grid only."""
         self.predict([(k, s) for k in reached for s in settings])
-        curves = functools.reduce(lambda a, b: [_add(x, y) for x, y in zip(a, b)],
-                                  [[self.sums(k, s) for s in settings] for k in reached])
+        curves = pooled_curves([[self.sums(k, s) for s in settings] for k in reached])
         users = np.flatnonzero(curves[0]["weight"] > 0)
-        best = _fit(settings, curves, users)
-        return float(_interpolated(curves, settings, best, "log_loss_sum")[users].sum() / max(curves[0]["weight"][users].sum(), 1e-12))
+        at = _interpolated(curves, settings, _fit(settings, curves, users), "log_loss_sum")
+        return _mean_log_loss({"log_loss_sum": at, "weight": curves[0]["weight"]}, users)
 
 
 def _add(a: dict | None, b: dict) -> dict:
@@ -343,9 +342,14 @@ def _fit(settings: list[float], on_grid: list, users: np.ndarray) -> float:
     return refine_minimum(settings, [_mean_log_loss(g, users) for g in on_grid]) if len(settings) > 1 else settings[0]
 
 
+def pooled_curves(curves: list[list[dict]]) -> list[dict]:
+    """[K][G] per-user sums (one grid curve per k) -> [G] their sums over k, setting by setting."""
+    return [functools.reduce(_add, [curve[g] for curve in curves], None) for g in range(len(curves[0]))]
+
+
 def pooled_over_k(scores: list[Scores]) -> list[dict]:
     """[G] per-user sums over every k's users and queries (each k's own episodes), for one scale per mode."""
-    return [functools.reduce(_add, [sc.on_grid[g] for sc in scores], None) for g in range(len(scores[0].on_grid))]
+    return pooled_curves([sc.on_grid for sc in scores])
 
 
 def _folds(n: int) -> np.ndarray:
