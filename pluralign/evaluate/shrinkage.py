@@ -343,7 +343,7 @@ def _fit(settings: list[float], on_grid: list, users: np.ndarray) -> float:
 
 
 def pooled_curves(curves: list[list[dict]]) -> list[dict]:
-    """[K][G] per-user sums (one grid curve per k) -> [G] their sums over k, setting by setting."""
+    """`[K][G]` per-user sums (one grid curve per k) -> `[G]`, their sums over k, setting by setting."""
     return [functools.reduce(_add, [curve[g] for curve in curves], None) for g in range(len(curves[0]))]
 
 
