@@ -366,12 +366,24 @@ CHUNK_USERS = 128  # users per few-shot call: one compiled size, whatever the nu
 
 
 def _width(n_shots: int) -> int:
-    """The support width a k-shot call is compiled for: the power of 8 ≥ k, at least 8 (8, 64,
-    512, ...), so a run compiles a handful of programs while a small k does not pay for the pool's
-    width. 0 and 1 answers share the 8-wide program: a program of their own costs a compile (~2 s
-    on CPU) and saves less than that (0 answers run no fit at all)."""
+    """The support width a k-shot call is compiled for: the power of 2 ≥ k, at least 8 (8, 16, 32,
+    64, ...), so a run compiles one program per doubling of k while a k-shot fit pays for at most
+    2k support pairs (powers of 8 made k = 10 pay for 64: on the main job a third of the unseen
+    evaluation). 0 and 1 answers share the 8-wide program: a program of their own costs a compile
+    (~1 s on CPU) and saves less than that (0 answers run no fit at all)."""
     width = 8
     while width < n_shots:
+        width *= 2
+    return width
+
+
+def _query_width(n_query: int) -> int:
+    """The query width a call is compiled for: the power of 8 ≥ n_query, at least 8. Coarser than
+    the support's: calibration and scoring episodes hold different numbers of query pairs, and each
+    width is one more program per support width (~1 s each to compile), for little work (the query
+    pairs are scored once, the support pairs at every optimiser step)."""
+    width = 8
+    while width < n_query:
         width *= 8
     return width
 
@@ -398,7 +410,7 @@ def predict_users(adapt_and_predict, params, tables, comparisons: Comparisons, e
         pool = np.full((CHUNK_USERS, width), -1, np.int64)
         cut = episodes.pool[chunk, :width]
         pool[: len(chunk), : cut.shape[1]] = cut
-        query = np.full((CHUNK_USERS, _width(n_query)), -1, np.int64)  # a power of 8 wide, as the support
+        query = np.full((CHUNK_USERS, _query_width(n_query)), -1, np.int64)
         query[: len(chunk), :n_query] = episodes.query[chunk]
         z = predict_many(adapt_and_predict, params, tables, padded_batch(comparisons, pool),
                          padded_batch(comparisons, query), needed, seen_users, residual_ratio)
