@@ -72,6 +72,7 @@ def train_app(cfg: DictConfig) -> float:
             print(f"skipped, already complete: {done_in / 'results.json'}")
         else:
             check_data_source(config.data, option_prefix="data.")  # every missing column at once
+            use_compilation_cache()
             results = run(config, run_dir)
     except ValueError as e:  # bad user data (DatasetError) or a bad config value: a message, not a traceback
         if HydraConfig.get().mode.name != "RUN":
@@ -88,6 +89,21 @@ def train_app(cfg: DictConfig) -> float:
     val = {k: v for k, v in results["unseen"]["val_accuracy_at_k"].items() if v is not None}  # null: undefined
     # NaN when no unseen-val user reaches any k (tiny data): Optuna records the trial as failed.
     return float(sum(val.values()) / len(val)) if val else float("nan")
+
+
+def use_compilation_cache() -> None:
+    """JAX's persistent compilation cache in `$PLURALIGN_CACHE/jax` (default `~/.cache/pluralign/jax`)
+    unless `JAX_COMPILATION_CACHE_DIR` names another or `PLURALIGN_JAX_CACHE=0`: a run compiles a
+    few dozen programs (1-3 s each on CPU), and the next run of the same model and shapes (a re-run,
+    the other jobs of a sweep, each a process of its own) loads them instead. JAX keys each program
+    by its computation, shapes, flags and jax version, so a stale entry is never used."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir or os.environ.get("PLURALIGN_JAX_CACHE") == "0":
+        return
+    from pluralign.data.sources import default_cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "jax"))
 
 
 # What Hydra and pluralign.run write before training starts; a run directory holding nothing

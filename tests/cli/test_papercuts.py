@@ -103,3 +103,26 @@ def test_embed_problems_use_its_own_syntax_and_exit_with_one_line(tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith("pluralign embed: error: ") and "Traceback" not in err
     assert "user=user: no column 'user'" in err and not (tmp_path / "ds").exists()
+
+
+def test_runs_keep_compiled_programs_in_a_persistent_cache_a_user_can_move_or_turn_off(tmp_path, monkeypatch):
+    """`pluralign` runs compile into `$PLURALIGN_CACHE/jax` (the next run and a sweep's other jobs
+    load the programs), unless JAX_COMPILATION_CACHE_DIR names another directory or
+    PLURALIGN_JAX_CACHE=0."""
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("PLURALIGN_CACHE", str(tmp_path))
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        cli.use_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))  # as JAX_COMPILATION_CACHE_DIR sets it
+        cli.use_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv("PLURALIGN_JAX_CACHE", "0")
+        cli.use_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
