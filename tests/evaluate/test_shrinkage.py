@@ -29,6 +29,41 @@ def test_refine_minimum_is_continuous_and_stays_in_the_grid():
     assert 0.01 <= shrinkage.refine_minimum(SETTINGS, flat) <= 1.0
 
 
+def test_the_walk_finds_the_grids_minimum_scoring_only_the_settings_around_it():
+    """`local_minimum` = `refine_minimum` on the whole grid for a curve with one minimum, wherever
+    that minimum is (between grid points, on a grid point, at either edge), while scoring only the
+    settings the downhill walk from the middle visits and their neighbours."""
+    settings = list(np.exp(np.linspace(-6.9, 6.9, 9)))
+    for centre in (-6.0, -2.3, 0.0, 0.4, 3.1, 8.0, -9.0):
+        curve = 0.5 + 0.01 * (np.log(settings) - centre) ** 2
+        scored = []
+        fitted = shrinkage.local_minimum(settings, lambda g: scored.append(g) or curve[g])
+        assert fitted == pytest.approx(shrinkage.refine_minimum(settings, list(curve)), rel=1e-9)
+        nearest = int(np.argmin(np.abs(np.log(settings) - centre)))
+        assert len(set(scored)) == len(scored) <= abs(nearest - 4) + 3  # each once, only on the way
+    assert shrinkage.local_minimum([1.0], lambda g: 0.3) == 1.0
+
+
+def test_a_lazy_grid_gives_the_decision_of_the_whole_grid_and_scores_less_of_it():
+    """The same `decide` on `LazyCurves` as on lists: every figure equal, the settings far from the
+    minimum never computed, and results.json's grid_log_loss null exactly there."""
+    rng = np.random.default_rng(3)
+    full = scores(300, lambda s: 0.05 - 0.01 * np.log10(s / 3.0) ** 2, rng)
+    computed = set()
+
+    def lazy(curves):
+        return shrinkage.LazyCurves(len(curves), lambda g: computed.add(g) or curves[g])
+
+    eager = shrinkage.decide(5, full, SETTINGS)
+    walked = shrinkage.decide(5, Scores(ids=full.ids, is_seen=full.is_seen, population=lazy(full.population),
+                                        on_grid=lazy(full.on_grid)), SETTINGS)
+    assert walked.prior_scale == eager.prior_scale and walked.personalize == eager.personalize
+    assert walked.gain_log_loss == eager.gain_log_loss and walked.log_loss == eager.log_loss
+    assert computed == {1, 2, 3}  # the minimum lies between 1 and 10: the walk stops at 1
+    assert [v is not None for v in walked.grid_log_loss] == [g in computed for g in range(len(SETTINGS))]
+    assert [v for v in walked.grid_log_loss if v is not None] == [eager.grid_log_loss[g] for g in sorted(computed)]
+
+
 def scores(n_users: int, gain_per_pair, rng, pairs: int = 10, noise: float = 0.3) -> Scores:
     """Per-user sums where the personalized log-loss at setting s is the population's minus
     gain_per_pair(s) per pair, plus per-user noise; accuracy follows the same gain."""
