@@ -553,8 +553,9 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
     for mode in ev.modes:
         t0 = time.perf_counter()
         if personal:
-            log.info("%s: deciding the prior's scale and the gate at k %s on %d settings (calibration users: seen "
-                     "users, support from their %s pairs, query their held-out pairs; and %d unseen-val users)", mode,
+            log.info("%s: deciding the prior's scale and the gate at k %s on a grid of %d settings, scored near its "
+                     "minimum (calibration users: seen users, support from their %s pairs, query their held-out pairs; "
+                     "and %d unseen-val users)", mode,
                      list(ev.shots), len(settings), ev.calibration_support.replace("_", "-"), len(split.unseen_val))
         decisions[mode] = shrinkage.calibrate(
             adapt, params, data.tables, data.comparisons, held_out_rows=calibration_rows(data),
