@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -18,6 +16,7 @@ from pluralign.data.synthetic import IdealPointConfig
 from pluralign.evaluate.report import collect_results
 from pluralign.models import REGISTRY
 from pluralign.run import run
+from tests.cli_run import COMMAND, cli_env, run_pluralign
 
 CONF = pathlib.Path(cli.__file__).parent / "conf"
 TINY_DATA = ["data.n_users=40", "data.n_items=120", "data.comparisons_per_user=20", "data.dim=8"]
@@ -91,10 +90,7 @@ def test_run_from_composed_config_writes_results(tmp_path):
 
 
 def _pluralign(args, cwd, env_extra):
-    env = {**os.environ, "JAX_NUMPY_RANK_PROMOTION": "raise", "JAX_NUMPY_DTYPE_PROMOTION": "strict", **env_extra}
-    return subprocess.run(
-        [sys.executable, "-m", "pluralign.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+    return run_pluralign(args, cwd, env_extra)
 
 
 @pytest.mark.slow
@@ -129,13 +125,13 @@ def test_a_killed_run_restarted_in_its_directory_ends_with_the_same_results(tmp_
 
     args = ["model=pal_a", "eval=fast", *TINY_DATA, "train.max_epochs=12", "train.patience=100", "train.progress=false",
             "data.comparisons_per_user=60"]
-    env = {**os.environ, "PLURALIGN_CACHE": str(tmp_path / "cache"), "JAX_NUMPY_RANK_PROMOTION": "raise", "JAX_NUMPY_DTYPE_PROMOTION": "strict"}
+    env = cli_env({"PLURALIGN_CACHE": str(tmp_path / "cache")})
     reference = _pluralign([*args, f"hydra.run.dir={tmp_path / 'reference'}"], cwd=tmp_path, env_extra=env)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pluralign.cli", *args, f"hydra.run.dir={killed_dir}"],
+        [*COMMAND, *args, f"hydra.run.dir={killed_dir}"],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     metrics_file = killed_dir / "metrics.jsonl"

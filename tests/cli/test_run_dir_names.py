@@ -3,11 +3,7 @@ and a re-run sweep finds its finished jobs again, in the new names and in the ol
 
 from __future__ import annotations
 
-import os
-import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -15,6 +11,7 @@ from hydra import compose, initialize_config_module
 from pluralign.data.sources import dataset_path
 from pluralign.data.synthetic import IdealPointConfig
 from pluralign.rundir import MAX_JOB_NAME, job_dirname, short_value
+from tests.cli_run import run_pluralign
 
 
 def test_plain_overrides_keep_hydras_name():
@@ -48,9 +45,7 @@ def test_the_sweep_subdir_of_a_deep_data_path_is_one_level():
 
 
 def _pluralign(args, cwd, cache):
-    env = {**os.environ, "JAX_NUMPY_RANK_PROMOTION": "raise", "JAX_NUMPY_DTYPE_PROMOTION": "strict", "PLURALIGN_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "pluralign.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_pluralign(args, cwd, {"PLURALIGN_CACHE": str(cache)})
 
 
 @pytest.mark.slow

@@ -10,22 +10,19 @@ from __future__ import annotations
 import pytest
 import json
 import os
-import subprocess
-import sys
 
 from hydra import compose, initialize_config_module
 
 from pluralign import cli  # noqa: F401  (registers the structured configs)
 from pluralign.evaluate.report import collect_results
+from tests.cli_run import run_pluralign
 
 TINY = ["train=fast", "eval=fast", "train.max_epochs=2", "data.n_users=30", "data.n_items=80",
         "data.comparisons_per_user=16", "data.dim=8"]
 
 
 def _pluralign(args, cwd, cache):
-    env = {**os.environ, "JAX_NUMPY_RANK_PROMOTION": "raise", "JAX_NUMPY_DTYPE_PROMOTION": "strict", "PLURALIGN_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "pluralign.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_pluralign(args, cwd, {"PLURALIGN_CACHE": str(cache)})
 
 
 @pytest.mark.slow
