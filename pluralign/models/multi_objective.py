@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import scipy.stats
 from flax import nnx
 
 from pluralign.models.base import MLP
@@ -143,6 +142,8 @@ def masked_r2(pred: np.ndarray, ratings: np.ndarray) -> np.ndarray:
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    import scipy.stats  # here, not at module level: importing scipy.stats costs ~1 s, on every `import pluralign.models`
+
     return float(scipy.stats.spearmanr(x, y)[0])
 
 
