@@ -230,7 +230,7 @@ def _scored(curves: Sequence, g: int) -> bool:
 
 def _weight(curves: Sequence) -> np.ndarray:
     """[U] the query weight of the users the curves score (the same at every setting), read from
-    the grid's middle setting, where every fit starts."""
+    the grid's middle entry (on a sorted grid, where `local_minimum`'s walk starts: scored anyway)."""
     return curves[len(curves) // 2]["weight"]
 
 
