@@ -228,10 +228,15 @@ def _scored(curves: Sequence, g: int) -> bool:
     return not isinstance(curves, LazyCurves) or curves.known(g)
 
 
+def _middle(curves: Sequence) -> dict:
+    """The grid's middle entry: on a sorted grid where `local_minimum`'s walk starts, so reading
+    it scores nothing the fit would not."""
+    return curves[len(curves) // 2]
+
+
 def _weight(curves: Sequence) -> np.ndarray:
-    """[U] the query weight of the users the curves score (the same at every setting), read from
-    the grid's middle entry (on a sorted grid, where `local_minimum`'s walk starts: scored anyway)."""
-    return curves[len(curves) // 2]["weight"]
+    """[U] the query weight of the users the curves score (the same at every setting)."""
+    return _middle(curves)["weight"]
 
 
 def deal_to_seeds(n_users: int, n_seeds: int, chunk: int = CHUNK_USERS) -> np.ndarray:
@@ -257,11 +262,10 @@ class Calibration:
                  train_rows: np.ndarray | None = None):
         self.adapt, self.tables, self.seen_users = adapt_and_predict, tables, seen_users
         self.comparisons = comparisons
-        self.residual_ratio = 1.0  # the ρ predictions are made under (`base.empirical_prior`); part of every key
         seen = calibration_users(comparisons, held_out_rows, max_seen=max_seen)
         val_users = np.asarray(val_users)
         self.batches = []  # (that seed's parameters, episodes, label, user, weight, pool_size, has_query)
-        self._logits, self._done = {}, set()  # (ρ, batch, n_shots, setting) -> query logits; the (ρ, n_shots, setting) scored
+        self._logits = {}  # (ρ, n_shots, setting) -> [B] each batch's query logits
         ids, is_seen = [], []
         owner = deal_to_seeds(len(seen) + len(val_users), len(seeds))
         for seed_index, seed in enumerate(seeds):
@@ -281,31 +285,26 @@ class Calibration:
         order = np.argsort(ids)
         self.ids, self.is_seen = ids[order], is_seen[order]
 
-    def predict(self, needed, ratio: float | None = None) -> None:
-        """Scores every batch at each (n_shots, setting) of `needed` not scored yet: one
-        `fewshot.predict_users` per batch and n_shots (a call per 128 users and setting), over the users who reach n_shots (every user
-        with a query for 0); `logits` then reads them (0 for users not scored: outside every sum).
-        `ratio`: the residual ratio to predict under (default `residual_ratio`)."""
-        ratio = self.residual_ratio if ratio is None else ratio
-        needed = sorted({(int(k), float(s)) for k, s in needed} - {key[1:] for key in self._done if key[0] == ratio})
-        for k in sorted({k for k, _ in needed}):
-            at_k = [(kk, s) for kk, s in needed if kk == k]
-            for b, (seed_params, ep, label, _, _, pool_size, has_query) in enumerate(self.batches):
-                rows = np.flatnonzero(has_query & (pool_size >= k))
-                z = np.zeros((len(at_k), *label.shape), np.float32)
-                if len(rows):
-                    z[:, rows] = predict_users(self.adapt, seed_params, self.tables, self.comparisons, ep, rows, at_k,
-                                               self.seen_users, ratio)
-                self._logits.update({(ratio, b, *key): z[i] for i, key in enumerate(at_k)})
-        self._done.update((ratio, *key) for key in needed)
+    def logits(self, b: int, n_shots: int, setting: float, ratio: float = 1.0) -> np.ndarray:
+        """Query logits of batch b from `n_shots` answers at `setting`, the prior's residual block
+        scaled by `ratio` (`base.empirical_prior`). Every batch is scored on first request: one
+        `fewshot.predict_users` per batch (a call per 128 users) over the users who reach n_shots
+        (every user with a query for 0); 0 for the others, outside every sum."""
+        key = (float(ratio), int(n_shots), float(setting))
+        if key not in self._logits:
+            self._logits[key] = [self._predict(batch, *key) for batch in self.batches]
+        return self._logits[key][b]
 
-    def logits(self, b: int, n_shots: int, setting: float, ratio: float | None = None) -> np.ndarray:
-        """Query logits of batch b from `n_shots` answers at `setting` (under `ratio`, default `residual_ratio`)."""
-        ratio = self.residual_ratio if ratio is None else ratio
-        self.predict([(n_shots, setting)], ratio)
-        return self._logits[(ratio, b, int(n_shots), float(setting))]
+    def _predict(self, batch, ratio: float, k: int, setting: float) -> np.ndarray:
+        seed_params, ep, label, _, _, pool_size, has_query = batch
+        rows = np.flatnonzero(has_query & (pool_size >= k))
+        z = np.zeros(label.shape, np.float32)
+        if len(rows):
+            z[rows] = predict_users(self.adapt, seed_params, self.tables, self.comparisons, ep, rows, [(k, setting)],
+                                    self.seen_users, ratio)[0]
+        return z
 
-    def sums(self, k: int, setting: float, n_shots: int | None = None, ratio: float | None = None) -> dict:
+    def sums(self, k: int, setting: float, n_shots: int | None = None, ratio: float = 1.0) -> dict:
         """Per-user sums over the users who reach k, of predictions from `n_shots` (default k) answers at `setting`."""
         total = None
         for b, (_, _, label, user, weight, pool_size, has_query) in enumerate(self.batches):
@@ -317,19 +316,18 @@ class Calibration:
     def reaches(self, k: int) -> int:
         return int(sum(((pool_size >= k) & has_query).sum() for *_, pool_size, has_query in self.batches))
 
-    def score_grid(self, k: int, settings: list[float]) -> Scores:
-        """k's grid under the current `residual_ratio`, scored lazily (`LazyCurves`): a setting's
-        users are predicted when a fit or the gate first looks at it."""
-        ratio = self.residual_ratio
+    def score_grid(self, k: int, settings: list[float], ratio: float = 1.0) -> Scores:
+        """k's grid under residual ratio `ratio`, scored lazily (`LazyCurves`): a setting's users
+        are predicted when a fit or the gate first looks at it."""
         return Scores(ids=self.ids, is_seen=self.is_seen,
                       population=LazyCurves(len(settings), lambda g: self.sums(k, settings[g], n_shots=0, ratio=ratio)),
                       on_grid=LazyCurves(len(settings), lambda g: self.sums(k, settings[g], ratio=ratio)))
 
-    def pooled_log_loss(self, reached: list[int], settings: list[float]) -> float:
+    def pooled_log_loss(self, reached: list[int], settings: list[float], ratio: float = 1.0) -> float:
         """The mean query log-loss of every reached k's users pooled, at the scale fitted to them
-        (`local_minimum`; interpolated in log c between the grid's): how well the prior under the
-        current `residual_ratio` does when its scale is fitted. Scores the k-shot grid only."""
-        curves = pooled_curves([self.score_grid(k, settings).on_grid for k in reached])
+        (`local_minimum`; interpolated in log c between the grid's): how well the prior under
+        residual ratio `ratio` does when its scale is fitted. Scores the k-shot grid only."""
+        curves = pooled_curves([self.score_grid(k, settings, ratio).on_grid for k in reached])
         users = np.flatnonzero(_weight(curves) > 0)
         at = _interpolated(curves, settings, _fit(settings, curves, users), "log_loss_sum")
         return _mean_log_loss({"log_loss_sum": at, "weight": _weight(curves)}, users)
@@ -487,7 +485,7 @@ def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, 
     users = np.flatnonzero(_weight(scores.on_grid) > 0)
     setting = _fit(settings, scores.on_grid, users) if setting is None else setting
     if exact is None:
-        exact = tuple({name: _interpolated(curves, settings, setting, name) for name in curves[len(curves) // 2]}
+        exact = tuple({name: _interpolated(curves, settings, setting, name) for name in _middle(curves)}
                       for curves in (scores.population, scores.on_grid))
     population, at = exact
 
@@ -585,12 +583,9 @@ def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, he
     reached = [k for k in sorted(shots) if calibration.reaches(k)]
     ratio_losses = None
     if residual_ratio is None and reached and len(settings) > 1:
-        def loss(ratio):
-            calibration.residual_ratio = ratio
-            return calibration.pooled_log_loss(reached, settings)
-        residual_ratio, ratio_losses = search_ratio(loss)
-    calibration.residual_ratio = 1.0 if residual_ratio is None else float(residual_ratio)
-    scores = {k: calibration.score_grid(k, settings) for k in reached}
+        residual_ratio, ratio_losses = search_ratio(lambda ratio: calibration.pooled_log_loss(reached, settings, ratio))
+    ratio = 1.0 if residual_ratio is None else float(residual_ratio)
+    scores = {k: calibration.score_grid(k, settings, ratio) for k in reached}
     pooled = cross_fit(settings, pooled_over_k(list(scores.values()))) if reached and len(settings) > 1 else None
     chosen = {k: choose_scale(scores[k], pooled, settings, rule=scale_by_k, level=level) for k in reached}
     shared = pooled[0] if pooled else None
@@ -603,7 +598,7 @@ def calibrate(adapt_and_predict, params, tables, comparisons: Comparisons, *, he
         decision = decide(k, scores[k], settings, gate=gate, min_users=min_users, level=level, accuracy_margin=accuracy_margin,
                           setting=setting, opened_at=min(opened) if opened else None, fold_settings=fold_settings)
         decisions[k] = dataclasses.replace(decision, scale_from=source, pooled_scale=shared,
-                                           residual_ratio=calibration.residual_ratio,
+                                           residual_ratio=ratio,
                                            residual_ratio_log_loss=None if ratio_losses is None else {
                                                f"{r:g}": v for r, v in sorted(ratio_losses.items())})
     return decisions
