@@ -255,12 +255,15 @@ def make_adapt_and_predict(graphdef: nnx.GraphDef, steps: int, learning_rate: fl
                     model, seen_users, strength, pool.label.shape[0], residual_ratio))
             else:
                 states, covs = fit()
-            logits = base.posterior_logits(model, states, covs, query_feats)
+            predictive = lambda: base.posterior_logits(model, states, covs, query_feats)  # noqa: E731
             if inference == "bayes" and model.fits_user_state and model.population_is_marginal:
-                # No answers: the population model's own prediction. BT's σ(r) is already the users'
-                # marginal; the prior predictive would temper it again by their spread.
-                population = base.posterior_logits(model, states, None, query_feats)  # the point state's
-                logits = jnp.where(n_shots > 0, logits, population)
+                # No answers: the population model's own prediction, the point state's logits. BT's
+                # σ(r) is already the users' marginal; the prior predictive would temper it again by
+                # their spread.
+                logits = jax.lax.cond(n_shots > 0, predictive,
+                                      lambda: base.posterior_logits(model, states, None, query_feats))
+            else:
+                logits = predictive()
             return base.point_states(model, states, covs), logits
 
         return one(n_shots, strength)
@@ -365,16 +368,21 @@ def predict_many(adapt_and_predict, params, tables, pool, query, needed: list[tu
 CHUNK_USERS = 128  # users per few-shot call: one compiled size, whatever the number of users
 
 
+def _compiled_width(n: int, factor: int) -> int:
+    """The smallest 8·factor^j ≥ n: a width a few-shot call is compiled for."""
+    width = 8
+    while width < n:
+        width *= factor
+    return width
+
+
 def _width(n_shots: int) -> int:
     """The support width a k-shot call is compiled for: the power of 2 ≥ k, at least 8 (8, 16, 32,
     64, ...), so a run compiles one program per doubling of k while a k-shot fit pays for at most
     2k support pairs (powers of 8 made k = 10 pay for 64: on the main job a third of the unseen
     evaluation). 0 and 1 answers share the 8-wide program: a program of their own costs a compile
     (~1 s on CPU) and saves less than that (0 answers run no fit at all)."""
-    width = 8
-    while width < n_shots:
-        width *= 2
-    return width
+    return _compiled_width(n_shots, 2)
 
 
 def _query_width(n_query: int) -> int:
@@ -382,17 +390,14 @@ def _query_width(n_query: int) -> int:
     the support's: calibration and scoring episodes hold different numbers of query pairs, and each
     width is one more program per support width (~1 s each to compile), for little work (the query
     pairs are scored once, the support pairs at every optimiser step)."""
-    width = 8
-    while width < n_query:
-        width *= 8
-    return width
+    return _compiled_width(n_query, 8)
 
 
 def predict_users(adapt_and_predict, params, tables, comparisons: Comparisons, episodes: Episodes, rows: np.ndarray,
                   needed: list[tuple[int, float]], seen_users, residual_ratio: float = 1.0) -> np.ndarray:
     """[P, len(rows), Q] query logits of the episodes' users `rows` from each (n_shots, setting) of
-    `needed` (under `residual_ratio`, `make_adapt_and_predict`): one call per `CHUNK_USERS` users, each with only the pool's first max(n_shots)
-    pairs (the support; the rest would be masked out). A k-shot prediction thus costs k support
+    `needed` (under `residual_ratio`, `make_adapt_and_predict`): one call per `CHUNK_USERS` users,
+    each with only the pool's first max(n_shots) pairs (the support; the rest would be masked out). A k-shot prediction thus costs k support
     pairs (rounded up to `_width`) per user who reaches k, not the pool's width for every user,
     and the calls share a few compiled shapes."""
     zero = [i for i, (k, _) in enumerate(needed) if k == 0]
