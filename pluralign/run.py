@@ -531,6 +531,21 @@ def calibration_rows(data: RunData) -> np.ndarray:
     return np.sort(np.concatenate([data.pairs.val, data.pairs.test]))
 
 
+def scored_shots(data: RunData, config: RunConfig, mode: str) -> list[int]:
+    """The k's the unseen users will be scored at in `mode` (`fewshot.scored_episodes`): eval.shots,
+    plus the largest k enough unseen-val or unseen-test users reach where the largest asked for is
+    out of their reach. The shrinkage is decided at each of them, so a k is never scored under the
+    decision made for another (rail: unseen-test users reach k = 7 of 9, which took k = 6's)."""
+    ev = config.eval
+    shots = set(ev.shots)
+    for users in (data.split.unseen_val, data.split.unseen_test):
+        if len(users):
+            shots.update(fewshot.scored_episodes(data.comparisons, np.asarray(users), shots=list(ev.shots), mode=mode,
+                                                 seeds=list(config.seeds), draws=ev.draws,
+                                                 min_user_fraction=ev.min_user_fraction)[1])
+    return sorted(shots)
+
+
 def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) -> dict:
     """results.json `unseen`: in each split mode the prior's scale and the personalization gate
     are decided at each k on the calibration users (`shrinkage.calibrate`: seen users' held-out
@@ -552,14 +567,15 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
     by_mode, decisions, val_curves, warnings = {}, {}, {}, []
     for mode in ev.modes:
         t0 = time.perf_counter()
+        shots = scored_shots(data, config, mode)
         if personal:
             log.info("%s: deciding the prior's scale and the gate at k %s on a grid of %d settings, scored near its "
                      "minimum (calibration users: seen users, support from their %s pairs, query their held-out pairs; "
                      "and %d unseen-val users)", mode,
-                     list(ev.shots), len(settings), ev.calibration_support.replace("_", "-"), len(split.unseen_val))
+                     shots, len(settings), ev.calibration_support.replace("_", "-"), len(split.unseen_val))
         decisions[mode] = shrinkage.calibrate(
             adapt, params, data.tables, data.comparisons, held_out_rows=calibration_rows(data),
-            val_users=split.unseen_val, seen_users=jnp.asarray(split.seen), shots=list(ev.shots), mode=mode,
+            val_users=split.unseen_val, seen_users=jnp.asarray(split.seen), shots=shots, mode=mode,
             seeds=list(config.seeds), settings=settings, gate=ev.gate, min_users=ev.gate_min_users, level=ev.gate_level,
             accuracy_margin=ev.gate_accuracy_margin,
             max_seen=ev.calibration_seen_users, scale_by_k=ev.scale_by_k,

@@ -312,18 +312,8 @@ def evaluate_unseen(
         return {}
     users = np.asarray(users)
     ids = np.sort(users)
-    max_shots = max(shots)
-    episodes = []  # (seed index, Episodes); they depend only on data, users, seed and draw
-    for seed_index, seed in enumerate(seeds):
-        for draw in range(draws):
-            episode_seed = int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
-            episodes.append((seed_index, make_episodes(comparisons, users, max_shots=max_shots, mode=mode, seed=episode_seed)))
-    eligible = lambda ep, k: (ep.pool_size >= k) & (ep.query >= 0).any(axis=1)  # noqa: E731
-    reached = lambda ep, k: eligible(ep, k).any() and eligible(ep, k).mean() >= min_user_fraction  # noqa: E731
-    ks = list(shots)
-    largest = largest_reachable_k(episodes, max_shots, min_user_fraction)
-    if largest and largest not in ks and not any(reached(ep, max_shots) for _, ep in episodes):
-        ks.append(largest)
+    episodes, ks = scored_episodes(comparisons, users, shots=shots, mode=mode, seeds=seeds, draws=draws,
+                                   min_user_fraction=min_user_fraction)
 
     runs: dict[int, list[dict]] = {k: [] for k in ks}
     sums = {k: [] for k in ks}  # per-user sums of each episode: (k-shot, 0-shot)
@@ -333,28 +323,61 @@ def evaluate_unseen(
         query = padded_batch(comparisons, ep.query)
         label, user, weight = (np.asarray(x) for x in (query.label, query.user, query.weight))
         for k in ks:
-            if not reached(ep, k):
+            if not _reached(ep, k, min_user_fraction):
                 continue
             # The users who reach k, from k answers and from none (the population prediction: the
             # same model and prior without the answers), in one call; the others are not scored.
-            strength, rows = strength_at(prior_strength, k), np.flatnonzero(eligible(ep, k))
+            reach = _eligible(ep, k)
+            strength, rows = strength_at(prior_strength, k), np.flatnonzero(reach)
             zero_shot, logits = np.zeros((2, *label.shape), np.float32)
             zero_shot[rows], logits[rows] = predict_users(adapt_and_predict, seed_params, tables, comparisons, ep, rows,
                                                           [(0, strength), (k, strength)], seen_users, residual_ratio)
             if not gate_at(personalize, k):
                 logits = zero_shot
-            w = weight * eligible(ep, k)[:, None]
+            w = weight * reach[:, None]
             runs[k].append(metrics.summary(logits.ravel(), label.ravel(), w.ravel(), user.ravel(), user_group))
             sums[k].append(tuple(metrics.per_user_sums(z.ravel(), label.ravel(), w.ravel(), user.ravel(), ids)
                                  for z in (logits, zero_shot)))
-            for rows in (ep.users[eligible(ep, k)], ep.query[eligible(ep, k)], ep.pool[eligible(ep, k), :k]):
+            for rows in (ep.users[reach], ep.query[reach], ep.pool[reach, :k]):
                 fingerprint[k].update(np.ascontiguousarray(rows, np.int64).tobytes())
     return {
         k: shot_entry(runs[k], sums[k], ids, fingerprint[k].hexdigest(), largest_available=k not in shots)
         if runs[k] else {"accuracy": None, "n_users": 0, "n_users_total": len(users),
-                         "reason": unreached_reason(k, [ep for _, ep in episodes], eligible, min_user_fraction)}
+                         "reason": unreached_reason(k, [ep for _, ep in episodes], min_user_fraction)}
         for k in ks
     }
+
+
+def _eligible(episodes: Episodes, k: int) -> np.ndarray:
+    """Which of the episodes' users reach k: k support pairs and a query."""
+    return (episodes.pool_size >= k) & (episodes.query >= 0).any(axis=1)
+
+
+def _reached(episodes: Episodes, k: int, min_user_fraction: float) -> bool:
+    """Whether the episodes score k: at least `min_user_fraction` of their users (and one) reach it."""
+    reach = _eligible(episodes, k)
+    return bool(reach.any() and reach.mean() >= min_user_fraction)
+
+
+def scored_episodes(comparisons: Comparisons, users: np.ndarray, *, shots: list[int], mode: str, seeds: list[int],
+                    draws: int, min_user_fraction: float = 0.5) -> tuple[list[tuple[int, Episodes]], list[int]]:
+    """The (seed index, episodes) `evaluate_unseen` scores `users` on (they depend only on the data,
+    the users, the seed and the draw), and the k's it scores: `shots`, plus the largest k that at
+    least `min_user_fraction` of the users reach when the largest requested one is out of reach
+    (a sparse panel: rail's unseen-test users reach k = 7 of 9). The shrinkage is decided at these
+    k's (`pluralign.run.evaluate_unseen_users`): a k scored without a decision of its own would
+    get the one at the k below."""
+    max_shots = max(shots)
+    episodes = []
+    for seed_index, seed in enumerate(seeds):
+        for draw in range(draws):
+            episode_seed = int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
+            episodes.append((seed_index, make_episodes(comparisons, users, max_shots=max_shots, mode=mode, seed=episode_seed)))
+    ks = list(shots)
+    largest = largest_reachable_k(episodes, max_shots, min_user_fraction)
+    if largest and largest not in ks and not any(_reached(ep, max_shots, min_user_fraction) for _, ep in episodes):
+        ks.append(largest)
+    return episodes, ks
 
 
 def predict_many(adapt_and_predict, params, tables, pool, query, needed: list[tuple[int, float]], seen_users,
@@ -457,9 +480,9 @@ def largest_reachable_k(episodes: list, max_shots: int, min_user_fraction: float
     return best
 
 
-def unreached_reason(k: int, episodes: list, eligible, min_user_fraction: float) -> str:
+def unreached_reason(k: int, episodes: list, min_user_fraction: float) -> str:
     n_users = len(episodes[0].users)
-    most = max(int(eligible(ep, k).sum()) for ep in episodes)
+    most = max(int(_eligible(ep, k).sum()) for ep in episodes)
     return (f"k={k}: at most {most} of {n_users} users have {k} support pairs and a query in an episode "
             f"(at least {min_user_fraction:.0%} and one needed)")
 

@@ -61,6 +61,8 @@ entirely below 0): fewer users reach a larger k, so its own interval is wider, w
 predictive with a calibrated prior does not get worse in expectation as answers accumulate. Where fewer than `eval.gate_min_users`
 users reach k, no decision is made there and the nearest decided k below applies
 (`fewshot.strength_at`, `fewshot.gate_at`); below every decided k a new user gets the population.
+The ks decided are those the unseen users are scored at (`pluralign.run.scored_shots`): a k
+added because the largest asked for is out of their reach gets a decision of its own.
 
 Unseen-val users then only confirm, and unseen-test users are scored with these decisions.
 """

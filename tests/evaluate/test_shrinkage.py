@@ -221,7 +221,7 @@ def test_run_calibrates_on_seen_held_out_and_val_users_and_scores_test_users_wit
     calls, scored = [], []
 
     def fake_calibrate(adapt, params, tables, comparisons, *, held_out_rows, val_users, mode, shots, **_):
-        calls.append((np.asarray(held_out_rows), np.asarray(val_users), mode))
+        calls.append((np.asarray(held_out_rows), np.asarray(val_users), mode, shots))
         on = mode == "random"
         d = lambda k, s, p: Decision(k, s, p, {"seen": 1, "unseen_val": 1}, 1, {}, {}, 0.0, [0, 0], 0.0, [], [], "fake")  # noqa: E731
         return {1: d(1, 3.0, False), 5: d(5, 0.3 if on else 1.0, on)}
@@ -236,17 +236,22 @@ def test_run_calibrates_on_seen_held_out_and_val_users_and_scores_test_users_wit
         model=PALConfig(name="pal_a", n_prototypes=2, latent_dim=4),
         data=IdealPointConfig(n_users=40, n_items=100, comparisons_per_user=20, dim=16, seed=0),
         train=TrainConfig(progress=False, max_epochs=1, batch_size=128, checkpoint=False),
-        eval=EvalConfig(shots=[1, 5], modes=["random", "item_disjoint"], draws=1, inference="map"),
+        eval=EvalConfig(shots=[1, 5, 40], modes=["random", "item_disjoint"], draws=1, inference="map"),
         cache_dir=str(tmp_path / "cache"),
     )
     results = run(config, tmp_path / "run")
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     from pluralign.data.sources import load_dataset
-    user = load_dataset(config.data, config.cache_dir).comparisons.user
-    assert [m for *_, m in calls] == ["random", "item_disjoint"]
-    for rows, val, _ in calls:
-        assert set(user[rows]) <= set(split["seen"]) and len(rows) > 0
+    comparisons = load_dataset(config.data, config.cache_dir).comparisons
+    assert [m for _, _, m, _ in calls] == ["random", "item_disjoint"]
+    for rows, val, mode, shots in calls:
+        assert set(comparisons.user[rows]) <= set(split["seen"]) and len(rows) > 0
         np.testing.assert_array_equal(np.sort(val), np.sort(split["unseen_val"]))
+        # 40 answers are out of every user's reach (20 comparisons each): the largest k that unseen
+        # users are scored at instead is decided too, not left to the decision at the k below it.
+        largest = {fewshot.scored_episodes(comparisons, np.asarray(split[users]), shots=[1, 5, 40], mode=mode, seeds=[0],
+                                           draws=1)[1][-1] for users in ("unseen_val", "unseen_test")}
+        assert 40 not in largest and shots == sorted({1, 5, 40} | largest)
     test_calls = [(m, s, p) for users, m, s, p in scored if set(users) == set(split["unseen_test"])]
     assert sorted(test_calls, key=lambda c: c[0]) == [
         ("item_disjoint", {1: 3.0, 5: 1.0}, {1: False, 5: False}), ("random", {1: 3.0, 5: 0.3}, {1: False, 5: True})]
