@@ -12,6 +12,7 @@ Hydra stays here and in `pluralign.config`; the library underneath takes datacla
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -96,7 +97,9 @@ def use_compilation_cache() -> None:
     unless `JAX_COMPILATION_CACHE_DIR` names another or `PLURALIGN_JAX_CACHE=0`: a run compiles a
     few dozen programs (1-3 s each on CPU), and the next run of the same model and shapes (a re-run,
     the other jobs of a sweep, each a process of its own) loads them instead. JAX keys each program
-    by its computation, shapes, flags and jax version, so a stale entry is never used."""
+    by its computation, shapes, flags and jax version, so a stale entry is never used. The cache
+    is kept under `JAX_CACHE_MAX_BYTES`, least recently used entries dropped first, unless
+    `JAX_COMPILATION_CACHE_MAX_SIZE` sets another bound."""
     import jax
 
     if jax.config.jax_compilation_cache_dir or os.environ.get("PLURALIGN_JAX_CACHE") == "0":
@@ -104,6 +107,11 @@ def use_compilation_cache() -> None:
     from pluralign.data.sources import default_cache_dir
 
     jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "jax"))
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ and importlib.util.find_spec("filelock"):  # JAX evicts under its lock
+        jax.config.update("jax_compilation_cache_max_size", JAX_CACHE_MAX_BYTES)
+
+
+JAX_CACHE_MAX_BYTES = 2**30  # the compilation cache's bound (1 GiB; the main job's programs take ~5 MB)
 
 
 # What Hydra and pluralign.run write before training starts; a run directory holding nothing

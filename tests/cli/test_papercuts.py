@@ -111,12 +111,14 @@ def test_runs_keep_compiled_programs_in_a_persistent_cache_a_user_can_move_or_tu
     PLURALIGN_JAX_CACHE=0."""
     import jax
 
-    before = jax.config.jax_compilation_cache_dir
+    before, size = jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size
     monkeypatch.setenv("PLURALIGN_CACHE", str(tmp_path))
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_MAX_SIZE", raising=False)
     try:
         jax.config.update("jax_compilation_cache_dir", None)
         cli.use_compilation_cache()
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
+        assert jax.config.jax_compilation_cache_max_size == cli.JAX_CACHE_MAX_BYTES  # bounded: old entries go first
         jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))  # as JAX_COMPILATION_CACHE_DIR sets it
         cli.use_compilation_cache()
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
@@ -126,3 +128,4 @@ def test_runs_keep_compiled_programs_in_a_persistent_cache_a_user_can_move_or_tu
         assert jax.config.jax_compilation_cache_dir is None
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+        jax.config.update("jax_compilation_cache_max_size", size)
