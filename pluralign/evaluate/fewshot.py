@@ -408,12 +408,18 @@ def _width(n_shots: int) -> int:
     return _compiled_width(n_shots, 2)
 
 
+QUERY_BLOCK = 512  # the widest query one few-shot call scores; a longer one is scored in blocks of it
+
+
 def _query_width(n_query: int) -> int:
-    """The query width a call is compiled for: the power of 8 ≥ n_query, at least 8. Coarser than
+    """The query width a call is compiled for: the power of 8 ≥ n_query, at least 8, at most
+    `QUERY_BLOCK` (a longer query is scored in blocks of that width, `predict_users`). Coarser than
     the support's: calibration and scoring episodes hold different numbers of query pairs, and each
     width is one more program per support width (~1 s each to compile), for little work (the query
-    pairs are scored once, the support pairs at every optimiser step)."""
-    return _compiled_width(n_query, 8)
+    pairs are scored once, the support pairs at every optimiser step). The bound keeps a call's
+    memory at CHUNK_USERS × 512 query pairs whatever the data: a dense rating set whose users hold
+    600 query pairs each would otherwise be padded to 4,096 (7× the features, [U, Q, 2, d] of them)."""
+    return _compiled_width(min(n_query, QUERY_BLOCK), 8)
 
 
 def predict_users(adapt_and_predict, params, tables, comparisons: Comparisons, episodes: Episodes, rows: np.ndarray,
@@ -422,7 +428,8 @@ def predict_users(adapt_and_predict, params, tables, comparisons: Comparisons, e
     `needed` (under `residual_ratio`, `make_adapt_and_predict`): one call per `CHUNK_USERS` users,
     each with only the pool's first max(n_shots) pairs (the support; the rest would be masked out). A k-shot prediction thus costs k support
     pairs (rounded up to `_width`) per user who reaches k, not the pool's width for every user,
-    and the calls share a few compiled shapes."""
+    and the calls share a few compiled shapes. A query longer than `QUERY_BLOCK` pairs is scored
+    in blocks of it, each with the same support (the fit is repeated; memory stays bounded)."""
     zero = [i for i, (k, _) in enumerate(needed) if k == 0]
     if zero and len(zero) < len(needed):  # 0-shot predictions need no support: the narrowest call
         some = [i for i in range(len(needed)) if i not in zero]
@@ -438,11 +445,14 @@ def predict_users(adapt_and_predict, params, tables, comparisons: Comparisons, e
         pool = np.full((CHUNK_USERS, width), -1, np.int64)
         cut = episodes.pool[chunk, :width]
         pool[: len(chunk), : cut.shape[1]] = cut
-        query = np.full((CHUNK_USERS, _query_width(n_query)), -1, np.int64)
-        query[: len(chunk), :n_query] = episodes.query[chunk]
-        z = predict_many(adapt_and_predict, params, tables, padded_batch(comparisons, pool),
-                         padded_batch(comparisons, query), needed, seen_users, residual_ratio)
-        out[:, start : start + len(chunk)] = z[:, : len(chunk), :n_query]
+        support, block = padded_batch(comparisons, pool), _query_width(n_query)
+        for first in range(0, n_query, block):
+            part = episodes.query[chunk, first : first + block]
+            query = np.full((CHUNK_USERS, block), -1, np.int64)
+            query[: len(chunk), : part.shape[1]] = part
+            z = predict_many(adapt_and_predict, params, tables, support, padded_batch(comparisons, query), needed,
+                             seen_users, residual_ratio)
+            out[:, start : start + len(chunk), first : first + part.shape[1]] = z[:, : len(chunk), : part.shape[1]]
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -261,6 +262,19 @@ def test_a_grid_of_settings_equals_each_setting_alone_on_the_whole_pool(tiny_dat
     for i, s in enumerate(settings):
         alone = np.asarray(adapt(params, tables, pool, jnp.int32(3), query, jnp.float32(s), seen)[1])
         np.testing.assert_allclose(many[i], alone, atol=2e-3, err_msg=f"setting {s}")
+    # A query longer than one call's block (QUERY_BLOCK pairs) is scored in blocks with the same support.
+    repeats = fewshot.QUERY_BLOCK // ep.query.shape[1] + 2
+    long = dataclasses.replace(ep, query=np.tile(ep.query, (1, repeats)))
+    assert long.query.shape[1] > fewshot.QUERY_BLOCK
+    widths = []
+
+    def recording(params, tables, pool, k, query, *rest):
+        widths.append(query.label.shape[1])
+        return adapt(params, tables, pool, k, query, *rest)
+
+    blocks = fewshot.predict_users(recording, params, tables, c, long, rows, [(3, 0.3)], seen)[0]
+    np.testing.assert_allclose(blocks, np.tile(many[settings.index(0.3)], (1, repeats)), atol=1e-5)
+    assert widths == [fewshot.QUERY_BLOCK] * -(-long.query.shape[1] // fewshot.QUERY_BLOCK)  # memory bounded by the block
 
 
 def test_no_answers_is_the_prior_in_closed_form(tiny_dataset):
