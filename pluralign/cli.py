@@ -93,20 +93,22 @@ def train_app(cfg: DictConfig) -> float:
 
 
 def use_compilation_cache() -> None:
-    """JAX's persistent compilation cache in `$PLURALIGN_CACHE/jax` (default `~/.cache/pluralign/jax`)
+    """JAX's persistent compilation cache in `$PLURALIGN_CACHE/compiled` (default `~/.cache/pluralign/compiled`)
     unless `JAX_COMPILATION_CACHE_DIR` names another or `PLURALIGN_JAX_CACHE=0`: a run compiles a
     few dozen programs (1-3 s each on CPU), and the next run of the same model and shapes (a re-run,
     the other jobs of a sweep, each a process of its own) loads them instead. JAX keys each program
     by its computation, shapes, flags and jax version, so a stale entry is never used. The cache
     is kept under `JAX_CACHE_MAX_BYTES`, least recently used entries dropped first, unless
-    `JAX_COMPILATION_CACHE_MAX_SIZE` sets another bound."""
+    `JAX_COMPILATION_CACHE_MAX_SIZE` sets another bound. (JAX's eviction needs an access-time file
+    beside every entry; `~/.cache/pluralign/jax`, where pluralign 2026-12-05 kept an unbounded
+    cache, has none, and JAX fails every write into it: hence a directory of its own.)"""
     import jax
 
     if jax.config.jax_compilation_cache_dir or os.environ.get("PLURALIGN_JAX_CACHE") == "0":
         return
     from pluralign.data.sources import default_cache_dir
 
-    jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "jax"))
+    jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "compiled"))
     if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ and importlib.util.find_spec("filelock"):  # JAX evicts under its lock
         jax.config.update("jax_compilation_cache_max_size", JAX_CACHE_MAX_BYTES)
 

@@ -7,7 +7,7 @@ longer than its training. For each model, on the main job's data and settings
 runs the evaluation twice in one process:
   cold   every few-shot program compiled here, as in a first run;
   warm   the same again, its programs loaded from a compilation cache the cold pass filled (a
-         temporary one), as a re-run finds them in `$PLURALIGN_CACHE/jax`.
+         temporary one), as a re-run finds them in `$PLURALIGN_CACHE/compiled`.
 It prints both times, their ratio to training, and how many of the prior-scale grid's settings
 the calibration scored (it walks the grid from its middle: `shrinkage.local_minimum`).
 

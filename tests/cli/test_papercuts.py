@@ -106,7 +106,7 @@ def test_embed_problems_use_its_own_syntax_and_exit_with_one_line(tmp_path, caps
 
 
 def test_runs_keep_compiled_programs_in_a_persistent_cache_a_user_can_move_or_turn_off(tmp_path, monkeypatch):
-    """`pluralign` runs compile into `$PLURALIGN_CACHE/jax` (the next run and a sweep's other jobs
+    """`pluralign` runs compile into `$PLURALIGN_CACHE/compiled` (the next run and a sweep's other jobs
     load the programs), unless JAX_COMPILATION_CACHE_DIR names another directory or
     PLURALIGN_JAX_CACHE=0."""
     import jax
@@ -117,7 +117,7 @@ def test_runs_keep_compiled_programs_in_a_persistent_cache_a_user_can_move_or_tu
     try:
         jax.config.update("jax_compilation_cache_dir", None)
         cli.use_compilation_cache()
-        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "compiled")
         assert jax.config.jax_compilation_cache_max_size == cli.JAX_CACHE_MAX_BYTES  # bounded: old entries go first
         jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))  # as JAX_COMPILATION_CACHE_DIR sets it
         cli.use_compilation_cache()
