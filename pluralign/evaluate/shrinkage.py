@@ -113,10 +113,13 @@ class Decision:
 
 def grid(model: base.PreferenceModel, inference: str, prior_scales, prior_strengths) -> list[float]:
     """The settings to score: the bayes multipliers or the map precisions; one value where the
-    model's inference ignores the setting (VPL's amortised encoder), since only the gate is left."""
+    model's inference ignores the setting, since only the gate is left. VPL's amortised posterior
+    gets the multipliers under bayes (its prior N(0, I) has precision 1, so a multiplier and a
+    precision are the same number: `vpl.rescaled_prior`)."""
     if not model.uses_prior_strength:
         return [1.0]  # a placeholder the inference never reads
-    return list(prior_scales if inference == "bayes" and model.fits_user_state else prior_strengths)
+    scales = inference == "bayes" and (model.fits_user_state or model.has_latent_posterior)
+    return list(prior_scales if scales else prior_strengths)
 
 
 # --- calibration episodes ------------------------------------------------------------------

@@ -125,8 +125,8 @@ class PreferenceModel(nnx.Module):
     # self.state_dim(config, dims)` in `__init__`, so tools can read S from the class and config
     # (`state_dim`) or from an instance (this attribute), and the two agree.
     user_state_dim: int = 0
-    # False: `infer_user` ignores the prior strength (amortised inference, e.g. VPL), so the
-    # evaluation does not select one on unseen-val users.
+    # False: `infer_user` ignores the prior strength, so the evaluation does not fit one (only its
+    # gate is left). VPL's amortised encoder reads it as its prior's precision (`vpl.rescaled_prior`).
     uses_prior_strength: ClassVar[bool] = True
     # True: pair_logits(u, a, b) = reward(u, a) − reward(u, b), so a preference matrix over n
     # responses needs n rewards (`preference_logit_matrix`); False: its pair logits on n² pairs.

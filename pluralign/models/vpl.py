@@ -154,10 +154,32 @@ def beta_at(config: VPLConfig | VPLSettings, step) -> jax.Array:
     return config.beta * jnp.clip(t, 0.0, 1.0)
 
 
+def rescaled_prior(mu: jax.Array, logvar: jax.Array, strength) -> tuple[jax.Array, jax.Array]:
+    """The encoder's q(z | C) = N(μ, σ²) under the prior N(0, I/c) instead of N(0, I), c = `strength`
+    (a scalar or [...], broadcast against [..., L]): how far a new user's answers move z, decided
+    like every other model's prior scale (`pluralign.evaluate.shrinkage`).
+
+    q is read per dimension as the prior N(0, 1) times a Gaussian likelihood of precision
+    1/σ² − 1 (the encoder is trained against exactly that prior: the KL term). Under N(0, 1/c) the
+    posterior precision is 1/σ² − 1 + c and the mean (μ/σ²) / (1/σ² − 1 + c): c = 1 returns q
+    itself, c → ∞ the population z = 0 (BT for the anchored VPL), c < 1 trusts the answers more.
+    Where that precision would fall below c/σ² (c < 1 and σ² near 1 or above: a dimension the
+    answers barely inform), it is c/σ²: μ scaled by 1/c, still finite."""
+    precision = jnp.exp(-logvar)
+    strength = jnp.asarray(strength, precision.dtype)
+    strength = strength.reshape(strength.shape + (1,) * (precision.ndim - strength.ndim))
+    new = jnp.maximum(precision + strength - 1.0, jnp.minimum(strength, 1.0) * precision)
+    return mu * precision / new, -jnp.log(new)
+
+
 class VPL(PreferenceModel):
     logit_is_reward_difference = True
-    uses_prior_strength = False  # amortised inference: the encoder is the posterior
+    uses_prior_strength = True  # the encoder's posterior under a prior of precision c (`rescaled_prior`)
     has_latent_posterior = True  # the state [μ; log σ²] is q(z | C)
+
+    @property
+    def fits_user_state(self) -> bool:
+        return False  # amortised: the encoder is the posterior, nothing is fitted by optimisation
 
     @classmethod
     def population_stage(cls, config: VPLConfig) -> PopulationStage | None:
@@ -276,11 +298,12 @@ class VPL(PreferenceModel):
         return user_state[..., : self.settings.latent_dim], user_state[..., self.settings.latent_dim :]
 
     # --- users
-    def infer_user(self, support_features, labels, weights, *, prior_mean=None, **options):
+    def infer_user(self, support_features, labels, weights, *, prior_mean=None, prior_strength=1.0, **options):
         """Amortised few-shot inference: the support pairs are the context (no gradient steps).
-        [U, k, ·] -> [U, 2L] = [μ; log σ²]. MAP options (prior strength, steps) do not apply."""
+        [U, k, ·] -> [U, 2L] = [μ; log σ²], the encoder's posterior under the prior N(0, I/c),
+        c = `prior_strength` (`rescaled_prior`; 1: as trained). The other MAP options do not apply."""
         del prior_mean, options
-        return jnp.concatenate(self.posterior(support_features, labels, weights), axis=-1)
+        return jnp.concatenate(rescaled_prior(*self.posterior(support_features, labels, weights), prior_strength), axis=-1)
 
     def population_user_state(self, users=None):
         return jnp.zeros((self.user_state_dim,), jnp.float32)  # the prior N(0, I): μ = 0, log σ² = 0

@@ -19,7 +19,7 @@ from pluralign.data.hidden_types import HiddenTypesConfig
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.evaluate.fewshot import make_adapt_and_predict
 from pluralign.models import BT, BTConfig, base
-from pluralign.models.vpl import VPL, VPLConfig, beta_at, kl_to_standard_normal
+from pluralign.models.vpl import VPL, VPLConfig, beta_at, kl_to_standard_normal, rescaled_prior
 from pluralign.numerics import optimizer_update
 from pluralign.run import RunConfig, run
 from pluralign.train.trainer import TrainConfig
@@ -157,6 +157,44 @@ def test_amortised_inference_ignores_padding_and_scaled_reward_keeps_the_order()
     np.testing.assert_allclose(padded, cut, rtol=1e-5, atol=1e-6)
     assert ((scaled > 0) & (scaled < 1)).all()
     np.testing.assert_array_equal(np.argsort(raw), np.argsort(scaled))  # σ(r_y − r_ref) is monotone in r_y
+
+
+def test_the_prior_scale_moves_the_encoders_posterior_as_a_gaussian_prior_would():
+    """`rescaled_prior`: q(z | C) = N(μ, σ²) read as N(0, 1) × a likelihood of precision 1/σ² − 1,
+    under the prior N(0, 1/c). c = 1 is q itself, a large c the population (z = 0), c < 1 moves z
+    further; a dimension the answers do not inform (σ² ≥ 1) stays finite."""
+    mu = jnp.asarray([[0.8, -0.5, 0.3], [0.2, 0.1, -1.0]])
+    logvar = jnp.log(jnp.asarray([[0.25, 0.5, 1.0], [0.1, 2.0, 0.9]]))
+    same = rescaled_prior(mu, logvar, 1.0)
+    np.testing.assert_allclose(same[0], mu, rtol=1e-6)
+    np.testing.assert_allclose(same[1], logvar, rtol=1e-6, atol=1e-7)
+    # σ² = 0.25: likelihood precision 3, mean 0.8·4/3; under c = 5: precision 8, mean 0.8·4/8
+    strong = rescaled_prior(mu, logvar, 5.0)
+    np.testing.assert_allclose(strong[0][0, 0], 0.8 * 4 / 8, rtol=1e-6)
+    np.testing.assert_allclose(strong[1][0, 0], -np.log(8.0), rtol=1e-6)
+    assert (jnp.abs(strong[0]) < jnp.abs(mu)).all()
+    np.testing.assert_allclose(rescaled_prior(mu, logvar, 1e6)[0], 0.0, atol=1e-5)
+    weak = rescaled_prior(mu, logvar, jnp.asarray([0.5, 0.01]))  # one setting per user
+    np.testing.assert_allclose(weak[0][0, 0], 0.8 * 4 / 3.5, rtol=1e-6)
+    assert (jnp.abs(weak[0]) >= jnp.abs(mu) - 1e-7).all() and jnp.isfinite(weak[0]).all()
+    np.testing.assert_allclose(weak[0][1, 1], 0.1 / 0.01, rtol=1e-5)  # σ² = 2: precision c/σ², μ/c
+
+
+def test_few_shot_inference_reads_the_prior_scale():
+    """The evaluation's inference passes its setting to the encoder's posterior: the grid scored
+    for VPL is the multipliers' (not a placeholder), and a k-shot prediction moves with the setting."""
+    from pluralign.evaluate import shrinkage
+
+    model, rng = _model(), np.random.default_rng(3)
+    assert model.uses_prior_strength and not model.fits_user_state
+    assert shrinkage.grid(model, "bayes", [0.1, 1.0, 10.0], [0.5]) == [0.1, 1.0, 10.0]
+    support = _pairs(rng, 6)
+    feats = jax.tree.map(lambda f: f.reshape(1, 6, -1), model.pair_features(support))
+    labels, weights = jnp.asarray([[1, 0, 1, 1, 0, 1]], jnp.float32), jnp.ones((1, 6))
+    states = {c: base.infer_user_posterior(model, feats, labels, weights, inference="bayes", seen_users=jnp.arange(3),
+                                           strength=c, steps=1, learning_rate=0.1)[0] for c in (1.0, 100.0)}
+    np.testing.assert_allclose(states[1.0], model.infer_user(feats, labels, weights), rtol=1e-6)
+    assert jnp.abs(states[100.0][:, :L]).max() < 0.1 * jnp.abs(states[1.0][:, :L]).max()
 
 
 # --- the population anchor -------------------------------------------------------------
