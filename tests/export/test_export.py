@@ -119,12 +119,13 @@ def test_fewshot_inference_is_the_evaluation_protocol(setup):
         np.testing.assert_allclose(mine, states[u], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("inference", ["bayes", "map"])
-def test_reward_uses_the_prior_chosen_for_the_number_of_answers(inference, tmp_path, tmp_path_factory):
+@pytest.mark.parametrize("name, inference", [("pal_a", "bayes"), ("pal_a", "map"), ("vpl", "bayes")])
+def test_reward_uses_the_prior_chosen_for_the_number_of_answers(name, inference, tmp_path, tmp_path_factory):
     """An artifact with a per-k prior choice: a new user with n answers is inferred with the setting
-    chosen at the largest k ≤ n (the evaluation's `strength_at`), in the primary or the asked split mode."""
+    chosen at the largest k ≤ n (the evaluation's `strength_at`), in the primary or the asked split mode
+    (VPL: its encoder's posterior under that prior scale, `vpl.rescaled_prior`)."""
     by_k = {"random": {1: 1000.0, 4: 0.3}, "item_disjoint": {1: 0.3}}
-    b, _, path = resave("pal_a", tmp_path / "per_k", tmp_path_factory, prior_strength=3.0, prior_strength_by_k=by_k,
+    b, _, path = resave(name, tmp_path / "per_k", tmp_path_factory, prior_strength=3.0, prior_strength_by_k=by_k,
                         prior_mode="random", inference=inference)
     data, split = b["data"], b["split"]
     loaded = pluralign.load(path)
