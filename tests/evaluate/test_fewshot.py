@@ -243,7 +243,7 @@ def test_adapt_and_predict_uses_only_the_first_k_shots(tiny_dataset):
 
 
 
-def test_a_grid_of_settings_equals_each_setting_alone_on_the_whole_pool(tiny_dataset):
+def test_a_grid_of_settings_equals_each_setting_alone_on_the_whole_pool(tiny_dataset, monkeypatch):
     """`predict_users` scores a grid of (k, setting) pairs with the pool trimmed to the support's
     width: each entry equals that setting alone on the whole, untrimmed pool."""
     from pluralign.models import PALB
@@ -262,7 +262,10 @@ def test_a_grid_of_settings_equals_each_setting_alone_on_the_whole_pool(tiny_dat
     for i, s in enumerate(settings):
         alone = np.asarray(adapt(params, tables, pool, jnp.int32(3), query, jnp.float32(s), seen)[1])
         np.testing.assert_allclose(many[i], alone, atol=2e-3, err_msg=f"setting {s}")
-    # A query longer than one call's block (QUERY_BLOCK pairs) is scored in blocks with the same support.
+    # A query longer than one call's block (QUERY_BLOCK pairs) is scored in blocks with the same support
+    # (a 64-pair block here: the width the calls above compiled, so no new program).
+    assert ep.query.shape[1] <= 64
+    monkeypatch.setattr(fewshot, "QUERY_BLOCK", 64)
     repeats = fewshot.QUERY_BLOCK // ep.query.shape[1] + 2
     long = dataclasses.replace(ep, query=np.tile(ep.query, (1, repeats)))
     assert long.query.shape[1] > fewshot.QUERY_BLOCK
