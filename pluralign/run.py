@@ -531,19 +531,16 @@ def calibration_rows(data: RunData) -> np.ndarray:
     return np.sort(np.concatenate([data.pairs.val, data.pairs.test]))
 
 
-def scored_shots(data: RunData, config: RunConfig, mode: str) -> list[int]:
-    """The k's the unseen users will be scored at in `mode` (`fewshot.scored_episodes`): eval.shots,
-    plus the largest k enough unseen-val or unseen-test users reach where the largest asked for is
-    out of their reach. The shrinkage is decided at each of them, so a k is never scored under the
-    decision made for another (rail: unseen-test users reach k = 7 of 9, which took k = 6's)."""
+def unseen_episodes(data: RunData, config: RunConfig, mode: str) -> dict[str, tuple[list, list[int]]]:
+    """`fewshot.scored_episodes` of the unseen-val and unseen-test users (those there are) in `mode`:
+    their episodes and the k's they will be scored at, eval.shots plus the largest k enough of them
+    reach where the largest asked for is out of their reach. The shrinkage is decided at each of
+    those k's, so a k is never scored under the decision made for another (rail: unseen-test users
+    reach k = 7 of 9, which took k = 6's); `fewshot.evaluate_unseen` then scores these episodes."""
     ev = config.eval
-    shots = set(ev.shots)
-    for users in (data.split.unseen_val, data.split.unseen_test):
-        if len(users):
-            shots.update(fewshot.scored_episodes(data.comparisons, np.asarray(users), shots=list(ev.shots), mode=mode,
-                                                 seeds=list(config.seeds), draws=ev.draws,
-                                                 min_user_fraction=ev.min_user_fraction)[1])
-    return sorted(shots)
+    return {name: fewshot.scored_episodes(data.comparisons, np.asarray(users), shots=list(ev.shots), mode=mode,
+                                          seeds=list(config.seeds), draws=ev.draws, min_user_fraction=ev.min_user_fraction)
+            for name, users in (("unseen_val", data.split.unseen_val), ("unseen_test", data.split.unseen_test)) if len(users)}
 
 
 def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) -> dict:
@@ -567,7 +564,8 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
     by_mode, decisions, val_curves, warnings = {}, {}, {}, []
     for mode in ev.modes:
         t0 = time.perf_counter()
-        shots = scored_shots(data, config, mode)
+        episodes = unseen_episodes(data, config, mode)
+        shots = sorted(set(ev.shots).union(*(ks for _, ks in episodes.values())))
         if personal:
             log.info("%s: deciding the prior's scale and the gate at k %s on a grid of %d settings, scored near its "
                      "minimum (calibration users: seen users, support from their %s pairs, query their held-out pairs; "
@@ -601,9 +599,9 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
                       residual_ratio=residual_ratio_of(decisions[mode]))
         t0 = time.perf_counter()
         val_curves[mode] = fewshot.evaluate_unseen(adapt, params, data.tables, data.comparisons, split.unseen_val,
-                                                   mode=mode, **chosen, **common)
+                                                   mode=mode, scored=episodes.get("unseen_val"), **chosen, **common)
         by_mode[mode] = fewshot.evaluate_unseen(adapt, params, data.tables, data.comparisons, split.unseen_test,
-                                                mode=mode, **chosen, **common)
+                                                mode=mode, scored=episodes.get("unseen_test"), **chosen, **common)
         log.info("%s: %d unseen-val and %d unseen-test users scored at k %s in %.0f s", mode, len(split.unseen_val),
                  len(split.unseen_test), list(ev.shots), time.perf_counter() - t0)
     primary_mode = "random" if "random" in by_mode else next(iter(by_mode))

@@ -288,6 +288,7 @@ def evaluate_unseen(
     min_user_fraction: float = 0.5,
     user_group: np.ndarray | None = None,
     residual_ratio: float = 1.0,
+    scored: tuple[list, list[int]] | None = None,
 ) -> dict:
     """k-shot metrics on unseen users for every seed (params carry a leading seed axis) and draw.
 
@@ -296,6 +297,8 @@ def evaluate_unseen(
     largest k' ≤ k applies, the population below all of them); where it is off a user gets the
     population prediction (the 0-shot one: the same model and prior without the answers). None:
     personalize at every k. `residual_ratio`: the mode's fitted ρ (`base.empirical_prior`).
+    `scored`: `scored_episodes` of these users under the same arguments, where the caller has it
+    already (`pluralign.run.evaluate_unseen_users` decides the shrinkage at its k's first).
 
     Returns {k: entry} for every requested k, and for the largest k that enough users reach
     when the largest requested one is out of reach (`largest_available: true`). An entry with
@@ -312,8 +315,8 @@ def evaluate_unseen(
         return {}
     users = np.asarray(users)
     ids = np.sort(users)
-    episodes, ks = scored_episodes(comparisons, users, shots=shots, mode=mode, seeds=seeds, draws=draws,
-                                   min_user_fraction=min_user_fraction)
+    episodes, ks = scored if scored is not None else scored_episodes(
+        comparisons, users, shots=shots, mode=mode, seeds=seeds, draws=draws, min_user_fraction=min_user_fraction)
 
     runs: dict[int, list[dict]] = {k: [] for k in ks}
     sums = {k: [] for k in ks}  # per-user sums of each episode: (k-shot, 0-shot)

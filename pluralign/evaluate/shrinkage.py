@@ -61,7 +61,7 @@ entirely below 0): fewer users reach a larger k, so its own interval is wider, w
 predictive with a calibrated prior does not get worse in expectation as answers accumulate. Where fewer than `eval.gate_min_users`
 users reach k, no decision is made there and the nearest decided k below applies
 (`fewshot.strength_at`, `fewshot.gate_at`); below every decided k a new user gets the population.
-The ks decided are those the unseen users are scored at (`pluralign.run.scored_shots`): a k
+The ks decided are those the unseen users are scored at (`pluralign.run.unseen_episodes`): a k
 added because the largest asked for is out of their reach gets a decision of its own.
 
 Unseen-val users then only confirm, and unseen-test users are scored with these decisions.
@@ -413,8 +413,6 @@ def _interpolated(curves: Sequence, settings: list[float], value: float, name: s
 
 
 def _fit(settings: list[float], on_grid: Sequence, users: np.ndarray) -> float:
-    if len(settings) == 1:
-        return settings[0]
     return local_minimum(settings, lambda g: _mean_log_loss(on_grid[g], users))
 
 
