@@ -34,7 +34,6 @@ import hashlib
 import io
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import tarfile

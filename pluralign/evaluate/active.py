@@ -61,7 +61,7 @@ def make_elicitation_curve(graphdef: nnx.GraphDef, n_questions: int, n_samples: 
     """
 
     def one_user(model, pool_feats, pool_labels, pool_weights, query_feats, query_labels, query_weights, key, active):
-        P, Q = pool_labels.shape[0], query_labels.shape[0]
+        P = pool_labels.shape[0]
         available = pool_weights > 0
 
         def posterior(asked):
@@ -69,7 +69,7 @@ def make_elicitation_curve(graphdef: nnx.GraphDef, n_questions: int, n_samples: 
             return model.infer_user(feats, pool_labels[None], jnp.where(asked, pool_weights, 0.0)[None])[0]  # [S]
 
         def accuracy(state):
-            logits = model.pair_logits(jnp.broadcast_to(state, (Q, state.shape[0])), query_feats)
+            logits = model.user_logits(state, query_feats)
             correct = ((logits > 0) == (query_labels > 0.5)).astype(query_weights.dtype) * query_weights
             return correct.sum() / jnp.maximum(query_weights.sum(), 1e-9)
 

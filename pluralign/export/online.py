@@ -62,10 +62,10 @@ def _user_posterior_samples(reward: PersonalizedReward, params, e_x, has_prompt,
     if model.has_latent_posterior:
         return state, model.sample_latents(state, key, n_samples)  # [n, L]
     one_feats = jax.tree.map(lambda f: f[0], feats)
-    C, S = label.shape[0], reward.state_dim
+    S = reward.state_dim
 
     def neg_log_posterior(phi):
-        z = model.pair_logits(jnp.broadcast_to(phi, (C, S)), one_feats)
+        z = model.user_logits(phi, one_feats)
         return base.preference_loss(z, label, weight).sum() - model.user_state_log_prior(phi, prior_mean, strength[0])
 
     hessian = jax.hessian(neg_log_posterior)(state)

@@ -185,6 +185,15 @@ class PreferenceModel(nnx.Module):
         """[B, S] user states and [B, ...] features -> [B] logits of P(a ≻ b)."""
         raise NotImplementedError
 
+    def user_logits(self, user_state: jax.Array, features: Any) -> jax.Array:
+        """[S] one user's state and [k, ...] features of that user's pairs -> [k] logits: what a
+        few-shot fit evaluates at every step (~100 per support pair). Default: `pair_logits` with the
+        state repeated on every pair; a model whose logit splits into a part of the pair alone and a
+        part of the user overrides it to compute the user's part once (PAL: its ideal point or
+        direction), the pair's part being the same at every step of the fit."""
+        k = jax.tree.leaves(features)[0].shape[0]
+        return self.pair_logits(jnp.broadcast_to(user_state, (k, user_state.shape[-1])), features)
+
     def reward(
         self, user_state: jax.Array, e_x: jax.Array, has_prompt: jax.Array, e_y: jax.Array
     ) -> jax.Array:
@@ -401,7 +410,7 @@ def pair_logit_matrix(model: PreferenceModel, user_state, e_x, has_prompt, e_ite
     pair = PairEmbeddings(
         e_x=jnp.broadcast_to(e_x, (n * n, dim)), has_prompt=jnp.broadcast_to(has_prompt, (n * n,)), e_a=e_items[i], e_b=e_items[j]
     )
-    logits = model.pair_logits(jnp.broadcast_to(user_state, (n * n, user_state.shape[-1])), model.pair_features(pair))
+    logits = model.user_logits(user_state, model.pair_features(pair))
     return logits.reshape(n, n)
 
 
@@ -435,7 +444,7 @@ def fit_user_states(
     strengths = jnp.broadcast_to(jnp.asarray(prior_strength, jnp.float32), (n_users,))
 
     def objective(state, feats, y, w, strength):  # state [S]; feats [k, ...]
-        z = model.pair_logits(jnp.broadcast_to(state, (k, S)), feats)
+        z = model.user_logits(state, feats)
         return preference_loss(z, y, w).sum() - model.user_state_log_prior(state, prior_mean, strength)
 
     def fit_one(feats, y, w, strength):
@@ -541,7 +550,7 @@ def laplace_posterior(
 
     def objective(z, feats, y, w, precision_scale):  # z [S]; feats [k, ...]
         phi = prior.mean + chol @ z
-        logits = model.pair_logits(jnp.broadcast_to(phi, (k, S)), feats)
+        logits = model.user_logits(phi, feats)
         return preference_loss(logits, y, w).sum() + 0.5 * precision_scale * jnp.sum(jnp.square(z))
 
     def fit_one(feats, y, w, precision_scale):
@@ -627,8 +636,7 @@ def posterior_logits(model: PreferenceModel, states: jax.Array, covs: jax.Array 
     (`predictive_logits`) where there are covariances, the point state's otherwise. features: [U, Q, ...]."""
     if covs is not None:
         return jax.vmap(lambda m, c, f: predictive_logits(model, m, c, f))(states, covs, features)
-    q = jax.tree.leaves(features)[0].shape[1]
-    return jax.vmap(lambda s, f: model.pair_logits(jnp.broadcast_to(s, (q, s.shape[0])), f))(states, features)
+    return jax.vmap(model.user_logits)(states, features)
 
 
 def predictive_logits(model: PreferenceModel, mean: jax.Array, cov: jax.Array, features: Any) -> jax.Array:
@@ -639,8 +647,7 @@ def predictive_logits(model: PreferenceModel, mean: jax.Array, cov: jax.Array, f
     predicted preference, is the MAP's; the confidence shrinks where the user is uncertain.
     mean [S], cov [S, S], features [Q, ...] -> [Q].
     """
-    q = jax.tree.leaves(features)[0].shape[0]
-    head = lambda phi: model.pair_logits(jnp.broadcast_to(phi, (q, phi.shape[0])), features)  # noqa: E731
+    head = lambda phi: model.user_logits(phi, features)  # noqa: E731
     mu = head(mean)  # [Q]
     grad = jax.jacfwd(head)(mean)  # [Q, S]
     variance = jnp.einsum("qs,st,qt->q", grad, cov, grad)

@@ -121,6 +121,14 @@ class PALA(_PALBase):
         s_b = -jnp.sum(jnp.square(f_b - ideal), axis=-1)
         return jnp.exp(self.log_temperature[...]) * (s_a - s_b)
 
+    def user_logits(self, user_state, features):
+        # −‖f_a − a‖² + ‖f_b − a‖² = ‖f_b‖² − ‖f_a‖² + 2 a·(f_a − f_b): the ideal point a once, and
+        # terms of the pair alone, which a few-shot fit's loop computes once (XLA hoists them).
+        f_a, f_b = features  # [k, d]
+        ideal = jax.nn.softmax(user_state, axis=-1) @ self.prototypes[...]  # [d]
+        s = jnp.sum(jnp.square(f_b), axis=-1) - jnp.sum(jnp.square(f_a), axis=-1) + 2.0 * ((f_a - f_b) @ ideal)
+        return jnp.exp(self.log_temperature[...]) * s
+
     def reward(self, user_state, e_x, has_prompt, e_y):
         del e_x, has_prompt  # PAL-A's ideal point does not depend on the prompt
         ideal = self._ideal_point(user_state)
@@ -160,6 +168,16 @@ class PALB(_PALBase):
         f_a, f_b, directions = features
         u = self._user_direction(user_state, directions)  # [B, d]
         return self._scale() * jnp.sum((f_a - f_b) * u, axis=-1)  # cos(f_a, u) − cos(f_b, u), scaled
+
+    def user_logits(self, user_state, features):
+        # With u = Σ_k w_k g_k: (f_a − f_b)·u = w·c and ‖u‖² = wᵀ G w, c_k = (f_a − f_b)·g_k and
+        # G = g gᵀ of the pair alone, which a few-shot fit's loop computes once (XLA hoists them).
+        f_a, f_b, directions = features  # [k, d], [k, d], [k, K, d]
+        w = jax.nn.softmax(user_state, axis=-1)  # [K]
+        c = jnp.einsum("kd,kKd->kK", f_a - f_b, directions)
+        gram = jnp.einsum("kId,kJd->kIJ", directions, directions)
+        norm = jnp.sqrt(jnp.maximum(jnp.einsum("I,kIJ,J->k", w, gram, w), 0.0))
+        return self._scale() * (c @ w) / (norm + 1e-6)  # as `unit(u, 1e-6)`
 
     def reward(self, user_state, e_x, has_prompt, e_y):
         u = self._user_direction(user_state, self._prompt_directions(e_x, has_prompt))

@@ -140,11 +140,9 @@ class MetaLearned(PreferenceModel):
 
     def adapt(self, support_features, labels, weights) -> jax.Array:
         """T gradient steps on φ from φ₀ on one user's support [C, ...] -> φ^T [S]."""
-        C = labels.shape[0]
-        S = self.user_state_dim
 
         def support_loss(phi):
-            logits = self.inner.pair_logits(jnp.broadcast_to(phi, (C, S)), support_features)
+            logits = self.inner.user_logits(phi, support_features)
             return preference_loss(logits, labels, weights).sum() / jnp.maximum(weights.sum(), 1e-9)
 
         phi = self.meta_init[...]

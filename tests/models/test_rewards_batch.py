@@ -56,3 +56,22 @@ def test_preference_matrix_is_the_models_own_pair_logits(name):
     pairwise = base.logits(model, jnp.broadcast_to(state, (n * n, model.user_state_dim)), pair).reshape(n, n)
     matrix = ranking.preference_logit_matrix(model, state, e_x, jnp.asarray(True), e_items)
     np.testing.assert_allclose(matrix, pairwise, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_one_users_logits_are_the_pair_logits_with_the_state_on_every_pair(name):
+    """`user_logits` (what a few-shot fit evaluates at every step) is `pair_logits` with one state
+    repeated on every pair, for every model, PAL's rewritten forms (the ideal point or direction
+    computed once) included; with prompts and without."""
+    cls, _ = REGISTRY[name]
+    graphdef, params = base.init(cls, model_config(name), base.Dims(dim=8, n_users=5), jax.random.PRNGKey(0))
+    model = nnx.merge(graphdef, params)
+    n, D = 6, 8
+    k = jax.random.split(jax.random.PRNGKey(3), 4)
+    state = jax.random.normal(k[0], (model.user_state_dim,))
+    pair = base.PairEmbeddings(e_x=jax.random.normal(k[1], (n, D)), has_prompt=jnp.arange(n) % 2 == 0,
+                               e_a=jax.random.normal(k[2], (n, D)), e_b=jax.random.normal(k[3], (n, D)))
+    feats = model.pair_features(pair)
+    expected = model.pair_logits(jnp.broadcast_to(state, (n, model.user_state_dim)), feats)
+    np.testing.assert_allclose(model.user_logits(state, feats), expected, rtol=1e-4, atol=1e-4)
