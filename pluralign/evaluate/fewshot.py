@@ -394,21 +394,23 @@ def predict_many(adapt_and_predict, params, tables, pool, query, needed: list[tu
 CHUNK_USERS = 128  # users per few-shot call: one compiled size, whatever the number of users
 
 
-def _compiled_width(n: int, factor: int) -> int:
-    """The smallest 8·factor^j ≥ n: a width a few-shot call is compiled for."""
-    width = 8
+def _compiled_width(n: int, factor: int, smallest: int = 8) -> int:
+    """The smallest smallest·factor^j ≥ n: a width a few-shot call is compiled for."""
+    width = smallest
     while width < n:
         width *= factor
     return width
 
 
 def _width(n_shots: int) -> int:
-    """The support width a k-shot call is compiled for: the power of 2 ≥ k, at least 8 (8, 16, 32,
-    64, ...), so a run compiles one program per doubling of k while a k-shot fit pays for at most
-    2k support pairs (powers of 8 made k = 10 pay for 64: on the main job a third of the unseen
-    evaluation). 0 and 1 answers share the 8-wide program: a program of their own costs a compile
-    (~1 s on CPU) and saves less than that (0 answers run no fit at all)."""
-    return _compiled_width(n_shots, 2)
+    """The support width a k-shot call is compiled for: the power of 4 ≥ k, at least 16 (16, 64,
+    256, ...), so a run compiles one program per quadrupling of k while a k-shot fit pays for fewer
+    than 4k support pairs (16 below k = 4). Each width is one more program, ~1.5-2.5 s to compile
+    on CPU: with PAL's fit at a few ms per call (`PreferenceModel.user_logits`), the main job's
+    k = 1…50 on powers of 2 (8, 16, 32, 64) spent more compiling its four programs than running
+    them; on these two (16, 64) its cold evaluation takes ~3-5 s less and its warm one the same.
+    0 and 1 answers share the narrowest program: 0 answers run no fit at all."""
+    return _compiled_width(n_shots, 4, smallest=16)
 
 
 QUERY_BLOCK = 512  # the widest query one few-shot call scores; a longer one is scored in blocks of it
