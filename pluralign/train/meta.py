@@ -111,6 +111,9 @@ class MetaLearned(PreferenceModel):
     def pair_logits(self, user_state, features):
         return self.inner.pair_logits(user_state, features)
 
+    def user_logits(self, user_state, features):
+        return self.inner.user_logits(user_state, features)
+
     def reward(self, user_state, e_x, has_prompt, e_y):
         return self.inner.reward(user_state, e_x, has_prompt, e_y)
 
