@@ -603,8 +603,7 @@ def evaluate_unseen_users(graphdef, params, data: RunData, config: RunConfig) ->
         by_mode[mode] = fewshot.evaluate_unseen(adapt, params, data.tables, data.comparisons, split.unseen_test,
                                                 mode=mode, scored=episodes.get("unseen_test"), **chosen, **common)
         log.info("%s: %d unseen-val and %d unseen-test users scored at k %s in %.0f s", mode, len(split.unseen_val),
-                 len(split.unseen_test), sorted(set().union(*(ks for _, ks in episodes.values()))) or list(ev.shots),
-                 time.perf_counter() - t0)
+                 len(split.unseen_test), shots, time.perf_counter() - t0)
     primary_mode = "random" if "random" in by_mode else next(iter(by_mode))
     primary = by_mode[primary_mode]
     strengths_by_k = {m: {k: d.prior_scale for k, d in ds.items()} for m, ds in decisions.items()}

@@ -125,7 +125,7 @@ class PALA(_PALBase):
         # −‖f_a − a‖² + ‖f_b − a‖² = ‖f_b‖² − ‖f_a‖² + 2 a·(f_a − f_b): the ideal point a once, and
         # terms of the pair alone, which a few-shot fit's loop computes once (XLA hoists them).
         f_a, f_b = features  # [k, d]
-        ideal = jax.nn.softmax(user_state, axis=-1) @ self.prototypes[...]  # [d]
+        ideal = self._ideal_point(user_state)  # [d]
         s = jnp.sum(jnp.square(f_b), axis=-1) - jnp.sum(jnp.square(f_a), axis=-1) + 2.0 * ((f_a - f_b) @ ideal)
         return jnp.exp(self.log_temperature[...]) * s
 

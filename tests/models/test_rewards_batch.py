@@ -14,12 +14,16 @@ from pluralign.config import model_config
 from pluralign.models import REGISTRY, base, ranking
 
 
+def _built(name: str):
+    """The registered model `name` at its default config, D = 8, 5 users, seed 0."""
+    cls, _ = REGISTRY[name]
+    return nnx.merge(*base.init(cls, model_config(name), base.Dims(dim=8, n_users=5), jax.random.PRNGKey(0)))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_rewards_of_n_responses_equal_reward_of_each(name):
-    cls, _ = REGISTRY[name]
-    graphdef, params = base.init(cls, model_config(name), base.Dims(dim=8, n_users=5), jax.random.PRNGKey(0))
-    model = nnx.merge(graphdef, params)
+    model = _built(name)
     B, N, D = 3, 4, 8
     k = jax.random.split(jax.random.PRNGKey(1), 3)
     state = jax.random.normal(k[0], (B, model.user_state_dim))
@@ -41,9 +45,7 @@ def test_preference_matrix_is_the_models_own_pair_logits(name):
     """`ranking.preference_logit_matrix` takes a shortcut (one embedding per response: GPM's
     matrix product, or reward differences) only where it equals the model's pair logits; DPL's
     P(a ≻ b) compares two reward distributions, so its matrix is not r_i − r_j."""
-    cls, _ = REGISTRY[name]
-    graphdef, params = base.init(cls, model_config(name), base.Dims(dim=8, n_users=5), jax.random.PRNGKey(0))
-    model = nnx.merge(graphdef, params)
+    model = _built(name)
     n, D = 5, 8
     k = jax.random.split(jax.random.PRNGKey(2), 3)
     state = jax.random.normal(k[0], (model.user_state_dim,))
@@ -64,9 +66,7 @@ def test_one_users_logits_are_the_pair_logits_with_the_state_on_every_pair(name)
     """`user_logits` (what a few-shot fit evaluates at every step) is `pair_logits` with one state
     repeated on every pair, for every model, PAL's rewritten forms (the ideal point or direction
     computed once) included; with prompts and without."""
-    cls, _ = REGISTRY[name]
-    graphdef, params = base.init(cls, model_config(name), base.Dims(dim=8, n_users=5), jax.random.PRNGKey(0))
-    model = nnx.merge(graphdef, params)
+    model = _built(name)
     n, D = 6, 8
     k = jax.random.split(jax.random.PRNGKey(3), 4)
     state = jax.random.normal(k[0], (model.user_state_dim,))
