@@ -67,19 +67,19 @@ class EvalConfig:
     prior_strengths: list[float] = dataclasses.field(
         default_factory=lambda: [0.01, 0.042, 0.18, 0.75, 3.2, 13.0, 56.0, 240.0, 1000.0])
     # Personalize at a (mode, k) only where the calibration users show a log-loss gain over the
-    # population prediction whose paired bootstrap interval (`gate_level`) lies above 0, and no
-    # accuracy loss; false: personalize at every k with the fitted scale.
+    # population prediction whose one-sided lower confidence bound (`gate_level`) lies above 0, and
+    # no accuracy loss; false: personalize at every k with the fitted scale.
     gate: bool = True
     # Where the scale is fitted: "per_k" = on each k's own calibration users; "pooled" = one scale
     # per mode, on every k's users pooled; "evidence" = the pooled one, and a k's own only where
-    # it beats the pooled one on cross-fitted log-loss (paired interval above 0 at `gate_level`).
+    # it beats the pooled one on cross-fitted log-loss (one-sided lower bound above 0 at `gate_level`).
     # On a sparse panel a large k that a few dozen users reach picks its own scale by noise.
     scale_by_k: str = "per_k"
-    gate_level: float = 0.95  # level of the gate's paired bootstrap interval over calibration users
+    gate_level: float = 0.95  # confidence of the gate's one-sided bounds (paired bootstrap over calibration users)
     gate_min_users: int = 20  # fewer calibration users reaching a k: no decision there (the nearest k below applies)
     # Accuracy, besides the log-loss evidence: by default the gate opens only where the calibration
-    # users' accuracy gain is not negative on average. A number m also asks its `gate_level`
-    # interval to rule out a loss larger than m (a non-inferiority test: ruling out 0.3 points
+    # users' accuracy gain is not negative on average. A number m also asks its one-sided
+    # `gate_level` lower bound to rule out a loss larger than m (a non-inferiority test: ruling out 0.3 points
     # takes some 10⁴ query pairs, so on a sparse panel it keeps the population at every k).
     gate_accuracy_margin: float | None = None
     # At most this many seen users calibrate (a fixed random subset; all unseen-val users do too):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pluralign.data.synthetic import IdealPointConfig
-from pluralign.evaluate import fewshot, shrinkage
+from pluralign.evaluate import fewshot, metrics, shrinkage
 from pluralign.evaluate.fewshot import EvalConfig
 from pluralign.evaluate.shrinkage import Decision, Scores
 from pluralign.models import PALConfig
@@ -101,6 +101,31 @@ def test_gate_personalizes_where_users_gain_and_not_where_they_do_not():
     assert not few.personalize and "gate_min_users" in few.reason
     # With the gate off the fitted scale is used at every k.
     assert shrinkage.decide(5, scores(300, lambda s: -0.02, rng), SETTINGS, gate=False).personalize
+
+
+def test_gate_asks_a_one_sided_lower_bound_at_gate_level():
+    """The gate's question is one-sided (is there a gain?): it opens where the gain's one-sided
+    `gate_level` lower bound is above 0, the lower end of the two-sided (2·level − 1) interval, not
+    of the reported 95 % one. A gain 1.8 standard errors above 0 passes at 95 % one-sided (1.645)
+    though its two-sided 95 % interval (1.96) reaches below 0; at gate_level 0.99 (2.33) it fails."""
+    n, pairs, sd = 400, 10.0, 2.0
+    noise = np.random.default_rng(0).normal(size=n)
+    noise = (noise - noise.mean()) / noise.std() * sd  # exactly mean 0, sd 2: the mean gain is exactly g
+    g = 1.8 * sd / pairs / np.sqrt(n)  # per pair: 1.8 standard errors
+    population = {"n": np.full(n, pairs), "correct": np.full(n, 7.0), "weight": np.full(n, pairs),
+                  "log_loss_sum": np.full(n, 6.0)}
+    on_grid = [{**population, "log_loss_sum": 6.0 - g * pairs + noise, "correct": np.full(n, 7.1)} for _ in SETTINGS]
+    case = Scores(ids=np.arange(n), is_seen=np.ones(n, bool), population=[population] * len(SETTINGS), on_grid=on_grid)
+
+    opened = shrinkage.decide(3, case, SETTINGS)
+    assert opened.gain_log_loss == pytest.approx(g)
+    assert opened.gain_log_loss_ci95[0] < 0 < opened.gain_log_loss_lower  # reported two-sided 95 %; one-sided 95 % bound
+    assert opened.personalize and opened.gate_level == 0.95 and "one-sided 95% lower bound" in opened.reason
+    weight, gain = np.full(n, pairs), g * pairs - noise
+    assert opened.gain_log_loss_lower == pytest.approx(shrinkage.one_sided_bounds(gain, weight, 0.95)[0], rel=1e-9)
+    assert shrinkage.one_sided_bounds(gain, weight, 0.95) == pytest.approx(metrics.bootstrap_ratio_interval(gain, weight, level=0.90), rel=1e-9)
+    strict = shrinkage.decide(3, case, SETTINGS, level=0.99)
+    assert not strict.personalize and strict.gain_log_loss_lower < 0 and "not above 0" in strict.reason
 
 
 def accuracy_case(accuracy_shift, rng, n=300, pairs=10.0):
