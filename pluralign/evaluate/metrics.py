@@ -116,16 +116,20 @@ def bootstrap_ratio_interval(numerator, denominator, *, n_resamples: int = 1000,
     queries, of the paired accuracy difference. Users are resampled with replacement (a fixed
     seed, so a report is reproducible). Returns (low, high), or (None, None) without users.
     """
+    return bootstrap_ratio_intervals(numerator, denominator, (level,), n_resamples=n_resamples, seed=seed)[0]
+
+
+def bootstrap_ratio_intervals(numerator, denominator, levels, *, n_resamples: int = 1000, seed: int = 0) -> list:
+    """`bootstrap_ratio_interval` at each of `levels`, from one resampling: [(low, high), ...]."""
     numerator, denominator = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
     keep = denominator > 0
     numerator, denominator = numerator[keep], denominator[keep]
     if len(denominator) == 0:
-        return None, None
+        return [(None, None)] * len(levels)
     index = np.random.default_rng(seed).integers(0, len(denominator), size=(n_resamples, len(denominator)))
     ratios = numerator[index].sum(axis=1) / denominator[index].sum(axis=1)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(ratios, [tail, 100 - tail])
-    return float(low), float(high)
+    tails = [100 * (1 - level) / 2 for level in levels]
+    return [(float(low), float(high)) for low, high in (np.percentile(ratios, [t, 100 - t]) for t in tails)]
 
 
 def mean_over_runs(runs: list[dict]) -> dict:

@@ -442,7 +442,12 @@ def one_sided_bounds(numerator, denominator, level: float) -> tuple[float | None
     """(lower, upper) one-sided `level` confidence bounds of Σ numerator / Σ denominator over users
     (paired bootstrap): the ends of the two-sided (2·level − 1) interval. The gate asks one-sided
     questions (is there a gain? once open, is there a loss?), each at `level`."""
-    return metrics.bootstrap_ratio_interval(numerator, denominator, level=2 * level - 1)
+    return metrics.bootstrap_ratio_interval(numerator, denominator, level=_two_sided(level))
+
+
+def _two_sided(level: float) -> float:
+    """The two-sided level whose percentile interval's ends are one-sided `level` bounds."""
+    return 2 * level - 1
 
 
 def _folds(n: int) -> np.ndarray:
@@ -524,11 +529,12 @@ def decide(k: int, scores: Scores, settings: list[float], *, gate: bool = True, 
 
     weight, decided = population["weight"], population["n"]
     gain = float(gain_ll[users].sum() / max(weight[users].sum(), 1e-12))
-    low, high = metrics.bootstrap_ratio_interval(gain_ll[users], weight[users], level=REPORT_LEVEL)
-    bound_low, bound_high = one_sided_bounds(gain_ll[users], weight[users], level)
+    # The reported two-sided interval and the gate's one-sided bounds (`one_sided_bounds`), from one resampling.
+    levels = (REPORT_LEVEL, _two_sided(level))
+    (low, high), (bound_low, bound_high) = metrics.bootstrap_ratio_intervals(gain_ll[users], weight[users], levels)
     gain_acc = float(gain_correct[users].sum() / max(decided[users].sum(), 1e-12))
-    acc_low, acc_high = metrics.bootstrap_ratio_interval(gain_correct[users], decided[users], level=REPORT_LEVEL)
-    acc_bound_low, acc_bound_high = one_sided_bounds(gain_correct[users], decided[users], level)
+    (acc_low, acc_high), (acc_bound_low, acc_bound_high) = metrics.bootstrap_ratio_intervals(
+        gain_correct[users], decided[users], levels)
     acc_text = f"accuracy {gain_acc:+.4f} [{acc_low:+.4f}, {acc_high:+.4f}]" if acc_low is not None else f"accuracy {gain_acc:+.4f}"
     ll_text = (f"log-loss gain {gain:+.4f} [{low:+.4f}, {high:+.4f}], one-sided {level:.0%} lower bound {bound_low:+.4f}"
                if low is not None else f"log-loss gain {gain:+.4f}")

@@ -436,7 +436,7 @@ def fit_user_states(
     1–2 shots and fades as k grows. features: pytree of [U, k, ...]; labels, weights: [U, k]
     (weight 0 = padding); `prior_strength`: one value or [U], one per user. Returns [U, S].
     """
-    n_users, k = labels.shape
+    n_users = labels.shape[0]
     S = model.user_state_dim
     if S == 0:
         return jnp.zeros((n_users, 0), jnp.float32)
@@ -542,7 +542,7 @@ def laplace_posterior(
     negative log posterior at the MAP (jax.hessian; S is small). features: pytree of [U, k, ...];
     `precision_scale`: one value or [U], one per user.
     """
-    n_users, k = labels.shape
+    n_users = labels.shape[0]
     S = prior.mean.shape[0]
     chol = jnp.linalg.cholesky(prior.cov)  # [S, S]
     tx = optax.adam(learning_rate)
