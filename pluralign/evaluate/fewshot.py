@@ -88,8 +88,10 @@ class EvalConfig:
     # Where a seen calibration user's support comes from (the query is always their held-out
     # pairs): "training" = their training pairs, so hundreds of users reach every k (θ has seen
     # that support: pluralign.evaluate.shrinkage says what that does); "held_out" = their held-out
-    # pairs too, never trained on, but on a sparse panel they stop at k = 1 or 2.
-    calibration_support: str = "training"
+    # pairs too, never trained on, but on a sparse panel they stop at k = 1 or 2; "auto" =
+    # "held_out" for a model whose inference is an encoder trained on those very training pairs
+    # (VPL: there training support was optimistic, measured on rail), "training" for the others.
+    calibration_support: str = "auto"
     # "bayes", models whose state has a residual block (lore with residual_dim > 0): that block's
     # prior variance relative to the rest, ρ. null = fitted per split mode on the calibration users
     # (factors of 4 from 1, pluralign.evaluate.shrinkage.search_ratio); a number fixes it (1 = the
@@ -116,8 +118,9 @@ class EvalConfig:
             raise ValueError(f"eval.inference must be 'bayes' or 'map', got {self.inference!r}")
         if self.scale_by_k not in ("evidence", "per_k", "pooled"):
             raise ValueError(f"eval.scale_by_k must be 'evidence', 'per_k' or 'pooled', got {self.scale_by_k!r}")
-        if self.calibration_support not in ("held_out", "training"):
-            raise ValueError(f"eval.calibration_support must be 'held_out' or 'training', got {self.calibration_support!r}")
+        if self.calibration_support not in ("auto", "held_out", "training"):
+            raise ValueError(f"eval.calibration_support must be 'auto', 'held_out' or 'training', "
+                             f"got {self.calibration_support!r}")
         if self.residual_ratio is not None and not self.residual_ratio > 0:
             raise ValueError(f"eval.residual_ratio must be null (fitted) or > 0, got {self.residual_ratio}")
         if self.calibration_seen_users < 0:

@@ -14,7 +14,8 @@ users. Each is treated as a new user: episodes are drawn in the evaluation's own
 state is inferred from k support pairs by the evaluation's own inference (θ frozen, the user's
 learned state ignored), and the query pairs are scored. A seen user's query is always their
 *held-out* comparisons (the seen-pair validation and test rows: never trained on); their support
-(`eval.calibration_support`) is by default their *training* comparisons (`training_support_episodes`;
+(`eval.calibration_support`, `auto`) is their *training* comparisons for every model that fits a
+user's state (`training_support_episodes`;
 item split: support and query on disjoint halves of the user's items), so that hundreds of users
 reach every k. With `held_out` the support comes from the held-out rows too (`make_episodes` on
 them): nothing θ was trained on, but a seen user holds out ~20 % of their pairs, so on a sparse
@@ -56,10 +57,11 @@ when a tenth of them flip, while a sparse panel's calibration users hold a few h
 and gave up +4 points at k ≥ 6). `eval.gate_accuracy_margin` = m adds that test for those who
 want it. The bound is one-sided because the question is: is there a gain? (Until 2026-12-05 it
 was the lower end of a two-sided 95 % interval, a one-sided 97.5 % test. Re-evaluating the same
-trained runs under both, 4 models × 4 data sets × 3 seeds, changed one case: VPL on rail, whose
-calibration gain at k = 4, +0.023 [−0.002, +0.049], now opens the gate; its unseen-test users
-then gain +1.3 / +2.4 / +3.2 points at k = 4 / 6 / 7, as ungated. Every cell where personalizing
-lowered accuracy stayed at the population under both.) The gain is *cross-fitted*:
+trained runs under both, 4 models × 4 data sets × 3 seeds, changed one case: VPL on rail with
+training support, whose calibration gain at k = 4, +0.023 [−0.002, +0.049], opened the gate. That
+support turned out optimistic for VPL on other user splits (`pluralign.run.calibration_support`):
+VPL now calibrates on held-out support and keeps BT on rail. Every cell where personalizing
+lowered accuracy stayed at the population under both rules.) The gain is *cross-fitted*:
 the users are split in two folds and each fold is scored at the scale fitted on the other, so the
 setting is never judged on the users it was fitted to. Once the gate has opened at some k it stays
 open at larger k unless the users there show a loss, in log-loss or in accuracy (a one-sided

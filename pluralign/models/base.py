@@ -138,6 +138,11 @@ class PreferenceModel(nnx.Module):
     # from and `latent_logits` decodes (VPL); online elicitation samples it instead of a Laplace
     # approximation around the fitted state.
     has_latent_posterior: ClassVar[bool] = False
+    # True where a user's state is read by an encoder trained on the seen users' own training pairs
+    # (VPL's amortised q(z | C)). Scoring such a model with those pairs as a calibration user's
+    # support scores the encoder on what it was trained to read: optimistic, so the evaluation's
+    # `eval.calibration_support=auto` calibrates it on held-out support (`pluralign.run`).
+    amortized_inference: ClassVar[bool] = False
     # True where the population state's prediction is a fit of the population's *marginal*
     # preference, P(a ≻ b) over users: the shared reward of a population-anchored model trained
     # first as BT (lore, bt_residual with their population stage). Its σ(r) already averages over

@@ -176,6 +176,7 @@ class VPL(PreferenceModel):
     logit_is_reward_difference = True
     uses_prior_strength = True  # the encoder's posterior under a prior of precision c (`rescaled_prior`)
     has_latent_posterior = True  # the state [μ; log σ²] is q(z | C)
+    amortized_inference = True  # q(z | C) is an encoder trained on the seen users' training pairs
 
     @property
     def fits_user_state(self) -> bool:

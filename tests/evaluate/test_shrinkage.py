@@ -409,3 +409,25 @@ def test_search_ratio_walks_factors_of_four_towards_the_minimum(best, expect_tri
     assert sorted(tried) == pytest.approx(expect_tried)
     assert ratio == pytest.approx(min(tried, key=tried.get))
     assert ratio == pytest.approx(min(expect_tried, key=lambda r: abs(np.log(r) - np.log(best))))
+
+
+def test_auto_calibration_support_is_held_out_only_for_an_amortized_encoder():
+    """eval.calibration_support=auto: VPL, whose encoder was trained to read the seen users' training
+    pairs, calibrates on held-out support; every model that fits a user's state calibrates on
+    training support; an explicit setting is kept as given."""
+    import types
+
+    from pluralign.models import REGISTRY
+    from pluralign.run import calibration_support
+
+    auto = types.SimpleNamespace(eval=EvalConfig())
+    assert EvalConfig().calibration_support == "auto"
+    chosen = {name: calibration_support(auto, cls) for name, (cls, _) in REGISTRY.items()}
+    assert chosen["vpl"] == "held_out"
+    assert {name for name, support in chosen.items() if support == "held_out"} == {
+        name for name, (cls, _) in REGISTRY.items() if cls.amortized_inference}
+    assert chosen["lore"] == chosen["pal_a"] == chosen["bt_residual"] == "training"
+    for given in ("training", "held_out"):
+        assert calibration_support(types.SimpleNamespace(eval=EvalConfig(calibration_support=given)), REGISTRY["vpl"][0]) == given
+    with pytest.raises(ValueError, match="'auto', 'held_out' or 'training'"):
+        EvalConfig(calibration_support="seen")
